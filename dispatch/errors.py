@@ -1,0 +1,51 @@
+"""The fleet's exceptions, under rho-agent's one tree.
+
+::
+
+    RhoAgentError                     (rho_agent.errors)
+    └── FleetError                    something about dispatching or running a fleet job
+        ├── SettingsError             a fleet setting or environment variable is invalid
+        ├── JobSpecError              a job payload is malformed (names the field and the fix)
+        ├── JobRefused                a worker will not run this job (profile above its ceiling)
+        ├── JobNotFound               no job with that id (never submitted, or expired)
+        ├── JobTimeout                ``Job.result(timeout=...)`` ran out of time (a TimeoutError)
+        └── FleetUnavailable          the fleet extra is not installed or the broker is unreachable
+
+Run-time failures of the agent itself are not exceptions here: they are a job status plus an
+``error`` event, exactly as for a local ``Session.run``.
+"""
+
+from __future__ import annotations
+
+from rho_agent.errors import ConfigError, RhoAgentError
+
+
+class FleetError(RhoAgentError):
+    """Base class for fleet errors."""
+
+
+class SettingsError(FleetError, ConfigError):
+    """A fleet setting (argument or environment variable) is invalid."""
+
+
+class JobSpecError(FleetError, ValueError):
+    """A job payload does not match the JobSpec schema."""
+
+
+class JobRefused(FleetError):  # noqa: N818 - reads as what happened to the job
+    """A worker refused a job it must not run (for example a profile above its ceiling)."""
+
+
+class JobNotFound(FleetError, KeyError):  # noqa: N818
+    """No job with that id exists (never submitted here, or expired after the retention)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class JobTimeout(FleetError, TimeoutError):  # noqa: N818
+    """A job did not finish within the time the caller was willing to wait."""
+
+
+class FleetUnavailable(FleetError):  # noqa: N818
+    """The fleet cannot be reached or its optional dependencies are missing."""

@@ -1,0 +1,87 @@
+"""JobInfo: a job's metadata (status, timing, usage, cost, worker), as stored in ``{p}job:{id}``.
+
+The hash holds strings; ``job_fields`` writes the first version from a JobSpec and
+``JobInfo.from_fields`` reads any version back. Progress fields (turns, tokens, cost) are updated
+while the job runs, so ``rho-agent jobs`` shows live numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from dispatch.spec import JobSpec
+
+TERMINAL_STATUSES = frozenset({"completed", "error", "cancelled", "interrupted", "max_turns"})
+ACTIVE_STATUSES = frozenset({"queued", "running"})
+PROMPT_EXCERPT = 200
+
+
+class JobInfo(BaseModel):
+    """What is known about a job right now. ``status`` is ``queued``, ``running`` or terminal."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    status: str
+    session_id: str
+    prompt: str = ""
+    model: str = ""
+    profile: str = ""
+    labels: dict[str, str] = {}
+    queue: str = ""
+    dispatcher: str | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    attempt: int = 0
+    turns: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from start to finish (or None while unknown)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @classmethod
+    def from_fields(cls, job_id: str, fields: Mapping[str, str]) -> JobInfo:
+        """Parse the hash's string fields (unknown fields are ignored)."""
+        data: dict[str, Any] = {"job_id": job_id}
+        for name in cls.model_fields:
+            raw = fields.get(name)
+            if raw is None or raw == "" or name == "job_id":
+                continue
+            data[name] = json.loads(raw) if name == "labels" else raw
+        data.setdefault("status", "queued")
+        data.setdefault("session_id", "")
+        return cls.model_validate(data)
+
+
+def job_fields(spec: JobSpec, *, queue: str) -> dict[str, str]:
+    """The hash fields written when a job is submitted (status ``queued``)."""
+    return {
+        "status": "queued",
+        "session_id": spec.session_id,
+        "prompt": spec.prompts[0][:PROMPT_EXCERPT],
+        "model": spec.model,
+        "profile": spec.profile_label,
+        "labels": json.dumps(spec.labels),
+        "queue": spec.queue or queue,
+        "dispatcher": spec.reply_to or "",
+        "submitted_at": repr(spec.submitted_at),
+        "attempt": "0",
+        "spec": json.dumps(spec.encode(), separators=(",", ":")),
+    }

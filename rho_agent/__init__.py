@@ -1,0 +1,100 @@
+"""rho-agent: build and run LLM agents; run thousands of them on a Celery/Redis fleet.
+
+The public API is the names below (pinned by ``tests/sdk/test_public_api.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rho_agent.agent import Agent
+from rho_agent.backends.base import CommandResult, ExecutionBackend
+from rho_agent.config import AgentConfig
+from rho_agent.errors import (
+    ApprovalInterrupt,
+    BackendError,
+    ConfigError,
+    ModelError,
+    PermissionDenied,
+    ProfileError,
+    RhoAgentError,
+    SessionError,
+    SessionLocked,
+    SessionNotFound,
+    ToolError,
+    TraceError,
+)
+from rho_agent.events import AgentEvent, CompactResult, RunResult
+from rho_agent.model.base import ModelClient, ModelRequest, ModelTurn, TokenUsage
+from rho_agent.permissions import PermissionProfile
+from rho_agent.pricing import ModelPrice, PriceTable
+from rho_agent.session import Session
+from rho_agent.state import State, StateObserver
+from rho_agent.tools import ToolHandler, ToolInvocation, ToolOutput, ToolRegistry, tool
+from rho_agent.trace import JsonlTraceSink, MemoryTraceSink, TraceSink
+
+if TYPE_CHECKING:
+    from rho_agent.backends.daytona import DaytonaBackend
+    from rho_agent.backends.local import LocalBackend
+    from rho_agent.store import SessionInfo, SessionStore
+
+__all__ = [
+    "Agent",
+    "AgentConfig",
+    "AgentEvent",
+    "ApprovalInterrupt",
+    "BackendError",
+    "CommandResult",
+    "CompactResult",
+    "ConfigError",
+    "DaytonaBackend",
+    "ExecutionBackend",
+    "JsonlTraceSink",
+    "LocalBackend",
+    "MemoryTraceSink",
+    "ModelClient",
+    "ModelError",
+    "ModelPrice",
+    "ModelRequest",
+    "ModelTurn",
+    "PermissionDenied",
+    "PermissionProfile",
+    "PriceTable",
+    "ProfileError",
+    "RhoAgentError",
+    "RunResult",
+    "Session",
+    "SessionError",
+    "SessionInfo",
+    "SessionLocked",
+    "SessionNotFound",
+    "SessionStore",
+    "State",
+    "StateObserver",
+    "TokenUsage",
+    "ToolError",
+    "ToolHandler",
+    "ToolInvocation",
+    "ToolOutput",
+    "ToolRegistry",
+    "TraceError",
+    "TraceSink",
+    "tool",
+]
+
+_LAZY = {
+    "DaytonaBackend": "rho_agent.backends.daytona",
+    "LocalBackend": "rho_agent.backends.local",
+    "SessionInfo": "rho_agent.store",
+    "SessionStore": "rho_agent.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the Daytona backend and the store on first use (Daytona is an optional extra)."""
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'rho_agent' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), name)

@@ -1,0 +1,48 @@
+"""RunContext: what one ``Session.run`` call accumulates (events, this run's usage, final text)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rho_agent.events import AgentEvent, RunResult
+from rho_agent.state import USAGE_KEYS
+
+logger = logging.getLogger("rho_agent.session")
+
+EventCallback = Callable[[AgentEvent], Any]
+
+
+@dataclass
+class RunContext:
+    on_event: EventCallback | None = None
+    events: list[AgentEvent] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(USAGE_KEYS, 0))
+    text: str = ""
+    streamed: list[str] = field(default_factory=list)
+    """Text of the model call in flight, kept so a cancelled stream is not lost."""
+    error: str | None = None
+    _callback_failed: bool = False
+
+    def emit(self, event: AgentEvent) -> None:
+        self.events.append(event)
+        if self.on_event is None:
+            return
+        try:
+            outcome = self.on_event(event)
+            if inspect.isawaitable(outcome):
+                raise TypeError("on_event must be a plain function; it returned an awaitable")
+        except Exception:
+            if not self._callback_failed:
+                self._callback_failed = True
+                logger.exception("on_event callback raised; the run goes on")
+
+    def add_usage(self, usage: dict[str, int]) -> None:
+        for key in USAGE_KEYS:
+            self.usage[key] += usage.get(key, 0)
+
+    def result(self, status: str) -> RunResult:
+        return RunResult(text=self.text, events=self.events, status=status, usage=dict(self.usage))

@@ -1,0 +1,13 @@
+"""The Typer application and the registration of every command module."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="rho-agent",
+    help="Build and run LLM agents, locally or on a Celery/Redis fleet.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)

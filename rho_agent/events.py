@@ -1,0 +1,83 @@
+"""The values a run hands back: AgentEvent, RunResult, CompactResult."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+EventType = Literal[
+    "text",
+    "tool_start",
+    "tool_end",
+    "tool_blocked",
+    "api_call_complete",
+    "turn_complete",
+    "compact_start",
+    "compact_end",
+    "error",
+    "cancelled",
+    "interruption",
+    "max_turns",
+]
+
+RunStatus = Literal["completed", "error", "cancelled", "interrupted", "max_turns"]
+
+
+@dataclass
+class AgentEvent:
+    """One thing that happened during a run; ``type`` says which fields are set."""
+
+    type: str
+    content: str | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+    tool_args: dict[str, Any] | None = None
+    tool_result: str | None = None
+    tool_metadata: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as JSON-ready data, without the unset fields."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AgentEvent:
+        known = cls.__dataclass_fields__
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass
+class RunResult:
+    """What ``Session.run`` returns."""
+
+    text: str
+    events: list[AgentEvent] = field(default_factory=list)
+    status: str = "completed"
+    usage: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "status": self.status,
+            "usage": dict(self.usage),
+            "events": [event.to_dict() for event in self.events],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        return cls(
+            text=str(data.get("text", "")),
+            status=str(data.get("status", "completed")),
+            usage=dict(data.get("usage") or {}),
+            events=[AgentEvent.from_dict(event) for event in data.get("events") or []],
+        )
+
+
+@dataclass
+class CompactResult:
+    """What ``Session.compact`` returns."""
+
+    summary: str
+    tokens_before: int
+    tokens_after: int
+    trigger: str

@@ -1,0 +1,165 @@
+"""ModelClient over the official ``openai`` package (any OpenAI-compatible ``base_url``).
+
+Requests, errors and retries go through ``AsyncOpenAI``; the streamed body is read as raw SSE lines
+and assembled from plain dicts (see ``_assemble``). One HTTP client is shared per event loop and
+endpoint, so thousands of sessions reuse one connection pool instead of opening one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import weakref
+from typing import Any
+
+import httpx2
+import openai
+
+from rho_agent.errors import ModelError
+from rho_agent.model._assemble import TurnAssembler
+from rho_agent.model.base import ModelRequest, ModelTurn, TextCallback
+
+API_KEY_ENV = "OPENAI_API_KEY"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "0.0.0.0")
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str | None, str], openai.AsyncOpenAI]]
+_clients = weakref.WeakKeyDictionary()
+
+
+def _shared_client(base_url: str | None, api_key: str, max_retries: int) -> openai.AsyncOpenAI:
+    """The loop's AsyncOpenAI for this endpoint and key, created on first use."""
+    loop = asyncio.get_running_loop()
+    per_loop = _clients.setdefault(loop, {})
+    key = (base_url, api_key)
+    client = per_loop.get(key)
+    if client is None:
+        client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=max_retries,
+            http_client=_http_client(),
+        )
+        per_loop[key] = client
+    return client
+
+
+def _http_client() -> httpx2.AsyncClient:
+    limits = httpx2.Limits(max_connections=20_000, max_keepalive_connections=2_000)
+    timeout = httpx2.Timeout(timeout=600, connect=10.0)
+    try:
+        return openai.DefaultAioHttpClient(limits=limits, timeout=timeout)
+    except RuntimeError:  # the aiohttp extra is not installed: httpx2's own transport works too
+        return openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
+
+
+class OpenAIModelClient:
+    """Streams chat completions from OpenAI or any compatible server (vLLM, Ollama, ...).
+
+    The API key is read from ``OPENAI_API_KEY`` when a call is made; it is never stored in a
+    config, trace or event. ``base_url`` falls back to ``OPENAI_BASE_URL``.
+    """
+
+    def __init__(
+        self, *, base_url: str | None = None, max_retries: int = 3, stream_retries: int = 2
+    ) -> None:
+        self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
+        self.max_retries = max_retries
+        self.stream_retries = stream_retries
+
+    def _api_key(self) -> str:
+        key = os.environ.get(API_KEY_ENV)
+        if key:
+            return key
+        if self.base_url and any(host in self.base_url for host in _LOCAL_HOSTS):
+            return "not-needed-for-local-servers"
+        raise ModelError(
+            f"no API key: set {API_KEY_ENV} in the environment "
+            "(or point base_url / --base-url at a local OpenAI-compatible server)"
+        )
+
+    async def stream(self, request: ModelRequest, on_text: TextCallback | None = None) -> ModelTurn:
+        client = _shared_client(self.base_url, self._api_key(), self.max_retries)
+        for attempt in range(self.stream_retries + 1):
+            assembler = TurnAssembler(on_text)
+            try:
+                await self._stream_once(client, request, assembler)
+            except ModelError:
+                raise
+            except openai.APIStatusError as exc:
+                raise ModelError(_status_message(exc), status_code=exc.status_code) from None
+            except openai.APIConnectionError as exc:
+                raise ModelError(f"cannot reach the model API at {client.base_url}: {exc}") from None
+            except (httpx2.TransportError, OSError, _aiohttp_errors()) as exc:
+                # The connection dropped mid-stream. Retry only if nothing reached the caller yet.
+                if assembler.emitted or attempt == self.stream_retries:
+                    raise ModelError(f"the model stream broke off: {exc!r}") from None
+                await asyncio.sleep(min(0.5 * 2**attempt, 8.0) * (0.5 + random.random()))
+                continue
+            return assembler.turn(request.messages)
+        raise AssertionError("unreachable")
+
+    async def _stream_once(
+        self, client: openai.AsyncOpenAI, request: ModelRequest, assembler: TurnAssembler
+    ) -> None:
+        async with client.chat.completions.with_streaming_response.create(
+            **_request_kwargs(request)
+        ) as response:
+            buffer = b""
+            async for data in response.http_response.aiter_bytes():
+                buffer += data
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if _feed_line(line, assembler):
+                        return
+            if buffer:
+                _feed_line(buffer, assembler)
+
+
+def _feed_line(line: bytes, assembler: TurnAssembler) -> bool:
+    """Feed one SSE line; True at ``[DONE]``."""
+    if not line.startswith(b"data:"):
+        return False
+    payload = line[5:].strip()
+    if payload == b"[DONE]":
+        return True
+    if payload:
+        assembler.feed(json.loads(payload))
+    return False
+
+
+def _request_kwargs(request: ModelRequest) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "model": request.model,
+        "messages": request.messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if request.tools:
+        kwargs["tools"] = request.tools
+    if request.reasoning_effort is not None:
+        kwargs["reasoning_effort"] = request.reasoning_effort
+    if request.service_tier is not None:
+        kwargs["service_tier"] = request.service_tier
+    if request.response_format is not None:
+        kwargs["response_format"] = request.response_format
+    return kwargs
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    message = None
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else None
+    return f"model API error {exc.status_code}: {message or exc.message}"
+
+
+def _aiohttp_errors() -> type[Exception]:
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp comes with openai[aiohttp]
+        return OSError
+    return aiohttp.ClientError

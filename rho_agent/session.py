@@ -1,0 +1,333 @@
+"""Session: runs the agent loop for one conversation and owns its State.
+
+A run is: add the prompt, then repeat (maybe compact, call the model, run the approved tools)
+until the model answers without tools, the run is cancelled, interrupted for approval, fails, or
+hits ``max_turns``. Every change goes through ``State.append`` (trace + observers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from rho_agent import _tool_step, compaction
+from rho_agent._run import EventCallback, RunContext
+from rho_agent.agent import Agent
+from rho_agent.backends.base import ExecutionBackend
+from rho_agent.errors import ConfigError, ModelError, SessionError
+from rho_agent.events import AgentEvent, CompactResult, RunResult
+from rho_agent.ids import new_session_id, validate_session_id
+from rho_agent.model.base import ModelRequest
+from rho_agent.pricing import context_window
+from rho_agent.state import State
+from rho_agent.tools.base import ToolInvocation
+from rho_agent.trace import TraceSink
+
+logger = logging.getLogger("rho_agent.session")
+
+DEFAULT_MAX_TURNS = 100
+CANCEL_POLL_SECONDS = 0.1
+
+
+class Session:
+    """The execution context for running prompts with one Agent; owns the State.
+
+    Settable: ``approval_callback(tool_name, tool_args) -> bool`` (sync or async),
+    ``cancel_check() -> bool``, ``auto_compact``, ``context_window``, ``max_turns``.
+    """
+
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        session_id: str | None = None,
+        state: State | None = None,
+        sinks: list[TraceSink] | tuple[TraceSink, ...] = (),
+    ) -> None:
+        if not isinstance(agent, Agent):
+            raise ConfigError(f"Session() takes an Agent, got {type(agent).__name__}")
+        self.agent = agent
+        self.approval_callback: _tool_step.ApprovalCallback | None = None
+        self.cancel_check: Callable[[], bool] | None = None
+        self.auto_compact = True
+        self.context_window = context_window(agent.config.model)
+        self.max_turns = int(agent.config.extras.get("max_turns", DEFAULT_MAX_TURNS))
+        self._client = agent.create_client()
+        self._backend: ExecutionBackend | None = None
+        self._task: asyncio.Task[str] | None = None
+        self._cancel_requested = False
+        self._compacted_last = False
+        self.state = state if state is not None else State()
+        for sink in sinks:
+            self.state.add_sink(sink)
+        if state is None:
+            self.state.session_id = validate_session_id(session_id or new_session_id())
+            self._record_start()
+        elif session_id is not None and session_id != state.session_id:
+            raise SessionError(f"session_id {session_id!r} does not match the state's id")
+
+    def _record_start(self) -> None:
+        profile = self.agent.profile.name
+        self.state.append(
+            "session_start",
+            session_id=self.state.session_id,
+            model=self.agent.config.model,
+            profile=profile,
+        )
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def run(self, prompt: str | None = None, *, on_event: EventCallback | None = None) -> RunResult:
+        """Run ``prompt`` to completion and return this run's result.
+
+        With tool calls still waiting for approval from an interrupted run, they are decided
+        first (``approval_callback``), then the prompt (if any) is added.
+        """
+        if prompt is None and self.state.pending_turn is None:
+            raise ValueError("Session.run() needs a prompt (nothing is waiting to be continued)")
+        self._ensure_idle()
+        self.state.append("run_start", run=self.state.run_count + 1, prompt=prompt)
+        return await self._drive(RunContext(on_event), prompt)
+
+    async def resume_run(self, *, on_event: EventCallback | None = None) -> RunResult:
+        """Continue a run whose process stopped mid-way: unfinished tool calls run (finished ones
+        are not run again), then the loop goes on."""
+        if not self.state.has_unfinished_run:
+            raise SessionError(f"session {self.state.session_id} has no unfinished run to resume")
+        self._ensure_idle()
+        self.state.append("run_resume", run=self.state.run_count + 1)
+        return await self._drive(RunContext(on_event), None)
+
+    def _ensure_idle(self) -> None:
+        if self._task is not None and not self._task.done():
+            raise SessionError("this session is already running; await the current run first")
+
+    async def _drive(self, run: RunContext, prompt: str | None) -> RunResult:
+        self._cancel_requested = False
+        self._task = asyncio.create_task(self._loop(run, prompt))
+        poller = self._start_cancel_poller()
+        try:
+            status = await self._task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not self._cancel_requested or (current is not None and current.cancelling()):
+                raise  # cancelled from outside (shutdown): leave the run resumable
+            status = self._record_cancelled(run)
+        except ModelError as exc:
+            status = self._record_error(run, str(exc))
+        except Exception as exc:
+            logger.exception("run of session %s failed", self.state.session_id)
+            status = self._record_error(run, f"{type(exc).__name__}: {exc}")
+        finally:
+            if poller is not None:
+                poller.cancel()
+        self.state.append("run_end", status=status, usage=run.usage, text=run.text)
+        return run.result(status)
+
+    async def _loop(self, run: RunContext, prompt: str | None) -> str:
+        if not self.state.messages:
+            self.state.append("message", role="system", content=self.agent.system_prompt)
+        if self.state.pending_turn is not None:
+            outcome = await self._continue_pending_turn(run)
+            if outcome is not None:
+                return outcome
+        if prompt is not None:
+            self.state.append("message", role="user", content=prompt)
+        for _ in range(self.max_turns):
+            self.check_cancelled()
+            await self._maybe_auto_compact(run)
+            turn_has_tools = await self._call_model(run)
+            if not turn_has_tools:
+                run.emit(AgentEvent("turn_complete", content=run.text, usage=dict(run.usage)))
+                return "completed"
+            outcome = await self._continue_pending_turn(run)
+            if outcome is not None:
+                return outcome
+        message = f"stopped after max_turns={self.max_turns} model calls without a final answer"
+        self.state.append("error", message=message)
+        run.emit(AgentEvent("max_turns", content=message))
+        return "max_turns"
+
+    async def _call_model(self, run: RunContext) -> bool:
+        """One streamed model call; records the assistant message. True if it called tools."""
+        config = self.agent.config
+        request = ModelRequest(
+            model=config.model,
+            messages=list(self.state.messages),
+            tools=self.agent.registry.schemas(),
+            reasoning_effort=config.reasoning_effort,
+            service_tier=config.service_tier,
+            response_format=config.response_format,
+        )
+        run.streamed = []
+        turn = await self._client.stream(request, on_text=lambda text: self._on_text(run, text))
+        run.streamed = []
+        self._compacted_last = False
+        self._record_model_call(run, turn.usage.as_dict(), turn.usage.estimated)
+        self.state.append("message", **turn.assistant_message())
+        run.text = turn.text
+        return bool(turn.tool_calls)
+
+    def _on_text(self, run: RunContext, text: str) -> None:
+        run.streamed.append(text)
+        run.emit(AgentEvent("text", content=text))
+        self.check_cancelled()
+
+    def _record_model_call(self, run: RunContext, usage: dict[str, int], estimated: bool) -> None:
+        model = self.agent.config.model
+        cost = self.agent.price_table.cost(
+            model,
+            input_tokens=usage["input_tokens"],
+            output_tokens=usage["output_tokens"],
+            cached_tokens=usage["cached_tokens"],
+        )
+        self.state.append("model_call", model=model, usage=usage, cost_usd=cost, estimated=estimated)
+        run.add_usage(usage)
+        run.usage["cost_usd"] = run.usage.get("cost_usd", 0.0) + cost
+        run.emit(AgentEvent("api_call_complete", usage={**usage, "cost_usd": cost, "estimated": estimated}))
+
+    async def _continue_pending_turn(self, run: RunContext) -> str | None:
+        """Run the pending turn's unanswered tool calls; "interrupted" if some await approval."""
+        calls = [_tool_step.prepare(self, call) for call in self.state.unanswered_tool_calls()]
+        self.check_cancelled()
+        waiting = await _tool_step.decide(self, run, calls)
+        await _tool_step.execute(self, run, calls)
+        if not waiting:
+            return None
+        pending = [{"call_id": c.call_id, "tool_name": c.name, "arguments": c.arguments} for c in waiting]
+        names = ", ".join(call.name for call in waiting)
+        self.state.append("approval_pending", calls=pending)
+        run.emit(AgentEvent("interruption", content=f"approval required for: {names}"))
+        return "interrupted"
+
+    # -- cancellation ---------------------------------------------------------------------------
+
+    def check_cancelled(self) -> None:
+        """Raise inside the run if ``cancel_check`` says stop (polled at every step)."""
+        if self.cancel_check is not None and self.cancel_check():
+            self._cancel_requested = True
+            raise asyncio.CancelledError
+
+    async def cancel(self) -> None:
+        """Stop the running run: the model stream is closed and running tools are killed."""
+        self._cancel_requested = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait({self._task}, timeout=5)
+
+    def _start_cancel_poller(self) -> asyncio.Task[None] | None:
+        if self.cancel_check is None:
+            return None
+        return asyncio.create_task(self._poll_cancel())
+
+    async def _poll_cancel(self) -> None:
+        while self._task is not None and not self._task.done():
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            if self.cancel_check is not None and self.cancel_check():
+                self._cancel_requested = True
+                self._task.cancel()
+                return
+
+    def _record_cancelled(self, run: RunContext) -> str:
+        if run.streamed:
+            self.state.append("message", role="assistant", content="".join(run.streamed))
+            run.streamed = []
+        _tool_step.answer_unfinished(self, "Cancelled: the run was cancelled before this call finished.")
+        self.state.append("cancelled", reason="cancelled by request")
+        run.emit(AgentEvent("cancelled", content="run cancelled"))
+        return "cancelled"
+
+    def _record_error(self, run: RunContext, message: str) -> str:
+        _tool_step.answer_unfinished(self, f"Error: the run failed before this call finished: {message}")
+        run.error = message
+        self.state.append("error", message=message)
+        run.emit(AgentEvent("error", content=message))
+        return "error"
+
+    # -- compaction -----------------------------------------------------------------------------
+
+    async def compact(self) -> CompactResult:
+        """Summarise older history now. Raises ``ModelError`` if the summary call fails
+        (the history is left untouched)."""
+        return await self._compact("manual", RunContext())
+
+    async def _maybe_auto_compact(self, run: RunContext) -> None:
+        if not self.auto_compact or self._compacted_last:
+            return
+        limit = compaction.AUTO_COMPACT_FRACTION * self.context_window
+        if compaction.count_tokens(self.state.messages) < limit:
+            return
+        try:
+            await self._compact("auto", run)
+        except ModelError as exc:
+            message = f"auto compaction failed, history left as it was: {exc}"
+            self.state.append("error", message=message)
+            run.emit(AgentEvent("error", content=message))
+        self._compacted_last = True
+
+    async def _compact(self, trigger: str, run: RunContext) -> CompactResult:
+        messages = self.state.messages
+        before = compaction.count_tokens(messages)
+        split = compaction.plan(messages) or compaction.plan(messages, keep_exchanges=1)
+        if split is None:
+            return CompactResult(summary="", tokens_before=before, tokens_after=before, trigger=trigger)
+        run.emit(AgentEvent("compact_start"))
+        turn = await compaction.summarise(self._client, self.agent.config.model, split.older)
+        self._record_model_call(run, turn.usage.as_dict(), turn.usage.estimated)
+        new_messages = compaction.compacted_messages(split, turn.text)
+        after = compaction.count_tokens(new_messages)
+        self.state.append(
+            "compaction",
+            trigger=trigger,
+            summary=turn.text,
+            tokens_before=before,
+            tokens_after=after,
+            messages=new_messages,
+        )
+        run.emit(AgentEvent("compact_end", content=turn.text))
+        return CompactResult(summary=turn.text, tokens_before=before, tokens_after=after, trigger=trigger)
+
+    # -- tools and backend ----------------------------------------------------------------------
+
+    async def invocation(self, call: _tool_step.PreparedCall) -> ToolInvocation:
+        return ToolInvocation(
+            call_id=call.call_id,
+            tool_name=call.name,
+            arguments=call.arguments,
+            backend=await self._started_backend(),
+            profile=self.agent.profile,
+            session_id=self.state.session_id,
+        )
+
+    async def _started_backend(self) -> ExecutionBackend:
+        if self._backend is None:
+            self._backend = self.agent.create_backend()
+        await self._backend.start()
+        return self._backend
+
+    async def get_sandbox(self) -> Any:
+        """The Daytona sandbox of this session, created now if it does not exist yet."""
+        backend = await self._started_backend()
+        getter = getattr(backend, "get_sandbox", None)
+        if getter is None:
+            raise ConfigError("get_sandbox() needs AgentConfig(backend='daytona') or a DaytonaBackend")
+        return await getter()
+
+    async def close(self) -> None:
+        """Release the backend (deletes a Daytona sandbox) and close the trace sinks."""
+        if self._backend is not None:
+            backend, self._backend = self._backend, None
+            await backend.close()
+        for sink in self.state.sinks:
+            sink.close()
+            self.state.remove_sink(sink)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

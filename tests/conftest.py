@@ -1,0 +1,37 @@
+"""Fixtures shared by every test: the scripted model server, and no way to reach a real model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rho_agent.testing import ScriptedModelServer
+
+# Nothing in the suite may reach a real model: a client that forgets base_url hits a closed port.
+UNREACHABLE_MODEL_URL = "http://127.0.0.1:9/v1"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", UNREACHABLE_MODEL_URL)
+    monkeypatch.setenv("RHO_AGENT_SESSIONS_DIR", str(tmp_path / "sessions"))
+    monkeypatch.delenv("RHO_AGENT_BROKER_URL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def _shared_model_server() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def model_server(_shared_model_server: ScriptedModelServer) -> Iterator[ScriptedModelServer]:
+    """The scripted OpenAI-compatible server, emptied before each test."""
+    _shared_model_server.reset()
+    _shared_model_server.responder = None
+    yield _shared_model_server
+    _shared_model_server.reset()
+    _shared_model_server.responder = None

@@ -79,6 +79,8 @@ class RunnerBus(Protocol):
 
     async def cancel_requested(self, job_id: str) -> bool: ...
 
+    async def reject(self, job_id: str, error: str) -> bool: ...
+
     async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]: ...
 
 
@@ -89,7 +91,7 @@ class DispatchBus(Protocol):
 
     async def get_info(self, job_ids: Sequence[str]) -> list[JobInfo | None]: ...
 
-    async def get_result(self, job_id: str) -> RunResult | None: ...
+    async def get_results(self, job_ids: Sequence[str]) -> list[RunResult | None]: ...
 
     async def recent_jobs(self, limit: int) -> list[str]: ...
 
@@ -146,3 +148,9 @@ def cancelled_before_start() -> RunResult:
     """The result of a job cancelled while it was still queued."""
     event = AgentEvent(type="cancelled", content="cancelled before it started")
     return RunResult(text="", events=[event], status="cancelled", usage={})
+
+
+def rejected(error: str) -> RunResult:
+    """The result of a job a worker refused before running it (a malformed payload)."""
+    event = AgentEvent(type="error", content=error)
+    return RunResult(text="", events=[event], status="error", usage={})

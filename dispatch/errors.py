@@ -32,20 +32,20 @@ class JobSpecError(FleetError, ValueError):
     """A job payload does not match the JobSpec schema."""
 
 
-class JobRefused(FleetError):  # noqa: N818 - reads as what happened to the job
+class JobRefused(FleetError):
     """A worker refused a job it must not run (for example a profile above its ceiling)."""
 
 
-class JobNotFound(FleetError, KeyError):  # noqa: N818
+class JobNotFound(FleetError, KeyError):
     """No job with that id exists (never submitted here, or expired after the retention)."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "job not found"
 
 
-class JobTimeout(FleetError, TimeoutError):  # noqa: N818
+class JobTimeout(FleetError, TimeoutError):
     """A job did not finish within the time the caller was willing to wait."""
 
 
-class FleetUnavailable(FleetError):  # noqa: N818
+class FleetUnavailable(FleetError):
     """The fleet cannot be reached or its optional dependencies are missing."""

@@ -16,7 +16,7 @@ key                                    type         what
 ``{p}jobs``                            sorted set   job ids by submission time (``rho-agent jobs``)
 ``{p}leases``                          sorted set   running job ids by lease expiry (ms)
 ``{p}cancels``                         stream       cancel requests, read by every worker
-``{p}dispatcher:{id}:done``            stream       ids of finished jobs, for the dispatcher's fan-in
+``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in
 ``{p}sweeper``                         string       lock so one sweeper runs per interval
 =====================================  ===========  ==============================================
 """
@@ -80,6 +80,17 @@ class Keys:
 
     def sweeper_lock(self) -> str:
         return f"{self.prefix}sweeper"
+
+    # Prefixes for the Lua scripts, which build a few names themselves (agree with the above).
+
+    def job_prefix(self) -> str:
+        return f"{self.prefix}job:"
+
+    def session_prefix(self) -> str:
+        return f"{self.prefix}session:"
+
+    def dispatcher_prefix(self) -> str:
+        return f"{self.prefix}dispatcher:"
 
     def pattern(self) -> str:
         """A ``SCAN MATCH`` pattern for every key of this prefix (for cleanup)."""

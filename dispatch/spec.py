@@ -15,17 +15,18 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dispatch.errors import JobSpecError
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
+from rho_agent.permissions import BUILTIN_PROFILES, load_profile, profile_to_dict
 from rho_agent.prompts import load_template
 
-SPEC_VERSION = 1
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+SPEC_VERSION: Final = 1
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _SECRET_NAME = re.compile(r"(^|_)(api_?key|secret|password|passwd|token|credentials?)$", re.I)
 _SECRET_VALUE = re.compile(r"^(sk-[A-Za-z0-9_-]{16,}|dtn_[A-Za-z0-9]{16,})$")
 
@@ -61,8 +62,8 @@ class JobSpec(BaseModel):
     @field_validator("job_id", "session_id", "reply_to")
     @classmethod
     def _check_id(cls, value: str | None) -> str | None:
-        if value is not None and not _ID.match(value):
-            raise ValueError("use 1-128 letters, digits, '-' or '_' (starting with one of the first two)")
+        if value is not None and not ID_PATTERN.match(value):
+            raise ValueError("use 1-128 letters, digits, '-' or '_' (not starting with '-' or '_')")
         return value
 
     @field_validator("prompts")
@@ -85,7 +86,7 @@ class JobSpec(BaseModel):
 
     @classmethod
     def decode(cls, payload: Any) -> JobSpec:
-        """Parse an untrusted payload (dict or JSON text); raise JobSpecError saying what is wrong."""
+        """Parse an untrusted payload (dict or JSON); raise JobSpecError saying what is wrong."""
         if isinstance(payload, str | bytes):
             try:
                 payload = json.loads(payload)
@@ -171,15 +172,9 @@ def portable_config(config: AgentConfig) -> dict[str, Any]:
             prompt, Path(base_dir) if isinstance(base_dir, str) else None
         )
     profile = data.get("profile")
-    if isinstance(profile, str) and _is_profile_file(profile):
-        from rho_agent.permissions import load_profile, profile_to_dict
-
+    if isinstance(profile, str) and profile not in BUILTIN_PROFILES:
         data["profile"] = profile_to_dict(load_profile(profile))
     return data
-
-
-def _is_profile_file(profile: str) -> bool:
-    return profile.lower().endswith((".yaml", ".yml")) and Path(profile).expanduser().is_file()
 
 
 def find_secrets(data: Any, path: str = "config") -> list[str]:

@@ -10,7 +10,10 @@ the model's order, whatever order the tools finished in.
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 from rho_agent.trace import (
@@ -76,7 +79,8 @@ class State:
     @classmethod
     def from_jsonl(cls, data: bytes | str) -> State:
         """Rebuild a State from ``trace.jsonl`` content, with no Session needed."""
-        return cls.from_records(decode_records(data))
+        with _gc_paused():
+            return cls.from_records(decode_records(data))
 
     def to_jsonl(self) -> bytes:
         return b"".join(encode_record(record) for record in self.records)
@@ -152,6 +156,19 @@ class State:
             for call in self.pending_turn.get("tool_calls") or []
             if call["id"] not in self.pending_results
         ]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC: loading creates millions of acyclic objects, and the collections
+    they trigger would make a 100,000-record load about three times slower."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def message_from_record(record: Record) -> dict[str, Any]:

@@ -11,3 +11,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+# Each module below registers its commands on ``app`` when imported.
+from rho_agent.cli import run as _run  # noqa: E402,F401
+from rho_agent.cli import sessions as _sessions  # noqa: E402,F401

@@ -61,7 +61,7 @@ class ApiRoutes:
 
 
 def _validate_create(body: dict[str, Any]) -> None:
-    """Reject what the real API rejects, so a bad request cannot pass here and fail in production."""
+    """Reject what the real API rejects: a bad request must not pass here and fail in production."""
     if body.get("snapshot") and body.get("buildInfo"):
         raise api_error(400, "Cannot specify both a snapshot and build info")
     if body.get("snapshot") and any(body.get(key) for key in ("cpu", "memory", "disk", "gpu")):

@@ -24,11 +24,15 @@ from typing import Any
 
 from aiohttp import web
 
-API_OPERATIONS = frozenset(
-    {"create", "get", "delete", "last_activity", "toolbox_proxy_url"},
-)
-TOOLBOX_OPERATIONS = frozenset(
+OPERATIONS = frozenset(
     {
+        # the Daytona API
+        "create",
+        "get",
+        "delete",
+        "last_activity",
+        "toolbox_proxy_url",
+        # the sandbox daemon (toolbox)
         "session_create",
         "session_exec",
         "session_get",
@@ -47,7 +51,6 @@ TOOLBOX_OPERATIONS = frozenset(
         "home_dir",
     }
 )
-OPERATIONS = API_OPERATIONS | TOOLBOX_OPERATIONS
 
 
 @dataclass(frozen=True)

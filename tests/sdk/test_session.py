@@ -24,7 +24,9 @@ from rho_agent.testing import (
 from tests.sdk.helpers import ProbeTool, assert_history_valid, make_session
 
 
-async def test_streams_text_and_reports_usage(model_server: ScriptedModelServer, tmp_path: Path) -> None:
+async def test_streams_text_and_reports_usage(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
     model_server.script(
         text("Hello from the model", text_chunk_size=4, usage=ScriptedUsage(100, 7, 40, 3))
     )
@@ -73,9 +75,8 @@ async def test_parallel_tool_calls_run_concurrently_in_model_order(
     messages = session.state.messages
     assistant = messages[2]
     assert assistant["content"] == "Let me check."
-    assert [c["function"]["arguments"] for c in assistant["tool_calls"]][0] == json.dumps(
-        {"id": "slow", "sleep": 0.4}
-    )
+    first_arguments = assistant["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(first_arguments) == {"id": "slow", "sleep": 0.4}
     assert [m.get("tool_call_id") for m in messages[3:6]] == ["c1", "c2", "c3"]
     assert [m["content"] for m in messages[3:6]] == ["probe slow", "probe fast", "probe mid"]
     second_request = model_server.requests[1].body["messages"]
@@ -100,21 +101,27 @@ async def test_invalid_json_and_unknown_tool_are_answered_to_the_model(
     result = await session.run(prompt="go")
 
     assert result.status == "completed" and probe.calls == []
-    results = {m["tool_call_id"]: m["content"] for m in session.state.messages if m["role"] == "tool"}
+    results = {
+        m["tool_call_id"]: m["content"] for m in session.state.messages if m["role"] == "tool"
+    }
     assert "not valid JSON" in results["bad"]
     assert "no tool named 'nosuch'" in results["missing"] and "probe" in results["missing"]
     sent = model_server.requests[1].body["messages"]
     assert any(m.get("tool_call_id") == "bad" for m in sent)
 
 
-async def test_max_turns_ends_with_a_clear_status(model_server: ScriptedModelServer, tmp_path: Path) -> None:
+async def test_max_turns_ends_with_a_clear_status(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
     model_server.responder = lambda body: tool_call("probe", {"id": "again"})
     session = make_session(model_server, tmp_path, probe=ProbeTool())
     session.max_turns = 3
     result = await session.run(prompt="loop forever")
 
     assert result.status == "max_turns"
-    assert result.events[-1].type == "max_turns" and "max_turns=3" in (result.events[-1].content or "")
+    assert result.events[-1].type == "max_turns" and "max_turns=3" in (
+        result.events[-1].content or ""
+    )
     assert len(model_server.requests) == 3
     assert_history_valid(session.state.messages)
 
@@ -133,7 +140,9 @@ async def test_non_retryable_error_ends_the_run_with_the_api_message(
     assert len(model_server.requests) == 1
 
 
-async def test_transient_failures_are_retried(model_server: ScriptedModelServer, tmp_path: Path) -> None:
+async def test_transient_failures_are_retried(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
     model_server.script(
         error(429, "slow down", headers={"retry-after-ms": "10"}),
         error(503, "overloaded", headers={"retry-after-ms": "10"}),
@@ -147,7 +156,9 @@ async def test_transient_failures_are_retried(model_server: ScriptedModelServer,
     assert len(model_server.requests) == 4
 
 
-async def test_missing_usage_chunk_is_estimated(model_server: ScriptedModelServer, tmp_path: Path) -> None:
+async def test_missing_usage_chunk_is_estimated(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
     model_server.script(text("an answer of some length", usage=None))
     session = make_session(model_server, tmp_path)
     result = await session.run(prompt="hi")
@@ -197,7 +208,10 @@ async def test_observers_see_every_record_and_history_is_always_valid(
 ) -> None:
     model_server.script(
         ScriptedResponse(
-            tool_calls=[ScriptedToolCall("probe", {"id": "a"}), ScriptedToolCall("probe", {"id": "b"})]
+            tool_calls=[
+                ScriptedToolCall("probe", {"id": "a"}),
+                ScriptedToolCall("probe", {"id": "b"}),
+            ]
         ),
         text("done"),
     )
@@ -249,7 +263,9 @@ async def test_sessions_from_one_agent_do_not_share_state(
     assert first.state.session_id != second.state.session_id
 
 
-async def test_denied_approval_blocks_the_call(model_server: ScriptedModelServer, tmp_path: Path) -> None:
+async def test_denied_approval_blocks_the_call(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
     model_server.script(tool_call("probe", {"id": "x"}), text("understood"))
     probe = ProbeTool(requires_approval=True)
     session = make_session(model_server, tmp_path, probe=probe, auto_approve=False)
@@ -307,7 +323,9 @@ async def test_interruption_pauses_and_a_later_run_continues(
 
 async def test_no_callback_interrupts(model_server: ScriptedModelServer, tmp_path: Path) -> None:
     model_server.script(tool_call("probe", {"id": "x"}))
-    session = make_session(model_server, tmp_path, probe=ProbeTool(requires_approval=True), auto_approve=False)
+    session = make_session(
+        model_server, tmp_path, probe=ProbeTool(requires_approval=True), auto_approve=False
+    )
     result = await session.run(prompt="go")
     assert result.status == "interrupted"
 
@@ -353,7 +371,10 @@ async def test_cancel_kills_running_tools_and_keeps_history_valid(
 async def test_resume_run_skips_tool_calls_that_already_finished(
     model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
-    calls = [ScriptedToolCall("probe", {"id": "done"}, id="c1"), ScriptedToolCall("probe", {"id": "todo"}, id="c2")]
+    calls = [
+        ScriptedToolCall("probe", {"id": "done"}, id="c1"),
+        ScriptedToolCall("probe", {"id": "todo", "sleep": 0.2}, id="c2"),
+    ]
     model_server.script(ScriptedResponse(tool_calls=calls))
     probe = ProbeTool()
     session = make_session(model_server, tmp_path, probe=probe)
@@ -377,12 +398,14 @@ async def test_resume_run_skips_tool_calls_that_already_finished(
     result = await resumed.resume_run()
 
     assert result.status == "completed" and result.text == "resumed and done"
-    assert probe2.calls == [{"id": "todo"}]
+    assert probe2.calls == [{"id": "todo", "sleep": 0.2}]
     assert resumed.state.run_count == 1
     assert_history_valid(resumed.state.messages)
 
 
-async def test_manual_compaction_shrinks_history(model_server: ScriptedModelServer, tmp_path: Path) -> None:
+async def test_manual_compaction_shrinks_history(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
     model_server.responder = lambda body: text("reply " + "x" * 400)
     session = make_session(model_server, tmp_path)
     for prompt in ["first question", "second question", "third question"]:

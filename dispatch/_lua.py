@@ -1,0 +1,114 @@
+"""Lua scripts that move a job between states atomically in Redis.
+
+Times come from the Redis server (``TIME``), so leases do not depend on the workers' clocks.
+Stream entries are JSON in the field ``d``. The scripts build a few key names from prefixes
+passed as arguments (one Redis server, not Redis Cluster).
+"""
+
+from __future__ import annotations
+
+_NOW = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s = string.format('%.3f', now_ms / 1000)
+"""
+
+# KEYS: job, events, cancel flag, session owner, leases
+# ARGV: job_id, worker, lease_ms, retention_s, events maxlen, job key prefix
+START = (
+    _NOW
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'skip', 0, 'unknown job (expired or never submitted)'} end
+if status == 'running' then
+  local lease = redis.call('ZSCORE', KEYS[5], ARGV[1])
+  if lease and tonumber(lease) > now_ms then return {'skip', 0, 'running elsewhere'} end
+elseif status ~= 'queued' then
+  return {'skip', 0, 'already ' .. status}
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'started_at', now_s)
+redis.call('ZADD', KEYS[5], now_ms + tonumber(ARGV[3]), ARGV[1])
+local kind = 'started'
+if attempt > 1 then kind = 'restarted' end
+local entry = cjson.encode({kind = 'job', type = kind, attempt = attempt, worker = ARGV[2]})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'd', entry)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'cancelled', attempt, ''} end
+local owner = redis.call('GET', KEYS[4])
+if owner and owner ~= ARGV[1] then
+  local owner_status = redis.call('HGET', ARGV[6] .. owner, 'status')
+  if owner_status == 'queued' or owner_status == 'running' then
+    return {'busy', attempt, owner}
+  end
+end
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4])
+return {'run', attempt, ''}
+"""
+)
+
+# KEYS: job, events, leases, session owner, cancel flag
+# ARGV: job_id, attempt, status, result json, error, retention_s, events maxlen, done key prefix
+FINISH = (
+    _NOW
+    + """
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4], 'error', ARGV[5],
+  'finished_at', now_s)
+local entry = cjson.encode({kind = 'job', type = 'finished', status = ARGV[3]})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'd', entry)
+redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+redis.call('DEL', KEYS[5])
+local dispatcher = redis.call('HGET', KEYS[1], 'dispatcher')
+if dispatcher and dispatcher ~= '' then
+  local done = ARGV[8] .. dispatcher .. ':done'
+  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', cjson.encode({job_id = ARGV[1]}))
+  redis.call('EXPIRE', done, ARGV[6])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
+)
+
+# Cancel a job, or (mode 'reject') fail a job that was never started because its payload was bad.
+# KEYS: job, events, cancel flag, cancels stream, leases
+# ARGV: job_id, retention_s, events maxlen, result json, event entry json,
+#       done key prefix, session key prefix, mode ('cancel' or 'reject'), error text
+CANCEL = (
+    _NOW
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'unknown' end
+if status == 'running' and ARGV[8] == 'cancel' then
+  redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 'd', cjson.encode({job_id = ARGV[1]}))
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+  return 'requested'
+end
+if status ~= 'queued' then return 'finished' end
+local final = 'cancelled'
+if ARGV[8] == 'reject' then final = 'error' end
+redis.call('HSET', KEYS[1], 'status', final, 'result', ARGV[4], 'error', ARGV[9],
+  'finished_at', now_s)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[5])
+local entry = cjson.encode({kind = 'job', type = 'finished', status = final})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', entry)
+redis.call('ZREM', KEYS[5], ARGV[1])
+local owner_key = ARGV[7] .. redis.call('HGET', KEYS[1], 'session_id') .. ':owner'
+if redis.call('GET', owner_key) == ARGV[1] then redis.call('DEL', owner_key) end
+local dispatcher = redis.call('HGET', KEYS[1], 'dispatcher')
+if dispatcher and dispatcher ~= '' then
+  local done = ARGV[6] .. dispatcher .. ':done'
+  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', cjson.encode({job_id = ARGV[1]}))
+  redis.call('EXPIRE', done, ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return final
+"""
+)

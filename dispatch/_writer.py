@@ -1,0 +1,131 @@
+"""BatchWriter: group the Redis writes of many running jobs into one pipeline per round trip.
+
+Sessions call ``xadd``/``hset`` from synchronous callbacks inside the event loop; those calls only
+queue. One background task writes everything queued so far in a single non-transactional pipeline,
+then the next batch: while a round trip is in flight, new writes pile up and go together, so the
+event loop never waits on Redis and a thousand sessions cost a few round trips per tick.
+Writes are retried until they succeed (a Redis restart loses nothing still queued); ``flush``
+returns once everything queued before it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+logger = logging.getLogger("dispatch.writer")
+
+_RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class _Write:
+    kind: str  # "xadd" or "hset"
+    key: str
+    fields: dict[str, str]
+    maxlen: int | None = None
+
+
+class BatchWriter:
+    """Queues stream appends and hash updates; one task writes them in order, batched."""
+
+    def __init__(self, client: aioredis.Redis, *, retention_s: int) -> None:
+        self._client = client
+        self._retention_s = retention_s
+        self._queue: list[_Write] = []
+        self._queued = 0
+        self._written = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def xadd(self, key: str, data: dict[str, Any], maxlen: int | None = None) -> None:
+        """Append ``data`` (as JSON in field ``d``) to the stream ``key``."""
+        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        self._put(_Write("xadd", key, {"d": payload}, maxlen))
+
+    def hset(self, key: str, fields: dict[str, str]) -> None:
+        self._put(_Write("hset", key, dict(fields)))
+
+    async def flush(self) -> None:
+        """Wait until every write queued before this call is stored in Redis."""
+        if self._written >= self._queued:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._queued, future))
+        self._ensure_task()
+        await future
+
+    async def close(self) -> None:
+        """Write what is queued (best effort, a few seconds), then stop the task."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), 5.0)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    def _put(self, write: _Write) -> None:
+        self._queue.append(write)
+        self._queued += 1
+        self._ensure_task()
+        self._wake.set()
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="rho-writer")
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue, []
+                upto = self._written + len(batch)
+                await self._write_with_retry(batch)
+                self._written = upto
+                self._release_waiters()
+
+    async def _write_with_retry(self, batch: list[_Write]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._write(batch)
+                return
+            except _RETRYABLE as exc:
+                logger.warning("Redis write failed (%s); retrying in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _write(self, batch: list[_Write]) -> None:
+        pipe: Any = self._client.pipeline(transaction=False)
+        touched: dict[str, None] = {}
+        for write in batch:
+            if write.kind == "xadd":
+                pipe.xadd(write.key, write.fields, maxlen=write.maxlen, approximate=True)
+            else:
+                pipe.hset(write.key, mapping=write.fields)
+            touched[write.key] = None
+        for key in touched:
+            pipe.expire(key, self._retention_s)
+        await pipe.execute()
+
+    def _release_waiters(self) -> None:
+        still_waiting = []
+        for upto, future in self._waiters:
+            if upto <= self._written:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                still_waiting.append((upto, future))
+        self._waiters = still_waiting

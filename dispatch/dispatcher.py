@@ -1,0 +1,175 @@
+"""Dispatcher: what a program imports to send agent jobs to the fleet (or run them in-process).
+
+``Dispatcher()`` with no broker URL (argument or ``RHO_AGENT_BROKER_URL``) is embedded: jobs run
+in this process on a private event loop, at most ``RHO_AGENT_EMBEDDED_CONCURRENCY`` at once, with
+the same JobSpec, runner and events as on a worker. With a broker URL, jobs go to Celery workers
+and everything they write is read back from Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from dispatch._core import _Core
+from dispatch.info import JobInfo
+from dispatch.job import Job
+from dispatch.settings import FleetSettings
+from dispatch.spec import JobSpec, build_spec
+from rho_agent.config import AgentConfig
+from rho_agent.events import RunResult
+from rho_agent.state import StateObserver
+
+
+class Dispatcher:
+    """Submits jobs and hands back Job handles. Sync methods, and ``a``-prefixed async twins.
+
+    ``broker_url`` (else ``RHO_AGENT_BROKER_URL``) selects the fleet; without one, embedded mode.
+    ``settings`` gives every fleet setting at once (see ``FleetSettings.from_env``).
+    """
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        settings: FleetSettings | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        if settings is None:
+            settings = FleetSettings.from_env(
+                broker_url=broker_url, embedded_concurrency=concurrency
+            )
+        self.settings = settings
+        self.id = f"d-{secrets.token_hex(6)}"
+        self._core = _Core(settings, self.id)
+
+    @property
+    def mode(self) -> str:
+        """``embedded`` (in-process) or ``fleet`` (Celery workers via the broker)."""
+        return "fleet" if self.settings.broker_url else "embedded"
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: str | Sequence[str],
+        config: AgentConfig | None = None,
+        *,
+        session_id: str | None = None,
+        observers: Sequence[StateObserver] = (),
+        **options: Any,
+    ) -> Job:
+        """Send one job; several prompts make a multi-run in one session.
+
+        ``session_id`` continues that session (on any worker, with its full history).
+        ``options``: ``labels`` (dict), ``timeout_s``, ``queue``, ``priority`` (0-9).
+        """
+        spec = self._spec(prompt, config, session_id, options)
+        return self._core.loop.call(self._core.submit([spec], list(observers)))[0]
+
+    async def asubmit(
+        self,
+        prompt: str | Sequence[str],
+        config: AgentConfig | None = None,
+        *,
+        session_id: str | None = None,
+        observers: Sequence[StateObserver] = (),
+        **options: Any,
+    ) -> Job:
+        spec = self._spec(prompt, config, session_id, options)
+        return (await self._core.loop.acall(self._core.submit([spec], list(observers))))[0]
+
+    def map(
+        self, prompts: Iterable[str], config: AgentConfig | None = None, **options: Any
+    ) -> list[Job]:
+        """Fan out: one job per prompt, each in a new session; Jobs in the prompts' order."""
+        specs = [self._spec(prompt, config, None, options) for prompt in prompts]
+        return self._core.loop.call(self._core.submit(specs, []))
+
+    async def amap(
+        self, prompts: Iterable[str], config: AgentConfig | None = None, **options: Any
+    ) -> list[Job]:
+        specs = [self._spec(prompt, config, None, options) for prompt in prompts]
+        return await self._core.loop.acall(self._core.submit(specs, []))
+
+    def submit_specs(self, specs: Sequence[JobSpec]) -> list[Job]:
+        """Send prepared JobSpecs (``dispatch.batch`` builds them from a file)."""
+        specs = [spec.model_copy(update={"reply_to": self.id}) for spec in specs]
+        return self._core.loop.call(self._core.submit(specs, []))
+
+    def submit_batch(self, path: str | Path, config: AgentConfig | None = None) -> list[Job]:
+        """Send every entry of a JSONL or YAML batch file (see ``dispatch.batch``)."""
+        from dispatch.batch import load_batch
+
+        return self.submit_specs(load_batch(path, config or AgentConfig()))
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def gather(self, jobs: Sequence[Job], timeout: float | None = None) -> list[RunResult]:
+        """Wait for every job; results in the jobs' order (JobTimeout after ``timeout`` s)."""
+        return self._core.loop.call(self._core.gather([job.id for job in jobs], timeout))
+
+    async def agather(
+        self,
+        jobs: Sequence[Job],
+        timeout: float | None = None,  # noqa: ASYNC109 - the same signature as gather()
+    ) -> list[RunResult]:
+        return await self._core.loop.acall(self._core.gather([job.id for job in jobs], timeout))
+
+    # -- looking up ---------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        """A handle on an existing job, submitted by any dispatcher (JobNotFound if unknown)."""
+        info = self._core.loop.call(self._core.require_info(job_id))
+        return Job(job_id, info.session_id, self._core)
+
+    def infos(self, job_ids: Sequence[str]) -> list[JobInfo | None]:
+        """Metadata of many jobs in one round trip (``None`` for unknown ids)."""
+        return self._core.loop.call(self._core.infos(list(job_ids)))
+
+    def jobs(self, limit: int = 20) -> list[JobInfo]:
+        """The most recently submitted jobs, newest first."""
+        return self._core.loop.call(self._core.recent(limit))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the background loop (embedded jobs still running are cancelled)."""
+        self._core.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.to_thread(self.close)
+
+    def _spec(
+        self,
+        prompt: str | Sequence[str],
+        config: AgentConfig | None,
+        session_id: str | None,
+        options: dict[str, Any],
+    ) -> JobSpec:
+        return build_spec(
+            prompt,
+            config or AgentConfig(),
+            session_id=session_id,
+            continue_session=session_id is not None,
+            reply_to=self.id,
+            **options,
+        )

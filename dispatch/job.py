@@ -1,0 +1,145 @@
+"""Job: a handle on one dispatched job, with sync and async forms of every query.
+
+A Job belongs to the Dispatcher that made or attached it; the work happens on that dispatcher's
+private event loop, so the sync methods can be called from any thread and the ``a``-prefixed ones
+from any event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+from dispatch.bus import START, StreamEntry, entry_event, is_finished
+from dispatch.errors import JobNotFound
+from dispatch.info import JobInfo
+from rho_agent.events import AgentEvent, RunResult
+from rho_agent.state import State, StateObserver
+
+if TYPE_CHECKING:
+    from dispatch._core import _Core
+
+_PAGE_BLOCK_S = 1.0
+
+
+class Job:
+    """One job: ``id``, ``session_id``, and its status, result, events and state."""
+
+    def __init__(self, job_id: str, session_id: str, core: _Core) -> None:
+        self.id = job_id
+        self.session_id = session_id
+        self._core = core
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, session_id={self.session_id!r})"
+
+    # -- status and metadata ------------------------------------------------------------------
+
+    def info(self) -> JobInfo:
+        """Status, timing, usage, cost and worker, as stored right now."""
+        return self._core.loop.call(self.ainfo())
+
+    async def ainfo(self) -> JobInfo:
+        info = (await self._core.loop.acall(self._core.infos([self.id])))[0]
+        if info is None:
+            raise JobNotFound(f"job {self.id} does not exist (never submitted, or expired)")
+        return info
+
+    def status(self) -> str:
+        """``queued``, ``running``, ``completed``, ``error``, ``cancelled``, ``interrupted`` or
+        ``max_turns``."""
+        return self.info().status
+
+    async def astatus(self) -> str:
+        return (await self.ainfo()).status
+
+    # -- result -------------------------------------------------------------------------------
+
+    def result(self, timeout: float | None = None) -> RunResult:
+        """Wait for the job to finish and return its RunResult (JobTimeout after ``timeout`` s)."""
+        return self._core.loop.call(self._core.result(self.id, timeout))
+
+    async def aresult(self, timeout: float | None = None) -> RunResult:  # noqa: ASYNC109
+        return await self._core.loop.acall(self._core.result(self.id, timeout))
+
+    # -- events -------------------------------------------------------------------------------
+
+    def events(self) -> EventStream:
+        """Every AgentEvent of the job, from the first, live until the job ends.
+
+        Works with ``for`` and ``async for``; a late reader still sees every event.
+        """
+        return EventStream(self)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state(self) -> State:
+        """The job's session State, rebuilt from its trace (exact, as the worker has it)."""
+        return self._core.loop.call(self._core.state(self.session_id))
+
+    async def astate(self) -> State:
+        return await self._core.loop.acall(self._core.state(self.session_id))
+
+    def add_observer(self, observer: StateObserver) -> None:
+        """Send this job's trace records to ``observer.on_event`` (from the first record on).
+
+        Observers are called on the dispatcher's background thread, in order.
+        """
+        self._core.observe(self.id, self.session_id, observer)
+
+    # -- cancel -------------------------------------------------------------------------------
+
+    def cancel(self) -> str:
+        """Cancel the job: a queued job is revoked at once, a running one stops within a second.
+
+        Returns ``cancelled`` (it never ran), ``requested`` (its worker is stopping it),
+        ``finished`` (too late) or ``unknown``.
+        """
+        return self._core.loop.call(self._core.cancel(self.id))
+
+    async def acancel(self) -> str:
+        return await self._core.loop.acall(self._core.cancel(self.id))
+
+
+class EventStream:
+    """Iterates a job's events (sync or async), replaying from the first one."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._after = START
+        self._pending: list[AgentEvent] = []
+        self._ended = False
+
+    def __iter__(self) -> Iterator[AgentEvent]:
+        core = self._job._core
+        while True:
+            if self._pending:
+                yield self._pending.pop(0)
+                continue
+            if self._ended:
+                return
+            self._take(core.loop.call(core.read_events(self._job.id, self._after, _PAGE_BLOCK_S)))
+
+    async def __aiter__(self) -> AsyncIterator[AgentEvent]:
+        core = self._job._core
+        while True:
+            if self._pending:
+                yield self._pending.pop(0)
+                continue
+            if self._ended:
+                return
+            page = await core.loop.acall(core.read_events(self._job.id, self._after, _PAGE_BLOCK_S))
+            self._take(page)
+
+    def _take(self, page: tuple[list[StreamEntry], bool]) -> None:
+        entries, job_over = page
+        for entry in entries:
+            self._after = entry.id
+            if is_finished(entry):
+                self._ended = True
+                return
+            event = entry_event(entry)
+            if event is not None:
+                self._pending.append(event)
+        if job_over and not entries:
+            self._ended = True

@@ -1,0 +1,234 @@
+"""LocalBackend: tools run on this machine, under one working directory.
+
+Each command runs with ``bash -c`` in its own session (so its own process group), stdin closed and
+stdout+stderr on one pipe. A timeout or a cancelled task kills the whole group. A command that
+leaves a background process behind returns as soon as the shell exits; the pipe is then closed
+(redirect a background process's output to a file if it must keep writing), and ``close()`` kills
+whatever those background processes are still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from rho_agent.backends._local_search import glob_files, grep_files
+from rho_agent.backends.base import CommandResult, FileEntry, GrepMatch
+from rho_agent.errors import BackendError
+
+T = TypeVar("T")
+
+_DRAIN_GRACE = 0.25
+"""Seconds to keep reading after the shell exits, for output still in the pipe."""
+
+
+class LocalBackend:
+    """Runs commands and file operations on this machine (see the module docstring).
+
+    ``working_dir`` defaults to the current directory. ``max_output_bytes`` bounds the output
+    kept per command (head and tail); ``max_file_bytes`` the size of a file ``read_file`` loads.
+    """
+
+    def __init__(
+        self,
+        working_dir: str | None = None,
+        *,
+        max_output_bytes: int = 4_000_000,
+        max_file_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self._working_dir = os.path.abspath(working_dir if working_dir is not None else os.getcwd())
+        self._max_output_bytes = max_output_bytes
+        self._max_file_bytes = max_file_bytes
+        self._shell = shutil.which("bash") or "/bin/sh"
+        self._leftover_groups: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(working_dir={self._working_dir!r})"
+
+    @property
+    def working_dir(self) -> str:
+        return self._working_dir
+
+    async def start(self) -> None:
+        """Create the working directory if it does not exist yet."""
+        os.makedirs(self._working_dir, exist_ok=True)
+
+    async def close(self) -> None:
+        """Kill the background processes commands left running."""
+        for group in sorted(self._leftover_groups):
+            _kill_group(group)
+        self._leftover_groups.clear()
+
+    async def realpath(self, path: str) -> str:
+        return await asyncio.to_thread(os.path.realpath, path)
+
+    async def run_command(
+        self,
+        command: str,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the protocol's signature
+        cwd: str | None = None,
+    ) -> CommandResult:
+        directory = cwd or self._working_dir
+        if not await asyncio.to_thread(os.path.isdir, directory):
+            raise BackendError(f"cannot run the command: directory {directory} does not exist")
+        read_fd, write_fd = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self._shell,
+                "-c",
+                command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                cwd=directory,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(read_fd)
+            raise BackendError(f"cannot start {self._shell}: {exc}") from exc
+        finally:
+            os.close(write_fd)
+        return await self._supervise(process, read_fd, timeout)
+
+    async def _supervise(
+        self, process: asyncio.subprocess.Process, read_fd: int, limit: float
+    ) -> CommandResult:
+        loop = asyncio.get_running_loop()
+        capture = _Capture(self._max_output_bytes, loop.create_future())
+        transport: asyncio.BaseTransport | None = None
+        timed_out = False
+        try:
+            pipe = os.fdopen(read_fd, "rb", 0)
+            transport, _ = await loop.connect_read_pipe(lambda: capture, pipe)
+            try:
+                await asyncio.wait_for(process.wait(), limit)
+            except TimeoutError:
+                timed_out = True
+                _kill_group(process.pid)
+                await asyncio.wait_for(process.wait(), 5)
+            await asyncio.wait([capture.closed], timeout=_DRAIN_GRACE)
+        except BaseException:
+            _kill_group(process.pid)
+            raise
+        finally:
+            if transport is not None:
+                transport.close()
+        if not timed_out and _group_alive(process.pid):
+            self._leftover_groups.add(process.pid)
+        code = process.returncode if process.returncode is not None else -signal.SIGKILL
+        return CommandResult(exit_code=code, output=capture.text(), timed_out=timed_out)
+
+    async def read_file(self, path: str) -> bytes:
+        return await asyncio.to_thread(self._read, path)
+
+    def _read(self, path: str) -> bytes:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if info.st_size > self._max_file_bytes:
+            raise OSError(
+                errno.EFBIG,
+                f"file is {info.st_size:,} bytes, more than the {self._max_file_bytes:,} "
+                "bytes read_file loads; look at parts of it with a command instead",
+                path,
+            )
+        return Path(path).read_bytes()
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        def write() -> None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(data)
+
+        await asyncio.to_thread(write)
+
+    async def list_dir(self, path: str) -> list[FileEntry]:
+        return await asyncio.to_thread(_list, path)
+
+    async def glob(self, pattern: str, path: str, *, limit: int) -> list[str]:
+        return await _in_thread_stoppable(lambda stop: glob_files(pattern, path, limit, stop))
+
+    async def grep(
+        self, pattern: str, path: str, *, include: str | None, limit: int
+    ) -> list[GrepMatch]:
+        return await _in_thread_stoppable(
+            lambda stop: grep_files(pattern, path, include, limit, stop)
+        )
+
+
+class _Capture(asyncio.Protocol):
+    """Keeps the head and the tail of a command's output, at most ``limit`` bytes in all."""
+
+    def __init__(self, limit: int, closed: asyncio.Future[None]) -> None:
+        self._half = max(limit // 2, 1)
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._dropped = 0
+        self.closed = closed
+
+    def data_received(self, data: bytes) -> None:
+        room = self._half - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        self._tail += data
+        excess = len(self._tail) - self._half
+        if excess > 0:
+            del self._tail[:excess]
+            self._dropped += excess
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def text(self) -> str:
+        if self._dropped:
+            marker = f"\n[... {self._dropped:,} bytes of output omitted ...]\n".encode()
+            data = bytes(self._head) + marker + bytes(self._tail)
+        else:
+            data = bytes(self._head + self._tail)
+        return data.decode("utf-8", errors="replace")
+
+
+def _kill_group(group: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signal.SIGKILL)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _list(path: str) -> list[FileEntry]:
+    entries = []
+    with os.scandir(path) as scan:
+        for entry in scan:
+            try:
+                is_dir, size = entry.is_dir(), entry.stat().st_size
+            except OSError:
+                is_dir, size = False, entry.stat(follow_symlinks=False).st_size
+            entries.append(FileEntry(entry.name, is_dir, size))
+    return sorted(entries, key=lambda item: item.name)
+
+
+async def _in_thread_stoppable(function: Callable[[threading.Event], T]) -> T:
+    """Run ``function`` in a thread; if the awaiting task is cancelled, tell it to stop."""
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(function, stop)
+    except asyncio.CancelledError:
+        stop.set()
+        raise

@@ -1,0 +1,123 @@
+"""``rho-agent run``: one local session, streamed to the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from rho_agent.agent import Agent
+from rho_agent.config import AgentConfig
+from rho_agent.errors import ApprovalInterrupt, RhoAgentError
+from rho_agent.events import AgentEvent
+from rho_agent.cli._offline import offline_model, should_go_offline
+from rho_agent.cli.app import app
+from rho_agent.session import Session
+
+err = Console(stderr=True, highlight=False)
+
+
+@app.command()
+def run(
+    prompt: Annotated[str, typer.Argument(help="What the agent should do.")],
+    config: Annotated[Path | None, typer.Option(help="AgentConfig YAML file.")] = None,
+    profile: Annotated[str | None, typer.Option(help="readonly, developer, unrestricted or a YAML path.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (default gpt-5-mini).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible API URL (vLLM, Ollama...).")] = None,
+    working_dir: Annotated[Path | None, typer.Option(help="Directory the tools work in.")] = None,
+    backend: Annotated[str | None, typer.Option(help="local or daytona.")] = None,
+    upload: Annotated[list[str] | None, typer.Option(help="Daytona upload LOCAL:REMOTE (repeatable).")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue the session with this id.")] = None,
+    approve: Annotated[bool, typer.Option("--approve/--auto-approve", help="Ask before risky tool calls.")] = False,
+    offline: Annotated[bool, typer.Option(help="Use the built-in scripted model (no API key needed).")] = False,
+) -> None:
+    """Run one prompt in a local session and stream the answer."""
+    try:
+        agent_config = AgentConfig.from_file(config) if config else AgentConfig()
+        overrides: dict[str, Any] = {
+            "profile": profile, "model": model, "base_url": base_url,
+            "working_dir": str(working_dir.resolve()) if working_dir else None,
+        }
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(agent_config, name, value)
+        if backend is not None or upload:
+            agent_config.backend = _backend(backend or "daytona", upload or [], agent_config)
+        if approve:
+            agent_config.auto_approve = False
+        with contextlib.ExitStack() as stack:
+            if should_go_offline(offline=offline, base_url=agent_config.base_url):
+                agent_config.base_url = stack.enter_context(offline_model(err))
+            status = asyncio.run(_run(agent_config, prompt, resume))
+    except RhoAgentError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(0 if status == "completed" else 1)
+
+
+def _backend(name: str, uploads: list[str], config: AgentConfig) -> Any:
+    if name == "local" and not uploads:
+        return "local"
+    from rho_agent.backends.daytona import DaytonaBackend
+
+    return DaytonaBackend.from_cli(uploads=uploads, working_dir=config.working_dir)
+
+
+async def _run(config: AgentConfig, prompt: str, resume: str | None) -> str:
+    from rho_agent.store import SessionStore
+
+    store = SessionStore()
+    agent = Agent(config)
+    session = store.resume(resume, agent) if resume else store.create_session(agent)
+    session.approval_callback = _ask_on_terminal
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(session.cancel()))
+    err.print(f"[dim]session {session.state.session_id} · {config.model}[/]")
+    try:
+        result = await session.run(prompt=prompt, on_event=_show)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        await session.close()
+    sys.stdout.write("\n")
+    usage = result.usage
+    err.print(
+        f"[dim]{result.status} · {usage.get('input_tokens', 0)} in / "
+        f"{usage.get('output_tokens', 0)} out tokens · ${usage.get('cost_usd', 0.0):.4f}[/]"
+    )
+    return result.status
+
+
+def _show(event: AgentEvent) -> None:
+    if event.type == "text" and event.content:
+        sys.stdout.write(event.content)
+        sys.stdout.flush()
+    elif event.type == "tool_start":
+        err.print(f"\n[cyan]→ {event.tool_name}[/] [dim]{_short(event.tool_args)}[/]")
+    elif event.type == "tool_end":
+        ok = (event.tool_metadata or {}).get("success", True)
+        mark = "[green]✓[/]" if ok else "[red]✗[/]"
+        err.print(f"{mark} [dim]{_short(event.tool_result)}[/]")
+    elif event.type == "tool_blocked":
+        err.print(f"[yellow]⊘ {event.tool_name} blocked:[/] {event.tool_result}")
+    elif event.type in ("error", "cancelled", "interruption", "max_turns"):
+        err.print(f"\n[red]{event.type}:[/] {event.content}")
+    elif event.type == "compact_end":
+        err.print("[dim](history compacted)[/]")
+
+
+async def _ask_on_terminal(tool_name: str, tool_args: dict[str, Any]) -> bool:
+    if not sys.stdin.isatty():
+        raise ApprovalInterrupt(f"{tool_name} needs approval and the terminal is not interactive")
+    question = f"Allow {tool_name} {_short(tool_args)}?"
+    return await asyncio.to_thread(typer.confirm, question, default=False)
+
+
+def _short(value: object, limit: int = 160) -> str:
+    text = str(value if value is not None else "").replace("\n", " ⏎ ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

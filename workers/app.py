@@ -1,0 +1,72 @@
+"""The Celery app of a fleet worker: configuration and the one thin task.
+
+``celery -A workers worker`` and ``rho-agent worker`` both run it. The task decodes nothing
+itself: it hands the JSON payload to the process's SessionHost and returns the job's compact
+summary (what Flower shows as the result). Settings come from ``WorkerSettings.from_env()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Reject
+from celery.signals import worker_ready, worker_shutdown
+
+from dispatch.broker import RUN_JOB_TASK, celery_config, require_fleet_extra
+from dispatch.errors import JobSpecError
+from workers.host import SessionHost
+from workers.settings import WorkerSettings
+
+logger = logging.getLogger("workers")
+
+
+def worker_config(settings: WorkerSettings) -> dict[str, Any]:
+    """Celery settings for a worker: the shared ones plus how jobs are consumed."""
+    return {
+        **celery_config(settings.fleet),
+        # A job is acknowledged when it ends; a worker that dies leaves it unacknowledged.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        # Threads only wait on the session host; prefetch 1 per thread (jobs are long).
+        "worker_pool": "threads",
+        "worker_concurrency": settings.concurrency,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "worker_hijack_root_logger": False,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+    }
+
+
+def create_app(settings: WorkerSettings | None = None) -> Celery:
+    """A worker Celery app (settings from the environment unless given)."""
+    require_fleet_extra()
+    settings = settings or WorkerSettings.from_env()
+    app = Celery("rho-agent", set_as_current=False)
+    app.conf.update(worker_config(settings))
+    host = SessionHost(settings)
+
+    def run_job(task: Task, spec: Any) -> dict[str, Any]:
+        """Run one rho-agent job (a JobSpec as JSON) and return its summary."""
+        try:
+            outcome = host.run(spec)
+        except JobSpecError as exc:
+            logger.error("rejected job payload (task %s): %s", task.request.id, exc)
+            raise Reject(str(exc), requeue=False) from None
+        return outcome.compact()
+
+    app.task(name=RUN_JOB_TASK, bind=True)(run_job)
+
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            host.start()
+
+    def on_shutdown(sender: Any = None, **_: Any) -> None:
+        host.stop()
+
+    worker_ready.connect(on_ready, weak=False)
+    worker_shutdown.connect(on_shutdown, weak=False)
+    app.rho_session_host = host
+    return app

@@ -1,0 +1,123 @@
+"""SessionHost: the worker process's one asyncio loop, running every job of the process.
+
+Celery's thread pool gives each job a cheap thread that only waits: the task hands the payload
+to this host and blocks on the future until the job ends, so Celery acknowledges the message only
+then (late acks). The sessions themselves all share one event loop in one thread, where they
+spend their time waiting on the model; lease renewal, the sweeper and cancel requests run there
+too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from typing import Any
+
+from dispatch.broker import CeleryBroker
+from dispatch.host import JobHost
+from dispatch.loop import LoopThread
+from dispatch.redis_bus import RedisBus
+from dispatch.runner import JobOutcome, RunnerOptions
+from dispatch.spec import JobSpec
+from workers.lease import LeaseKeeper, Sweeper
+from workers.settings import WorkerSettings
+
+logger = logging.getLogger("workers.host")
+
+_REQUEUE_GRACE_MS = 600_000
+"""How long a re-sent job may wait in the queue before the sweeper sends it once more."""
+
+
+class SessionHost:
+    """Starts on first use; ``run`` may be called from any number of threads at once."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self._thread = LoopThread(f"rho-session-host-{settings.worker_name}")
+        self._lock = threading.Lock()
+        self._host: JobHost | None = None
+        self._bus: RedisBus | None = None
+        self._broker: CeleryBroker | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> JobHost:
+        """Connect and start the background tasks (idempotent, thread-safe)."""
+        with self._lock:
+            if self._host is None:
+                self._host = self._thread.call(self._start(), timeout=30)
+            return self._host
+
+    def run(self, payload: Any) -> JobOutcome:
+        """Run one job payload to its end (blocking the calling thread, not the loop)."""
+        host = self.start()
+        return self._thread.call(host.run(payload))
+
+    def stop(self) -> None:
+        """Stop background tasks and the loop; running jobs stay resumable elsewhere."""
+        with self._lock:
+            if self._host is not None:
+                with contextlib.suppress(Exception):
+                    self._thread.call(self._stop(), timeout=10)
+                self._host = None
+            self._thread.stop()
+            if self._broker is not None:
+                self._broker.close()
+                self._broker = None
+
+    @property
+    def running_count(self) -> int:
+        return 0 if self._host is None else self._host.running_count
+
+    async def _start(self) -> JobHost:
+        settings = self.settings
+        bus = RedisBus.from_settings(settings.fleet)
+        await bus.client.ping()
+        options = RunnerOptions(
+            worker=settings.worker_name,
+            lease_ms=settings.lease_ms,
+            max_profile=settings.ceiling(),
+            default_timeout_s=settings.job_time_limit_s,
+            max_attempts=settings.max_attempts,
+        )
+        host = JobHost(bus, options)
+        await host.start()
+        self._bus = bus
+        self._broker = CeleryBroker(settings.fleet)
+        keeper = LeaseKeeper(bus.client, settings.fleet.keys, host, settings.lease_ms)
+        sweeper = Sweeper(
+            bus.client,
+            settings.fleet.keys,
+            self._resend,
+            interval_s=settings.sweep_interval_s,
+            grace_ms=_REQUEUE_GRACE_MS,
+        )
+        self._tasks = [
+            asyncio.create_task(keeper.run(), name="rho-leases"),
+            asyncio.create_task(sweeper.run(), name="rho-sweeper"),
+        ]
+        logger.info(
+            "session host %s ready (ceiling %s, lease %.0f s)",
+            settings.worker_name,
+            settings.max_profile,
+            settings.lease_ttl_s,
+        )
+        return host
+
+    def _resend(self, spec: JobSpec, lost_attempt: int) -> None:
+        assert self._broker is not None
+        self._broker.send([spec], attempt_suffix=f"-r{lost_attempt}")
+
+    async def _stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._host is not None:
+            await self._host.stop()
+        if self._bus is not None:
+            await self._bus.close()
+            self._bus = None

@@ -1,0 +1,104 @@
+"""Leases and the sweeper: how a job whose worker died is found and sent again, quickly.
+
+Celery's Redis transport redelivers an unacknowledged message only after its visibility timeout,
+which must exceed the longest job or live jobs run twice (celery#5935), so it cannot also make dead
+workers' jobs come back fast. Instead every running job holds a lease in Redis that its worker's
+``LeaseKeeper`` renews every third of the lease; a ``Sweeper`` (one per worker, one active at a
+time) re-sends jobs whose lease lapsed. The attempt counter in the job hash makes a stale worker's
+writes and results lose (see ``dispatch._lua``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dispatch.errors import JobSpecError
+from dispatch.host import JobHost
+from dispatch.keys import Keys
+from dispatch.spec import JobSpec
+from workers import _lua
+
+logger = logging.getLogger("workers.lease")
+
+Resend = Callable[[JobSpec, int], None]
+"""Publishes a JobSpec again (blocking); the int is the attempt that was lost."""
+
+
+class LeaseKeeper:
+    """Renews the leases of every job this host runs; cancels the ones another worker took."""
+
+    def __init__(self, client: Any, keys: Keys, host: JobHost, lease_ms: int) -> None:
+        self._renew = client.register_script(_lua.RENEW)
+        self._keys = keys
+        self._host = host
+        self._lease_ms = lease_ms
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            try:
+                await self.renew_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("renewing job leases failed (%s); retrying", exc)
+
+    async def renew_once(self) -> list[str]:
+        active = self._host.active()
+        if not active:
+            return []
+        args: list[Any] = [self._keys.job_prefix(), self._lease_ms]
+        for job_id, attempt in active:
+            args += [job_id, attempt]
+        lost: list[str] = await self._renew(keys=[self._keys.leases()], args=args)
+        for job_id in lost:
+            logger.warning("job %s was taken over by another worker; stopping it here", job_id)
+            self._host.cancel_local(job_id)
+        return lost
+
+
+class Sweeper:
+    """Every ``interval_s``, re-sends jobs whose lease lapsed (at most one sweeper at a time)."""
+
+    def __init__(
+        self, client: Any, keys: Keys, resend: Resend, *, interval_s: float, grace_ms: int
+    ) -> None:
+        self._client = client
+        self._claim = client.register_script(_lua.CLAIM_LAPSED)
+        self._keys = keys
+        self._resend = resend
+        self._interval_s = interval_s
+        self._grace_ms = grace_ms
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("sweeping for stopped jobs failed (%s); retrying", exc)
+
+    async def sweep_once(self) -> list[str]:
+        lock_ms = max(1, int(self._interval_s * 900))
+        if not await self._client.set(self._keys.sweeper_lock(), "1", nx=True, px=lock_ms):
+            return []
+        flat: list[str] = await self._claim(
+            keys=[self._keys.leases()], args=[self._keys.job_prefix(), self._grace_ms, 500]
+        )
+        requeued = []
+        for index in range(0, len(flat), 3):
+            job_id, payload, attempt = flat[index : index + 3]
+            try:
+                spec = JobSpec.decode(payload)
+            except JobSpecError as exc:
+                logger.error("job %s cannot be re-sent: %s", job_id, exc)
+                continue
+            await asyncio.to_thread(self._resend, spec, int(attempt))
+            logger.warning("job %s: its worker stopped (attempt %s); sent again", job_id, attempt)
+            requeued.append(job_id)
+        return requeued

@@ -8,6 +8,7 @@ AgentConfig the session was created with, secrets removed), ``meta.json`` (a sma
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from datetime import datetime
@@ -20,8 +21,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rho_agent._lock import SessionLock
 from rho_agent.config import AgentConfig
-from rho_agent.errors import SessionError
+from rho_agent.errors import ConfigError, SessionError
 from rho_agent.trace import JsonlTraceSink, Record
+
+logger = logging.getLogger("rho_agent.store")
 
 TRACE_FILE = "trace.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -69,7 +72,14 @@ def write_meta(session_dir: Path, meta: SessionMeta) -> None:
 
 
 def write_config(session_dir: Path, config: AgentConfig) -> None:
-    text = yaml.safe_dump(without_secrets(config.to_dict()), sort_keys=False, allow_unicode=True)
+    """Save the config without secrets. One that cannot be data (a Daytona image built from local
+    files) is not saved: the session still runs, and resuming it then needs an agent."""
+    try:
+        data = without_secrets(config.to_dict())
+    except ConfigError as exc:
+        logger.warning("session %s: its config is not saved (%s)", session_dir.name, exc)
+        return
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     (session_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
 
 

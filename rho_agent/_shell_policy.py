@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from rho_agent._shell_git import check_git
 from rho_agent._shell_lex import Lexed, Operator, Redirect, ShellSyntaxError, Word, lex
 from rho_agent._shell_programs import (
     Refused,
@@ -23,7 +24,8 @@ from rho_agent._shell_programs import (
     check_date,
     check_double_bracket,
     check_find,
-    check_git,
+    check_printf,
+    check_read,
     check_sed,
     check_uniq,
     only_flags,
@@ -251,8 +253,8 @@ PLAIN_COMMANDS = frozenset(
     """
     : [ b2sum base64 basename cat cd cksum cmp column comm cut df diff dirname dirs du echo
     egrep exit expand expr false fgrep fmt fold free getconf getfacl grep groups head hexdump id
-    join jq locale ls lsblk lscpu lsof md5sum nl nproc numfmt od paste pgrep popd printenv printf
-    ps pushd pwd read readlink realpath rev seq set sha1sum sha224sum sha256sum sha384sum
+    join jq locale ls lsblk lscpu lsof md5sum nl nproc numfmt od paste pgrep popd printenv
+    ps pushd pwd readlink realpath rev seq set sha1sum sha224sum sha256sum sha384sum
     sha512sum sleep stat strings sum tac tail test tr true tty type uname unexpand uptime wait wc
     whereis which who whoami zcat
     """.split()  # noqa: SIM905 - a word list reads better than 81 quoted lines
@@ -273,6 +275,8 @@ COMMANDS: dict[str, Validator] = {
     "hostname": only_flags(frozenset({"-f", "-s", "-d", "-i", "-I", "-A", "-a", "--fqdn"})),
     "mawk": check_awk,
     "nice": _wrapper(frozenset(), frozenset({"-n", "--adjustment"}), 0),
+    "printf": check_printf,
+    "read": check_read,
     "rg": refuse_options("", ("--pre", "--hostname-bin"), "it runs another program"),
     "sed": check_sed,
     "sort": refuse_options("o", ("--output", "--compress-program"), "it writes or runs a file"),

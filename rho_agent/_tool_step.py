@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from rho_agent.errors import ApprovalInterrupt, PermissionDenied, ToolError
 from rho_agent.events import AgentEvent
-from rho_agent.tools.base import ToolHandler, ToolInvocation, ToolOutput
+from rho_agent.tools.base import ToolHandler, ToolOutput
 
 if TYPE_CHECKING:
     from rho_agent._run import RunContext
@@ -47,25 +47,36 @@ def prepare(session: Session, call: dict[str, Any]) -> PreparedCall:
         arguments = json.loads(raw) if raw.strip() else {}
     except json.JSONDecodeError as exc:
         return PreparedCall(
-            call["id"], name, {"_raw_arguments": raw}, handler,
+            call["id"],
+            name,
+            {"_raw_arguments": raw},
+            handler,
             f"the arguments are not valid JSON ({exc.msg} at position {exc.pos}); "
             "call the tool again with a JSON object that matches its parameters",
         )
     if not isinstance(arguments, dict):
         return PreparedCall(
-            call["id"], name, {"_raw_arguments": raw}, handler,
+            call["id"],
+            name,
+            {"_raw_arguments": raw},
+            handler,
             "the arguments must be a JSON object, not " + type(arguments).__name__,
         )
     if handler is None:
         available = ", ".join(session.agent.registry.names) or "none"
         return PreparedCall(
-            call["id"], name, arguments, None,
+            call["id"],
+            name,
+            arguments,
+            None,
             f"there is no tool named {name!r}; available tools: {available}",
         )
     return PreparedCall(call["id"], name, arguments, handler)
 
 
-async def decide(session: Session, run: RunContext, calls: list[PreparedCall]) -> list[PreparedCall]:
+async def decide(
+    session: Session, run: RunContext, calls: list[PreparedCall]
+) -> list[PreparedCall]:
     """Ask for approval where needed, in order; return the calls left pending by an interruption.
 
     Denied calls are answered at once (``tool_blocked``); approved ones stay in ``calls``.
@@ -113,8 +124,11 @@ async def execute(session: Session, run: RunContext, calls: list[PreparedCall]) 
 async def _execute_one(session: Session, run: RunContext, call: PreparedCall) -> None:
     state = session.state
     state.append("tool_start", call_id=call.call_id, tool_name=call.name, arguments=call.arguments)
-    run.emit(AgentEvent("tool_start", tool_name=call.name, tool_call_id=call.call_id,
-                        tool_args=call.arguments))
+    run.emit(
+        AgentEvent(
+            "tool_start", tool_name=call.name, tool_call_id=call.call_id, tool_args=call.arguments
+        )
+    )
     if call.problem is not None or call.handler is None:
         output = ToolOutput(f"Error: {call.problem}", success=False)
     else:
@@ -134,20 +148,45 @@ async def _execute_one(session: Session, run: RunContext, call: PreparedCall) ->
 
 def finish(session: Session, run: RunContext, call: PreparedCall, output: ToolOutput) -> None:
     metadata = {"success": output.success, **output.metadata}
-    session.state.append("tool_end", call_id=call.call_id, tool_name=call.name,
-                         success=output.success, metadata=output.metadata)
+    session.state.append(
+        "tool_end",
+        call_id=call.call_id,
+        tool_name=call.name,
+        success=output.success,
+        metadata=output.metadata,
+    )
     session.state.append("message", role="tool", tool_call_id=call.call_id, content=output.content)
-    run.emit(AgentEvent("tool_end", tool_name=call.name, tool_call_id=call.call_id,
-                        tool_result=output.content, tool_metadata=metadata))
+    run.emit(
+        AgentEvent(
+            "tool_end",
+            tool_name=call.name,
+            tool_call_id=call.call_id,
+            tool_result=output.content,
+            tool_metadata=metadata,
+        )
+    )
 
 
 def block(session: Session, run: RunContext, call: PreparedCall, reason: str) -> None:
-    session.state.append("tool_blocked", call_id=call.call_id, tool_name=call.name,
-                         arguments=call.arguments, reason=reason)
-    session.state.append("message", role="tool", tool_call_id=call.call_id,
-                         content=f"Blocked: {reason}")
-    run.emit(AgentEvent("tool_blocked", tool_name=call.name, tool_call_id=call.call_id,
-                        tool_args=call.arguments, tool_result=reason))
+    session.state.append(
+        "tool_blocked",
+        call_id=call.call_id,
+        tool_name=call.name,
+        arguments=call.arguments,
+        reason=reason,
+    )
+    session.state.append(
+        "message", role="tool", tool_call_id=call.call_id, content=f"Blocked: {reason}"
+    )
+    run.emit(
+        AgentEvent(
+            "tool_blocked",
+            tool_name=call.name,
+            tool_call_id=call.call_id,
+            tool_args=call.arguments,
+            tool_result=reason,
+        )
+    )
 
 
 def answer_unfinished(session: Session, content: str) -> None:

@@ -42,7 +42,7 @@ class CompactionPlan:
 def plan(messages: list[dict[str, Any]], keep_exchanges: int = 2) -> CompactionPlan | None:
     """Split the history; None when there is nothing older than the recent exchanges."""
     head = messages[:1] if messages and messages[0].get("role") == "system" else []
-    body = messages[len(head):]
+    body = messages[len(head) :]
     user_indexes = [i for i, message in enumerate(body) if message.get("role") == "user"]
     if len(user_indexes) <= keep_exchanges - 1:
         return None

@@ -53,9 +53,7 @@ class AgentConfig:
                 f"AgentConfig.backend must be 'local', 'daytona' or a DaytonaBackend, "
                 f"got {type(self.backend).__name__}"
             )
-        if not isinstance(self.vars, dict) or not all(
-            isinstance(key, str) for key in self.vars
-        ):
+        if not isinstance(self.vars, dict) or not all(isinstance(key, str) for key in self.vars):
             raise ConfigError("AgentConfig.vars must be a dict of variable name -> value")
 
     # -- prompt ---------------------------------------------------------------------------------
@@ -97,7 +95,7 @@ class AgentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> AgentConfig:
-        """Build a config from plain data; unknown or mistyped fields name themselves and ``source``."""
+        """Build a config from plain data; an unknown or mistyped field is named with ``source``."""
         try:
             parsed = _ConfigData.model_validate(data)
         except ValidationError as exc:
@@ -126,7 +124,9 @@ class AgentConfig:
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of AgentConfig fields")
+            raise ConfigError(
+                f"config file {str(path)!r} must hold a mapping of AgentConfig fields"
+            )
         config = cls.from_dict(loaded, source=str(path))
         config.extras["_config_dir"] = str(file_path.resolve().parent)
         return config

@@ -3,10 +3,10 @@
 ::
 
     RhoAgentError
-    ├── ConfigError            bad AgentConfig / YAML / prompt template (names the field and the fix)
+    ├── ConfigError            bad AgentConfig, YAML or prompt template (names field and fix)
     │   └── ProfileError       unknown or malformed permission profile
-    ├── ApprovalInterrupt      a tool call needs a human decision; the run pauses (status "interrupted")
-    ├── ToolError              a tool failed in a way the model should read (becomes a tool message)
+    ├── ApprovalInterrupt      a tool call needs a human decision; the run pauses ("interrupted")
+    ├── ToolError              a tool failed; the model reads why (becomes a tool message)
     │   └── PermissionDenied   the profile forbids this call (becomes a ``tool_blocked`` event)
     ├── BackendError           the execution backend (local or Daytona) failed
     ├── ModelError             the model API failed after retries (becomes status "error")
@@ -15,7 +15,7 @@
     │   └── SessionLocked
     └── TraceError             a trace that cannot be read back
 
-Developer misuse fails at construction; run-time failures become a run status plus an ``error`` event.
+Developer misuse fails at construction; run-time failures become a status and an ``error`` event.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class ProfileError(ConfigError):
     """A permission profile name or file is invalid."""
 
 
-class ApprovalInterrupt(RhoAgentError):  # noqa: N818 - public name fixed by the documented API
+class ApprovalInterrupt(RhoAgentError):
     """Raised by an approval callback to pause the run until a human decides.
 
     The pending tool calls stay recorded in the State; a later ``Session.run`` resolves them.
@@ -50,7 +50,7 @@ class ToolError(RhoAgentError):
     """A tool call failed; the message is shown to the model as the tool result."""
 
 
-class PermissionDenied(ToolError):  # noqa: N818 - reads better than PermissionDeniedError
+class PermissionDenied(ToolError):
     """The permission profile does not allow this tool call."""
 
 
@@ -70,11 +70,11 @@ class SessionError(RhoAgentError):
     """A session store operation was misused."""
 
 
-class SessionNotFound(SessionError):  # noqa: N818
+class SessionNotFound(SessionError):
     """No session with that id exists in the store."""
 
 
-class SessionLocked(SessionError):  # noqa: N818
+class SessionLocked(SessionError):
     """Another process is running this session right now."""
 
 

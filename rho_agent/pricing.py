@@ -42,7 +42,7 @@ FALLBACK_CONTEXT_WINDOW = 128_000
 
 
 def _lookup(table: dict[str, Any], model: str) -> Any:
-    """Exact name first, then the longest known prefix (``gpt-5-mini-2025-08-07`` → ``gpt-5-mini``)."""
+    """Exact name, else the longest known prefix (``gpt-5-mini-2025-08-07`` is ``gpt-5-mini``)."""
     if model in table:
         return table[model]
     bare = model.rsplit("/", 1)[-1]
@@ -82,7 +82,9 @@ class PriceTable:
             return 0.0
         uncached = max(input_tokens - cached_tokens, 0)
         return (
-            uncached * price.input + cached_tokens * price.cached_input + output_tokens * price.output
+            uncached * price.input
+            + cached_tokens * price.cached_input
+            + output_tokens * price.output
         ) / 1_000_000
 
 

@@ -80,7 +80,9 @@ class Session:
 
     # -- running --------------------------------------------------------------------------------
 
-    async def run(self, prompt: str | None = None, *, on_event: EventCallback | None = None) -> RunResult:
+    async def run(
+        self, prompt: str | None = None, *, on_event: EventCallback | None = None
+    ) -> RunResult:
         """Run ``prompt`` to completion and return this run's result.
 
         With tool calls still waiting for approval from an interrupted run, they are decided
@@ -184,10 +186,16 @@ class Session:
             output_tokens=usage["output_tokens"],
             cached_tokens=usage["cached_tokens"],
         )
-        self.state.append("model_call", model=model, usage=usage, cost_usd=cost, estimated=estimated)
+        self.state.append(
+            "model_call", model=model, usage=usage, cost_usd=cost, estimated=estimated
+        )
         run.add_usage(usage)
         run.usage["cost_usd"] = run.usage.get("cost_usd", 0.0) + cost
-        run.emit(AgentEvent("api_call_complete", usage={**usage, "cost_usd": cost, "estimated": estimated}))
+        run.emit(
+            AgentEvent(
+                "api_call_complete", usage={**usage, "cost_usd": cost, "estimated": estimated}
+            )
+        )
 
     async def _continue_pending_turn(self, run: RunContext) -> str | None:
         """Run the pending turn's unanswered tool calls; "interrupted" if some await approval."""
@@ -197,7 +205,9 @@ class Session:
         await _tool_step.execute(self, run, calls)
         if not waiting:
             return None
-        pending = [{"call_id": c.call_id, "tool_name": c.name, "arguments": c.arguments} for c in waiting]
+        pending = [
+            {"call_id": c.call_id, "tool_name": c.name, "arguments": c.arguments} for c in waiting
+        ]
         names = ", ".join(call.name for call in waiting)
         self.state.append("approval_pending", calls=pending)
         run.emit(AgentEvent("interruption", content=f"approval required for: {names}"))
@@ -236,13 +246,17 @@ class Session:
         if run.streamed:
             self.state.append("message", role="assistant", content="".join(run.streamed))
             run.streamed = []
-        _tool_step.answer_unfinished(self, "Cancelled: the run was cancelled before this call finished.")
+        _tool_step.answer_unfinished(
+            self, "Cancelled: the run was cancelled before this call finished."
+        )
         self.state.append("cancelled", reason="cancelled by request")
         run.emit(AgentEvent("cancelled", content="run cancelled"))
         return "cancelled"
 
     def _record_error(self, run: RunContext, message: str) -> str:
-        _tool_step.answer_unfinished(self, f"Error: the run failed before this call finished: {message}")
+        _tool_step.answer_unfinished(
+            self, f"Error: the run failed before this call finished: {message}"
+        )
         run.error = message
         self.state.append("error", message=message)
         run.emit(AgentEvent("error", content=message))
@@ -274,7 +288,9 @@ class Session:
         before = compaction.count_tokens(messages)
         split = compaction.plan(messages) or compaction.plan(messages, keep_exchanges=1)
         if split is None:
-            return CompactResult(summary="", tokens_before=before, tokens_after=before, trigger=trigger)
+            return CompactResult(
+                summary="", tokens_before=before, tokens_after=before, trigger=trigger
+            )
         run.emit(AgentEvent("compact_start"))
         turn = await compaction.summarise(self._client, self.agent.config.model, split.older)
         self._record_model_call(run, turn.usage.as_dict(), turn.usage.estimated)
@@ -289,7 +305,9 @@ class Session:
             messages=new_messages,
         )
         run.emit(AgentEvent("compact_end", content=turn.text))
-        return CompactResult(summary=turn.text, tokens_before=before, tokens_after=after, trigger=trigger)
+        return CompactResult(
+            summary=turn.text, tokens_before=before, tokens_after=after, trigger=trigger
+        )
 
     # -- tools and backend ----------------------------------------------------------------------
 
@@ -314,7 +332,9 @@ class Session:
         backend = await self._started_backend()
         getter = getattr(backend, "get_sandbox", None)
         if getter is None:
-            raise ConfigError("get_sandbox() needs AgentConfig(backend='daytona') or a DaytonaBackend")
+            raise ConfigError(
+                "get_sandbox() needs AgentConfig(backend='daytona') or a DaytonaBackend"
+            )
         return await getter()
 
     async def close(self) -> None:

@@ -58,7 +58,7 @@ class State:
         self.pending_turn: dict[str, Any] | None = None
         """The assistant message whose tool calls are not all answered yet."""
         self.pending_results: dict[str, dict[str, Any]] = {}
-        """Tool messages already produced for ``pending_turn``, by call id (the finished-call ledger)."""
+        """Tool messages already produced for ``pending_turn`` by call id (the finished calls)."""
         self.pending_approvals: list[dict[str, Any]] = []
         """Tool calls waiting for a human decision (set by an interruption)."""
         self.records: list[Record] = []

@@ -1,7 +1,8 @@
 """Trace records and the sinks that persist them.
 
 A trace is an append-only sequence of JSON records, one per state change. Every record carries
-``v`` (format version), ``type`` and ``ts`` (ISO 8601 UTC). ``docs/trace-format.md`` lists the types.
+``v`` (format version), ``type`` and ``ts`` (ISO 8601 UTC); ``docs/trace-format.md`` lists
+the types.
 Message records carry the OpenAI message's own keys at top level (``role``, ``content``,
 ``tool_calls``, ``tool_call_id``), so an observer reads ``record["tool_calls"]`` directly.
 """

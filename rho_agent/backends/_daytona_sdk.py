@@ -41,7 +41,8 @@ def sdk() -> ModuleType:
 
 async def load_sdk() -> ModuleType:
     """``sdk()`` without blocking the event loop on the first, slow import."""
-    return await asyncio.to_thread(sdk)
+    module = sys.modules.get("daytona")
+    return module if module is not None else await asyncio.to_thread(sdk)
 
 
 def config_from_environment() -> DaytonaConfig:
@@ -129,7 +130,6 @@ def describe(exc: Exception, doing: str, sandbox_id: str | None = None) -> str:
     status = getattr(exc, "status_code", None)
     detail = str(exc) or type(exc).__name__
     where = f"Daytona error while {doing}"
-    sandbox = f"sandbox {sandbox_id}" if sandbox_id else "the sandbox"
     if "quota" in detail.lower() or (
         isinstance(exc, daytona.DaytonaForbiddenError) and "limit" in detail.lower()
     ):
@@ -156,9 +156,11 @@ def describe(exc: Exception, doing: str, sandbox_id: str | None = None) -> str:
             "at once"
         )
     if isinstance(exc, daytona.DaytonaNotFoundError):
+        if sandbox_id is None:
+            return f"{where}: not found ({detail}). Check the snapshot or image name"
         return (
-            f"{where}: {sandbox} no longer exists ({detail}). It was deleted, or auto-deleted "
-            "after it stopped; start a new session"
+            f"{where}: sandbox {sandbox_id} no longer exists ({detail}). It was deleted, or "
+            "auto-deleted after it stopped; start a new session"
         )
     if isinstance(exc, daytona.DaytonaTimeoutError):
         return (

@@ -13,12 +13,11 @@ import typer
 from rich.console import Console
 
 from rho_agent.agent import Agent
+from rho_agent.cli._offline import offline_model, should_go_offline
+from rho_agent.cli.app import app
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ApprovalInterrupt, RhoAgentError
 from rho_agent.events import AgentEvent
-from rho_agent.cli._offline import offline_model, should_go_offline
-from rho_agent.cli.app import app
-from rho_agent.session import Session
 
 err = Console(stderr=True, highlight=False)
 
@@ -27,21 +26,33 @@ err = Console(stderr=True, highlight=False)
 def run(
     prompt: Annotated[str, typer.Argument(help="What the agent should do.")],
     config: Annotated[Path | None, typer.Option(help="AgentConfig YAML file.")] = None,
-    profile: Annotated[str | None, typer.Option(help="readonly, developer, unrestricted or a YAML path.")] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="readonly, developer, unrestricted or a YAML path.")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model name (default gpt-5-mini).")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible API URL (vLLM, Ollama...).")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible API URL (vLLM, Ollama...).")
+    ] = None,
     working_dir: Annotated[Path | None, typer.Option(help="Directory the tools work in.")] = None,
     backend: Annotated[str | None, typer.Option(help="local or daytona.")] = None,
-    upload: Annotated[list[str] | None, typer.Option(help="Daytona upload LOCAL:REMOTE (repeatable).")] = None,
+    upload: Annotated[
+        list[str] | None, typer.Option(help="Daytona upload LOCAL:REMOTE (repeatable).")
+    ] = None,
     resume: Annotated[str | None, typer.Option(help="Continue the session with this id.")] = None,
-    approve: Annotated[bool, typer.Option("--approve/--auto-approve", help="Ask before risky tool calls.")] = False,
-    offline: Annotated[bool, typer.Option(help="Use the built-in scripted model (no API key needed).")] = False,
+    approve: Annotated[
+        bool, typer.Option("--approve/--auto-approve", help="Ask before risky tool calls.")
+    ] = False,
+    offline: Annotated[
+        bool, typer.Option(help="Use the built-in scripted model (no API key needed).")
+    ] = False,
 ) -> None:
     """Run one prompt in a local session and stream the answer."""
     try:
         agent_config = AgentConfig.from_file(config) if config else AgentConfig()
         overrides: dict[str, Any] = {
-            "profile": profile, "model": model, "base_url": base_url,
+            "profile": profile,
+            "model": model,
+            "base_url": base_url,
             "working_dir": str(working_dir.resolve()) if working_dir else None,
         }
         for name, value in overrides.items():

@@ -66,5 +66,6 @@ class ModelClient(Protocol):
     awaiting task aborts the HTTP stream.
     """
 
-    async def stream(self, request: ModelRequest, on_text: TextCallback | None = None) -> ModelTurn:
-        ...
+    async def stream(
+        self, request: ModelRequest, on_text: TextCallback | None = None
+    ) -> ModelTurn: ...

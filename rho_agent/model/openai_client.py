@@ -25,7 +25,9 @@ API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "0.0.0.0")
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str | None, str], openai.AsyncOpenAI]]
+_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str | None, str], openai.AsyncOpenAI]
+]
 _clients = weakref.WeakKeyDictionary()
 
 
@@ -91,7 +93,9 @@ class OpenAIModelClient:
             except openai.APIStatusError as exc:
                 raise ModelError(_status_message(exc), status_code=exc.status_code) from None
             except openai.APIConnectionError as exc:
-                raise ModelError(f"cannot reach the model API at {client.base_url}: {exc}") from None
+                raise ModelError(
+                    f"cannot reach the model API at {client.base_url}: {exc}"
+                ) from None
             except (httpx2.TransportError, OSError, _aiohttp_errors()) as exc:
                 # The connection dropped mid-stream. Retry only if nothing reached the caller yet.
                 if assembler.emitted or attempt == self.stream_retries:

@@ -59,7 +59,7 @@ class FunctionTool(ToolHandler):
         if not callable(func):
             raise ConfigError(f"@tool needs a function, got {type(func).__name__}")
         self._func = func
-        self.name = name or getattr(func, "__name__", "")
+        self.name = name or str(getattr(func, "__name__", ""))
         summary, arg_docs = _parse_docstring(inspect.getdoc(func) or "")
         self.description = description or summary
         if not self.description:
@@ -150,7 +150,7 @@ def _arguments_model(
         )
         fields[field] = param.name
     try:
-        model = create_model(  # type: ignore[call-overload]
+        model = create_model(
             f"{_qualname(func)}_arguments",
             __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
             **definitions,

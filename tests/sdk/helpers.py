@@ -14,12 +14,12 @@ class ProbeTool(ToolHandler):
 
     name = "probe"
     description = "Test tool that echoes its id."
-    parameters: dict[str, Any] = {
-        "type": "object",
-        "properties": {"id": {"type": "string"}, "sleep": {"type": "number"}},
-    }
 
     def __init__(self, *, requires_approval: bool = False) -> None:
+        self.parameters = {
+            "type": "object",
+            "properties": {"id": {"type": "string"}, "sleep": {"type": "number"}},
+        }
         self.requires_approval = requires_approval
         self.calls: list[dict[str, Any]] = []
         self.finished: list[str] = []

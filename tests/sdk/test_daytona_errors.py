@@ -60,7 +60,8 @@ async def test_a_daytona_config_object_supplies_credentials(
         (403, "Total CPU quota exceeded. Maximum allowed: 4", "quota exceeded"),
         (429, "Too many requests", r"rate limited \(429\)"),
         (403, "Forbidden resource", r"access denied \(403\)"),
-        (400, "Snapshot nope not found", "Snapshot nope not found"),
+        (400, "Invalid build info", "Invalid build info"),
+        (404, "Snapshot nope not found", r"not found \(.*Snapshot nope.*Check the snapshot"),
     ],
 )
 async def test_create_failures_explain_themselves(

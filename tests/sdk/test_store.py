@@ -21,6 +21,7 @@ import yaml
 from rho_agent import (
     Agent,
     AgentConfig,
+    ConfigError,
     Session,
     SessionError,
     SessionInfo,
@@ -482,3 +483,19 @@ def test_a_session_without_a_saved_config_needs_an_agent(tmp_path: Path) -> None
     )
     assert isinstance(resumed, Session)
     asyncio.run(resumed.close())
+
+
+def test_a_config_that_cannot_be_saved_does_not_stop_the_session(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unsaveable(self: AgentConfig) -> dict[str, Any]:
+        raise ConfigError("this DaytonaBackend's image copies local files")
+
+    agent = Agent(AgentConfig(working_dir=str(tmp_path)))
+    monkeypatch.setattr(AgentConfig, "to_dict", unsaveable)
+    session = SessionStore(tmp_path).create_session(agent)
+    asyncio.run(session.close())
+    assert not (tmp_path / session.state.session_id / "config.yaml").exists()
+    assert "its config is not saved (this DaytonaBackend's image" in caplog.text
+    with pytest.raises(SessionError, match="pass an agent"):
+        SessionStore(tmp_path).resume(session.state.session_id)

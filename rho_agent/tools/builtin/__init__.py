@@ -1,4 +1,4 @@
-"""The built-in tools, written once against ``ExecutionBackend``, and the registry a profile gets."""
+"""The built-in tools, written once against ``ExecutionBackend``, and a profile's registry."""
 
 from __future__ import annotations
 

@@ -19,10 +19,10 @@ _PATH_HELP = "absolute, or relative to the working directory"
 
 class ReadArguments(Arguments):
     path: str = Field(description=f"The file to read ({_PATH_HELP}).")
-    offset: int = Field(default=1, ge=1, description="Number of the first line to return (1-based).")
-    limit: int = Field(
-        default=DEFAULT_READ_LINES, ge=1, description="The most lines to return."
+    offset: int = Field(
+        default=1, ge=1, description="Number of the first line to return (1-based)."
     )
+    limit: int = Field(default=DEFAULT_READ_LINES, ge=1, description="The most lines to return.")
 
 
 class WriteArguments(Arguments):
@@ -65,8 +65,7 @@ class ReadTool(BuiltinTool):
             return ToolOutput(f"{args.path} is empty.", metadata={"total_lines": 0})
         if args.offset > len(lines):
             raise ToolError(
-                f"offset {args.offset} is past the end of {args.path}, "
-                f"which has {len(lines)} lines"
+                f"offset {args.offset} is past the end of {args.path}, which has {len(lines)} lines"
             )
         return _numbered(lines, args.offset, args.limit)
 

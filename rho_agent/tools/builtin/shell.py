@@ -79,7 +79,9 @@ def _check_policy(invocation: ToolInvocation, command: str) -> None:
 def _output(result: CommandResult, timeout: float) -> ToolOutput:
     text = truncate_middle(result.output) if result.output else "(no output)"
     if result.timed_out:
-        text += f"\n[timed out after {timeout:g} s; the command and its child processes were killed]"
+        text += (
+            f"\n[timed out after {timeout:g} s; the command and its child processes were killed]"
+        )
     elif result.exit_code != 0:
         text += f"\n[exit code {result.exit_code}]"
     return ToolOutput(

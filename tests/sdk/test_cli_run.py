@@ -1,0 +1,90 @@
+"""``rho-agent run``: streamed answer, tool calls shown, exit codes, offline mode, Ctrl+C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rho_agent.testing import ScriptedModelServer, behaviour, error, text
+
+CLI = [sys.executable, "-c", "from rho_agent.cli import main; main()"]
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "RHO_AGENT_SESSIONS_DIR": str(tmp_path / "sessions"), **extra}
+    env.pop("OPENAI_BASE_URL", None)
+    return env
+
+
+def rho(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_run_streams_the_answer_and_shows_tools(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    model_server.responder = behaviour("tool-then-answer")
+    done = rho(
+        ["run", "look around", "--base-url", model_server.base_url, "--working-dir", str(tmp_path),
+         "--profile", "readonly", "--model", "gpt-5-nano"],
+        cli_env(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Done:")
+    assert "→ list" in done.stderr and "completed" in done.stderr
+    body = model_server.requests[0].body
+    assert body["model"] == "gpt-5-nano"
+    assert "write" not in [t["function"]["name"] for t in body["tools"]]
+
+
+def test_run_uses_a_config_file_and_can_resume(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"system_prompt: You are terse.\nbase_url: {model_server.base_url}\n")
+    model_server.responder = behaviour("echo")
+    first = rho(["run", "first", "--config", str(config)], cli_env(tmp_path))
+    assert first.returncode == 0, first.stderr
+    session_id = first.stderr.split("session ", 1)[1].split()[0]
+    second = rho(
+        ["run", "second", "--config", str(config), "--resume", session_id], cli_env(tmp_path)
+    )
+    assert second.returncode == 0, second.stderr
+    messages = model_server.requests[-1].body["messages"]
+    assert [m["content"] for m in messages if m["role"] == "user"] == ["first", "second"]
+    assert messages[0]["content"] == "You are terse."
+
+
+def test_run_exits_non_zero_on_error(model_server: ScriptedModelServer, tmp_path: Path) -> None:
+    model_server.script(error(401, "invalid api key"))
+    done = rho(["run", "hi", "--base-url", model_server.base_url], cli_env(tmp_path))
+    assert done.returncode == 1
+    assert "invalid api key" in done.stderr
+
+
+def test_offline_mode_without_a_key(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    env.pop("OPENAI_API_KEY", None)
+    done = rho(["run", "what is here?", "--working-dir", str(tmp_path)], env)
+    assert done.returncode == 0, done.stderr
+    assert "offline mode" in done.stderr and done.stdout.startswith("Done:")
+
+
+def test_ctrl_c_cancels_cleanly(model_server: ScriptedModelServer, tmp_path: Path) -> None:
+    model_server.script(text("too slow", delay=30))
+    process = subprocess.Popen(
+        CLI + ["run", "wait", "--base-url", model_server.base_url],
+        env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not model_server.requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 1
+    assert "cancelled" in stderr

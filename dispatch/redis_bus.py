@@ -32,6 +32,7 @@ from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
 
 _INFO_FIELDS = list(JobInfo.model_fields)
+_MAX_CONNECTIONS = 64
 
 
 class RedisBus:
@@ -52,13 +53,21 @@ class RedisBus:
 
     @classmethod
     def from_settings(cls, settings: FleetSettings) -> RedisBus:
-        """Connect to ``settings.bus_url`` (the broker's Redis unless set apart)."""
+        """Connect to ``settings.bus_url`` (the broker's Redis unless set apart).
+
+        The pool is bounded and blocking: a thousand sessions share a few dozen connections
+        (their writes are batched anyway) and wait for one rather than fail.
+        """
         if not settings.bus_url:
             raise ValueError("RedisBus needs a Redis URL (RHO_AGENT_BROKER_URL or REDIS_URL)")
-        client = aioredis.Redis.from_url(
-            settings.bus_url, decode_responses=True, health_check_interval=30
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.bus_url,
+            decode_responses=True,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=60,
+            health_check_interval=30,
         )
-        return cls(client, settings)
+        return cls(aioredis.Redis(connection_pool=pool), settings)
 
     # -- dispatcher side ----------------------------------------------------------------------
 

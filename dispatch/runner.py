@@ -252,8 +252,14 @@ class JobRun:
     def _combine(
         self, state: State, prior: list[AgentEvent], results: list[RunResult]
     ) -> RunResult:
-        if not results:  # every prompt had already run before a restart
-            return RunResult(text="", events=prior, status=state.status, usage={})
+        if not results:  # every prompt had run before a restart: the trace has the last result
+            last_end = next((r for r in reversed(state.records) if r["type"] == "run_end"), {})
+            return RunResult(
+                text=str(last_end.get("text") or ""),
+                events=prior,
+                status=str(last_end.get("status") or state.status),
+                usage=self._job_usage(state),
+            )
         events = prior + [event for result in results for event in result.events]
         last = results[-1]
         return RunResult(

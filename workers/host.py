@@ -26,6 +26,7 @@ from workers.settings import WorkerSettings
 
 logger = logging.getLogger("workers.host")
 
+_CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
 _REQUEUE_GRACE_MS = 600_000
 """How long a re-sent job may wait in the queue before the sweeper sends it once more."""
 
@@ -72,6 +73,8 @@ class SessionHost:
 
     async def _start(self) -> JobHost:
         settings = self.settings
+        for name in _CHATTY_LOGGERS:  # one INFO line per model request drowns the worker log
+            logging.getLogger(name).setLevel(logging.WARNING)
         bus = RedisBus.from_settings(settings.fleet)
         await bus.client.ping()
         options = RunnerOptions(

@@ -1,9 +1,9 @@
-"""The ExecutionBackend protocol: where tool handlers run commands and touch files.
+"""The ExecutionBackend protocol: where tools run commands and touch files.
 
 Tool handlers are written once against this protocol; ``LocalBackend`` runs them on this machine,
 ``DaytonaBackend`` in a Daytona sandbox. Paths given to a backend are already resolved by the
-handler (absolute, inside the backend's filesystem); confinement to the working dir is decided by the
-permission profile before the call (see ``rho_agent.tools.paths``).
+handler (absolute, inside the backend's filesystem); confinement to the working dir is decided by
+the permission profile before the call (see ``rho_agent.tools.paths``).
 
 Cancellation is asyncio-native: cancelling the task awaiting ``run_command`` must kill the whole
 command (process tree or sandbox process) before the ``CancelledError`` propagates.
@@ -21,7 +21,7 @@ class CommandResult:
 
     exit_code: int
     output: str
-    """stdout and stderr interleaved as the command wrote them (decoded as UTF-8, errors replaced)."""
+    """stdout and stderr interleaved as written (decoded as UTF-8, bad bytes replaced)."""
     timed_out: bool = False
 
 
@@ -60,8 +60,13 @@ class ExecutionBackend(Protocol):
         """Release everything the backend holds (delete the sandbox). Idempotent."""
         ...
 
+    # The timeout is a parameter on purpose: it must kill the command, not just stop the wait.
     async def run_command(
-        self, command: str, *, timeout: float, cwd: str | None = None
+        self,
+        command: str,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        cwd: str | None = None,
     ) -> CommandResult:
         """Run ``command`` with a shell, stdin closed; kill the whole tree after ``timeout`` s."""
         ...
@@ -79,7 +84,8 @@ class ExecutionBackend(Protocol):
         ...
 
     async def glob(self, pattern: str, path: str, *, limit: int) -> list[str]:
-        """Paths under ``path`` matching ``pattern`` (``**`` recurses), sorted, at most ``limit``."""
+        """Paths under ``path`` matching ``pattern`` (``**`` recurses), sorted, at most
+        ``limit``."""
         ...
 
     async def grep(

@@ -24,6 +24,7 @@ from rho_agent.model.base import ModelRequest, ModelTurn, TextCallback
 API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "0.0.0.0")
+_REQUEST_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}
 
 _clients: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, dict[tuple[str | None, str], openai.AsyncOpenAI]
@@ -108,11 +109,16 @@ class OpenAIModelClient:
     async def _stream_once(
         self, client: openai.AsyncOpenAI, request: ModelRequest, assembler: TurnAssembler
     ) -> None:
-        async with client.chat.completions.with_streaming_response.create(
-            **_request_kwargs(request)
-        ) as response:
+        response = await client.post(
+            "/chat/completions",
+            cast_to=httpx2.Response,
+            body=_request_kwargs(request),
+            options=_REQUEST_OPTIONS,
+            stream=True,
+        )
+        try:
             buffer = b""
-            async for data in response.http_response.aiter_bytes():
+            async for data in response.aiter_bytes():
                 buffer += data
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
@@ -120,6 +126,8 @@ class OpenAIModelClient:
                         return
             if buffer:
                 _feed_line(buffer, assembler)
+        finally:
+            await response.aclose()
 
 
 def _feed_line(line: bytes, assembler: TurnAssembler) -> bool:

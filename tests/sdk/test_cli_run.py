@@ -21,7 +21,7 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def rho(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_run_streams_the_answer_and_shows_tools(
@@ -78,7 +78,7 @@ def test_offline_mode_without_a_key(tmp_path: Path) -> None:
 def test_ctrl_c_cancels_cleanly(model_server: ScriptedModelServer, tmp_path: Path) -> None:
     model_server.script(text("too slow", delay=30))
     process = subprocess.Popen(
-        CLI + ["run", "wait", "--base-url", model_server.base_url],
+        [*CLI, "run", "wait", "--base-url", model_server.base_url],
         env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 20

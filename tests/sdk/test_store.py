@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -499,3 +500,15 @@ def test_a_config_that_cannot_be_saved_does_not_stop_the_session(
     assert "its config is not saved (this DaytonaBackend's image" in caplog.text
     with pytest.raises(SessionError, match="pass an agent"):
         SessionStore(tmp_path).resume(session.state.session_id)
+
+
+def test_a_session_dropped_without_close_is_released_when_collected(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    session = store.create_session(Agent(AgentConfig(working_dir=str(tmp_path))))
+    session_id = session.state.session_id
+    with pytest.raises(SessionLocked):
+        SessionStore(tmp_path).resume(session_id)
+    del session
+    gc.collect()
+    resumed = SessionStore(tmp_path).resume(session_id)
+    asyncio.run(resumed.close())

@@ -1,0 +1,1 @@
+"""Contract tests every ExecutionBackend must pass (see backend_contract.py)."""

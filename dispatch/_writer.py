@@ -28,9 +28,9 @@ _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 @dataclass(frozen=True)
 class _Write:
-    kind: str  # "xadd" or "hset"
+    kind: str  # "xadd", "hset" or "zadd"
     key: str
-    fields: dict[str, str]
+    fields: dict[str, Any]
     maxlen: int | None = None
 
 
@@ -54,6 +54,9 @@ class BatchWriter:
 
     def hset(self, key: str, fields: dict[str, str]) -> None:
         self._put(_Write("hset", key, dict(fields)))
+
+    def zadd(self, key: str, scores: dict[str, float]) -> None:
+        self._put(_Write("zadd", key, dict(scores)))
 
     async def flush(self) -> None:
         """Wait until every write queued before this call is stored in Redis."""
@@ -113,6 +116,8 @@ class BatchWriter:
         for write in batch:
             if write.kind == "xadd":
                 pipe.xadd(write.key, write.fields, maxlen=write.maxlen, approximate=True)
+            elif write.kind == "zadd":
+                pipe.zadd(write.key, write.fields)
             else:
                 pipe.hset(write.key, mapping=write.fields)
             touched[write.key] = None

@@ -56,6 +56,7 @@ class MemoryBus:
         self._streams: dict[str, _Stream] = {}
         self._cancel_flags: set[str] = set()
         self._owners: dict[str, str] = {}
+        self._sessions: dict[str, dict[str, str]] = {}
 
     # -- dispatcher side ----------------------------------------------------------------------
 
@@ -146,6 +147,9 @@ class MemoryBus:
 
     def emit_progress(self, job_id: str, fields: Mapping[str, str]) -> None:
         self._jobs.setdefault(job_id, {}).update(fields)
+
+    def emit_session(self, session_id: str, fields: Mapping[str, str], *, new: bool) -> None:
+        self._sessions.setdefault(session_id, {}).update(fields)
 
     async def flush(self) -> None:
         return None

@@ -8,6 +8,7 @@ one event loop (redis.asyncio connections are bound to the loop that made them).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -197,6 +198,11 @@ class RedisBus:
 
     def emit_progress(self, job_id: str, fields: Mapping[str, str]) -> None:
         self._writer.hset(self.keys.job(job_id), dict(fields))
+
+    def emit_session(self, session_id: str, fields: Mapping[str, str], *, new: bool) -> None:
+        self._writer.hset(self.keys.session(session_id), dict(fields))
+        if new:
+            self._writer.zadd(self.keys.sessions(), {session_id: time.time()})
 
     async def flush(self) -> None:
         await self._writer.flush()

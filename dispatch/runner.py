@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from dispatch.bus import RunnerBus, cancelled_before_start, entry_event, event_entry
@@ -171,6 +172,17 @@ class JobRun:
         if records:
             session = Session(agent, state=State.from_records(records), sinks=[sink])
         else:
+            self._bus.emit_session(
+                spec.session_id,
+                {
+                    "created_at": datetime.now(UTC).isoformat(),
+                    "model": agent.config.model,
+                    "profile": agent.profile.name,
+                    "first_prompt": spec.prompts[0][:200],
+                    "config": json.dumps(spec.config),
+                },
+                new=True,
+            )
             session = Session(agent, session_id=spec.session_id, sinks=[sink])
         session.cancel_check = lambda: self._cancelled
         self._session = session
@@ -285,6 +297,9 @@ class JobRun:
 
     async def _finish(self, result: RunResult, error: str | None) -> JobOutcome:
         status = result.status if error is None else "error"
+        if self._session is not None:
+            state_status = self._session.state.status
+            self._bus.emit_session(self.spec.session_id, {"status": state_status}, new=False)
         if error is not None and result.status != "error":
             result = RunResult(
                 text=result.text, events=result.events, status="error", usage=result.usage

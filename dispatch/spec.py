@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -190,9 +191,19 @@ def find_secrets(data: Any, path: str = "config") -> list[str]:
     elif isinstance(data, list):
         for index, item in enumerate(data):
             found.extend(find_secrets(item, f"{path}[{index}]"))
-    elif isinstance(data, str) and _SECRET_VALUE.match(data.strip()):
+    elif isinstance(data, str) and (_SECRET_VALUE.match(data.strip()) or _url_password(data)):
         found.append(path)
     return found
+
+
+def _url_password(text: str) -> bool:
+    """A URL carrying a password (``https://user:pass@host``)."""
+    if "://" not in text or "@" not in text:
+        return False
+    try:
+        return bool(urlsplit(text.strip()).password)
+    except ValueError:
+        return False
 
 
 def describe(exc: ValidationError, what: str) -> str:

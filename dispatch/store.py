@@ -64,7 +64,6 @@ class RedisSessionStore:
                 "created_at": now.isoformat(),
                 "model": agent.config.model,
                 "profile": agent.profile.name,
-                "first_prompt": "",
                 "status": "idle",
                 "config": json.dumps(config),
             },
@@ -144,11 +143,9 @@ class RedisTraceSink:
             pipe.hset(self._meta, "status", _status_after(record))
             prompt = record.get("prompt")
             if isinstance(prompt, str):
-                pipe.hsetnx(self._meta, "first_prompt", "")  # keeps the field present
+                pipe.hsetnx(self._meta, "first_prompt", prompt[:200])
             pipe.expire(self._meta, self._retention)
         pipe.execute()
-        if isinstance(record.get("prompt"), str) and not self._r.hget(self._meta, "first_prompt"):
-            self._r.hset(self._meta, "first_prompt", record["prompt"][:200])
 
     def close(self) -> None:
         return None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from rho_agent.agent import Agent
 from rho_agent.backends.base import CommandResult, ExecutionBackend
+from rho_agent.backends.local import LocalBackend
 from rho_agent.config import AgentConfig
 from rho_agent.errors import (
     ApprovalInterrupt,
@@ -30,13 +31,12 @@ from rho_agent.permissions import PermissionProfile
 from rho_agent.pricing import ModelPrice, PriceTable
 from rho_agent.session import Session
 from rho_agent.state import State, StateObserver
+from rho_agent.store import SessionInfo, SessionStore
 from rho_agent.tools import ToolHandler, ToolInvocation, ToolOutput, ToolRegistry, tool
 from rho_agent.trace import JsonlTraceSink, MemoryTraceSink, TraceSink
 
 if TYPE_CHECKING:
     from rho_agent.backends.daytona import DaytonaBackend
-    from rho_agent.backends.local import LocalBackend
-    from rho_agent.store import SessionInfo, SessionStore
 
 __all__ = [
     "Agent",
@@ -82,19 +82,10 @@ __all__ = [
     "tool",
 ]
 
-_LAZY = {
-    "DaytonaBackend": "rho_agent.backends.daytona",
-    "LocalBackend": "rho_agent.backends.local",
-    "SessionInfo": "rho_agent.store",
-    "SessionStore": "rho_agent.store",
-}
-
-
 def __getattr__(name: str) -> Any:
-    """Import the Daytona backend and the store on first use (Daytona is an optional extra)."""
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'rho_agent' has no attribute {name!r}")
-    import importlib
+    """Import ``DaytonaBackend`` on first use: its module wraps an optional dependency."""
+    if name == "DaytonaBackend":
+        from rho_agent.backends.daytona import DaytonaBackend
 
-    return getattr(importlib.import_module(module_name), name)
+        return DaytonaBackend
+    raise AttributeError(f"module 'rho_agent' has no attribute {name!r}")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
-
 from rho_agent.backends.base import ExecutionBackend
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
@@ -14,10 +12,6 @@ from rho_agent.permissions import PermissionProfile, load_profile
 from rho_agent.pricing import PriceTable
 from rho_agent.tools import build_registry
 from rho_agent.tools.registry import ToolRegistry
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
 
 class Agent:
     """Holds the resolved config, the tool registry built from the profile, and the model client.
@@ -48,7 +42,7 @@ class Agent:
             return self._model_client
         return OpenAIModelClient(base_url=self.config.base_url)
 
-    def create_backend(self) -> ExecutionBackend:
+    def create_backend(self, session_id: str | None = None) -> ExecutionBackend:
         """A fresh execution backend for one session (its own sandbox for Daytona)."""
         backend = self.config.backend
         if backend == "local":
@@ -58,6 +52,8 @@ class Agent:
         if backend == "daytona":
             from rho_agent.backends.daytona import DaytonaBackend
 
-            return DaytonaBackend(working_dir=self.config.working_dir).for_session()
-        factory: Callable[[], ExecutionBackend] = backend.for_session  # type: ignore[union-attr]
-        return factory()
+            template = DaytonaBackend(working_dir=self.config.working_dir)
+            return template.for_session(session_id=session_id)
+        if isinstance(backend, str):
+            raise ConfigError(f"unknown backend {backend!r}; use 'local' or 'daytona'")
+        return backend.for_session(session_id=session_id)

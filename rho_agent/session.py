@@ -60,6 +60,7 @@ class Session:
         self._task: asyncio.Task[str] | None = None
         self._cancel_requested = False
         self._compacted_last = False
+        self._closed = False
         self.state = state if state is not None else State()
         for sink in sinks:
             self.state.add_sink(sink)
@@ -104,6 +105,11 @@ class Session:
         return await self._drive(RunContext(on_event), None)
 
     def _ensure_idle(self) -> None:
+        if self._closed:
+            raise SessionError(
+                f"session {self.state.session_id} is closed; resume it to run again "
+                "(SessionStore.resume or Session(agent, state=session.state))"
+            )
         if self._task is not None and not self._task.done():
             raise SessionError("this session is already running; await the current run first")
 
@@ -323,7 +329,7 @@ class Session:
 
     async def _started_backend(self) -> ExecutionBackend:
         if self._backend is None:
-            self._backend = self.agent.create_backend()
+            self._backend = self.agent.create_backend(self.state.session_id)
         await self._backend.start()
         return self._backend
 
@@ -339,6 +345,7 @@ class Session:
 
     async def close(self) -> None:
         """Release the backend (deletes a Daytona sandbox) and close the trace sinks."""
+        self._closed = True
         if self._backend is not None:
             backend, self._backend = self._backend, None
             await backend.close()

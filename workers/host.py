@@ -83,6 +83,7 @@ class SessionHost:
             max_profile=settings.ceiling(),
             default_timeout_s=settings.job_time_limit_s,
             max_attempts=settings.max_attempts,
+            agent_factory=settings.build_agent(),
         )
         host = JobHost(bus, options)
         await host.start()

@@ -7,12 +7,15 @@ docs/fleet.md shows the same table (a test keeps the two in step).
 from __future__ import annotations
 
 import os
+import pkgutil
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from dispatch.errors import SettingsError
 from dispatch.settings import BROKER_URL_ENV, FleetSettings, env_float, env_int
+from rho_agent.agent import Agent
+from rho_agent.config import AgentConfig
 from rho_agent.errors import ProfileError
 from rho_agent.permissions import PermissionProfile, load_profile
 
@@ -31,6 +34,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("RHO_AGENT_MAX_ATTEMPTS", "3", "attempts before a job whose workers keep dying fails"),
     ("RHO_AGENT_VISIBILITY_TIMEOUT", "3600", "Celery's redelivery time for unacked messages"),
     ("RHO_AGENT_WORKER_NAME", "host-pid", "name recorded on the jobs this worker runs"),
+    (
+        "RHO_AGENT_AGENT_FACTORY",
+        "(none)",
+        "`module:function` building the Agent from an AgentConfig (to add custom tools)",
+    ),
     ("RHO_AGENT_EMBEDDED_CONCURRENCY", "64", "(dispatchers only) jobs run at once in-process"),
 )
 
@@ -48,6 +56,7 @@ class WorkerSettings:
     max_attempts: int = 3
     visibility_timeout_s: int = 3600
     worker_name: str = ""
+    agent_factory: str = ""
 
     def __post_init__(self) -> None:
         if not self.fleet.broker_url:
@@ -68,6 +77,7 @@ class WorkerSettings:
         if not self.worker_name:
             object.__setattr__(self, "worker_name", f"{socket.gethostname()}-{os.getpid()}")
         self.ceiling()  # fail at start-up, not on the first job
+        self.build_agent()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -94,8 +104,12 @@ class WorkerSettings:
             values["job_time_limit_s"] = limit if limit > 0 else None
         if env.get("RHO_AGENT_MAX_PROFILE"):
             values["max_profile"] = env["RHO_AGENT_MAX_PROFILE"]
-        if env.get("RHO_AGENT_WORKER_NAME"):
-            values["worker_name"] = env["RHO_AGENT_WORKER_NAME"]
+        for name, attr in (
+            ("RHO_AGENT_WORKER_NAME", "worker_name"),
+            ("RHO_AGENT_AGENT_FACTORY", "agent_factory"),
+        ):
+            if env.get(name):
+                values[attr] = env[name]
         return cls(**values)  # type: ignore[arg-type]
 
     def ceiling(self) -> PermissionProfile:
@@ -104,6 +118,21 @@ class WorkerSettings:
             return load_profile(self.max_profile)
         except ProfileError as exc:
             raise SettingsError(f"RHO_AGENT_MAX_PROFILE={self.max_profile!r}: {exc}") from None
+
+    def build_agent(self) -> Callable[[AgentConfig], Agent]:
+        """What turns a job's AgentConfig into an Agent (``Agent`` unless a factory is set)."""
+        if not self.agent_factory:
+            return Agent
+        try:
+            factory = pkgutil.resolve_name(self.agent_factory)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise SettingsError(
+                f"RHO_AGENT_AGENT_FACTORY={self.agent_factory!r} cannot be imported ({exc}); "
+                "use 'package.module:function'"
+            ) from None
+        if not callable(factory):
+            raise SettingsError(f"RHO_AGENT_AGENT_FACTORY={self.agent_factory!r} is not callable")
+        return factory  # type: ignore[no-any-return]
 
     @property
     def lease_ms(self) -> int:

@@ -48,7 +48,7 @@ def run(
 ) -> None:
     """Run one prompt in a local session and stream the answer."""
     try:
-        agent_config = AgentConfig.from_file(config) if config else AgentConfig()
+        agent_config = _base_config(config, resume)
         overrides: dict[str, Any] = {
             "profile": profile,
             "model": model,
@@ -70,6 +70,17 @@ def run(
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     raise typer.Exit(0 if status == "completed" else 1)
+
+
+def _base_config(path: Path | None, resume: str | None) -> AgentConfig:
+    """The config file if given, else the resumed session's own config, else the defaults."""
+    if path is not None:
+        return AgentConfig.from_file(path)
+    if resume is not None:
+        from rho_agent.store import SessionStore
+
+        return SessionStore().load_config(resume)
+    return AgentConfig()
 
 
 def _backend(name: str, uploads: list[str], config: AgentConfig) -> Any:

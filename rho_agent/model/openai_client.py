@@ -49,6 +49,13 @@ def _shared_client(base_url: str | None, api_key: str, max_retries: int) -> open
     return client
 
 
+async def close_shared_clients() -> None:
+    """Close the running loop's pooled clients (call before the loop ends, e.g. at shutdown)."""
+    per_loop = _clients.pop(asyncio.get_running_loop(), {})
+    for client in per_loop.values():
+        await client.close()
+
+
 def _http_client() -> httpx2.AsyncClient:
     limits = httpx2.Limits(max_connections=20_000, max_keepalive_connections=2_000)
     timeout = httpx2.Timeout(timeout=600, connect=10.0)

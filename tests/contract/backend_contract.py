@@ -43,6 +43,7 @@ from rho_agent.backends.base import ExecutionBackend
 from ._support import SLOW, at, put, read_pid, wait_dead
 from .tool_contract import ToolContract
 
+
 class CommandContract:
     """``run_command``: output, exit codes, working dir, stdin, timeouts and cancellation."""
 
@@ -99,9 +100,7 @@ class CommandContract:
     @pytest.mark.timeout(60)
     async def test_background_process_does_not_hang(self, backend: ExecutionBackend) -> None:
         started = time.monotonic()
-        result = await backend.run_command(
-            "sleep 60 & echo $! > bg.pid; echo started", timeout=30
-        )
+        result = await backend.run_command("sleep 60 & echo $! > bg.pid; echo started", timeout=30)
         elapsed = time.monotonic() - started
         pid = await read_pid(backend, "bg.pid")
         await backend.run_command(f"kill {pid}", timeout=SLOW)
@@ -144,9 +143,7 @@ class FileContract:
         with pytest.raises(FileNotFoundError):
             await backend.read_file(at(backend, "missing.txt"))
 
-    async def test_list_dir_is_sorted_with_kinds_and_sizes(
-        self, backend: ExecutionBackend
-    ) -> None:
+    async def test_list_dir_is_sorted_with_kinds_and_sizes(self, backend: ExecutionBackend) -> None:
         await put(backend, "b.txt", "abc")
         await put(backend, "a/inside.txt", "x")
         await put(backend, ".hidden", "")

@@ -88,3 +88,19 @@ def test_ctrl_c_cancels_cleanly(model_server: ScriptedModelServer, tmp_path: Pat
     _, stderr = process.communicate(timeout=10)
     assert process.returncode == 1
     assert "cancelled" in stderr
+
+
+def test_resume_keeps_the_sessions_own_config(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = behaviour("echo")
+    env = cli_env(tmp_path)
+    args = ["--base-url", model_server.base_url, "--profile", "readonly", "--model", "gpt-5-nano"]
+    first = rho(["run", "first", *args], env)
+    assert first.returncode == 0, first.stderr
+    session_id = first.stderr.split("session ", 1)[1].split()[0]
+    second = rho(["run", "second", "--resume", session_id], env)
+    assert second.returncode == 0, second.stderr
+    body = model_server.requests[-1].body
+    assert body["model"] == "gpt-5-nano"
+    assert "write" not in [t["function"]["name"] for t in body["tools"]]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rho_agent import Agent, AgentConfig, ApprovalInterrupt, Session, State
+from rho_agent import Agent, AgentConfig, ApprovalInterrupt, Session, SessionError, State
 from rho_agent.testing import (
     ScriptedModelServer,
     ScriptedResponse,
@@ -456,3 +456,14 @@ async def test_failed_summary_leaves_history_untouched(
     with pytest.raises(Exception, match="summary refused"):
         await session.compact()
     assert session.state.messages == before
+
+
+async def test_a_closed_session_refuses_to_run(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.script(text("one"))
+    session = make_session(model_server, tmp_path)
+    await session.run(prompt="first")
+    await session.close()
+    with pytest.raises(SessionError, match="closed"):
+        await session.run(prompt="second")

@@ -78,8 +78,7 @@ class GlobTool(BuiltinTool):
             raise fs_error(exc, given) from None
         working_dir = invocation.backend.working_dir
         if not found:
-            where = display_path(base, working_dir)
-            return ToolOutput(f"No files match {args.pattern!r} in {where}.")
+            return ToolOutput(f"No files match {args.pattern!r} in {_place(base, working_dir)}.")
         lines = [display_path(path, working_dir) for path in found[:GLOB_LIMIT]]
         if len(found) > GLOB_LIMIT:
             lines.append(f"[more than {GLOB_LIMIT} files match; narrow the pattern or path]")
@@ -126,7 +125,8 @@ class GrepTool(BuiltinTool):
         except OSError as exc:
             raise fs_error(exc, given) from None
         if not matches:
-            return ToolOutput(f"No lines match {args.pattern!r} in {given}.")
+            place = _place(base, backend.working_dir)
+            return ToolOutput(f"No lines match {args.pattern!r} in {place}.")
         lines = [
             f"{display_path(match.path, backend.working_dir)}:{match.line_number}: "
             f"{_shorten(match.line)}"
@@ -136,6 +136,10 @@ class GrepTool(BuiltinTool):
             lines.append(f"[more than {GREP_LIMIT} matches; narrow the pattern, path or include]")
         count = min(len(matches), GREP_LIMIT)
         return ToolOutput(truncate_middle("\n".join(lines)), metadata={"count": count})
+
+
+def _place(path: str, working_dir: str) -> str:
+    return "the working directory" if path == working_dir else display_path(path, working_dir)
 
 
 def _shorten(line: str) -> str:

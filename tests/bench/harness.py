@@ -1,0 +1,168 @@
+"""Shared pieces of the benchmark suite: result rows, the registry entry type, statistics,
+the spawned scripted server, a no-op tool and process memory.
+
+Every figure is compared with a baseline measured in the same run on the same machine, and
+repeated measurements are summarised by their median: these machines are noisy, so a lone
+absolute time says little.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rho_agent import Agent, AgentConfig, Session, ToolHandler, ToolInvocation, ToolOutput
+from rho_agent.model.openai_client import close_shared_clients
+from rho_agent.testing import ScriptedModelServer, SpawnedModelServer
+from rho_agent.trace import JsonlTraceSink
+
+MODEL = "gpt-5-mini"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How big to make each benchmark: ``quick`` shrinks sizes and repetitions."""
+
+    quick: bool
+    workdir: str
+    """A temporary directory the benchmarks may write traces into."""
+
+
+@dataclass
+class Row:
+    """One measured figure against its in-run baseline (one line of the table, one JSON object).
+
+    ``ratio`` is figure / baseline. ``met`` is None when the row only reports (no target).
+    """
+
+    name: str
+    figure: float
+    unit: str
+    baseline: float | None
+    target: str
+    met: bool | None
+    ratio: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.baseline:
+            self.ratio = self.figure / self.baseline
+
+    def as_json(self, machine: dict[str, Any]) -> dict[str, Any]:
+        return {**asdict(self), "machine": machine}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A registry entry: ``run(settings)`` measures and returns its rows."""
+
+    key: str
+    title: str
+    run: Callable[[Settings], list[Row]]
+
+
+def median(values: list[float]) -> float:
+    if not values:
+        raise ValueError("median() of no measurements: the benchmark ran zero repetitions")
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of repeated measurements, for the JSON details."""
+    return {"median": median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+@contextlib.contextmanager
+def spawned_server(behaviour: str, delay: float = 0.0) -> Iterator[SpawnedModelServer]:
+    """The scripted model server in its own process (its CPU use never counts against ours)."""
+    server = ScriptedModelServer.spawn(behaviour, delay, timeout=30.0)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class NoopTool(ToolHandler):
+    """A tool that does nothing, so a turn measures the loop and not the tool."""
+
+    name = "noop"
+    description = "Does nothing and answers ok."
+    parameters: dict[str, Any] = {"type": "object", "properties": {}}  # noqa: RUF012
+
+    async def handle(self, invocation: ToolInvocation) -> ToolOutput:
+        return ToolOutput("ok")
+
+
+def make_agent(base_url: str, workdir: str) -> Agent:
+    """The benchmark agent: the developer profile's tools plus ``noop`` (a realistic request)."""
+    agent = Agent(
+        AgentConfig(model=MODEL, base_url=base_url, working_dir=workdir, profile="developer")
+    )
+    agent.registry.register(NoopTool())
+    return agent
+
+
+async def session_conversation(agent: Agent, prompt: str, trace_path: str) -> Session:
+    """One conversation through ``Session.run`` with its trace written to ``trace_path``."""
+    session = Session(agent, sinks=[JsonlTraceSink(trace_path)])
+    result = await session.run(prompt)
+    await session.close()
+    if result.status != "completed":
+        raise RuntimeError(f"benchmark session ended {result.status!r}: {result.events[-1:]}")
+    return session
+
+
+async def release_clients() -> None:
+    """Close the SDK's pooled HTTP clients of this loop before ``asyncio.run`` ends."""
+    await close_shared_clients()
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux ``/proc``; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+class Stopwatch:
+    """``with Stopwatch() as watch: ...`` then ``watch.seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.seconds = time.perf_counter() - self._start

@@ -1,0 +1,179 @@
+"""One contract for both job buses: MemoryBus (embedded) and RedisBus (real Redis).
+
+The Redis case uses the real server on 127.0.0.1:6379 (its Lua scripts need it), in a database of
+its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from dispatch.bus import JobBus, entry_event, event_entry, is_finished
+from dispatch.memory_bus import MemoryBus
+from dispatch.redis_bus import RedisBus
+from dispatch.settings import FleetSettings
+from dispatch.spec import JobSpec, build_spec
+from rho_agent import AgentConfig, AgentEvent, RunResult
+from tests.integration.fleet import REDIS_HOST, claimed_db
+
+
+@pytest.fixture(scope="module")
+def redis_db() -> Iterator[int]:
+    with claimed_db() as db:
+        yield db
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[JobBus]:
+    if request.param == "memory":
+        yield MemoryBus()
+        return
+    db = request.getfixturevalue("redis_db")
+    settings = FleetSettings(broker_url=f"{REDIS_HOST}/{db}", key_prefix=f"c{id(request)}:")
+    redis_bus = RedisBus.from_settings(settings)
+    yield redis_bus
+    await redis_bus.close()
+
+
+def spec(session_id: str | None = None, **options: object) -> JobSpec:
+    return build_spec("hello", AgentConfig(), session_id=session_id, reply_to="d1", **options)
+
+
+async def test_a_submitted_job_is_queued_and_listed(bus: JobBus) -> None:
+    job = spec(labels={"k": "v"})
+    await bus.submit([job], "q")
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None
+    assert (info.status, info.session_id, info.prompt, info.labels) == (
+        "queued",
+        job.session_id,
+        "hello",
+        {"k": "v"},
+    )
+    assert job.job_id in await bus.recent_jobs(10)
+    assert await bus.get_info(["nope"]) == [None]
+
+
+async def test_start_claims_once_and_records_it(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    decision = await bus.start(job, "w1", 60_000)
+    assert (decision.action, decision.attempt) == ("run", 1)
+    again = await bus.start(job, "w2", 60_000)
+    assert again.action == "skip"
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and (info.status, info.worker, info.attempt) == ("running", "w1", 1)
+    [started] = await bus.read_events(job.job_id)
+    assert started.data == {"kind": "job", "type": "started", "attempt": 1, "worker": "w1"}
+
+
+async def test_writes_arrive_in_order_and_finish_ends_the_stream(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    await bus.start(job, "w1", 60_000)
+    bus.emit_event(job.job_id, event_entry(AgentEvent("text", content="a")))
+    bus.emit_trace(job.session_id, job.job_id, {"type": "message", "ts": "t", "role": "user"})
+    bus.emit_event(job.job_id, event_entry(AgentEvent("text", content="b")))
+    bus.emit_progress(job.job_id, {"turns": "1", "input_tokens": "7", "cost_usd": "0.5"})
+    result = RunResult(text="ab", events=[AgentEvent("text", content="ab")], status="completed")
+    assert await bus.finish(job, 1, result, None)
+    entries = await bus.read_events(job.job_id)
+    texts = [event.content for e in entries if (event := entry_event(e)) is not None]
+    assert texts == ["a", "b"]
+    assert is_finished(entries[-1])
+    [trace] = await bus.read_trace(job.session_id)
+    assert trace.data == {
+        "job_id": job.job_id,
+        "record": {"type": "message", "ts": "t", "role": "user"},
+    }
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and (info.status, info.turns, info.input_tokens, info.cost_usd) == (
+        "completed",
+        1,
+        7,
+        0.5,
+    )
+    assert info.finished_at is not None and info.started_at is not None
+    assert await bus.get_results([job.job_id]) == [result]
+    done = await bus.read_done("d1", "0", 0.0)
+    assert [entry.data["job_id"] for entry in done] == [job.job_id]
+    assert not await bus.finish(job, 1, result, None), "a job finishes once"
+
+
+async def test_a_stale_attempt_cannot_finish(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    await bus.start(job, "w1", 60_000)
+    await bus.set_fields(job.job_id, {"status": "queued"})  # what the sweeper does
+    decision = await bus.start(job, "w2", 60_000)
+    assert (decision.action, decision.attempt) == ("run", 2)
+    assert not await bus.finish(job, 1, RunResult(text="old"), None)
+    assert await bus.finish(job, 2, RunResult(text="new"), None)
+    restarted = [e.data for e in await bus.read_events(job.job_id) if e.data["kind"] == "job"]
+    assert [entry["type"] for entry in restarted] == ["started", "restarted", "finished"]
+    assert restarted[1]["worker"] == "w2"
+
+
+async def test_cancelling_a_queued_job_ends_it_at_once(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    assert await bus.request_cancel(job.job_id) == "cancelled"
+    [result] = await bus.get_results([job.job_id])
+    assert result is not None and result.status == "cancelled"
+    entries = await bus.read_events(job.job_id)
+    assert entry_event(entries[0]) == AgentEvent("cancelled", content="cancelled before it started")
+    assert is_finished(entries[-1])
+    assert [e.data["job_id"] for e in await bus.read_done("d1", "0", 0.0)] == [job.job_id]
+    assert (await bus.start(job, "w1", 60_000)).action == "skip"
+    assert await bus.request_cancel(job.job_id) == "finished"
+    assert await bus.request_cancel("unknown-job") == "unknown"
+
+
+async def test_cancelling_a_running_job_asks_its_worker(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    await bus.start(job, "w1", 60_000)
+    position, _ = await bus.next_cancels("$", 0.0)
+    assert not await bus.cancel_requested(job.job_id)
+    assert await bus.request_cancel(job.job_id) == "requested"
+    assert await bus.cancel_requested(job.job_id)
+    _, job_ids = await bus.next_cancels(position, 1.0)
+    assert job_ids == [job.job_id]
+
+
+async def test_one_live_job_per_session(bus: JobBus) -> None:
+    first, second = spec("shared-session"), spec("shared-session")
+    await bus.submit([first, second], "q")
+    assert (await bus.start(first, "w1", 60_000)).action == "run"
+    busy = await bus.start(second, "w2", 60_000)
+    assert (busy.action, busy.detail) == ("busy", first.job_id)
+    await bus.finish(first, 1, RunResult(text=""), None)
+    third = spec("shared-session")
+    await bus.submit([third], "q")
+    assert (await bus.start(third, "w1", 60_000)).action == "run"
+
+
+async def test_reject_fails_a_queued_job_with_its_reason(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    assert await bus.reject(job.job_id, "bad payload: prompts")
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and (info.status, info.error) == ("error", "bad payload: prompts")
+    assert not await bus.reject(job.job_id, "again")
+
+
+async def test_a_blocked_reader_wakes_on_a_new_event(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    await bus.start(job, "w1", 60_000)
+    [started] = await bus.read_events(job.job_id)
+    reader = asyncio.create_task(bus.read_events(job.job_id, started.id, block_s=5.0))
+    await asyncio.sleep(0.05)
+    bus.emit_event(job.job_id, event_entry(AgentEvent("text", content="late")))
+    await bus.flush()
+    entries = await asyncio.wait_for(reader, 2.0)
+    assert [entry_event(e) for e in entries] == [AgentEvent("text", content="late")]
+    assert await bus.read_events(job.job_id, entries[-1].id, block_s=0.0) == []

@@ -1,0 +1,208 @@
+"""Helpers for tests that use the real Redis on 127.0.0.1:6379 and real worker processes.
+
+Each test module claims a whole Redis database (1-15, from the top) with a lock key in db 0, so
+Celery's own keys (queues, ``unacked``) never mix with another run's; the database is flushed when
+released. Workers run as subprocesses in their own process group and are killed with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from dispatch import Dispatcher, FleetSettings
+from rho_agent import Agent, AgentConfig, ToolHandler, ToolInvocation, ToolOutput
+
+REDIS_HOST = "redis://127.0.0.1:6379"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CANARY_KEY = "sk-canary-" + "f1ee7" * 8
+"""The API key workers (and the test's dispatcher) have: it must never reach Redis or Flower."""
+
+
+@contextlib.contextmanager
+def claimed_db() -> Iterator[int]:
+    """An empty Redis database reserved for this test module; flushed and freed afterwards."""
+    locks = redis.Redis.from_url(f"{REDIS_HOST}/0")
+    for number in range(15, 0, -1):
+        lock = f"rho-agent-tests:db:{number}"
+        if not locks.set(lock, os.getpid(), nx=True, ex=900):
+            continue
+        database = redis.Redis.from_url(f"{REDIS_HOST}/{number}")
+        if database.dbsize():
+            locks.delete(lock)
+            continue
+        try:
+            yield number
+        finally:
+            database.flushdb()
+            locks.delete(lock)
+            database.close()
+            locks.close()
+        return
+    raise RuntimeError("no free Redis database (1-15) for the fleet tests")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class WorkerProcess:
+    """One ``celery -A workers worker`` subprocess."""
+
+    name: str
+    env: dict[str, str]
+    queues: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        command = [
+            sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO",
+            f"--hostname={self.name}@%h", "-Q", self.queues, "--without-mingle",
+            "--without-gossip",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=REPO_ROOT,
+            )  # fmt: skip
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready." in self.log_path.read_text(errors="replace"):
+                return
+            if self.process is not None and self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"worker {self.name} did not start:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+        if self.process is not None:
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.process.wait(10)
+
+
+@dataclass
+class Fleet:
+    """A Redis database, a key prefix, a queue and worker processes, for one test module."""
+
+    db: int
+    tmp: Path
+    prefix: str = field(default_factory=lambda: f"t{secrets.token_hex(3)}:")
+    queue: str = field(default_factory=lambda: f"q{secrets.token_hex(3)}")
+    workers: dict[str, WorkerProcess] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"{REDIS_HOST}/{self.db}"
+
+    @property
+    def settings(self) -> FleetSettings:
+        return FleetSettings(broker_url=self.url, key_prefix=self.prefix, queue=self.queue)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        base = {
+            **os.environ,
+            "PYTHONPATH": python_path,
+            "OPENAI_API_KEY": CANARY_KEY,
+            "RHO_AGENT_BROKER_URL": self.url,
+            "RHO_AGENT_KEY_PREFIX": self.prefix,
+            "RHO_AGENT_QUEUE": self.queue,
+            "RHO_AGENT_LEASE_TTL": "2",
+            "RHO_AGENT_SWEEP_INTERVAL": "0.5",
+            "RHO_AGENT_MAX_PROFILE": "developer",
+            "RHO_AGENT_AGENT_FACTORY": "tests.integration.fleet:agent_with_mark_tool",
+        }
+        return {**base, **overrides}
+
+    def add_worker(self, name: str, **env: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            name,
+            self.env(RHO_AGENT_WORKER_NAME=name, **env),
+            f"{self.queue},{self.queue}-{name}",
+            self.tmp / f"worker-{name}.log",
+        )
+        self.workers[name] = worker.start()
+        return worker
+
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(settings=self.settings)
+
+    def redis(self) -> Any:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+
+
+@contextlib.contextmanager
+def running_fleet(tmp: Path, *names: str, **env: str) -> Iterator[Fleet]:
+    """A fleet with one worker per name (started in parallel), torn down afterwards."""
+    with claimed_db() as db:
+        fleet = Fleet(db, tmp)
+        try:
+            for name in names:
+                fleet.add_worker(name, **env)
+            for worker in fleet.workers.values():
+                worker.wait_ready()
+            yield fleet
+        finally:
+            fleet.stop()
+
+
+class MarkTool(ToolHandler):
+    """Appends its ``n`` to the file ``path``: each line is one execution (to count re-runs)."""
+
+    name = "mark"
+    description = "Append a number to a file."
+
+    def __init__(self) -> None:
+        self.parameters = {
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "n": {"type": "integer"}},
+            "required": ["path", "n"],
+        }
+
+    async def handle(self, invocation: ToolInvocation) -> ToolOutput:
+        path = invocation.arguments["path"]
+        with open(path, "a", encoding="utf-8") as marks:  # noqa: ASYNC230 - one tiny append
+            marks.write(f"{invocation.arguments['n']}\n")
+        return ToolOutput(f"marked {invocation.arguments['n']}")
+
+
+def agent_with_mark_tool(config: AgentConfig) -> Agent:
+    """The workers' agent factory in these tests: the normal Agent plus ``mark``."""
+    agent = Agent(config)
+    agent.registry.register(MarkTool())
+    return agent

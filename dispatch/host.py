@@ -17,6 +17,7 @@ from dispatch.errors import JobSpecError
 from dispatch.runner import JobOutcome, JobRun, RunnerOptions
 from dispatch.spec import ID_PATTERN as _ID
 from dispatch.spec import JobSpec
+from rho_agent.model.openai_client import close_shared_clients
 
 logger = logging.getLogger("dispatch.host")
 
@@ -40,11 +41,13 @@ class JobHost:
             self._watcher = asyncio.create_task(self._watch_cancels(position), name="rho-cancels")
 
     async def stop(self) -> None:
+        """Stop following cancels and close the loop's pooled model clients."""
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        await close_shared_clients()
 
     async def run(self, payload: Any) -> JobOutcome:
         """Decode and run one job. A malformed payload raises JobSpecError (and the job, if it

@@ -68,7 +68,8 @@ class JobOutcome:
             "cost_usd": round(float(self.usage.get("cost_usd", 0.0)), 6),
         }
         if self.error:
-            summary["error"] = self.error[:300]
+            key = "reason" if self.status in ("skipped", "superseded") else "error"
+            summary[key] = self.error[:300]
         return summary
 
 
@@ -242,14 +243,14 @@ class JobRun:
             )
 
     async def _prior_events(self) -> list[AgentEvent]:
-        """Events earlier attempts streamed (they are part of this job's result)."""
+        """Events earlier attempts streamed, up to this attempt's restart marker (included)."""
         events: list[AgentEvent] = []
         for entry in await self._bus.read_events(self.job_id, count=1_000_000):
-            if entry.data.get("kind") == "job" and entry.data.get("attempt") == self._attempt:
-                break
             event = entry_event(entry)
             if event is not None:
                 events.append(event)
+            if entry.data.get("kind") == "job" and entry.data.get("attempt") == self._attempt:
+                break
         return events
 
     def _job_usage(self, state: State) -> dict[str, Any]:

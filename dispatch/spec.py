@@ -23,7 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dispatch.errors import JobSpecError
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
-from rho_agent.permissions import BUILTIN_PROFILES, load_profile, profile_to_dict
+from rho_agent.permissions import (
+    BUILTIN_PROFILES,
+    DEFAULT_PROFILE,
+    load_profile,
+    profile_to_dict,
+)
 from rho_agent.prompts import load_template
 
 SPEC_VERSION: Final = 1
@@ -127,7 +132,7 @@ class JobSpec(BaseModel):
         profile = self.config.get("profile")
         if isinstance(profile, dict):
             return str(profile.get("name") or "custom")
-        return str(profile or "default")
+        return str(profile or DEFAULT_PROFILE)
 
 
 def build_spec(

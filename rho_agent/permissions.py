@@ -114,6 +114,18 @@ class PermissionProfile:
             object.__setattr__(self, "tools", _name_set(self.tools, "tools"))
         _ProfileData.check(profile_to_dict(self), source=f"PermissionProfile({self.name!r})")
 
+    def builtin_tools(self) -> list[str]:
+        """The built-in tools this profile offers, in order: no bash without a shell policy, no
+        write/edit without a write policy, and only ``tools`` when it is set."""
+        hidden = {"bash"} if self.shell == "none" else set()
+        if self.write == "none":
+            hidden |= {"write", "edit"}
+        return [
+            name
+            for name in BUILTIN_TOOL_NAMES
+            if name not in hidden and (self.tools is None or name in self.tools)
+        ]
+
     def needs_approval(self, handler: ToolHandler) -> bool:
         """Whether a call of ``handler`` waits for a human decision (when auto_approve is off)."""
         return handler.name in self.approval or bool(getattr(handler, "requires_approval", False))
@@ -132,8 +144,8 @@ class PermissionProfile:
             excess.append(
                 f"shell_timeout: {self.shell_timeout:g} s is more than {ceiling.shell_timeout:g} s"
             )
-        if ceiling.tools is not None and not set(self.tools or BUILTIN_TOOL_NAMES) <= ceiling.tools:
-            extra = sorted(set(self.tools or BUILTIN_TOOL_NAMES) - ceiling.tools)
+        extra = [name for name in self.builtin_tools() if name not in ceiling.builtin_tools()]
+        if ceiling.tools is not None and extra:  # policy differences are reported above
             excess.append(f"tools: {', '.join(extra)} not allowed")
         return excess
 

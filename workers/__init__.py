@@ -17,8 +17,8 @@ __all__ = ["app", "create_app", "get_app"]
 
 
 def create_app(*args: Any, **kwargs: Any) -> Celery:
-    """See ``workers.app.create_app``."""
-    from workers.app import create_app as create
+    """See ``workers.celery_app.create_app``."""
+    from workers.celery_app import create_app as create
 
     return create(*args, **kwargs)
 

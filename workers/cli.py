@@ -14,7 +14,7 @@ from workers.settings import WorkerSettings
 
 def run_worker(extra_args: Sequence[str] = (), *, loglevel: str = "INFO") -> None:
     """Run a fleet worker in this process until it is stopped (blocks)."""
-    from workers.app import create_app
+    from workers.celery_app import create_app
 
     settings = WorkerSettings.from_env()
     app = create_app(settings)
@@ -32,7 +32,7 @@ def run_flower(
     extra_args: Sequence[str] = (), *, port: int = 5555, address: str = "127.0.0.1"
 ) -> None:
     """Run Flower on the fleet's broker (blocks). Workers send task events, so tasks show up."""
-    from workers.app import create_app
+    from workers.celery_app import create_app
 
     app = create_app(WorkerSettings.from_env())  # the broker comes from the app, never a default
     app.start(["flower", f"--port={port}", f"--address={address}", *extra_args])

@@ -5,8 +5,9 @@ to raise what the local backend would (``FileNotFoundError``, ``IsADirectoryErro
 ``NotADirectoryError``), and a sandbox that is gone becomes a BackendError. Glob and grep match
 exactly like the local backend: glob results of the daemon's search are filtered with the local
 glob regex, and grep runs a small Python program in the sandbox (``re`` semantics, the local
-include-glob regex, version-control directories skipped), or GNU ``grep -E`` where the image has
-no python3. Patterns and paths only ever travel as quoted arguments, never as flags.
+include-glob regex, version-control directories and symlinks skipped), or GNU ``grep -rE``
+where the image has no python3. Patterns and paths only ever travel as quoted arguments, never
+as flags.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def files():
     for directory, subdirectories, names in os.walk(root):
         subdirectories[:] = sorted(d for d in subdirectories if d not in skipped)
         for name in sorted(names):
-            yield name, os.path.join(directory, name)
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                yield name, path
 print("#rho-grep:python")
 found = 0
 for name, path in files():

@@ -54,20 +54,32 @@ async def provision(
         await _upload(sandbox, settings.uploads, working_dir)
         await _run_setup(sandbox, settings, working_dir)
     except BaseException:
-        await settle(delete_sandbox(sandbox, missing_ok=True), DELETE_TIMEOUT)
+        await settle(_discard(sandbox), DELETE_TIMEOUT)
         raise
     return Provisioned(sandbox, working_dir)
 
 
-async def delete_sandbox(sandbox: AsyncSandbox, *, missing_ok: bool) -> None:
-    """Delete the sandbox; one that is already gone counts as deleted when ``missing_ok``."""
+async def delete_sandbox(sandbox: AsyncSandbox) -> None:
+    """Delete the sandbox; one that is already gone (e.g. auto-deleted) counts as deleted."""
     daytona = sdk()
-    with daytona_errors("deleting the sandbox", sandbox.id):
-        try:
+    try:
+        with (
+            daytona_errors("deleting the sandbox", sandbox.id),
+            contextlib.suppress(daytona.DaytonaNotFoundError),
+        ):
             await sandbox.delete(DELETE_TIMEOUT)
-        except daytona.DaytonaNotFoundError:
-            if not missing_ok:
-                raise
+    except BackendError as error:
+        raise BackendError(
+            f"{error}. Sandbox {sandbox.id} may still exist: delete it in the Daytona dashboard "
+            "(label created-by=rho-agent); if not, it stops after auto_stop_interval idle "
+            "minutes and is deleted auto_delete_interval minutes later"
+        ) from error.__cause__
+
+
+async def _discard(sandbox: AsyncSandbox) -> None:
+    """Best effort, on a failed start: the start's own error is the one to report."""
+    with contextlib.suppress(Exception):
+        await delete_sandbox(sandbox)
 
 
 async def _create(

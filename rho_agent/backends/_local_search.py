@@ -1,8 +1,9 @@
 """glob and grep in pure Python, so they work on a machine without ripgrep or GNU grep.
 
 Patterns are data: they are compiled here and never reach a command line. Both walks skip
-version-control directories, visit entries in sorted order (results are deterministic), stop at
-``limit`` results and check ``stop`` so a cancelled search ends soon.
+version-control directories, do not enter symlinked directories, visit entries in sorted order
+(results are deterministic), stop at ``limit`` results and check ``stop`` so a cancelled search
+ends soon. grep also skips symlinked files when it searches a directory.
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def grep_files(
         files: Iterable[tuple[str, str]] = [(os.path.basename(path), path)]
     else:
         _require_dir(path)
-        files = iter_files(path, None, stop)
+        # Like ripgrep, a directory search does not follow symlinks: they may lead outside it.
+        files = (item for item in iter_files(path, None, stop) if not os.path.islink(item[1]))
     wanted = glob_regex(include) if include else None
     matches: list[GrepMatch] = []
     for relative, absolute in files:

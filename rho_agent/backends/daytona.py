@@ -275,7 +275,7 @@ class DaytonaBackend:
             self._sandbox = self._client = None
         try:
             if sandbox is not None:
-                await settle(delete_sandbox(sandbox, missing_ok=True), DELETE_TIMEOUT)
+                await settle(delete_sandbox(sandbox), DELETE_TIMEOUT)
         finally:
             if client is not None:
                 await settle(self._clients.release(client), DELETE_TIMEOUT)

@@ -115,7 +115,8 @@ class LocalBackend:
             except TimeoutError:
                 timed_out = True
                 _kill_group(process.pid)
-                await asyncio.wait_for(process.wait(), 5)
+                with contextlib.suppress(TimeoutError):  # a process stuck in the kernel
+                    await asyncio.wait_for(process.wait(), 5)
             await asyncio.wait([capture.closed], timeout=_DRAIN_GRACE)
         except BaseException:
             _kill_group(process.pid)

@@ -33,7 +33,9 @@ def run(
     base_url: Annotated[
         str | None, typer.Option(help="OpenAI-compatible API URL (vLLM, Ollama...).")
     ] = None,
-    working_dir: Annotated[Path | None, typer.Option(help="Directory the tools work in.")] = None,
+    working_dir: Annotated[
+        Path | None, typer.Option(help="Directory the tools work in (in the sandbox for daytona).")
+    ] = None,
     backend: Annotated[str | None, typer.Option(help="local or daytona.")] = None,
     upload: Annotated[
         list[str] | None, typer.Option(help="Daytona upload LOCAL:REMOTE (repeatable).")
@@ -53,7 +55,7 @@ def run(
             "profile": profile,
             "model": model,
             "base_url": base_url,
-            "working_dir": str(working_dir.resolve()) if working_dir else None,
+            "working_dir": _working_dir(working_dir, backend),
         }
         for name, value in overrides.items():
             if value is not None:
@@ -70,6 +72,13 @@ def run(
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     raise typer.Exit(0 if status == "completed" else 1)
+
+
+def _working_dir(path: Path | None, backend: str | None) -> str | None:
+    """A local working dir is made absolute; a sandbox path is taken as written."""
+    if path is None:
+        return None
+    return str(path) if backend == "daytona" else str(path.resolve())
 
 
 def _base_config(path: Path | None, resume: str | None) -> AgentConfig:

@@ -159,6 +159,11 @@ class ProcessRoutes:
         extra_env: dict[str, str] | None = None,
     ) -> None:
         env = {**os.environ, **sandbox.env, **(extra_env or {}), "HOME": str(sandbox.root)}
+        # Raw pipes, not asyncio's: a background child holding them must not delay the exit
+        # code (the daemon reports it when the shell exits), and stdin stays open like the
+        # daemon's input FIFO.
+        out_read, out_write = os.pipe()
+        in_read, in_write = os.pipe()
         try:
             command.process = await asyncio.create_subprocess_exec(
                 shutil.which("bash") or "/bin/sh",
@@ -166,17 +171,22 @@ class ProcessRoutes:
                 command.command,
                 cwd=cwd,
                 env=env,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stdin=in_read,
+                stdout=out_write,
+                stderr=out_write,
                 start_new_session=True,
             )
         except OSError as exc:
+            for fd in (out_read, in_write):
+                os.close(fd)
             command.output += f"{exc}\n".encode()
             command.exit_code = 127
             command.finished.set()
             return
-        task = asyncio.create_task(_run(command))
+        finally:
+            os.close(out_write)
+            os.close(in_read)
+        task = asyncio.create_task(_run(command, out_read, in_write))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -186,11 +196,16 @@ class ProcessRoutes:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def _run(command: FakeCommand) -> None:
+async def _run(command: FakeCommand, out_read: int, in_write: int) -> None:
     """Collect output until the shell exits, then record the exit code like ``echo $?``."""
     process = command.process
-    assert process is not None and process.stdout is not None
-    reader = asyncio.create_task(_read_all(process.stdout, command.output))
+    assert process is not None
+    loop = asyncio.get_running_loop()
+    stream = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(out_read, "rb", 0)
+    )
+    reader = asyncio.create_task(_read_all(stream, command.output))
     try:
         returncode = await process.wait()
         with contextlib.suppress(TimeoutError):
@@ -198,10 +213,9 @@ async def _run(command: FakeCommand) -> None:
         command.exit_code = returncode if returncode >= 0 else 128 - returncode
     finally:
         command.finished.set()
-        if process.stdin is not None:
-            process.stdin.close()
-        if not reader.done():
-            reader.cancel()
+        os.close(in_write)
+        reader.cancel()
+        transport.close()
 
 
 async def _read_all(stream: asyncio.StreamReader, into: bytearray) -> None:

@@ -125,8 +125,8 @@ async def _rate(drive: Drive, conversations: int, concurrency: int) -> float:
     async def worker() -> None:
         nonlocal turns
         while remaining:
-            number = remaining.pop()
-            turns += await drive(f"model-cpu-{number}.jsonl")
+            calls = await drive(f"model-cpu-{remaining.pop()}.jsonl")
+            turns += calls  # added after the await: ``turns += await ...`` would lose updates
 
     with Stopwatch() as watch:
         await asyncio.gather(*(worker() for _ in range(concurrency)))

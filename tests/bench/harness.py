@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -142,6 +143,19 @@ async def session_conversation(agent: Agent, prompt: str, trace_path: str) -> Se
 async def release_clients() -> None:
     """Close the SDK's pooled HTTP clients of this loop before ``asyncio.run`` ends."""
     await close_shared_clients()
+
+
+def ensure_open_files(wanted: int) -> None:
+    """Lift the soft open-files limit to the hard one; fail clearly if ``wanted`` won't fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raise RuntimeError(
+            f"this benchmark needs {wanted} open files but the limit is {soft}; "
+            f"raise it (ulimit -n {wanted}) or run with --quick"
+        )
 
 
 def rss_bytes() -> int:

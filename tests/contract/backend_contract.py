@@ -24,7 +24,8 @@ The tests reach the backend only through the protocol (files are made with ``wri
 - ``glob`` returns absolute paths of files (not directories), sorted; ``*`` stays within a path
   segment, ``**/`` spans any number of directories, ``{a,b}`` alternates; ``.git`` is skipped.
 - ``grep`` returns absolute paths and 1-based line numbers, lines without their newline; ``path``
-  may be a file or a directory; binary files and ``.git`` are skipped; the pattern is only data.
+  may be a file or a directory; binary files, ``.git`` and symlinks met while walking a directory
+  are skipped (they may lead outside it); the pattern is only data.
 - Missing paths raise ``FileNotFoundError``; listing a file raises ``NotADirectoryError``.
 
 The tool handlers then run end to end on the backend, so the built-in tools are exercised on
@@ -230,6 +231,15 @@ class SearchContract:
         matches = await tree.grep("o", at(tree, "src/a.py"), include=None, limit=100)
         assert [match.line_number for match in matches] == [1]
         assert len(await tree.grep(".", tree.working_dir, include=None, limit=2)) == 2
+
+    async def test_grep_does_not_follow_symlinks(self, tree: ExecutionBackend) -> None:
+        await put(tree, "outside/secret.txt", "TOKEN=1\n")
+        await tree.run_command(
+            "mkdir inside && ln -s ../outside/secret.txt inside/file.txt "
+            "&& ln -s ../outside inside/dir",
+            timeout=SLOW,
+        )
+        assert await tree.grep("TOKEN", at(tree, "inside"), include=None, limit=10) == []
 
     async def test_grep_missing_path(self, tree: ExecutionBackend) -> None:
         with pytest.raises(FileNotFoundError):

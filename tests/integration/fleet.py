@@ -120,6 +120,7 @@ class Fleet:
     prefix: str = field(default_factory=lambda: f"t{secrets.token_hex(3)}:")
     queue: str = field(default_factory=lambda: f"q{secrets.token_hex(3)}")
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
+    retired: list[WorkerProcess] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -145,13 +146,20 @@ class Fleet:
         }
         return {**base, **overrides}
 
+    def queue_of(self, worker: str) -> str:
+        """The queue only ``worker`` consumes (to send a job to that worker)."""
+        return f"{self.queue}-{worker}"
+
     def add_worker(self, name: str, **env: str) -> WorkerProcess:
+        """Start worker ``name`` on the shared queue and its own ``{queue}-{name}``."""
         worker = WorkerProcess(
             name,
             self.env(RHO_AGENT_WORKER_NAME=name, **env),
-            f"{self.queue},{self.queue}-{name}",
-            self.tmp / f"worker-{name}.log",
+            f"{self.queue},{self.queue_of(name)}",
+            self.tmp / f"worker-{name}-{len(self.retired)}.log",
         )
+        if name in self.workers:
+            self.retired.append(self.workers[name])
         self.workers[name] = worker.start()
         return worker
 
@@ -162,23 +170,31 @@ class Fleet:
         return redis.Redis.from_url(self.url, decode_responses=True)
 
     def stop(self) -> None:
-        for worker in self.workers.values():
+        for worker in [*self.workers.values(), *self.retired]:
             worker.stop()
 
 
 @contextlib.contextmanager
-def running_fleet(tmp: Path, *names: str, **env: str) -> Iterator[Fleet]:
-    """A fleet with one worker per name (started in parallel), torn down afterwards."""
+def running_fleet(tmp: Path, workers: dict[str, dict[str, str]]) -> Iterator[Fleet]:
+    """A fleet with the named workers (each with its extra environment), torn down afterwards."""
     with claimed_db() as db:
         fleet = Fleet(db, tmp)
         try:
-            for name in names:
+            for name, env in workers.items():
                 fleet.add_worker(name, **env)
             for worker in fleet.workers.values():
                 worker.wait_ready()
             yield fleet
         finally:
             fleet.stop()
+
+
+def wait_until(condition: Any, within_s: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {within_s} s")
+        time.sleep(0.02)
 
 
 class MarkTool(ToolHandler):

@@ -157,3 +157,25 @@ def test_importing_the_backend_does_not_import_daytona() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+async def test_a_failed_delete_on_close_is_reported(fake_daytona: FakeDaytonaServer) -> None:
+    backend = DaytonaBackend().for_session()
+    await backend.start()
+    sandbox_id = backend.sandbox_id
+    assert sandbox_id is not None
+    fake_daytona.fail("delete", 500, "storage backend unavailable")
+    expected = r"deleting the sandbox.*storage backend unavailable.*may still exist"
+    with pytest.raises(BackendError, match=expected):
+        await backend.close()
+    assert fake_daytona.running == [sandbox_id]
+    await backend.close()  # closed is closed: no second attempt, no error
+    fake_daytona.forget(sandbox_id)
+
+
+async def test_a_sandbox_already_gone_at_close_is_fine(fake_daytona: FakeDaytonaServer) -> None:
+    backend = DaytonaBackend().for_session()
+    await backend.start()
+    assert backend.sandbox_id is not None
+    fake_daytona.forget(backend.sandbox_id)
+    await backend.close()

@@ -89,7 +89,10 @@ def test_required_arguments() -> None:
         ("developer", list(BUILTIN_TOOL_NAMES)),
         ("unrestricted", list(BUILTIN_TOOL_NAMES)),
         (PermissionProfile("quiet", shell="none"), ["read", "glob", "grep", "list"]),
-        (PermissionProfile("picky", write="anywhere", tools={"read", "edit"}), ["read", "edit"]),
+        (
+            PermissionProfile("picky", write="anywhere", tools=frozenset({"read", "edit"})),
+            ["read", "edit"],
+        ),
     ],
 )
 def test_registry_follows_the_profile(profile: str | PermissionProfile, names: list[str]) -> None:

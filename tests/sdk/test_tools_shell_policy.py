@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rho_agent._shell_lex import Operator, Redirect, Word, lex
 from rho_agent._shell_policy import readonly_violation
 
 ALLOWED = [
@@ -266,3 +267,29 @@ def test_deep_nesting_is_refused() -> None:
     command = "echo " + "$(echo " * 12 + "hi" + ")" * 12
     violation = readonly_violation(command)
     assert violation is not None and "nested" in violation
+
+
+def test_lexer_marks_dynamic_and_glob_words() -> None:
+    lexed = lex("""cmd 'a b' "x $HOME" *.py '*.py' \\*.py {a,b} {} $'\\x41' 2>&1""")
+    words = [token for token in lexed.tokens if isinstance(token, Word)]
+    flags = [(word.text, word.dynamic, word.glob) for word in words]
+    assert flags == [
+        ("cmd", False, False),
+        ("a b", False, False),
+        ("x $HOME", True, False),
+        ("*.py", False, True),
+        ("*.py", False, False),
+        ("*.py", False, False),
+        ("{a,b}", False, True),
+        ("{}", False, False),
+        ("\\x41", True, False),
+    ]
+    redirect = lexed.tokens[-1]
+    assert isinstance(redirect, Redirect)
+    assert (redirect.op, redirect.fd, redirect.target.text) == (">&", "2", "1")
+
+
+def test_lexer_collects_substitutions() -> None:
+    lexed = lex('echo $(ls -1 | wc -l) `pwd` <(sort a) "$(date)" $((1 + 2))')
+    assert lexed.substitutions == ["ls -1 | wc -l", "pwd", "sort a", "date"]
+    assert [token.text for token in lexed.tokens if isinstance(token, Operator)] == []

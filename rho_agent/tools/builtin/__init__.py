@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rho_agent.permissions import PermissionProfile, load_profile
 from rho_agent.tools.base import ToolHandler
 from rho_agent.tools.builtin.files import EditTool, ReadTool, WriteTool
@@ -23,21 +25,20 @@ __all__ = [
 
 
 def builtin_handlers(profile: PermissionProfile) -> list[ToolHandler]:
-    """The built-in tools ``profile`` allows, in the order the model sees them.
+    """Fresh handlers for the built-in tools ``profile`` offers (``profile.builtin_tools()``).
 
-    No bash without a shell policy, no write/edit without a write policy, and only the names in
-    ``profile.tools`` when it is set. The handlers enforce the profile again on every call.
+    The handlers enforce the profile again on every call, from the invocation's profile.
     """
-    handlers: list[ToolHandler] = []
-    if profile.shell != "none":
-        handlers.append(BashTool(profile.shell))
-    handlers.append(ReadTool())
-    if profile.write != "none":
-        handlers += [WriteTool(), EditTool()]
-    handlers += [GlobTool(), GrepTool(), ListTool()]
-    if profile.tools is not None:
-        handlers = [handler for handler in handlers if handler.name in profile.tools]
-    return handlers
+    factories: dict[str, Callable[[], ToolHandler]] = {
+        "bash": lambda: BashTool(profile.shell),
+        "read": ReadTool,
+        "write": WriteTool,
+        "edit": EditTool,
+        "glob": GlobTool,
+        "grep": GrepTool,
+        "list": ListTool,
+    }
+    return [factories[name]() for name in profile.builtin_tools()]
 
 
 def build_registry(profile: PermissionProfile | str | None = None) -> ToolRegistry:

@@ -57,7 +57,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
             raise Reject(str(exc), requeue=False) from None
         return outcome.compact()
 
-    app.task(name=RUN_JOB_TASK, bind=True)(run_job)
+    app.task(name=RUN_JOB_TASK, bind=True, shared=False)(run_job)
 
     def on_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:

@@ -1,0 +1,102 @@
+"""Batch files (JSONL and YAML) and run_batch: progress, JSONL results, failures counted."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from dispatch import Dispatcher, JobSpecError
+from dispatch.batch import BatchProgress, load_batch, run_batch
+from rho_agent import AgentConfig
+from rho_agent.testing import ScriptedModelServer, behaviour
+
+
+def test_jsonl_entries_with_overrides(tmp_path: Path) -> None:
+    batch = tmp_path / "batch.jsonl"
+    lines = [
+        json.dumps("plain prompt"),
+        json.dumps({"prompt": "with model", "model": "gpt-5", "labels": {"row": "2"}}),
+        "",
+        json.dumps({"prompts": ["a", "b"], "config": {"profile": "developer"}, "timeout_s": 5}),
+        json.dumps({"prompt": "go on", "session_id": "s-1", "priority": 3}),
+    ]
+    batch.write_text("\n".join(lines), encoding="utf-8")
+    specs = load_batch(batch, AgentConfig(model="gpt-5-mini"))
+    assert [spec.prompts for spec in specs] == [
+        ["plain prompt"],
+        ["with model"],
+        ["a", "b"],
+        ["go on"],
+    ]
+    assert [spec.model for spec in specs] == ["gpt-5-mini", "gpt-5", "gpt-5-mini", "gpt-5-mini"]
+    assert specs[1].labels == {"row": "2"}
+    assert specs[2].profile_label == "developer" and specs[2].timeout_s == 5
+    assert specs[3].continue_session and specs[3].session_id == "s-1" and specs[3].priority == 3
+
+
+def test_yaml_with_shared_config(tmp_path: Path) -> None:
+    batch = tmp_path / "batch.yaml"
+    batch.write_text(
+        "config:\n  model: gpt-5-nano\n  profile: readonly\n"
+        "jobs:\n  - first\n  - prompt: second\n    model: gpt-5\n",
+        encoding="utf-8",
+    )
+    specs = load_batch(batch)
+    assert [(spec.prompts[0], spec.model) for spec in specs] == [
+        ("first", "gpt-5-nano"),
+        ("second", "gpt-5"),
+    ]
+    plain = tmp_path / "list.yml"
+    plain.write_text("- one\n- two\n", encoding="utf-8")
+    assert len(load_batch(plain)) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("b.jsonl", '{"prompt": "ok"}\n{broken', "line 2 is not valid JSON"),
+        ("b.jsonl", '{"prompt": "x", "modle": "y"}', "unknown key(s) ['modle']"),
+        ("b.jsonl", '{"model": "gpt-5"}', "give 'prompt'"),
+        ("b.jsonl", '{"prompt": "x", "model": 5}', "field 'model'"),
+        ("b.jsonl", "\n\n", "has no entries"),
+        ("b.txt", "x", "must end in .jsonl"),
+        ("b.yaml", "jobs: 3", "needs 'jobs'"),
+        ("b.jsonl", '{"prompt": "x", "config": {"extras": {"api_key": "k"}}}', "secret"),
+    ],
+)
+def test_bad_batch_files_say_where(tmp_path: Path, name: str, content: str, message: str) -> None:
+    batch = tmp_path / name
+    batch.write_text(content, encoding="utf-8")
+    with pytest.raises(JobSpecError) as caught:
+        load_batch(batch)
+    assert message in str(caught.value)
+    assert name in str(caught.value)
+
+
+def test_run_batch_reports_progress_and_writes_results(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = behaviour("echo")
+    batch = tmp_path / "batch.jsonl"
+    entries = [{"prompt": f"p{index}"} for index in range(6)]
+    entries.append({"prompt": "continue", "session_id": "missing-session"})
+    batch.write_text("\n".join(json.dumps(entry) for entry in entries), encoding="utf-8")
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    seen: list[BatchProgress] = []
+    output = io.StringIO()
+    with Dispatcher(concurrency=3) as dispatcher:
+        outcome = run_batch(
+            dispatcher, load_batch(batch, config), on_progress=seen.append, output=output,
+            poll_s=0.02,
+        )  # fmt: skip
+    assert not outcome.ok
+    assert (outcome.progress.completed, outcome.progress.failed) == (6, 1)
+    assert [result.text for result in outcome.results[:6]] == [f"Echo: p{i}" for i in range(6)]
+    assert seen[-1].finished == 7 and seen[-1].input_tokens > 0 and seen[-1].cost_usd > 0
+    lines = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert sorted(line["index"] for line in lines) == list(range(7))
+    failed = next(line for line in lines if line["index"] == 6)
+    assert failed["status"] == "error" and "missing-session" in failed["error"]

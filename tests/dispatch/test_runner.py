@@ -1,0 +1,112 @@
+"""JobRun: resume after a crash without re-running finished tools; refusals; attempt limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatch.bus import entry_event
+from dispatch.memory_bus import MemoryBus
+from dispatch.runner import JobRun, RunnerOptions
+from dispatch.spec import build_spec
+from rho_agent import AgentConfig
+from rho_agent.permissions import BUILTIN_PROFILES
+from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
+from tests.integration.fleet import agent_with_mark_tool
+
+
+def marking_responder(marks: Path, total: int, hang_after: list[int]) -> Any:
+    """Calls ``mark`` with 1..total, then answers "done"; hangs after ``hang_after[0]`` marks."""
+
+    def respond(body: dict[str, Any]) -> ScriptedResponse:
+        done = 0
+        for message in reversed(body["messages"]):
+            if message["role"] == "user":
+                break
+            done += message["role"] == "tool"
+        delay = 60.0 if hang_after and done == hang_after[0] else 0.0
+        if done < total:
+            return tool_call("mark", {"path": str(marks), "n": done + 1}, delay=delay)
+        return text("done")
+
+    return respond
+
+
+async def wait_until(condition: Any, within_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_crashed_job_resumes_without_running_finished_tools_again(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    hang_after = [2]
+    model_server.responder = marking_responder(marks, 3, hang_after)
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    spec = build_spec("mark three times", config)
+    bus = MemoryBus()
+    await bus.submit([spec], "q")
+    options = RunnerOptions(worker="w1", agent_factory=agent_with_mark_tool)
+    crashed = asyncio.create_task(JobRun(spec, bus, options).run())
+
+    async def two_marks_recorded() -> bool:
+        records = [entry.data["record"] for entry in await bus.read_trace(spec.session_id)]
+        return sum(record.get("role") == "tool" for record in records) == 2
+
+    await wait_until(two_marks_recorded)
+    crashed.cancel()  # what a dead worker looks like: no run_end, the run stays resumable
+    with contextlib.suppress(asyncio.CancelledError):
+        await crashed
+    await bus.set_fields(spec.job_id, {"status": "queued"})  # what the sweeper does
+    hang_after.clear()
+    options = RunnerOptions(worker="w2", agent_factory=agent_with_mark_tool)
+    outcome = await JobRun(spec, bus, options).run()
+    assert (outcome.status, outcome.attempt, outcome.worker) == ("completed", 2, "w2")
+    assert marks.read_text().split() == ["1", "2", "3"], "finished tool calls ran once"
+    [result] = await bus.get_results([spec.job_id])
+    assert result is not None and (result.status, result.text) == ("completed", "done")
+    types = [event.type for event in result.events]
+    assert types.count("tool_end") == 3 and "job_restarted" in types
+    assert result.usage["input_tokens"] > 0
+    stream = [entry_event(entry) for entry in await bus.read_events(spec.job_id)]
+    assert [event.type for event in stream if event].count("job_restarted") == 1
+
+
+async def test_a_profile_above_the_ceiling_is_refused(model_server: ScriptedModelServer) -> None:
+    spec = build_spec("hi", AgentConfig(base_url=model_server.base_url, profile="unrestricted"))
+    bus = MemoryBus()
+    await bus.submit([spec], "q")
+    ceiling = BUILTIN_PROFILES["developer"]
+    outcome = await JobRun(spec, bus, RunnerOptions(max_profile=ceiling)).run()
+    assert outcome.status == "error"
+    assert "ceiling 'developer'" in (outcome.error or "")
+    assert "write: 'anywhere' is more than 'working_dir'" in (outcome.error or "")
+    [info] = await bus.get_info([spec.job_id])
+    assert info is not None and info.status == "error" and info.error == outcome.error
+    assert model_server.requests == [], "a refused job never reaches the model"
+
+
+async def test_a_job_whose_workers_keep_dying_gives_up(model_server: ScriptedModelServer) -> None:
+    spec = build_spec("hi", AgentConfig(base_url=model_server.base_url))
+    bus = MemoryBus()
+    await bus.submit([spec], "q")
+    await bus.set_fields(spec.job_id, {"attempt": "3"})
+    outcome = await JobRun(spec, bus, RunnerOptions(max_attempts=3)).run()
+    assert outcome.status == "error" and "gave up after 3 attempts" in (outcome.error or "")
+
+
+@pytest.mark.parametrize("status", ["running", "completed"])
+async def test_a_job_that_is_not_queued_is_skipped(status: str) -> None:
+    spec = build_spec("hi", AgentConfig())
+    bus = MemoryBus()
+    await bus.submit([spec], "q")
+    await bus.set_fields(spec.job_id, {"status": status})
+    outcome = await JobRun(spec, bus, RunnerOptions()).run()
+    assert outcome.status == "skipped" and status in (outcome.error or "")

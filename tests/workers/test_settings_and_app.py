@@ -1,0 +1,123 @@
+"""Worker settings from the environment, and the Celery app they configure."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from celery.app.utils import find_app
+
+import workers
+from dispatch import SettingsError
+from dispatch.broker import RUN_JOB_TASK
+from workers.celery_app import create_app, worker_config
+from workers.settings import SETTINGS, WorkerSettings
+
+BROKER = {"RHO_AGENT_BROKER_URL": "redis://127.0.0.1:6379/0"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults() -> None:
+    settings = WorkerSettings.from_env(BROKER)
+    assert (settings.concurrency, settings.max_profile, settings.lease_ttl_s) == (
+        500,
+        "developer",
+        20,
+    )
+    assert settings.job_time_limit_s == 3600 and settings.worker_name
+    assert settings.ceiling().name == "developer"
+
+
+def test_every_variable_is_read() -> None:
+    env = {
+        **BROKER,
+        "RHO_AGENT_REDIS_URL": "redis://127.0.0.1:6379/1",
+        "RHO_AGENT_KEY_PREFIX": "p:",
+        "RHO_AGENT_QUEUE": "jobs",
+        "RHO_AGENT_RETENTION": "3600",
+        "RHO_AGENT_EVENTS_MAXLEN": "500",
+        "RHO_AGENT_WORKER_CONCURRENCY": "40",
+        "RHO_AGENT_MAX_PROFILE": "readonly",
+        "RHO_AGENT_JOB_TIME_LIMIT": "0",
+        "RHO_AGENT_LEASE_TTL": "5",
+        "RHO_AGENT_SWEEP_INTERVAL": "1.5",
+        "RHO_AGENT_MAX_ATTEMPTS": "2",
+        "RHO_AGENT_VISIBILITY_TIMEOUT": "7200",
+        "RHO_AGENT_WORKER_NAME": "w9",
+        "RHO_AGENT_AGENT_FACTORY": "tests.integration.fleet:agent_with_mark_tool",
+        "RHO_AGENT_EMBEDDED_CONCURRENCY": "3",
+    }
+    assert set(env) == {name for name, _, _ in SETTINGS}, "the test covers the whole table"
+    settings = WorkerSettings.from_env(env)
+    fleet = settings.fleet
+    assert (fleet.bus_url, fleet.key_prefix, fleet.queue) == (
+        env["RHO_AGENT_REDIS_URL"],
+        "p:",
+        "jobs",
+    )
+    assert (fleet.retention_s, fleet.events_maxlen, fleet.embedded_concurrency) == (3600, 500, 3)
+    assert (settings.concurrency, settings.max_profile, settings.job_time_limit_s) == (
+        40,
+        "readonly",
+        None,
+    )
+    assert (settings.lease_ttl_s, settings.sweep_interval_s, settings.max_attempts) == (5, 1.5, 2)
+    assert (settings.visibility_timeout_s, settings.worker_name) == (7200, "w9")
+    assert settings.build_agent().__name__ == "agent_with_mark_tool"
+
+
+def test_the_docs_table_lists_every_variable() -> None:
+    docs = (ROOT / "docs" / "fleet.md").read_text(encoding="utf-8")
+    for name, default, _ in SETTINGS:
+        assert re.search(rf"\| `{name}` \| `?{re.escape(default)}`? \|", docs), name
+    sources = (ROOT / "workers" / "settings.py").read_text() + (
+        ROOT / "dispatch" / "settings.py"
+    ).read_text()
+    assert set(re.findall(r"RHO_AGENT_[A-Z_]+", sources)) <= {name for name, _, _ in SETTINGS}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "a worker needs a broker"),
+        ({**BROKER, "RHO_AGENT_MAX_PROFILE": "godmode"}, "RHO_AGENT_MAX_PROFILE='godmode'"),
+        ({**BROKER, "RHO_AGENT_LEASE_TTL": "0.1"}, "RHO_AGENT_LEASE_TTL"),
+        ({**BROKER, "RHO_AGENT_WORKER_CONCURRENCY": "lots"}, "not a whole number"),
+        ({**BROKER, "RHO_AGENT_AGENT_FACTORY": "nowhere:thing"}, "cannot be imported"),
+    ],
+)
+def test_bad_settings_fail_at_start_up(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        WorkerSettings.from_env(env)
+    assert message in str(caught.value)
+
+
+def test_celery_config_is_json_only_late_ack_and_threads() -> None:
+    config = worker_config(WorkerSettings.from_env({**BROKER, "RHO_AGENT_QUEUE": "jobs"}))
+    assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1
+    assert (config["worker_pool"], config["worker_concurrency"]) == ("threads", 500)
+    assert config["broker_transport_options"] == {"visibility_timeout": 3600}
+    assert config["task_default_queue"] == "jobs" and config["worker_send_task_events"]
+
+
+def test_celery_finds_the_app_by_package_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RHO_AGENT_BROKER_URL", BROKER["RHO_AGENT_BROKER_URL"])
+    workers.get_app.cache_clear()
+    try:
+        app = find_app("workers")
+        assert app is workers.app
+        assert RUN_JOB_TASK in app.tasks
+    finally:
+        workers.get_app.cache_clear()
+
+
+def test_create_app_uses_given_settings() -> None:
+    app = create_app(WorkerSettings.from_env({**BROKER, "RHO_AGENT_WORKER_CONCURRENCY": "7"}))
+    other = create_app(WorkerSettings.from_env(BROKER))
+    assert app.conf.worker_concurrency == 7
+    assert app.tasks[RUN_JOB_TASK].name == "rho_agent.run_job"
+    task, other_task = app.tasks[RUN_JOB_TASK], other.tasks[RUN_JOB_TASK]
+    assert task._decorated_fun is not other_task._decorated_fun, "each app runs its own host"

@@ -1,0 +1,191 @@
+"""Graceful shutdown: on SIGTERM a worker takes no new jobs, lets running ones finish for up to
+``RHO_AGENT_SHUTDOWN_GRACE`` seconds, then hands the rest back to the queue with their state saved.
+
+Celery's warm shutdown alone would wait for every running job, however long (and Kubernetes or
+systemd would then kill the worker, leaving its jobs to the lease sweeper). Here the receiver of
+Celery's ``worker_shutting_down`` signal, which runs in the main thread before Celery stops its
+consumer, blocks that thread (so no new job is fetched) while the jobs run on in the session
+host's loop. Jobs still running when the grace ends are handed back:
+
+1. their asyncio tasks are cancelled from outside, which leaves each session's run unfinished and
+   resumable (``Session`` records nothing on such a cancellation; local tool processes are
+   killed);
+2. every trace record and event they emitted is flushed to Redis;
+3. a Lua script marks each job the worker still owns ``queued`` (with a requeue lease, as the
+   sweeper does) and appends a ``handed_back`` lifecycle entry to its events;
+4. each job is sent again; the next worker's attempt resumes the session from its trace.
+
+Only then does the receiver return and Celery finish its own shutdown, so nothing is lost in a
+rolling restart. A second signal (or a cold shutdown) skips the rest of the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from dispatch.broker import CeleryBroker
+from dispatch.errors import JobSpecError
+from dispatch.host import JobHost
+from dispatch.redis_bus import RedisBus
+from dispatch.settings import env_float
+from dispatch.spec import JobSpec
+
+if TYPE_CHECKING:
+    from workers.host import SessionHost
+
+logger = logging.getLogger("workers.shutdown")
+
+SHUTDOWN_SETTINGS: tuple[tuple[str, str, str], ...] = (
+    (
+        "RHO_AGENT_SHUTDOWN_GRACE",
+        "30",
+        "seconds a stopping worker lets running jobs finish before handing them back to the queue",
+    ),
+)
+"""The variables this module reads (deploy/README.md lists them with the worker settings)."""
+
+DEFAULT_GRACE_S = 30.0
+REQUEUE_GRACE_MS = 600_000
+"""How long a handed-back job may wait in the queue before the sweeper sends it once more."""
+_CANCEL_WAIT_S = 10.0
+_POLL_S = 0.1
+
+# KEYS: leases. ARGV: job key prefix, requeue grace ms, events maxlen, worker, job/attempt pairs.
+# Returns job id, spec json and attempt of every job this worker still owned, flattened.
+_HAND_BACK = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 5, #ARGV, 2 do
+  local job, attempt = ARGV[i], ARGV[i + 1]
+  local key = ARGV[1] .. job
+  if redis.call('HGET', key, 'status') == 'running' and redis.call('HGET', key, 'attempt') == attempt
+  then
+    redis.call('HSET', key, 'status', 'queued')
+    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), job)
+    local entry = cjson.encode({kind = 'job', type = 'handed_back', attempt = tonumber(attempt),
+      worker = ARGV[4]})
+    redis.call('XADD', key .. ':events', 'MAXLEN', '~', ARGV[3], '*', 'd', entry)
+    table.insert(out, job)
+    table.insert(out, redis.call('HGET', key, 'spec') or '')
+    table.insert(out, attempt)
+  end
+end
+return out
+"""
+
+
+def grace_from_env(env: Mapping[str, str] | None = None) -> float:
+    """``RHO_AGENT_SHUTDOWN_GRACE`` in seconds (0: hand running jobs back at once)."""
+    env = os.environ if env is None else env
+    if not env.get("RHO_AGENT_SHUTDOWN_GRACE"):
+        return DEFAULT_GRACE_S
+    grace = env_float(env, "RHO_AGENT_SHUTDOWN_GRACE")
+    if grace < 0:
+        from dispatch.errors import SettingsError
+
+        raise SettingsError(f"RHO_AGENT_SHUTDOWN_GRACE must be >= 0 seconds, got {grace:g}")
+    return grace
+
+
+class GracefulShutdown:
+    """Drains one worker's session host; ``drain`` blocks until the host holds no job."""
+
+    def __init__(
+        self,
+        host: SessionHost,
+        grace_s: float,
+        *,
+        hurry: Callable[[], bool] = lambda: False,
+        on_begin: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.host = host
+        self.grace_s = grace_s
+        self._hurry = hurry
+        self._on_begin = on_begin
+        self._started = False
+        self.handed_back: list[str] = []
+
+    def drain(self, *, cold: bool = False) -> list[str]:
+        """Wait up to the grace for running jobs, then hand back the rest; their ids."""
+        if self._started:
+            return []
+        self._started = True
+        self._on_begin()
+        running = self.host.running_count
+        if running and not cold:
+            logger.warning(
+                "shutting down: taking no new jobs; %d running get up to %g s to finish",
+                running,
+                self.grace_s,
+            )
+            self._wait()
+        if not self.host.running_count:
+            return []
+        try:
+            self.handed_back = self._hand_back()
+        except Exception:
+            logger.exception("handing running jobs back failed; their leases will lapse instead")
+            return []
+        logger.warning("handed %d job(s) back to the queue", len(self.handed_back))
+        return self.handed_back
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + self.grace_s
+        while self.host.running_count and time.monotonic() < deadline and not self._hurry():
+            time.sleep(_POLL_S)
+
+    def _hand_back(self) -> list[str]:
+        job_host = self.host.start()  # already started: it runs jobs
+        loop = self.host._thread  # the session host's loop; see the module docstring
+        flat = loop.call(_stop_and_release(job_host), timeout=_CANCEL_WAIT_S + 30)
+        broker = CeleryBroker(self.host.settings.fleet)
+        sent = []
+        try:
+            for index in range(0, len(flat), 3):
+                job_id, payload, attempt = flat[index : index + 3]
+                try:
+                    spec = JobSpec.decode(payload)
+                except JobSpecError as exc:
+                    logger.error("job %s cannot be handed back: %s", job_id, exc)
+                    continue
+                broker.send([spec], attempt_suffix=f"-h{attempt}")
+                sent.append(job_id)
+        finally:
+            broker.close()
+        return sent
+
+
+async def _stop_and_release(job_host: JobHost) -> list[str]:
+    """In the session loop: stop every job (resumably), flush, mark the owned ones queued."""
+    owned = job_host.active()
+    tasks = [task for task in asyncio.all_tasks() if _runs_a_job(task)]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=_CANCEL_WAIT_S)
+    bus = job_host.bus
+    await bus.flush()
+    if not owned or not isinstance(bus, RedisBus):
+        return []
+    args: list[Any] = [
+        bus.keys.job_prefix(),
+        REQUEUE_GRACE_MS,
+        bus.settings.events_maxlen,
+        job_host.options.worker,
+    ]
+    for job_id, attempt in owned:
+        args += [job_id, attempt]
+    script = bus.client.register_script(_HAND_BACK)
+    flat: list[str] = await script(keys=[bus.keys.leases()], args=args)
+    return flat
+
+
+def _runs_a_job(task: asyncio.Task[Any]) -> bool:
+    """True for the tasks ``SessionHost.run`` creates: one ``JobHost.run`` per job."""
+    return getattr(task.get_coro(), "cr_code", None) is JobHost.run.__code__

@@ -43,7 +43,6 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         "task_ignore_result": True,
         "result_backend": None,
         "broker_connection_retry_on_startup": True,
-        "task_send_sent_event": True,
         "enable_utc": True,
     }
 

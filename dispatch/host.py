@@ -14,7 +14,7 @@ from typing import Any
 
 from dispatch.bus import RunnerBus
 from dispatch.errors import JobSpecError
-from dispatch.runner import JobOutcome, JobRun, RunnerOptions
+from dispatch.runner import AgentCache, JobOutcome, JobRun, RunnerOptions
 from dispatch.spec import ID_PATTERN as _ID
 from dispatch.spec import JobSpec
 from rho_agent.model.openai_client import close_shared_clients
@@ -33,6 +33,7 @@ class JobHost:
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
         self._runs: defaultdict[str, list[JobRun]] = defaultdict(list)
         self._watcher: asyncio.Task[None] | None = None
+        self._agents = AgentCache(options.agent_factory)
 
     async def start(self) -> None:
         """Start following cancel requests (idempotent)."""
@@ -59,7 +60,7 @@ class JobHost:
             if isinstance(job_id, str) and _ID.match(job_id):
                 await self.bus.reject(job_id, str(exc))
             raise
-        run = JobRun(spec, self.bus, self.options)
+        run = JobRun(spec, self.bus, self.options, self._agents)
         self._runs[spec.job_id].append(run)
         try:
             if self._slots is None:
@@ -77,6 +78,16 @@ class JobHost:
             for run in runs
             if run.attempt > 0
         ]
+
+    def progress(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(job id, turns/tokens/cost)`` of every job running here with a session."""
+        found = []
+        for job_id, runs in self._runs.items():
+            for run in runs:
+                numbers = run.progress()
+                if numbers is not None:
+                    found.append((job_id, numbers))
+        return found
 
     def cancel_local(self, job_id: str) -> bool:
         """Cancel the job here if this host runs it; True if it did."""

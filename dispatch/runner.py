@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,6 +74,30 @@ class JobOutcome:
         return summary
 
 
+class AgentCache:
+    """Agents keep no run state, so jobs with the same config share one.
+
+    Building an Agent (profile, tool registry, system prompt) costs milliseconds; a fan-out of a
+    thousand jobs with one config builds it once. The least recently used of ``size`` are kept.
+    """
+
+    def __init__(self, factory: Callable[[AgentConfig], Agent], size: int = 64) -> None:
+        self._factory = factory
+        self._size = size
+        self._agents: OrderedDict[str, Agent] = OrderedDict()
+
+    def get(self, spec: JobSpec) -> Agent:
+        key = json.dumps(spec.config, sort_keys=True, separators=(",", ":"))
+        agent = self._agents.get(key)
+        if agent is None:
+            agent = self._agents[key] = self._factory(spec.agent_config())
+            if len(self._agents) > self._size:
+                self._agents.popitem(last=False)
+        else:
+            self._agents.move_to_end(key)
+        return agent
+
+
 class _BusSink:
     """A TraceSink that sends each record to the job bus (queued, never blocking)."""
 
@@ -89,10 +114,17 @@ class _BusSink:
 class JobRun:
     """One attempt at one job. ``cancel()`` may be called at any time from the same loop."""
 
-    def __init__(self, spec: JobSpec, bus: RunnerBus, options: RunnerOptions) -> None:
+    def __init__(
+        self,
+        spec: JobSpec,
+        bus: RunnerBus,
+        options: RunnerOptions,
+        agents: AgentCache | None = None,
+    ) -> None:
         self.spec = spec
         self._bus = bus
         self._options = options
+        self._agents = agents or AgentCache(options.agent_factory, size=1)
         self._attempt = 0
         self._cancelled = False
         self._timed_out = False
@@ -100,6 +132,7 @@ class JobRun:
         self._base_runs = 0
         self._base_usage: dict[str, Any] = empty_usage()
         self._session: Session | None = None
+        self._finished = False
 
     @property
     def job_id(self) -> str:
@@ -109,6 +142,18 @@ class JobRun:
     def attempt(self) -> int:
         """The attempt this run owns (0 until it has claimed the job)."""
         return self._attempt
+
+    def progress(self) -> dict[str, Any] | None:
+        """Turns, tokens and cost so far (None before the session exists or after the end)."""
+        if self._session is None or self._finished:
+            return None
+        usage = self._job_usage(self._session.state)
+        return {
+            "turns": self._turns,
+            "input_tokens": int(usage["input_tokens"]),
+            "output_tokens": int(usage["output_tokens"]),
+            "cost_usd": round(float(usage["cost_usd"]), 6),
+        }
 
     def cancel(self) -> None:
         """Stop the job soon (the session polls this flag; model streams and tools are cut)."""
@@ -158,7 +203,7 @@ class JobRun:
 
     async def _open_session(self) -> Session:
         spec = self.spec
-        agent = self._options.agent_factory(spec.agent_config())
+        agent = self._agents.get(spec)
         check_ceiling(agent.profile, self._options.max_profile)
         records: list[dict[str, Any]] = []
         if spec.continue_session or self._attempt > 1:
@@ -191,19 +236,26 @@ class JobRun:
         return session
 
     async def _load_baseline(self, state: State) -> None:
-        """Usage and run count before this job, so progress and resume count only this job."""
-        fields = await self._bus.get_fields(self.job_id) if self._attempt > 1 else {}
-        if "base_runs" in fields:
-            self._base_runs = int(fields["base_runs"])
-            self._base_usage = json.loads(fields["base_usage"])
+        """Usage and run count before this job, so progress and resume count only this job.
+
+        Only a continued session has a non-zero baseline, so only it costs a write.
+        """
+        if self._attempt > 1:
+            fields = await self._bus.get_fields(self.job_id)
             self._turns = int(fields.get("turns") or 0)
-            return
-        self._base_runs = state.run_count
-        self._base_usage = dict(state.usage)
-        await self._bus.set_fields(
-            self.job_id,
-            {"base_runs": str(self._base_runs), "base_usage": json.dumps(self._base_usage)},
-        )
+            if "base_runs" in fields:
+                self._base_runs = int(fields["base_runs"])
+                self._base_usage = json.loads(fields["base_usage"])
+                return
+            if not self.spec.continue_session:
+                return  # a new session: its baseline is zero
+        if self.spec.continue_session:
+            self._base_runs = state.run_count
+            self._base_usage = dict(state.usage)
+            await self._bus.set_fields(
+                self.job_id,
+                {"base_runs": str(self._base_runs), "base_usage": json.dumps(self._base_usage)},
+            )
 
     async def _close_session(self) -> None:
         if self._session is not None:
@@ -297,6 +349,7 @@ class JobRun:
         return await self._finish(RunResult(text="", events=[event], status="error"), message)
 
     async def _finish(self, result: RunResult, error: str | None) -> JobOutcome:
+        self._finished = True
         status = result.status if error is None else "error"
         if self._session is not None:
             state_status = self._session.state.status

@@ -46,12 +46,12 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
     settings = settings or WorkerSettings.from_env()
     app = Celery("rho-agent", set_as_current=False)
     app.conf.update(worker_config(settings))
-    host = SessionHost(settings)
+    host = SessionHost(settings, app)
 
     def run_job(task: Task, spec: Any) -> dict[str, Any]:
         """Run one rho-agent job (a JobSpec as JSON) and return its summary."""
         try:
-            outcome = host.run(spec)
+            outcome = host.run(spec, task.request.id)
         except JobSpecError as exc:
             logger.error("rejected job payload (task %s): %s", task.request.id, exc)
             raise Reject(str(exc), requeue=False) from None

@@ -125,7 +125,7 @@ def check(beats: Sequence[Beat], *, ready: bool, max_age_s: float | None, now: f
         elif ready and not _consumer_fresh(beat, limit, now):
             problems.append(f"{beat.worker}: its consumer is not polling the broker")
         else:
-            lines.append(f"{beat.worker}: {beat.state}, beat {age:.1f} s ago, {beat.running} running")
+            lines.append(f"{beat.worker}: {beat.state}, beat {age:.1f} s ago, {beat.running} jobs")
     if problems:
         return Verdict(False, "; ".join(problems))
     return Verdict(True, "; ".join(lines))

@@ -106,8 +106,9 @@ class Heartbeat:
         args: list[Any] = [RECORD_TTL_S, self.worker]
         for name, value in _redis_fields(beat).items():
             args += [name, value]
+        keys = [worker_key(self.keys, self.worker), workers_key(self.keys)]
         try:
-            await script(keys=[worker_key(self.keys, self.worker), workers_key(self.keys)], args=args)
+            await script(keys=keys, args=args)
         except Exception as exc:
             logger.warning("writing the worker heartbeat to Redis failed (%s); retrying", exc)
         return beat

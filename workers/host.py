@@ -22,6 +22,7 @@ from dispatch.redis_bus import RedisBus
 from dispatch.runner import JobOutcome, RunnerOptions
 from dispatch.spec import JobSpec
 from workers.lease import LeaseKeeper, Sweeper
+from workers.progress import FlowerProgress, TaskIds
 from workers.settings import WorkerSettings
 
 logger = logging.getLogger("workers.host")
@@ -34,8 +35,10 @@ _REQUEUE_GRACE_MS = 600_000
 class SessionHost:
     """Starts on first use; ``run`` may be called from any number of threads at once."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, app: Any = None) -> None:
         self.settings = settings
+        self._app = app
+        self.task_ids = TaskIds()
         self._thread = LoopThread(f"rho-session-host-{settings.worker_name}")
         self._lock = threading.Lock()
         self._host: JobHost | None = None
@@ -50,10 +53,17 @@ class SessionHost:
                 self._host = self._thread.call(self._start(), timeout=30)
             return self._host
 
-    def run(self, payload: Any) -> JobOutcome:
+    def run(self, payload: Any, task_id: str | None = None) -> JobOutcome:
         """Run one job payload to its end (blocking the calling thread, not the loop)."""
         host = self.start()
-        return self._thread.call(host.run(payload))
+        job_id = payload.get("job_id") if isinstance(payload, dict) else None
+        if task_id and isinstance(job_id, str):
+            self.task_ids.set(job_id, task_id)
+        try:
+            return self._thread.call(host.run(payload))
+        finally:
+            if task_id and isinstance(job_id, str):
+                self.task_ids.pop(job_id, task_id)
 
     def stop(self) -> None:
         """Stop background tasks and the loop; running jobs stay resumable elsewhere."""
@@ -101,6 +111,9 @@ class SessionHost:
             asyncio.create_task(keeper.run(), name="rho-leases"),
             asyncio.create_task(sweeper.run(), name="rho-sweeper"),
         ]
+        if self._app is not None and self._app.conf.worker_send_task_events:
+            progress = FlowerProgress(self._app, host, self.task_ids, settings.worker_name)
+            self._tasks.append(asyncio.create_task(progress.run(), name="rho-progress"))
         logger.info(
             "session host %s ready (ceiling %s, lease %.0f s)",
             settings.worker_name,

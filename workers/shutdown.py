@@ -64,8 +64,8 @@ local out = {}
 for i = 5, #ARGV, 2 do
   local job, attempt = ARGV[i], ARGV[i + 1]
   local key = ARGV[1] .. job
-  if redis.call('HGET', key, 'status') == 'running' and redis.call('HGET', key, 'attempt') == attempt
-  then
+  local status = redis.call('HGET', key, 'status')
+  if status == 'running' and redis.call('HGET', key, 'attempt') == attempt then
     redis.call('HSET', key, 'status', 'queued')
     redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), job)
     local entry = cjson.encode({kind = 'job', type = 'handed_back', attempt = tonumber(attempt),

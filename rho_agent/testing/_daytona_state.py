@@ -142,8 +142,8 @@ class World:
         self.start_error: str | None = None
         self.requests: list[tuple[str, str]] = []
         self.toolbox_url = ""
-        self._own_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="fake-daytona-")) if root is None else root
+        self._root = root
+        self._own_root: Path | None = None
 
     def check_auth(self, request: web.Request) -> None:
         """Reject a request without the expected bearer key the way the Daytona API does."""
@@ -162,7 +162,7 @@ class World:
         name = body.get("name") or sandbox_id
         if any(s.name == name and not s.deleted for s in self.sandboxes.values()):
             raise api_error(409, f"Sandbox with name {name} already exists")
-        root = Path(tempfile.mkdtemp(prefix=f"{sandbox_id[:8]}-", dir=self.root))
+        root = Path(tempfile.mkdtemp(prefix=f"{sandbox_id[:8]}-", dir=self._sandboxes_root()))
         sandbox = FakeSandbox(
             id=sandbox_id,
             name=name,
@@ -177,6 +177,14 @@ class World:
         with self.lock:
             self.sandboxes[sandbox_id] = sandbox
         return sandbox
+
+    def _sandboxes_root(self) -> Path:
+        """The given root, or a temporary directory made on the first create."""
+        if self._root is not None:
+            return self._root
+        if self._own_root is None:
+            self._own_root = Path(tempfile.mkdtemp(prefix="fake-daytona-"))
+        return self._own_root
 
     def find(self, id_or_name: str) -> FakeSandbox:
         for sandbox in self.sandboxes.values():
@@ -199,8 +207,9 @@ class World:
             for commands in sandbox.sessions.values():
                 await kill_commands(commands.values())
             sandbox.sessions.clear()
-        if self._own_root:
-            await asyncio.to_thread(shutil.rmtree, self.root, True)
+        if self._own_root is not None:
+            await asyncio.to_thread(shutil.rmtree, self._own_root, True)
+            self._own_root = None
         else:
             for sandbox in self.sandboxes.values():
                 await asyncio.to_thread(shutil.rmtree, sandbox.root, True)

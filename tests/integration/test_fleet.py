@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +21,15 @@ from dispatch.broker import RUN_JOB_TASK, CeleryBroker
 from dispatch.redis_bus import RedisBus
 from dispatch.spec import build_spec
 from rho_agent import AgentConfig
-from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, text
-from tests.integration.fleet import CANARY_KEY, Fleet, running_fleet, wait_until
+from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, text, tool_call
+from tests.integration.fleet import (
+    CANARY_KEY,
+    REPO_ROOT,
+    Fleet,
+    free_port,
+    running_fleet,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -208,3 +220,63 @@ def test_secrets_never_reach_redis(
             dumped.append(json.dumps(client.zrange(key, 0, -1)))
     assert len(dumped) > 10
     assert not any(CANARY_KEY in value for value in dumped if value)
+
+
+@pytest.fixture(scope="module")
+def flower(fleet: Fleet) -> Iterator[str]:
+    port = free_port()
+    env = fleet.env(FLOWER_UNAUTHENTICATED_API="true")
+    code = f"from workers.cli import run_flower; run_flower(port={port})"
+    log = (fleet.tmp / "flower.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _get(f"{url}/healthcheck") == "OK", 30, "Flower start")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+        log.close()
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
+
+def test_flower_shows_readable_jobs_and_live_progress(
+    flower: str,
+    dispatcher: Dispatcher,
+    config: AgentConfig,
+    model_server: ScriptedModelServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY_KEY)
+    model_server.responder = lambda body: (
+        text("done", delay=3.0) if body["messages"][-1]["role"] == "tool"
+        else tool_call("list", {"path": "."}, delay=0.1)
+    )  # fmt: skip
+    job = dispatcher.submit("a job for Flower " * 10, config, labels={"team": "docs"})
+
+    def task() -> dict[str, Any]:
+        listing = json.loads(_get(f"{flower}/api/tasks") or "{}")
+        return dict(listing.get(job.id) or {})
+
+    progress = "'turns': 1, 'input_tokens'"
+    wait_until(lambda: progress in str(task().get("result")), 15, "a progress event in Flower")
+    assert task()["state"] == "PROGRESS"
+    job.result(timeout=20)
+    wait_until(lambda: task().get("state") == "SUCCESS", 10, "the final event in Flower")
+    shown = task()
+    assert shown["name"] == "rho_agent.run_job"
+    assert "'prompt': 'a job for Flower a job for Flower" in shown["kwargs"]
+    assert "'labels': {'team': 'docs'}" in shown["kwargs"]
+    assert "'profile': 'readonly'" in shown["kwargs"] and "'session_id'" in shown["kwargs"]
+    assert "'status': 'completed'" in shown["result"] and "'turns': 2" in shown["result"]
+    assert CANARY_KEY not in (_get(f"{flower}/api/tasks") or "")

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from rho_agent.testing import ScriptedModelServer, behaviour, error, text
+from rho_agent.testing import ScriptedModelServer, behaviour, error, text, tool_call
 
 CLI = [sys.executable, "-c", "from rho_agent.cli import main; main()"]
 
@@ -104,3 +104,27 @@ def test_resume_keeps_the_sessions_own_config(
     body = model_server.requests[-1].body
     assert body["model"] == "gpt-5-nano"
     assert "write" not in [t["function"]["name"] for t in body["tools"]]
+
+
+def test_run_with_the_daytona_backend_uploads_and_cleans_up(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    from rho_agent.testing.fake_daytona import FakeDaytonaServer
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "app.py").write_text("print('hi')\n")
+    model_server.script(
+        tool_call("bash", {"command": "ls /home/daytona/src"}), text("The sandbox has app.py")
+    )
+    with FakeDaytonaServer() as daytona:
+        env = cli_env(tmp_path, **daytona.env())
+        done = rho(
+            ["run", "what is uploaded?", "--base-url", model_server.base_url,
+             "--backend", "daytona", "--upload", f"{source}:/home/daytona/src"],
+            env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert len(daytona.created) == 1 and daytona.running == []
+    tool_result = model_server.requests[1].body["messages"][-1]
+    assert tool_result["role"] == "tool" and "app.py" in tool_result["content"]

@@ -1,0 +1,215 @@
+"""``rho-agent fleet up`` (a whole fleet on this machine) and ``rho-agent fleet status``.
+
+Thin wrappers over ``workers.local`` and ``workers.status``, imported lazily so the rest of the
+CLI works without the ``fleet`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rho_agent.cli.app import app
+from rho_agent.errors import RhoAgentError
+
+if TYPE_CHECKING:
+    from workers.local import Child, Endpoints, LocalFleet
+    from workers.status import FleetStatus
+
+fleet_app = typer.Typer(
+    name="fleet", help="Run a fleet on this machine, and see how a fleet is doing.",
+    no_args_is_help=True,
+)  # fmt: skip
+app.add_typer(fleet_app, name="fleet")
+
+Broker = Annotated[
+    str | None,
+    typer.Option("--broker", help="Redis URL of the fleet (default: $RHO_AGENT_BROKER_URL)."),
+]
+_err = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Show rho-agent's own errors as one red line and exit 2, without a traceback."""
+    try:
+        yield
+    except RhoAgentError as exc:
+        _err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+class _Interrupts:
+    """Ctrl+C or SIGTERM once: stop gracefully. Again while stopping: hand jobs back now."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def arm(self) -> None:
+        for sig in self._previous:
+            signal.signal(sig, self._interrupt)
+
+    def stopping(self) -> None:
+        for sig in self._previous:
+            signal.signal(sig, self._again)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def hurry(self) -> bool:
+        return self.count > 1
+
+    def _interrupt(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        raise KeyboardInterrupt
+
+    def _again(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        print("handing running jobs back to the queue now...", flush=True)
+
+
+@fleet_app.command("up")
+def up(
+    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 2,
+    concurrency: Annotated[int, typer.Option(help="Jobs each worker runs at once.")] = 100,
+    redis_port: Annotated[
+        int, typer.Option(help="Use the Redis on this port, or start one there.")
+    ] = 6379,
+    broker: Broker = None,
+    flower_port: Annotated[int, typer.Option(help="Flower's port (0: any free port).")] = 5555,
+    flower: Annotated[bool, typer.Option(help="Start Flower.")] = True,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Directory for logs and health files (default: new temp).")
+    ] = None,
+) -> None:
+    """Start Redis (if none answers), workers and Flower on 127.0.0.1; Ctrl+C stops them all."""
+    import os
+
+    from workers.local import LocalFleet, LocalFleetOptions
+
+    interrupts = _Interrupts()
+    with _errors():
+        options = LocalFleetOptions(
+            workers=workers,
+            concurrency=concurrency,
+            redis_port=redis_port,
+            broker_url=broker or os.environ.get("RHO_AGENT_BROKER_URL") or None,
+            flower_port=flower_port if flower else None,
+            run_dir=run_dir,
+        )
+        fleet = LocalFleet(options)
+        interrupts.arm()
+        try:
+            dead = _run(fleet)
+        finally:
+            interrupts.stopping()
+            print("stopping the fleet (Ctrl+C again: hand running jobs back now)...", flush=True)
+            fleet.stop(hurry=interrupts.hurry)
+            interrupts.restore()
+            print("fleet stopped.", flush=True)
+    if dead is not None:
+        _err.print(
+            f"[red]error:[/] {dead.name} exited with code {dead.process.returncode}; "
+            f"the end of {dead.log}:\n{dead.tail()}"
+        )
+        raise typer.Exit(1)
+
+
+def _run(fleet: LocalFleet) -> Child | None:
+    """Start, say where to look, and wait: the child that died, or None after Ctrl+C."""
+    import time
+
+    try:
+        _print_endpoints(fleet.start(), fleet)
+        while (dead := fleet.dead()) is None:
+            time.sleep(0.5)
+        return dead
+    except KeyboardInterrupt:
+        return None
+
+
+def _print_endpoints(endpoints: Endpoints, fleet: LocalFleet) -> None:
+    from workers.shutdown import grace_from_env
+
+    redis_note = "started here; nothing is saved" if endpoints.started_redis else "already running"
+    logs = ", ".join(child.log.name for child in fleet.children)
+    lines = [
+        f"rho-agent fleet is up: {len(endpoints.worker_names)} workers "
+        f"({fleet.options.concurrency} jobs each) on 127.0.0.1",
+        f"  broker  {endpoints.broker_url}  ({redis_note})",
+        f"  flower  {endpoints.flower_url or '(not started)'}",
+        f"  logs    {endpoints.run_dir}  ({logs})",
+        f"  health  python -m workers.health --dir {endpoints.run_dir / 'health'}",
+        "From another terminal:",
+        f"  export RHO_AGENT_BROKER_URL={endpoints.broker_url}",
+        "  rho-agent fleet status",
+        "  rho-agent dispatch prompts.jsonl",
+        f"Ctrl+C stops everything (running jobs get {grace_from_env():g} s to finish, then go "
+        "back to the queue).",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+@fleet_app.command("status")
+def status(
+    broker: Broker = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    limit: Annotated[int, typer.Option(help="Show at most this many jobs in flight.")] = 50,
+) -> None:
+    """Show the fleet's workers (and any that stopped heartbeating), queue depth and jobs."""
+    from dispatch.settings import FleetSettings
+    from workers.status import read_status
+
+    with _errors():
+        report = read_status(FleetSettings.from_env(broker_url=broker), limit=limit)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    _print_status(report)
+
+
+def _print_status(report: FleetStatus) -> None:
+    out = Console()
+    silent = sum(worker.silent for worker in report.workers)
+    out.print(
+        f"[bold]{report.broker}[/] · queue [bold]{report.queue}[/]: {report.queued} waiting · "
+        f"{len(report.in_flight)} in flight · {len(report.workers) - silent} workers live"
+        + (f" · [red]{silent} silent[/]" if silent else "")
+    )
+    workers = Table("worker", "host", "pid", "jobs", "last beat", "health", title="workers")
+    for worker in report.workers:
+        health = worker.health
+        style = "red" if worker.silent or health.startswith("not") else ""
+        workers.add_row(
+            worker.name,
+            worker.host,
+            str(worker.pid),
+            str(worker.jobs),
+            f"{worker.beat_age_s:.0f}s ago",
+            f"[{style}]{health}[/]" if style else health,
+        )
+    out.print(workers if report.workers else "no worker has sent a heartbeat")
+    if report.in_flight:
+        jobs = Table("job", "status", "worker", "attempt", "turns", "age", "prompt", title="jobs")
+        for job in report.in_flight:
+            jobs.add_row(
+                job.job_id,
+                job.status,
+                job.worker or "-",
+                str(job.attempt),
+                str(job.turns),
+                f"{job.age_s:.0f}s",
+                job.prompt,
+            )
+        out.print(jobs)

@@ -10,7 +10,17 @@ from __future__ import annotations
 _NOW = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local now_s = string.format('%.3f', now_ms / 1000)
+local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+"""
+
+# The done-stream entry: the job id, with the result inline when it is small (ARGV[4] is JSON).
+_DONE_ENTRY = """
+local function done_entry(job_id, result_json)
+  if string.len(result_json) <= 65536 then
+    return '{"job_id":' .. cjson.encode(job_id) .. ',"result":' .. result_json .. '}'
+  end
+  return cjson.encode({job_id = job_id})
+end
 """
 
 # KEYS: job, events, cancel flag, session owner, leases
@@ -53,6 +63,7 @@ return {'run', attempt, ''}
 # ARGV: job_id, attempt, status, result json, error, retention_s, events maxlen, done key prefix
 FINISH = (
     _NOW
+    + _DONE_ENTRY
     + """
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
@@ -66,7 +77,7 @@ redis.call('DEL', KEYS[5])
 local dispatcher = redis.call('HGET', KEYS[1], 'dispatcher')
 if dispatcher and dispatcher ~= '' then
   local done = ARGV[8] .. dispatcher .. ':done'
-  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', cjson.encode({job_id = ARGV[1]}))
+  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', done_entry(ARGV[1], ARGV[4]))
   redis.call('EXPIRE', done, ARGV[6])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
@@ -81,6 +92,7 @@ return 1
 #       done key prefix, session key prefix, mode ('cancel' or 'reject'), error text
 CANCEL = (
     _NOW
+    + _DONE_ENTRY
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'unknown' end
@@ -104,7 +116,7 @@ if redis.call('GET', owner_key) == ARGV[1] then redis.call('DEL', owner_key) end
 local dispatcher = redis.call('HGET', KEYS[1], 'dispatcher')
 if dispatcher and dispatcher ~= '' then
   local done = ARGV[6] .. dispatcher .. ':done'
-  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', cjson.encode({job_id = ARGV[1]}))
+  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', done_entry(ARGV[1], ARGV[4]))
   redis.call('EXPIRE', done, ARGV[2])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])

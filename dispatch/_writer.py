@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 logger = logging.getLogger("dispatch.writer")
 
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_EXPIRY_MEMORY = 100_000
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class BatchWriter:
     def __init__(self, client: aioredis.Redis, *, retention_s: int) -> None:
         self._client = client
         self._retention_s = retention_s
+        self._expired_at: dict[str, float] = {}
         self._queue: list[_Write] = []
         self._queued = 0
         self._written = 0
@@ -121,9 +124,20 @@ class BatchWriter:
             else:
                 pipe.hset(write.key, mapping=write.fields)
             touched[write.key] = None
-        for key in touched:
+        for key in self._due_for_expiry(touched):
             pipe.expire(key, self._retention_s)
         await pipe.execute()
+
+    def _due_for_expiry(self, keys: dict[str, None]) -> list[str]:
+        """Keys whose expiry was not pushed back in the last minute (one EXPIRE a minute is
+        enough when the retention is at least a minute; it saves most of the commands)."""
+        now = time.monotonic()
+        if len(self._expired_at) > _EXPIRY_MEMORY:
+            self._expired_at = {k: t for k, t in self._expired_at.items() if now - t < 60}
+        due = [key for key in keys if now - self._expired_at.get(key, -1e9) >= 60]
+        for key in due:
+            self._expired_at[key] = now
+        return due
 
     def _release_waiters(self) -> None:
         still_waiting = []

@@ -69,7 +69,7 @@ class Dispatcher:
         ``options``: ``labels`` (dict), ``timeout_s``, ``queue``, ``priority`` (0-9).
         """
         spec = self._spec(prompt, config, session_id, options)
-        return self._core.loop.call(self._core.submit([spec], list(observers)))[0]
+        return self._core.submit([spec], list(observers))[0]
 
     async def asubmit(
         self,
@@ -81,25 +81,25 @@ class Dispatcher:
         **options: Any,
     ) -> Job:
         spec = self._spec(prompt, config, session_id, options)
-        return (await self._core.loop.acall(self._core.submit([spec], list(observers))))[0]
+        return (await self._core.asubmit([spec], list(observers)))[0]
 
     def map(
         self, prompts: Iterable[str], config: AgentConfig | None = None, **options: Any
     ) -> list[Job]:
         """Fan out: one job per prompt, each in a new session; Jobs in the prompts' order."""
         specs = [self._spec(prompt, config, None, options) for prompt in prompts]
-        return self._core.loop.call(self._core.submit(specs, []))
+        return self._core.submit(specs, [])
 
     async def amap(
         self, prompts: Iterable[str], config: AgentConfig | None = None, **options: Any
     ) -> list[Job]:
         specs = [self._spec(prompt, config, None, options) for prompt in prompts]
-        return await self._core.loop.acall(self._core.submit(specs, []))
+        return await self._core.asubmit(specs, [])
 
     def submit_specs(self, specs: Sequence[JobSpec]) -> list[Job]:
         """Send prepared JobSpecs (``dispatch.batch`` builds them from a file)."""
         specs = [spec.model_copy(update={"reply_to": self.id}) for spec in specs]
-        return self._core.loop.call(self._core.submit(specs, []))
+        return self._core.submit(specs, [])
 
     def submit_batch(self, path: str | Path, config: AgentConfig | None = None) -> list[Job]:
         """Send every entry of a JSONL or YAML batch file (see ``dispatch.batch``)."""

@@ -7,13 +7,13 @@ Celery worker process): jobs are JSON payloads decoded into JobSpecs and run by 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from typing import Any
 
 from dispatch.bus import RunnerBus
 from dispatch.errors import JobSpecError
+from dispatch.loop import still_running, stop_tasks
 from dispatch.runner import AgentCache, JobOutcome, JobRun, RunnerOptions
 from dispatch.spec import ID_PATTERN as _ID
 from dispatch.spec import JobSpec
@@ -44,9 +44,7 @@ class JobHost:
     async def stop(self) -> None:
         """Stop following cancels and close the loop's pooled model clients."""
         if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+            await stop_tasks([self._watcher])
             self._watcher = None
         await close_shared_clients()
 
@@ -112,7 +110,7 @@ class JobHost:
         return position
 
     async def _watch_cancels(self, position: str) -> None:
-        while True:
+        while still_running():
             try:
                 position, job_ids = await self.bus.next_cancels(position, 1.0)
             except asyncio.CancelledError:

@@ -91,9 +91,24 @@ class LoopThread:
         loop.close()
 
 
-async def _cancel_all() -> None:
-    current = asyncio.current_task()
-    tasks = [task for task in asyncio.all_tasks() if task is not current]
+def still_running() -> bool:
+    """False once the current task was asked to stop.
+
+    Background loops check this as well as relying on ``CancelledError``, because a library call
+    that swallows the cancellation would otherwise keep them going forever.
+    """
+    task = asyncio.current_task()
+    return task is None or not task.cancelling()
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]], within_s: float = 5.0) -> None:
+    """Cancel ``tasks`` and wait for them, at most ``within_s`` seconds."""
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if tasks:
+        await asyncio.wait(tasks, timeout=within_s)
+
+
+async def _cancel_all() -> None:
+    current = asyncio.current_task()
+    await stop_tasks([task for task in asyncio.all_tasks() if task is not current])

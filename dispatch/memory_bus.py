@@ -220,7 +220,8 @@ class MemoryBus:
             lifecycle_entry("finished", status=fields["status"])
         )
         if fields.get("dispatcher"):
-            self._stream(self._keys.done(fields["dispatcher"])).append({"job_id": job_id})
+            done = {"job_id": job_id, "result": result.to_dict()}
+            self._stream(self._keys.done(fields["dispatcher"])).append(done)
 
     def _active(self, job_id: str) -> bool:
         return self._jobs.get(job_id, {}).get("status") in ("queued", "running")

@@ -36,6 +36,18 @@ _INFO_FIELDS = list(JobInfo.model_fields)
 _MAX_CONNECTIONS = 64
 
 
+def queue_submit(pipe: Any, specs: Sequence[JobSpec], settings: FleetSettings, queue: str) -> None:
+    """Queue on ``pipe`` (sync or async) the writes that record ``specs`` as queued jobs."""
+    keys = settings.keys
+    for spec in specs:
+        key = keys.job(spec.job_id)
+        pipe.hset(key, mapping=job_fields(spec, queue=queue))
+        pipe.expire(key, settings.retention_s)
+    if specs:
+        pipe.zadd(keys.jobs(), {spec.job_id: spec.submitted_at for spec in specs})
+        pipe.zremrangebyscore(keys.jobs(), "-inf", specs[-1].submitted_at - settings.retention_s)
+
+
 class RedisBus:
     """A JobBus on one Redis database."""
 
@@ -74,14 +86,7 @@ class RedisBus:
 
     async def submit(self, specs: Sequence[JobSpec], queue: str) -> None:
         pipe: Any = self.client.pipeline(transaction=False)
-        for spec in specs:
-            key = self.keys.job(spec.job_id)
-            pipe.hset(key, mapping=job_fields(spec, queue=queue))
-            pipe.expire(key, self._retention)
-        if specs:
-            pipe.zadd(self.keys.jobs(), {spec.job_id: spec.submitted_at for spec in specs})
-            cutoff = specs[-1].submitted_at - self._retention
-            pipe.zremrangebyscore(self.keys.jobs(), "-inf", cutoff)
+        queue_submit(pipe, specs, self.settings, queue)
         await pipe.execute()
 
     async def get_info(self, job_ids: Sequence[str]) -> list[JobInfo | None]:

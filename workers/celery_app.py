@@ -17,6 +17,7 @@ from celery.signals import worker_ready, worker_shutdown
 from dispatch.broker import RUN_JOB_TASK, celery_config, require_fleet_extra
 from dispatch.errors import JobSpecError
 from workers.host import SessionHost
+from workers.lifecycle import install_lifecycle
 from workers.settings import WorkerSettings
 
 logger = logging.getLogger("workers")
@@ -64,8 +65,11 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
             host.start()
 
     def on_shutdown(sender: Any = None, **_: Any) -> None:
-        host.stop()
+        if getattr(sender, "app", None) is app:
+            host.stop()
 
+    # Heartbeat, health file and graceful drain first: their receivers still use the host's loop.
+    install_lifecycle(app, host, settings)
     worker_ready.connect(on_ready, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
     app.rho_session_host = host

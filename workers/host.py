@@ -17,7 +17,7 @@ from typing import Any
 
 from dispatch.broker import CeleryBroker
 from dispatch.host import JobHost
-from dispatch.loop import LoopThread
+from dispatch.loop import LoopThread, stop_tasks
 from dispatch.redis_bus import RedisBus
 from dispatch.runner import JobOutcome, RunnerOptions
 from dispatch.spec import JobSpec
@@ -127,11 +127,7 @@ class SessionHost:
         self._broker.send([spec], attempt_suffix=f"-r{lost_attempt}")
 
     async def _stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)
         self._tasks = []
         if self._host is not None:
             await self._host.stop()

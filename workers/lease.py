@@ -18,6 +18,7 @@ from typing import Any
 from dispatch.errors import JobSpecError
 from dispatch.host import JobHost
 from dispatch.keys import Keys
+from dispatch.loop import still_running
 from dispatch.spec import JobSpec
 from workers import _lua
 
@@ -37,7 +38,7 @@ class LeaseKeeper:
         self._lease_ms = lease_ms
 
     async def run(self) -> None:
-        while True:
+        while still_running():
             await asyncio.sleep(self._lease_ms / 3000)
             try:
                 await self.renew_once()
@@ -74,7 +75,7 @@ class Sweeper:
         self._grace_ms = grace_ms
 
     async def run(self) -> None:
-        while True:
+        while still_running():
             await asyncio.sleep(self._interval_s)
             try:
                 await self.sweep_once()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dispatch.errors import FleetUnavailable
+from dispatch.errors import FleetUnavailable, SettingsError
 from workers.shutdown import grace_from_env
 
 _POLL_S = 0.2
@@ -54,7 +54,7 @@ class LocalFleetOptions:
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.concurrency < 1:
-            raise LocalFleetError(
+            raise SettingsError(
                 f"--workers and --concurrency must be >= 1, got {self.workers} and "
                 f"{self.concurrency}"
             )

@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from dispatch.host import JobHost
+from dispatch.loop import still_running
 
 logger = logging.getLogger("workers.progress")
 
@@ -53,7 +54,7 @@ class FlowerProgress:
         self._sent: dict[str, dict[str, Any]] = {}
 
     async def run(self) -> None:
-        while True:
+        while still_running():
             await asyncio.sleep(self._interval_s)
             batch = self.changed()
             if not batch:

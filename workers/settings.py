@@ -39,6 +39,21 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "(none)",
         "`module:function` building the Agent from an AgentConfig (to add custom tools)",
     ),
+    (
+        "RHO_AGENT_SHUTDOWN_GRACE",
+        "30",
+        "seconds running jobs may finish on SIGTERM before they are handed back",
+    ),
+    (
+        "RHO_AGENT_HEARTBEAT_INTERVAL",
+        "5",
+        "seconds between the worker's heartbeats (health file, Redis)",
+    ),
+    (
+        "RHO_AGENT_HEALTH_DIR",
+        "$TMPDIR/rho-agent-health",
+        "where the worker's health file is written",
+    ),
     ("RHO_AGENT_EMBEDDED_CONCURRENCY", "64", "(dispatchers only) jobs run at once in-process"),
 )
 

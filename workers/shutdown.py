@@ -142,7 +142,7 @@ class GracefulShutdown:
 
     def _hand_back(self) -> list[str]:
         job_host = self.host.start()  # already started: it runs jobs
-        loop = self.host._thread  # the session host's loop; see the module docstring
+        loop = self.host._thread  # SessionHost has no public handle on its loop yet
         flat = loop.call(_stop_and_release(job_host), timeout=_CANCEL_WAIT_S + 30)
         broker = CeleryBroker(self.host.settings.fleet)
         sent = []

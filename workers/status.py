@@ -42,9 +42,11 @@ class WorkerView:
         """One phrase: ``ok``, ``draining``, or what is wrong."""
         if self.silent:
             return f"silent for {self.beat_age_s:.0f} s: dead or stuck"
+        if self.state != "running":
+            return self.state  # "draining": stopping, its consumer paused on purpose
         if self.consumer_age_s is not None and self.consumer_age_s > _CONSUMER_STALE_S:
             return f"not polling the broker for {self.consumer_age_s:.0f} s"
-        return "ok" if self.state == "running" else self.state
+        return "ok"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,7 +87,10 @@ def up(
     redis_port: Annotated[
         int, typer.Option(help="Use the Redis on this port, or start one there.")
     ] = 6379,
-    broker: Broker = None,
+    broker: Annotated[
+        str | None,
+        typer.Option("--broker", help="Use the Redis at this URL (no redis-server is started)."),
+    ] = None,
     flower_port: Annotated[int, typer.Option(help="Flower's port (0: any free port).")] = 5555,
     flower: Annotated[bool, typer.Option(help="Start Flower.")] = True,
     run_dir: Annotated[
@@ -94,8 +98,6 @@ def up(
     ] = None,
 ) -> None:
     """Start Redis (if none answers), workers and Flower on 127.0.0.1; Ctrl+C stops them all."""
-    import os
-
     from workers.local import LocalFleet, LocalFleetOptions
 
     interrupts = _Interrupts()
@@ -104,7 +106,7 @@ def up(
             workers=workers,
             concurrency=concurrency,
             redis_port=redis_port,
-            broker_url=broker or os.environ.get("RHO_AGENT_BROKER_URL") or None,
+            broker_url=broker,
             flower_port=flower_port if flower else None,
             run_dir=run_dir,
         )
@@ -128,8 +130,6 @@ def up(
 
 def _run(fleet: LocalFleet) -> Child | None:
     """Start, say where to look, and wait: the child that died, or None after Ctrl+C."""
-    import time
-
     try:
         _print_endpoints(fleet.start(), fleet)
         while (dead := fleet.dead()) is None:

@@ -8,20 +8,19 @@ import json
 import threading
 import time
 from collections import deque
-from types import TracebackType
 from typing import Any, Self
 
 from aiohttp import web
 
 from rho_agent.testing._responses import RecordedRequest, Responder, ScriptedResponse
 from rho_agent.testing._spawn import SpawnedModelServer, spawn_model_server
+from rho_agent.testing._threaded import ThreadedAiohttpServer
 from rho_agent.testing._wire import Completion, completion_body, error_body, stream_events
 
-_START_TIMEOUT = 10.0
 _NO_RETRY = {"x-should-retry": "false"}
 
 
-class ScriptedModelServer:
+class ScriptedModelServer(ThreadedAiohttpServer):
     """An OpenAI-compatible chat-completions server for tests, run on a background thread.
 
     Each request to ``POST /v1/chat/completions`` takes the next response queued with
@@ -30,6 +29,8 @@ class ScriptedModelServer:
     ``openai`` client at ``base_url``. Every request is kept in ``requests`` unless
     ``record=False`` (long benchmarks). Thread-safe: script and read it from any thread.
     """
+
+    _thread_name = "scripted-model-server"
 
     def __init__(
         self,
@@ -41,21 +42,14 @@ class ScriptedModelServer:
         record: bool = True,
         backlog: int = 8192,
     ) -> None:
+        super().__init__(host=host, port=port, backlog=backlog)
         self.responder = responder
-        self._host = host
-        self._requested_port = port
         self._model = model
         self._record = record
-        self._backlog = backlog
         self._lock = threading.Lock()
         self._queue: deque[ScriptedResponse] = deque()
         self._requests: list[RecordedRequest] = []
         self._seq = 0
-        self._port: int | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._start_error: BaseException | None = None
 
     @staticmethod
     def spawn(
@@ -68,12 +62,6 @@ class ScriptedModelServer:
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT/v1``, the ``base_url`` for an OpenAI client."""
         return f"http://{self._host}:{self.port}/v1"
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("ScriptedModelServer is not running; call start() first")
-        return self._port
 
     def script(self, *responses: ScriptedResponse) -> None:
         """Queue responses; each request consumes the oldest one."""
@@ -104,81 +92,15 @@ class ScriptedModelServer:
             self._requests.clear()
 
     def start(self) -> Self:
-        """Listen on a background thread; returns once the port is bound."""
-        if self._thread is not None:
-            raise RuntimeError("ScriptedModelServer is already running; call stop() first")
+        """Lift the open-files limit, then listen on a background thread until the port is bound."""
         raise_open_files_limit()
-        started = threading.Event()
-        self._start_error = None
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._serve(started)),
-            name="scripted-model-server",
-            daemon=True,
-        )
-        self._thread.start()
-        if not started.wait(_START_TIMEOUT) or self._start_error is not None:
-            self._thread.join(_START_TIMEOUT)
-            self._thread = None
-            raise RuntimeError(
-                f"ScriptedModelServer could not listen on {self._host}:{self._requested_port}: "
-                f"{self._start_error or 'timed out'}"
-            ) from self._start_error
-        return self
+        return super().start()
 
-    def stop(self) -> None:
-        """Close the listener and open connections; safe to call twice."""
-        thread, loop, stopping = self._thread, self._loop, self._stopping
-        if thread is None or loop is None or stopping is None:
-            return
-        loop.call_soon_threadsafe(stopping.set)
-        thread.join(_START_TIMEOUT)
-        self._thread = self._loop = self._stopping = None
-        self._port = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
-
-    async def _serve(self, started: threading.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+    def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        try:
-            await runner.setup()
-            site = web.TCPSite(runner, self._host, self._requested_port, backlog=self._backlog)
-            await site.start()
-            self._port = int(runner.addresses[0][1])
-        except Exception as exc:
-            self._start_error = exc
-            await runner.cleanup()
-            return
-        finally:
-            started.set()
-        try:
-            await self._stopping.wait()
-        finally:
-            await runner.cleanup()
+        return app
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()

@@ -17,11 +17,8 @@ assert that nothing was left running.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import deque
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from aiohttp import web
 
@@ -35,18 +32,20 @@ from rho_agent.testing._daytona_state import (
     World,
     json_errors,
 )
+from rho_agent.testing._threaded import ThreadedAiohttpServer
 
 __all__ = ["OPERATIONS", "FakeDaytonaServer", "SandboxRecord"]
 
-_START_TIMEOUT = 10.0
 
-
-class FakeDaytonaServer:
+class FakeDaytonaServer(ThreadedAiohttpServer):
     """A fake Daytona API + sandbox daemon on a background thread (see the module docstring).
 
     Thread-safe: script it and read its records from any thread. ``stop()`` kills every process
     still running in a sandbox and removes the sandbox directories (the records stay).
     """
+
+    _thread_name = "fake-daytona"
+    _stop_timeout = 30.0
 
     def __init__(
         self,
@@ -56,22 +55,15 @@ class FakeDaytonaServer:
         port: int = 0,
         root: str | Path | None = None,
     ) -> None:
+        super().__init__(host=host, port=port)
         self.api_key = api_key
-        self._host = host
-        self._requested_port = port
         self._world = World(api_key, Path(root) if root is not None else None)
-        self._port: int | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._start_error: BaseException | None = None
+        self._process: ProcessRoutes | None = None
 
     @property
     def api_url(self) -> str:
         """``http://127.0.0.1:PORT/api``: the ``DAYTONA_API_URL`` for the SDK."""
-        if self._port is None:
-            raise RuntimeError("FakeDaytonaServer is not running; call start() first")
-        return f"http://{self._host}:{self._port}/api"
+        return f"http://{self._host}:{self.port}/api"
 
     def env(self) -> dict[str, str]:
         """The environment variables that point the SDK here (for ``monkeypatch.setenv``)."""
@@ -117,12 +109,12 @@ class FakeDaytonaServer:
         """Delete a sandbox without the client asking, as Daytona's auto-delete would."""
         loop = self._loop
         if loop is None:
-            raise RuntimeError("FakeDaytonaServer is not running; call start() first")
+            raise self._not_running()
         sandbox = self._world.sandboxes.get(sandbox_id)
         if sandbox is None:
             raise KeyError(f"no sandbox {sandbox_id!r} was created on this server")
         future = asyncio.run_coroutine_threadsafe(self._world.destroy(sandbox), loop)
-        future.result(_START_TIMEOUT)
+        future.result(self._start_timeout)
 
     @property
     def sandboxes(self) -> list[SandboxRecord]:
@@ -151,84 +143,19 @@ class FakeDaytonaServer:
         with self._world.lock:
             return list(self._world.requests)
 
-    def start(self) -> Self:
-        """Listen on a background thread; returns once the port is bound."""
-        if self._thread is not None:
-            raise RuntimeError("FakeDaytonaServer is already running; call stop() first")
-        started = threading.Event()
-        self._start_error = None
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._serve(started)), name="fake-daytona", daemon=True
-        )
-        self._thread.start()
-        if not started.wait(_START_TIMEOUT) or self._start_error is not None:
-            self._thread.join(_START_TIMEOUT)
-            self._thread = None
-            raise RuntimeError(
-                f"FakeDaytonaServer could not listen on {self._host}:{self._requested_port}: "
-                f"{self._start_error or 'timed out'}"
-            ) from self._start_error
-        return self
-
-    def stop(self) -> None:
-        """Kill sandbox processes, remove sandbox directories, close the listener. Idempotent.
-
-        The records are kept: a sandbox the client never deleted stays in ``running``.
-        """
-        thread, loop, stopping = self._thread, self._loop, self._stopping
-        if thread is None or loop is None or stopping is None:
-            return
-        loop.call_soon_threadsafe(stopping.set)
-        thread.join(_START_TIMEOUT * 3)
-        self._thread = self._loop = self._stopping = None
-        self._port = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
-
-    async def _serve(self, started: threading.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        process = ProcessRoutes(self._world)
+    def _build_app(self) -> web.Application:
+        self._process = ProcessRoutes(self._world)
         app = web.Application(middlewares=[json_errors], client_max_size=1024**3)
         ApiRoutes(self._world).add_to(app)
-        process.add_to(app)
-        FileRoutes(process).add_to(app)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        try:
-            await runner.setup()
-            site = web.TCPSite(runner, self._host, self._requested_port)
-            await site.start()
-            self._port = int(runner.addresses[0][1])
-            self._world.toolbox_url = f"http://{self._host}:{self._port}/toolbox"
-        except Exception as exc:
-            self._start_error = exc
-            await runner.cleanup()
-            return
-        finally:
-            started.set()
-        try:
-            await self._stopping.wait()
-        finally:
-            await self._world.shutdown()
-            await process.close()
-            await runner.cleanup()
+        self._process.add_to(app)
+        FileRoutes(self._process).add_to(app)
+        return app
+
+    def _on_started(self, port: int) -> None:
+        self._world.toolbox_url = f"http://{self._host}:{port}/toolbox"
+
+    async def _on_shutdown(self) -> None:
+        """Kill sandbox processes and remove sandbox directories; the records are kept."""
+        await self._world.shutdown()
+        if self._process is not None:
+            await self._process.close()

@@ -9,6 +9,7 @@ absolute time says little.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import platform
 import resource
@@ -165,6 +166,29 @@ def rss_bytes() -> int:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return 0
+
+
+class GcTimer:
+    """Seconds the cyclic garbage collector ran while installed (``with GcTimer() as gc_time``)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full_collections = 0
+        self._started = 0.0
+
+    def __enter__(self) -> GcTimer:
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._started
+        self.full_collections += info["generation"] == 2
 
 
 class Stopwatch:

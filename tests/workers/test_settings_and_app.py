@@ -48,7 +48,10 @@ def test_every_variable_is_read() -> None:
         "RHO_AGENT_AGENT_FACTORY": "tests.integration.fleet:agent_with_mark_tool",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "3",
     }
-    assert set(env) == {name for name, _, _ in SETTINGS}, "the test covers the whole table"
+    read_elsewhere = {  # by workers.shutdown and workers.health, at worker start
+        "RHO_AGENT_SHUTDOWN_GRACE", "RHO_AGENT_HEARTBEAT_INTERVAL", "RHO_AGENT_HEALTH_DIR",
+    }  # fmt: skip
+    assert set(env) | read_elsewhere == {name for name, _, _ in SETTINGS}, "the whole table"
     settings = WorkerSettings.from_env(env)
     fleet = settings.fleet
     assert (fleet.bus_url, fleet.key_prefix, fleet.queue) == (
@@ -71,9 +74,9 @@ def test_the_docs_table_lists_every_variable() -> None:
     docs = (ROOT / "docs" / "fleet.md").read_text(encoding="utf-8")
     for name, default, _ in SETTINGS:
         assert re.search(rf"\| `{name}` \| `?{re.escape(default)}`? \|", docs), name
-    sources = (ROOT / "workers" / "settings.py").read_text() + (
-        ROOT / "dispatch" / "settings.py"
-    ).read_text()
+    sources = "".join(
+        (ROOT / package / "settings.py").read_text() for package in ("workers", "dispatch")
+    ) + "".join((ROOT / "workers" / name).read_text() for name in ("health.py", "shutdown.py"))
     assert set(re.findall(r"RHO_AGENT_[A-Z_]+", sources)) <= {name for name, _, _ in SETTINGS}
 
 

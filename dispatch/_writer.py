@@ -51,7 +51,12 @@ class BatchWriter:
         self._task: asyncio.Task[None] | None = None
 
     def xadd(self, key: str, data: dict[str, Any], maxlen: int | None = None) -> None:
-        """Append ``data`` (as JSON in field ``d``) to the stream ``key``."""
+        """Append ``data`` to the stream ``key``.
+
+        Items queued for the same stream in one batch share one stream entry: field ``d`` holds
+        a JSON list of them (``decode_entry`` reads both forms), so a session's burst of trace
+        records costs one XADD.
+        """
         payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         self._put(_Write("xadd", key, {"d": payload}, maxlen))
 
@@ -116,7 +121,7 @@ class BatchWriter:
     async def _write(self, batch: list[_Write]) -> None:
         pipe: Any = self._client.pipeline(transaction=False)
         touched: dict[str, None] = {}
-        for write in batch:
+        for write in _grouped(batch):
             if write.kind == "xadd":
                 pipe.xadd(write.key, write.fields, maxlen=write.maxlen, approximate=True)
             elif write.kind == "zadd":
@@ -148,3 +153,23 @@ class BatchWriter:
             else:
                 still_waiting.append((upto, future))
         self._waiters = still_waiting
+
+
+def _grouped(batch: list[_Write]) -> list[_Write]:
+    """The batch with every stream's appends merged into one entry (a JSON list), in order."""
+    appends: dict[str, list[_Write]] = {}
+    merged: list[_Write] = []
+    for write in batch:
+        if write.kind != "xadd":
+            merged.append(write)
+            continue
+        if write.key not in appends:
+            appends[write.key] = []
+            merged.append(write)  # the stream's place in the batch; filled in below
+        appends[write.key].append(write)
+    for index, write in enumerate(merged):
+        group = appends.get(write.key) if write.kind == "xadd" else None
+        if group and len(group) > 1:
+            items = ",".join(item.fields["d"] for item in group)
+            merged[index] = _Write("xadd", write.key, {"d": f"[{items}]"}, write.maxlen)
+    return merged

@@ -118,8 +118,23 @@ class JobBus(RunnerBus, DispatchBus, Protocol):
     """Both sides: what MemoryBus and RedisBus implement."""
 
 
+def event_dict(event: AgentEvent) -> dict[str, Any]:
+    """``event.to_dict()`` without its deep copy (entries are serialised at once)."""
+    return {key: value for key, value in vars(event).items() if value is not None}
+
+
+def result_dict(result: RunResult) -> dict[str, Any]:
+    """``result.to_dict()`` without deep-copying every event."""
+    return {
+        "text": result.text,
+        "status": result.status,
+        "usage": dict(result.usage),
+        "events": [event_dict(event) for event in result.events],
+    }
+
+
 def event_entry(event: AgentEvent) -> dict[str, Any]:
-    return {"kind": "event", "event": event.to_dict()}
+    return {"kind": "event", "event": event_dict(event)}
 
 
 def lifecycle_entry(kind: str, **fields: Any) -> dict[str, Any]:

@@ -64,12 +64,13 @@ class Job:
 
     # -- events -------------------------------------------------------------------------------
 
-    def events(self) -> EventStream:
+    def events(self, from_start: bool = True) -> EventStream:
         """Every AgentEvent of the job, from the first, live until the job ends.
 
-        Works with ``for`` and ``async for``; a late reader still sees every event.
+        Works with ``for`` and ``async for``; a late reader still sees every event. With
+        ``from_start=False`` only events emitted after this call are yielded.
         """
-        return EventStream(self)
+        return EventStream(self, from_start=from_start)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -104,14 +105,17 @@ class Job:
 class EventStream:
     """Iterates a job's events (sync or async), replaying from the first one."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, *, from_start: bool = True) -> None:
         self._job = job
         self._after = START
         self._pending: list[AgentEvent] = []
         self._ended = False
+        self._skip_existing = not from_start
 
     def __iter__(self) -> Iterator[AgentEvent]:
         core = self._job._core
+        while self._skip_existing:
+            self._skip(core.loop.call(core.read_events(self._job.id, self._after, 0.0)))
         while True:
             if self._pending:
                 yield self._pending.pop(0)
@@ -122,6 +126,8 @@ class EventStream:
 
     async def __aiter__(self) -> AsyncIterator[AgentEvent]:
         core = self._job._core
+        while self._skip_existing:
+            self._skip(await core.loop.acall(core.read_events(self._job.id, self._after, 0.0)))
         while True:
             if self._pending:
                 yield self._pending.pop(0)
@@ -130,6 +136,15 @@ class EventStream:
                 return
             page = await core.loop.acall(core.read_events(self._job.id, self._after, _PAGE_BLOCK_S))
             self._take(page)
+
+    def _skip(self, page: tuple[list[StreamEntry], bool]) -> None:
+        """Move past what the stream holds now (``from_start=False``), ending if it ended."""
+        entries, job_over = page
+        self._ended = job_over or any(is_finished(entry) for entry in entries)
+        if entries:
+            self._after = entries[-1].id
+        else:
+            self._skip_existing = False
 
     def _take(self, page: tuple[list[StreamEntry], bool]) -> None:
         entries, job_over = page

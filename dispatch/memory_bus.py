@@ -22,6 +22,7 @@ from dispatch.bus import (
     event_entry,
     lifecycle_entry,
     rejected,
+    result_dict,
 )
 from dispatch.info import TERMINAL_STATUSES, JobInfo, job_fields
 from dispatch.keys import Keys
@@ -212,7 +213,7 @@ class MemoryBus:
     ) -> None:
         fields.update(
             status=result.status if error is None else "error",
-            result=json.dumps(result.to_dict()),
+            result=json.dumps(result_dict(result)),
             error=error or "",
             finished_at=repr(time.time()),
         )
@@ -220,7 +221,7 @@ class MemoryBus:
             lifecycle_entry("finished", status=fields["status"])
         )
         if fields.get("dispatcher"):
-            done = {"job_id": job_id, "result": result.to_dict()}
+            done = {"job_id": job_id, "result": result_dict(result)}
             self._stream(self._keys.done(fields["dispatcher"])).append(done)
 
     def _active(self, job_id: str) -> bool:

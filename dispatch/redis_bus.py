@@ -25,6 +25,7 @@ from dispatch.bus import (
     cancelled_before_start,
     event_entry,
     rejected,
+    result_dict,
 )
 from dispatch.info import JobInfo, job_fields
 from dispatch.keys import Keys
@@ -34,6 +35,12 @@ from rho_agent.events import RunResult
 
 _INFO_FIELDS = list(JobInfo.model_fields)
 _MAX_CONNECTIONS = 64
+
+
+def decode_entry(raw: str) -> list[dict[str, Any]]:
+    """The items of one stream entry: one JSON object, or a list of them written together."""
+    data = json.loads(raw)
+    return data if isinstance(data, list) else [data]
 
 
 def queue_submit(pipe: Any, specs: Sequence[JobSpec], settings: FleetSettings, queue: str) -> None:
@@ -130,7 +137,7 @@ class RedisBus:
                 job_id,
                 self._retention,
                 self._maxlen,
-                json.dumps(result.to_dict()),
+                json.dumps(result_dict(result)),
                 json.dumps(event_entry(result.events[0])),
                 self.keys.dispatcher_prefix(),
                 self.keys.session_prefix(),
@@ -229,7 +236,7 @@ class RedisBus:
                 spec.job_id,
                 attempt,
                 status,
-                json.dumps(result.to_dict(), ensure_ascii=False),
+                json.dumps(result_dict(result), ensure_ascii=False),
                 error or "",
                 self._retention,
                 self._maxlen,
@@ -257,4 +264,8 @@ class RedisBus:
         reply = await self._r.xread({key: after}, count=count, block=block)
         if not reply:
             return []
-        return [StreamEntry(entry_id, json.loads(fields["d"])) for entry_id, fields in reply[0][1]]
+        return [
+            StreamEntry(entry_id, item)
+            for entry_id, fields in reply[0][1]
+            for item in decode_entry(fields["d"])
+        ]

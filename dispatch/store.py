@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from dispatch.keys import Keys
+from dispatch.redis_bus import decode_entry
 from dispatch.settings import FleetSettings
 from dispatch.spec import find_secrets, portable_config
 from rho_agent.agent import Agent
@@ -110,7 +111,8 @@ class RedisSessionStore:
         entries = self._r.xrange(key)
         if not entries:
             raise SessionNotFound(f"no session {session_id} in Redis (or it expired)")
-        return State.from_records([json.loads(fields["d"])["record"] for _, fields in entries])
+        items = [item for _, fields in entries for item in decode_entry(fields["d"])]
+        return State.from_records([item["record"] for item in items])
 
     def load_config(self, session_id: str) -> AgentConfig:
         raw = self._r.hget(self.keys.session(validate_session_id(session_id)), "config")

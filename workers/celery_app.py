@@ -35,10 +35,18 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         "worker_pool": "threads",
         "worker_concurrency": settings.concurrency,
         "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,
+        # Task events cost three publishes per job: off unless -E, or until Flower (which asks
+        # every worker to send them) is running.
+        "worker_send_task_events": False,
         "worker_hijack_root_logger": False,
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
     }
+
+
+def _task_events_on(consumer: Any) -> bool:
+    """Whether this worker sends task events now (``-E``, or enabled remotely by Flower)."""
+    dispatcher = getattr(consumer, "event_dispatcher", None)
+    return dispatcher is not None and "task" in (dispatcher.groups or ())
 
 
 def create_app(settings: WorkerSettings | None = None) -> Celery:
@@ -62,6 +70,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
 
     def on_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
+            host.task_events_on = lambda: _task_events_on(sender)
             host.start()
 
     def on_shutdown(sender: Any = None, **_: Any) -> None:

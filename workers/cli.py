@@ -22,7 +22,6 @@ def run_worker(extra_args: Sequence[str] = (), *, loglevel: str = "INFO") -> Non
         "worker",
         f"--loglevel={loglevel}",
         f"--hostname=rho@{settings.worker_name}",
-        "--task-events",
         *extra_args,
     ]
     app.worker_main(argv)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from dispatch.broker import CeleryBroker
@@ -39,6 +40,8 @@ class SessionHost:
         self.settings = settings
         self._app = app
         self.task_ids = TaskIds()
+        self.task_events_on: Callable[[], bool] = lambda: False
+        """Set by the worker when it is ready: whether task events are being sent."""
         self._thread = LoopThread(f"rho-session-host-{settings.worker_name}")
         self._lock = threading.Lock()
         self._host: JobHost | None = None
@@ -111,8 +114,10 @@ class SessionHost:
             asyncio.create_task(keeper.run(), name="rho-leases"),
             asyncio.create_task(sweeper.run(), name="rho-sweeper"),
         ]
-        if self._app is not None and self._app.conf.worker_send_task_events:
-            progress = FlowerProgress(self._app, host, self.task_ids, settings.worker_name)
+        if self._app is not None:
+            progress = FlowerProgress(
+                self._app, host, self.task_ids, settings.worker_name, lambda: self.task_events_on()
+            )
             self._tasks.append(asyncio.create_task(progress.run(), name="rho-progress"))
         logger.info(
             "session host %s ready (ceiling %s, lease %.0f s)",

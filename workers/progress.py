@@ -1,6 +1,7 @@
 """Live progress in Flower: a ``task-progress`` event per running job whose numbers moved.
 
-Flower has no place for custom progress, but it shows a task's latest event: a custom event type
+Sent only while the worker sends task events (``-E``, or enabled by a running Flower). Flower has
+no place for custom progress, but it shows a task's latest event: a custom event type
 becomes the task's state (``PROGRESS``) and its ``result`` field is shown as the result. So while a
 job runs, Flower's task list reads ``PROGRESS {'turns': 3, 'input_tokens': ..., 'cost_usd': ...}``
 and the final ``task-succeeded`` event replaces it with the job's summary.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from dispatch.host import JobHost
@@ -44,9 +46,16 @@ class FlowerProgress:
     """Every ``interval_s``, publishes progress events for the jobs whose numbers changed."""
 
     def __init__(
-        self, app: Any, host: JobHost, task_ids: TaskIds, hostname: str, interval_s: float = 2.0
+        self,
+        app: Any,
+        host: JobHost,
+        task_ids: TaskIds,
+        hostname: str,
+        enabled: Callable[[], bool],
+        interval_s: float = 2.0,
     ) -> None:
         self._app = app
+        self._enabled = enabled
         self._host = host
         self._task_ids = task_ids
         self._hostname = hostname
@@ -56,6 +65,8 @@ class FlowerProgress:
     async def run(self) -> None:
         while still_running():
             await asyncio.sleep(self._interval_s)
+            if not self._enabled():
+                continue
             batch = self.changed()
             if not batch:
                 continue

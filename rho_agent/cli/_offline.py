@@ -30,7 +30,8 @@ def offline_model(console: Console) -> Iterator[str]:
 
     console.print(
         "[yellow]offline mode:[/] no OPENAI_API_KEY or --base-url, so answers come from the "
-        "built-in scripted model (set OPENAI_API_KEY to use a real model)"
+        "built-in scripted model (set OPENAI_API_KEY to use a real model); tokens and costs "
+        "shown are what the same requests would cost on the configured model"
     )
     with ScriptedModelServer(responder=behaviour(OFFLINE_BEHAVIOUR)) as server:
         yield server.base_url

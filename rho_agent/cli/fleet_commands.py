@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated
 
@@ -72,14 +72,32 @@ def dispatch_batch(
     concurrency: Annotated[
         int | None, typer.Option(help="Embedded mode: jobs run at once in this process.")
     ] = None,
+    model: Annotated[str | None, typer.Option(help="Model for entries that name none.")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible API URL (vLLM, Ollama...).")
+    ] = None,
+    offline: Annotated[
+        bool, typer.Option(help="Use the built-in scripted model (no API key needed).")
+    ] = False,
 ) -> None:
-    """Run every entry of a batch file, with live progress; exit 1 if any job failed."""
+    """Run every entry of a batch file, with live progress; exit 1 if any job failed.
+
+    With no OPENAI_API_KEY and no --base-url the batch runs in offline mode, against the
+    project's scripted model server.
+    """
     from dispatch import Dispatcher
     from dispatch.batch import load_batch, run_batch
+    from rho_agent.cli._offline import offline_model, should_go_offline
     from rho_agent.config import AgentConfig
 
-    with _fleet_errors():
+    with _fleet_errors(), ExitStack() as stack:
         base = AgentConfig.from_file(config) if config else AgentConfig()
+        if model is not None:
+            base.model = model
+        if base_url is not None:
+            base.base_url = base_url
+        if should_go_offline(offline=offline, base_url=base.base_url):
+            base.base_url = stack.enter_context(offline_model(_err))
         specs = load_batch(file, base)
         sink: IO[str] = output.open("w", encoding="utf-8") if output else sys.stdout
         try:

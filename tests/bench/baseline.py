@@ -11,7 +11,7 @@ can be compared.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
 import openai
@@ -19,6 +19,9 @@ import openai
 from rho_agent import Session
 from rho_agent.model.base import ModelRequest
 from rho_agent.model.openai_client import OpenAIModelClient
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolUnionParam
 
 MAX_TURNS = 100
 TOOL_ANSWER = "ok"
@@ -51,8 +54,8 @@ async def raw_conversation(
     for turn in range(1, MAX_TURNS + 1):
         stream = await client.chat.completions.create(
             model=model,
-            messages=messages,  # type: ignore[arg-type]
-            tools=tools,  # type: ignore[arg-type]
+            messages=cast("list[ChatCompletionMessageParam]", messages),
+            tools=cast("list[ChatCompletionToolUnionParam]", tools),
             stream=True,
             stream_options={"include_usage": True},
         )

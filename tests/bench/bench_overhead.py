@@ -13,8 +13,15 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from baseline import bare_conversation, model_calls, opening, raw_client, raw_conversation
-from harness import (
+from rho_agent.model.openai_client import OpenAIModelClient
+from tests.bench.baseline import (
+    bare_conversation,
+    model_calls,
+    opening,
+    raw_client,
+    raw_conversation,
+)
+from tests.bench.harness import (
     MODEL,
     Benchmark,
     Row,
@@ -27,8 +34,6 @@ from harness import (
     spawned_server,
     spread,
 )
-
-from rho_agent.model.openai_client import OpenAIModelClient
 
 TOOL_TURNS = 9
 """Each conversation: nine no-op tool turns, then the answer (ten model calls)."""
@@ -109,7 +114,9 @@ async def _measure(base_url: str, workdir: str, sizes: Sizes) -> dict[str, list[
         names = list(drivers)
         for repetition in range(sizes.repetitions):
             shift = repetition % len(names)
-            numbers = range(repetition * sizes.conversations, (repetition + 1) * sizes.conversations)
+            numbers = range(
+                repetition * sizes.conversations, (repetition + 1) * sizes.conversations
+            )
             for name in names[shift:] + names[:shift]:
                 per_turn[name].append(await _per_turn_ms(drivers[name], numbers))
         return per_turn

@@ -17,10 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from harness import Benchmark, Row, Settings, Stopwatch, median, spread
-
 from rho_agent import State
 from rho_agent.trace import JsonlTraceSink
+from tests.bench.harness import Benchmark, Row, Settings, Stopwatch, median, spread
 
 RECORDS = 100_000
 SLICES = 10
@@ -127,7 +126,9 @@ def _append(specs: list[Spec], path: str) -> tuple[list[float], list[float]]:
     finally:
         sink.close()
     if len(state.records) != size * SLICES:
-        raise AssertionError(f"appended {size * SLICES} records, the state holds {len(state.records)}")
+        raise AssertionError(
+            f"appended {size * SLICES} records, the state holds {len(state.records)}"
+        )
     return means, typical
 
 
@@ -188,17 +189,20 @@ def _run(number: int) -> Iterator[Spec]:
         call_id = f"call_{number}_{step}"
         arguments = {"command": f"ls -la src/module_{step}", "timeout": 30}
         yield "model_call", {"model": "gpt-5-mini", "usage": usage, "cost_usd": 0.0002}
-        yield "message", {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": call_id,
-                    "type": "function",
-                    "function": {"name": "bash", "arguments": json.dumps(arguments)},
-                }
-            ],
-        }
+        yield (
+            "message",
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": "bash", "arguments": json.dumps(arguments)},
+                    }
+                ],
+            },
+        )
         yield "tool_start", {"call_id": call_id, "tool_name": "bash", "arguments": arguments}
         yield "tool_end", {"call_id": call_id, "tool_name": "bash", "success": True, "metadata": {}}
         output = "\n".join(f"-rw-r--r-- 1 user user {n * 97} file_{n}.py" for n in range(12))

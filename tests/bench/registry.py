@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import bench_concurrency
-import bench_model_cpu
-import bench_overhead
-import bench_trace
-from harness import Benchmark
+from tests.bench import bench_concurrency, bench_model_cpu, bench_overhead, bench_trace
+from tests.bench.harness import Benchmark
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     bench_overhead.BENCHMARK,

@@ -15,17 +15,27 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import registry
-from harness import Benchmark, Row, Settings, machine
 from rich.console import Console
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from tests.bench.harness import Benchmark, Row
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 
 def main(argv: list[str] | None = None) -> int:
+    # Imported here: run as a script, the repository root is on sys.path only from now on.
+    from tests.bench.harness import Settings, machine
+    from tests.bench.registry import BENCHMARKS
+
     args = _parser().parse_args(argv)
-    chosen = _select(registry.BENCHMARKS, args.only)
+    chosen = _select(BENCHMARKS, args.only)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)  # logs and pipes: no wrapping of the table
     about = machine()
     console.print(f"[bold]rho-agent benchmarks[/] ({'quick' if args.quick else 'full'}): {about}")
     rows: list[Row] = []
@@ -39,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.extend(benchmark.run(settings))
             except Exception:
                 failed.append(benchmark.key)
-                console.print(f"[red]benchmark {benchmark.key} failed:[/]\n{traceback.format_exc()}")
+                console.print(
+                    f"[red]benchmark {benchmark.key} failed:[/]\n{traceback.format_exc()}"
+                )
     console.print(_table(rows, time.monotonic() - started))
     if args.out is not None:
         payload = [row.as_json(about) for row in rows]
@@ -95,5 +107,7 @@ def _number(value: float) -> str:
 
 
 if __name__ == "__main__":
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
     logging.basicConfig(level=logging.WARNING)
     sys.exit(main())

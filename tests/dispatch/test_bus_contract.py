@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,7 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[JobBus]:
     await redis_bus.close()
 
 
-def spec(session_id: str | None = None, **options: object) -> JobSpec:
+def spec(session_id: str | None = None, **options: Any) -> JobSpec:
     return build_spec("hello", AgentConfig(), session_id=session_id, reply_to="d1", **options)
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from rho_agent.cli import fleet_commands  # registers the fleet commands on the app
 from rho_agent.cli.app import app
-from rho_agent.cli.fleet_commands import dispatch_batch  # registers the fleet commands
 from rho_agent.testing import ScriptedModelServer, behaviour
 
-assert dispatch_batch
+assert fleet_commands.dispatch_batch.__doc__
 
 
 @pytest.fixture

@@ -86,6 +86,20 @@ def test_events_are_live_and_end_with_the_job(
     assert job.status() == "completed"
 
 
+def test_events_can_start_from_now(
+    dispatcher: Dispatcher, config: AgentConfig, model_server: ScriptedModelServer
+) -> None:
+    model_server.responder = slow_echo(0.5)
+    job = dispatcher.submit(["first", "second"], config)
+    deadline = time.monotonic() + 5
+    while job.info().turns < 1:  # the first run has ended, the second waits on the model
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    later = [event.type for event in job.events(from_start=False)]
+    assert later == ["text", "api_call_complete", "turn_complete"], "only the second run"
+    assert list(job.events(from_start=False)) == [], "nothing is left once the job ended"
+
+
 async def test_async_forms(dispatcher: Dispatcher, config: AgentConfig) -> None:
     job = await dispatcher.asubmit("one", config)
     jobs = await dispatcher.amap(["two", "three"], config)

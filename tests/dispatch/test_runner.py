@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def marking_responder(marks: Path, total: int, hang_after: list[int]) -> Any:
     return respond
 
 
-async def wait_until(condition: Any, within_s: float = 5.0) -> None:
+async def wait_until(condition: Callable[[], Awaitable[bool]], within_s: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + within_s
     while not await condition():
         assert asyncio.get_running_loop().time() < deadline, "condition never held"
@@ -57,8 +58,8 @@ async def test_a_crashed_job_resumes_without_running_finished_tools_again(
     crashed = asyncio.create_task(JobRun(spec, bus, options).run())
 
     async def two_marks_recorded() -> bool:
-        records = [entry.data["record"] for entry in await bus.read_trace(spec.session_id)]
-        return sum(record.get("role") == "tool" for record in records) == 2
+        entries = await bus.read_trace(spec.session_id)
+        return [entry.data["record"].get("role") for entry in entries].count("tool") == 2
 
     await wait_until(two_marks_recorded)
     crashed.cancel()  # what a dead worker looks like: no run_end, the run stays resumable

@@ -45,9 +45,11 @@ bare_app.conf.update(
 )  # fmt: skip
 
 
-@bare_app.task(name="bench.noop")
-def noop(index: int) -> int:
+def _noop(index: int) -> int:
     return index
+
+
+noop: Any = bare_app.task(name="bench.noop")(_noop)
 
 
 def main() -> None:
@@ -123,7 +125,7 @@ def bench_fleet(db: int, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     server = ScriptedModelServer.spawn("echo")
     try:
         for index in range(args.workers):
-            fleet.add_worker(f"w{index}", RHO_AGENT_AGENT_FACTORY="")
+            fleet.add_worker(f"w{index}", "WARNING", RHO_AGENT_AGENT_FACTORY="")
         for worker in fleet.workers.values():
             worker.wait_ready()
         config = AgentConfig(base_url=server.base_url, working_dir=str(tmp))

@@ -68,11 +68,13 @@ class WorkerProcess:
     env: dict[str, str]
     queues: str
     log_path: Path
+    loglevel: str = "INFO"
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         command = [
-            sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel=INFO",
+            sys.executable, "-m", "celery", "-A", "workers", "worker",
+            f"--loglevel={self.loglevel}",
             f"--hostname={self.name}@%h", "-Q", self.queues, "--without-mingle",
             "--without-gossip",
         ]  # fmt: skip
@@ -86,12 +88,26 @@ class WorkerProcess:
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "ready." in self.log_path.read_text(errors="replace"):
+            if "ready." in self.log_path.read_text(errors="replace") or self._pinged():
                 return
             if self.process is not None and self.process.poll() is not None:
                 break
             time.sleep(0.1)
         raise RuntimeError(f"worker {self.name} did not start:\n{self.log()[-3000:]}")
+
+    def _pinged(self) -> bool:
+        """At quiet log levels the worker logs nothing: ask it over Celery's control instead."""
+        if self.loglevel == "INFO":
+            return False
+        from dispatch.broker import CeleryBroker
+        from dispatch.settings import FleetSettings
+
+        broker = CeleryBroker(FleetSettings(broker_url=self.env["RHO_AGENT_BROKER_URL"]))
+        try:
+            replies = broker.app.control.ping(timeout=0.5) or []
+        finally:
+            broker.close()
+        return any(self.name in name for reply in replies for name in reply)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -150,13 +166,14 @@ class Fleet:
         """The queue only ``worker`` consumes (to send a job to that worker)."""
         return f"{self.queue}-{worker}"
 
-    def add_worker(self, name: str, **env: str) -> WorkerProcess:
+    def add_worker(self, name: str, loglevel: str = "INFO", **env: str) -> WorkerProcess:
         """Start worker ``name`` on the shared queue and its own ``{queue}-{name}``."""
         worker = WorkerProcess(
             name,
             self.env(RHO_AGENT_WORKER_NAME=name, **env),
             f"{self.queue},{self.queue_of(name)}",
             self.tmp / f"worker-{name}-{len(self.retired)}.log",
+            loglevel,
         )
         if name in self.workers:
             self.retired.append(self.workers[name])

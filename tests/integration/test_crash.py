@@ -51,12 +51,11 @@ def test_a_killed_workers_job_resumes_elsewhere_exactly_once(
     config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
     with fleet.dispatcher() as dispatcher:
         job = dispatcher.submit("mark six times", config)
-        events, killed_at, restarted_at = [], 0.0, 0.0
+        events, killed_at, restarted_at, victim = [], 0.0, 0.0, ""
         for event in job.events():
             events.append(event)
             if [e.type for e in events].count("tool_end") == 2 and not killed_at:
-                victim = job.info().worker
-                assert victim is not None
+                victim = job.info().worker or ""
                 time.sleep(0.05)  # the worker is now waiting on the model's next answer
                 fleet.workers[victim].kill(signal.SIGKILL)
                 killed_at = time.monotonic()

@@ -1,0 +1,1 @@
+"""rho-agent's benchmark suite (not collected by pytest): ``python tests/bench/run.py``."""

@@ -82,6 +82,7 @@ __all__ = [
     "tool",
 ]
 
+
 def __getattr__(name: str) -> Any:
     """Import ``DaytonaBackend`` on first use: its module wraps an optional dependency."""
     if name == "DaytonaBackend":

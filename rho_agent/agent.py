@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 from rho_agent.backends.base import ExecutionBackend
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
@@ -12,6 +13,7 @@ from rho_agent.permissions import PermissionProfile, load_profile
 from rho_agent.pricing import PriceTable
 from rho_agent.tools import build_registry
 from rho_agent.tools.registry import ToolRegistry
+
 
 class Agent:
     """Holds the resolved config, the tool registry built from the profile, and the model client.

@@ -13,7 +13,7 @@ app = typer.Typer(
 )
 
 # Each module below registers its commands on ``app`` when imported.
+from rho_agent.cli import fleet_commands as _fleet_commands  # noqa: E402,F401
 from rho_agent.cli import fleet_ops as _fleet_ops  # noqa: E402,F401
 from rho_agent.cli import run as _run  # noqa: E402,F401
 from rho_agent.cli import sessions as _sessions  # noqa: E402,F401
-from rho_agent.cli import fleet_commands as _fleet_commands  # noqa: E402,F401

@@ -5,7 +5,6 @@ of jobs in flight and of the queue."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import time
@@ -17,6 +16,7 @@ import redis
 
 from dispatch import Dispatcher, FleetSettings, Job
 from dispatch.broker import CeleryBroker
+from dispatch.redis_bus import decode_entry
 from dispatch.spec import build_spec
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, text
@@ -148,7 +148,7 @@ def _running_on(fleet: LocalFleet, job: Job) -> Child:
 def _lifecycle(broker: str, job_id: str) -> list[str]:
     with redis.Redis.from_url(broker, decode_responses=True) as client:
         entries = client.xrange(f"{PREFIX}job:{job_id}:events")
-    kinds = [json.loads(fields["d"]) for _, fields in entries]
+    kinds = [item for _, fields in entries for item in decode_entry(fields["d"])]
     return [entry["type"] for entry in kinds if entry.get("kind") == "job"]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 EventType = Literal[
@@ -37,13 +37,16 @@ class AgentEvent:
     usage: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The event as JSON-ready data, without the unset fields."""
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        """The event as JSON-ready data, without the unset fields (values are not copied)."""
+        return {name: value for name in _EVENT_FIELDS if (value := getattr(self, name)) is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AgentEvent:
         known = cls.__dataclass_fields__
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+_EVENT_FIELDS = tuple(item.name for item in fields(AgentEvent))
 
 
 @dataclass

@@ -101,8 +101,9 @@ class Session:
         if not self.state.has_unfinished_run:
             raise SessionError(f"session {self.state.session_id} has no unfinished run to resume")
         self._ensure_idle()
+        prompt = _prompt_not_yet_recorded(self.state)
         self.state.append("run_resume", run=self.state.run_count + 1)
-        return await self._drive(RunContext(on_event), None)
+        return await self._drive(RunContext(on_event), prompt)
 
     def _ensure_idle(self) -> None:
         if self._closed:
@@ -358,3 +359,14 @@ class Session:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def _prompt_not_yet_recorded(state: State) -> str | None:
+    """The prompt of the unfinished run if the process stopped before its message was recorded."""
+    for record in reversed(state.records):
+        if record.get("type") == "message" and record.get("role") == "user":
+            return None
+        if record.get("type") == "run_start":
+            prompt = record.get("prompt")
+            return prompt if isinstance(prompt, str) else None
+    return None

@@ -6,6 +6,8 @@ a ``ToolError`` naming each bad argument, which the model reads and can correct.
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -16,7 +18,16 @@ ArgsT = TypeVar("ArgsT", bound=BaseModel)
 
 
 def schema_of(model: type[BaseModel]) -> dict[str, Any]:
-    """The JSON schema of ``model`` (aliases as names) without pydantic's ``title`` noise."""
+    """The JSON schema of ``model`` (aliases as names) without pydantic's ``title`` noise.
+
+    Building a schema costs milliseconds, and every Agent builds its tools': it is made once per
+    model class and each caller gets its own copy.
+    """
+    return copy.deepcopy(_cached_schema(model))
+
+
+@functools.cache
+def _cached_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema(by_alias=True)
     cleaned = _drop_titles(schema)
     assert isinstance(cleaned, dict)

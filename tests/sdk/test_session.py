@@ -467,3 +467,22 @@ async def test_a_closed_session_refuses_to_run(
     await session.close()
     with pytest.raises(SessionError, match="closed"):
         await session.run(prompt="second")
+
+
+async def test_resume_run_recovers_a_prompt_that_was_never_recorded(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.script(text("first answer"))
+    session = make_session(model_server, tmp_path)
+    await session.run(prompt="first")
+    records = session.state.records
+    # The process died right after recording the second run's start.
+    crashed = [*records, {**records[-1], "type": "run_start", "run": 2, "prompt": "second"}]
+    state = State.from_records(crashed)
+    assert state.has_unfinished_run
+    model_server.script(text("second answer"))
+    result = await Session(session.agent, state=state).resume_run()
+
+    assert result.status == "completed" and result.text == "second answer"
+    assert state.get_user_messages() == ["first", "second"]
+    assert model_server.requests[-1].body["messages"][-1] == {"role": "user", "content": "second"}

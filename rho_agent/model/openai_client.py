@@ -12,6 +12,7 @@ import json
 import os
 import random
 import weakref
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx2
@@ -26,34 +27,64 @@ BASE_URL_ENV = "OPENAI_BASE_URL"
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "0.0.0.0")
 _REQUEST_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}
 
-_clients: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[str | None, str], openai.AsyncOpenAI]
-]
-_clients = weakref.WeakKeyDictionary()
+
+class _LoopClients:
+    """The AsyncOpenAI clients of one event loop, closed when that loop shuts down.
+
+    The closing runs in the ``finally`` of a parked async generator: ``asyncio.run`` (and every
+    runner that calls ``loop.shutdown_asyncgens()``) closes it, so no connection pool outlives
+    its loop even when nobody calls ``close_shared_clients``.
+    """
+
+    def __init__(self) -> None:
+        self.clients: dict[tuple[str | None, str], openai.AsyncOpenAI] = {}
+        self._closer: AsyncGenerator[None, None] | None = None
+
+    async def get(self, base_url: str | None, api_key: str, max_retries: int) -> openai.AsyncOpenAI:
+        if self._closer is None:
+            self._closer = self._close_at_shutdown()
+            await anext(self._closer)
+        key = (base_url, api_key)
+        client = self.clients.get(key)
+        if client is None:
+            client = openai.AsyncOpenAI(
+                api_key=api_key,
+                base_url=base_url,
+                max_retries=max_retries,
+                http_client=_http_client(),
+            )
+            self.clients[key] = client
+        return client
+
+    async def aclose(self) -> None:
+        clients, self.clients = list(self.clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    async def _close_at_shutdown(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            await self.aclose()
 
 
-def _shared_client(base_url: str | None, api_key: str, max_retries: int) -> openai.AsyncOpenAI:
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients]
+_pools = weakref.WeakKeyDictionary()
+
+
+async def _shared_client(
+    base_url: str | None, api_key: str, max_retries: int
+) -> openai.AsyncOpenAI:
     """The loop's AsyncOpenAI for this endpoint and key, created on first use."""
-    loop = asyncio.get_running_loop()
-    per_loop = _clients.setdefault(loop, {})
-    key = (base_url, api_key)
-    client = per_loop.get(key)
-    if client is None:
-        client = openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=base_url,
-            max_retries=max_retries,
-            http_client=_http_client(),
-        )
-        per_loop[key] = client
-    return client
+    pool = _pools.setdefault(asyncio.get_running_loop(), _LoopClients())
+    return await pool.get(base_url, api_key, max_retries)
 
 
 async def close_shared_clients() -> None:
-    """Close the running loop's pooled clients (call before the loop ends, e.g. at shutdown)."""
-    per_loop = _clients.pop(asyncio.get_running_loop(), {})
-    for client in per_loop.values():
-        await client.close()
+    """Close the running loop's pooled clients now (they are also closed when the loop ends)."""
+    pool = _pools.pop(asyncio.get_running_loop(), None)
+    if pool is not None:
+        await pool.aclose()
 
 
 def _http_client() -> httpx2.AsyncClient:
@@ -91,7 +122,7 @@ class OpenAIModelClient:
         )
 
     async def stream(self, request: ModelRequest, on_text: TextCallback | None = None) -> ModelTurn:
-        client = _shared_client(self.base_url, self._api_key(), self.max_retries)
+        client = await _shared_client(self.base_url, self._api_key(), self.max_retries)
         for attempt in range(self.stream_retries + 1):
             assembler = TurnAssembler(on_text)
             try:

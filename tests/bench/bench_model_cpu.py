@@ -88,7 +88,7 @@ def run(settings: Settings) -> list[Row]:
 
 
 def _row(workload: Workload, sizes: Sizes, workdir: str) -> Row:
-    with spawned_server(workload.behaviour) as server:
+    with spawned_server(workload.behaviour, workdir) as server:
         rates = asyncio.run(_measure(workload, server.base_url, workdir, sizes))
     session, raw = median(rates["session"]), median(rates["raw"])
     return Row(

@@ -52,7 +52,7 @@ class Sizes:
 
 def run(settings: Settings) -> list[Row]:
     sizes = Sizes(4, 9) if settings.quick else Sizes(10, 15)
-    with spawned_server(f"noop-tools:{TOOL_TURNS}") as server:
+    with spawned_server(f"noop-tools:{TOOL_TURNS}", settings.workdir) as server:
         per_turn = asyncio.run(_measure(server.base_url, settings.workdir, sizes))
     overheads = [s - r for s, r in zip(per_turn["session"], per_turn["raw"], strict=True)]
     loop_costs = [s - b for s, b in zip(per_turn["session"], per_turn["bare"], strict=True)]

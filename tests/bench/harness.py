@@ -13,7 +13,10 @@ import gc
 import os
 import platform
 import resource
+import selectors
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,11 +26,12 @@ from typing import Any
 
 from rho_agent import Agent, AgentConfig, Session, ToolHandler, ToolInvocation, ToolOutput
 from rho_agent.model.openai_client import close_shared_clients
-from rho_agent.testing import ScriptedModelServer, SpawnedModelServer
+from rho_agent.testing import SpawnedModelServer
 from rho_agent.trace import JsonlTraceSink
 
 MODEL = "gpt-5-mini"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVER_START_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Row:
     """One measured figure against its in-run baseline (one line of the table, one JSON object).
 
     ``ratio`` is figure / baseline. ``met`` is None when the row only reports (no target).
+    ``baseline_bound`` is ``">"`` when the baseline did not finish: its figure is a lower bound.
     """
 
     name: str
@@ -53,6 +58,7 @@ class Row:
     target: str
     met: bool | None
     ratio: float | None = None
+    baseline_bound: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -103,13 +109,54 @@ def _cpu_model() -> str:
 
 
 @contextlib.contextmanager
-def spawned_server(behaviour: str, delay: float = 0.0) -> Iterator[SpawnedModelServer]:
-    """The scripted model server in its own process (its CPU use never counts against ours)."""
-    server = ScriptedModelServer.spawn(behaviour, delay, timeout=30.0)
+def spawned_server(
+    behaviour: str, log_dir: str, delay: float = 0.0
+) -> Iterator[SpawnedModelServer]:
+    """The scripted model server in its own process (its CPU use never counts against ours).
+
+    Its stderr goes to a log file in ``log_dir``: a client killed mid-request makes the server
+    log connection resets, which are expected and would drown the table.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "rho_agent.testing.model_server",
+        "--behaviour",
+        behaviour,
+        "--delay",
+        str(delay),
+        "--stop-on-stdin-eof",
+    ]
+    log_path = Path(log_dir) / f"model-server-{behaviour.replace(':', '-')}-{delay:g}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
+    server = SpawnedModelServer(process, "")
     try:
+        server.base_url = _first_line(process, SERVER_START_TIMEOUT, log_path)
         yield server
     finally:
         server.stop()
+
+
+def _first_line(process: subprocess.Popen[bytes], timeout: float, log_path: Path) -> str:
+    """The server's base URL, printed as its first stdout line, within ``timeout`` seconds."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise TimeoutError(
+                f"the model server printed no URL within {timeout} s; see {log_path}"
+            )
+    line = process.stdout.readline().decode().strip()
+    if not line.startswith("http"):
+        raise RuntimeError(f"the model server did not start (got {line!r}); see {log_path}")
+    return line
 
 
 class NoopTool(ToolHandler):

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from tests.bench import bench_concurrency, bench_model_cpu, bench_overhead, bench_trace
+from tests.bench import (
+    bench_capacity,
+    bench_concurrency,
+    bench_dispatch,
+    bench_events,
+    bench_model_cpu,
+    bench_overhead,
+    bench_trace,
+)
 from tests.bench.harness import Benchmark
 
 BENCHMARKS: tuple[Benchmark, ...] = (
     bench_overhead.BENCHMARK,
     bench_concurrency.BENCHMARK,
+    bench_dispatch.BENCHMARK,
+    bench_capacity.BENCHMARK,
+    bench_events.BENCHMARK,
     bench_trace.BENCHMARK,
     bench_model_cpu.BENCHMARK,
 )

@@ -90,12 +90,20 @@ def _table(rows: list[Row], seconds: float) -> Table:
         table.add_row(
             row.name,
             f"{_number(row.figure)} {row.unit}",
-            "-" if row.baseline is None else f"{_number(row.baseline)} {row.unit}",
+            "-"
+            if row.baseline is None
+            else f"{row.baseline_bound}{_number(row.baseline)} {row.unit}",
             "-" if row.ratio is None else f"{row.ratio:.2f}x",
             row.target,
             {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[row.met],
         )
     return table
+
+
+def _baseline(row: Row) -> str:
+    if row.baseline is None:
+        return "-"
+    return f"{row.baseline_bound}{_number(row.baseline)} {row.unit}"
 
 
 def _number(value: float) -> str:

@@ -1,0 +1,151 @@
+"""Fleet pieces for benchmarks 3-6: a running fleet, bare Celery workers, the stamp tool.
+
+Both use the real Redis on 127.0.0.1:6379, each in a database of its own (claimed as the
+integration tests claim theirs), and worker subprocesses killed with their process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery import Celery
+
+from dispatch import Dispatcher
+from rho_agent import Agent, AgentConfig, ToolHandler, ToolInvocation, ToolOutput
+from tests.bench import bare_celery
+from tests.bench.harness import REPO_ROOT, spawned_server
+from tests.integration.fleet import Fleet, claimed_db
+
+WORKER_START_TIMEOUT = 60.0
+STAMP_FACTORY = "tests.bench.fleet_support:agent_with_stamp_tool"
+
+
+@dataclass
+class RunningFleet:
+    """Workers up, a dispatcher connected, and the config that points jobs at the model server."""
+
+    fleet: Fleet
+    dispatcher: Dispatcher
+    config: AgentConfig
+
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self.fleet.workers.values() if w.process is not None]
+
+
+@contextlib.contextmanager
+def running_fleet(
+    workdir: str,
+    workers: int,
+    behaviour: str,
+    delay: float = 0.0,
+    factory: str = "",
+    **env: str,
+) -> Iterator[RunningFleet]:
+    """``workers`` fleet worker processes on a claimed Redis database, with a model server."""
+    tmp = Path(tempfile.mkdtemp(prefix="fleet-", dir=workdir))
+    with claimed_db() as db, spawned_server(behaviour, workdir, delay) as server:
+        fleet = Fleet(db, tmp)
+        try:
+            for index in range(workers):
+                fleet.add_worker(f"w{index}", "WARNING", RHO_AGENT_AGENT_FACTORY=factory, **env)
+            for worker in fleet.workers.values():
+                worker.wait_ready(WORKER_START_TIMEOUT)
+            config = AgentConfig(base_url=server.base_url, working_dir=str(tmp))
+            with fleet.dispatcher() as dispatcher:
+                yield RunningFleet(fleet, dispatcher, config)
+        finally:
+            fleet.stop()
+
+
+@contextlib.contextmanager
+def bare_workers(workdir: str, workers: int, concurrency: int) -> Iterator[Celery]:
+    """Bare Celery worker processes (threads pool) on a claimed database; yields a client app."""
+    with claimed_db() as db:
+        url = f"redis://127.0.0.1:6379/{db}"
+        env = {**os.environ, bare_celery.BROKER_ENV: url, "PYTHONPATH": str(REPO_ROOT)}
+        processes = [
+            _start_bare(index, concurrency, env, Path(workdir) / f"bare-{db}-{index}.log")
+            for index in range(workers)
+        ]
+        app = bare_celery.client_app(url)
+        try:
+            for index in range(workers * 4):  # every worker up and its connections warm
+                app.send_task(bare_celery.NOOP, args=[index]).get(timeout=WORKER_START_TIMEOUT)
+            yield app
+        finally:
+            app.close()
+            for process in processes:
+                _stop_group(process)
+
+
+def _start_bare(
+    index: int, concurrency: int, env: dict[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-m", "celery", "-A", "tests.bench.bare_celery:app", "worker",
+        "-P", "threads", "-c", str(concurrency), "-Q", bare_celery.QUEUE,
+        "--loglevel=WARNING", "--without-mingle", "--without-gossip",
+        f"--hostname=bare{index}@%h",
+    ]  # fmt: skip
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the worker's process group, then SIGKILL it if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        if process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(wait)
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB (Linux ``/proc``; 0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+class StampTool(ToolHandler):
+    """``noop`` that answers the wall-clock time it ran at: the tool_end event then carries the
+    moment it was emitted, so a reader in another process can time its delivery."""
+
+    name = "noop"
+    description = "Does nothing and answers the current time."
+
+    def __init__(self) -> None:
+        self.parameters = {"type": "object", "properties": {}}
+
+    async def handle(self, invocation: ToolInvocation) -> ToolOutput:
+        return ToolOutput(repr(time.time()))
+
+
+def agent_with_stamp_tool(config: AgentConfig) -> Agent:
+    """The workers' agent factory for benchmark 6: the normal Agent plus the stamp tool."""
+    agent = Agent(config)
+    agent.registry.register(StampTool())
+    return agent

@@ -3,7 +3,8 @@
 The scripted server waits DELAY seconds before every answer; each conversation makes three model
 calls (two no-op tool turns, then the answer). ``Session.run`` for N conversations at once is
 timed against the same N conversations driven with one shared stock ``openai`` client (its pool
-raised to N connections, so it is not throttled by its default of 1,000). Each measurement runs
+raised to N connections and its connect timeout to 120 s: at its defaults it queues beyond 1,000
+and fails at 5,000). Each measurement runs
 in a fresh child process, so its memory growth (peak RSS minus RSS before the conversations start,
 divided by N) belongs to that run alone. The state of every session (messages and trace records)
 stays in memory until the end, as in a session host.
@@ -21,6 +22,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from rho_agent import Session
+from rho_agent.model.openai_client import close_shared_clients
 from tests.bench.baseline import model_calls, opening, raw_client, raw_conversation
 from tests.bench.harness import (
     MODEL,
@@ -33,7 +35,6 @@ from tests.bench.harness import (
     ensure_open_files,
     make_agent,
     median,
-    release_clients,
     rss_bytes,
     spawned_server,
     spread,
@@ -194,7 +195,7 @@ async def _session_run(n: int, base_url: str, workdir: str) -> Measurement:
         calls = sum(model_calls(session) for session in sessions)
         return _measurement(watch, before, n, calls, gc_time)
     finally:
-        await release_clients()
+        await close_shared_clients()
 
 
 async def _raw_run(n: int, base_url: str, workdir: str) -> Measurement:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import openai
 
 from rho_agent import Agent
-from rho_agent.model.openai_client import OpenAIModelClient
+from rho_agent.model.openai_client import OpenAIModelClient, close_shared_clients
 from tests.bench.baseline import (
     bare_conversation,
     check_same_history,
@@ -35,7 +35,6 @@ from tests.bench.harness import (
     Stopwatch,
     make_agent,
     median,
-    release_clients,
     session_conversation,
     spawned_server,
     spread,
@@ -129,7 +128,7 @@ async def _measure(
         return rates
     finally:
         await raw.close()
-        await release_clients()
+        await close_shared_clients()
 
 
 def _drivers(

@@ -13,7 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from rho_agent.model.openai_client import OpenAIModelClient
+from rho_agent.model.openai_client import OpenAIModelClient, close_shared_clients
 from tests.bench.baseline import (
     bare_conversation,
     model_calls,
@@ -29,7 +29,6 @@ from tests.bench.harness import (
     Stopwatch,
     make_agent,
     median,
-    release_clients,
     session_conversation,
     spawned_server,
     spread,
@@ -122,7 +121,7 @@ async def _measure(base_url: str, workdir: str, sizes: Sizes) -> dict[str, list[
         return per_turn
     finally:
         await raw.close()
-        await release_clients()
+        await close_shared_clients()
 
 
 async def _per_turn_ms(drive: Drive, numbers: range) -> float:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from rho_agent import Agent, AgentConfig, Session, ToolHandler, ToolInvocation, ToolOutput
-from rho_agent.model.openai_client import close_shared_clients
 from rho_agent.testing import SpawnedModelServer
 from rho_agent.trace import JsonlTraceSink
 
@@ -187,11 +186,6 @@ async def session_conversation(agent: Agent, prompt: str, trace_path: str) -> Se
     if result.status != "completed":
         raise RuntimeError(f"benchmark session ended {result.status!r}: {result.events[-1:]}")
     return session
-
-
-async def release_clients() -> None:
-    """Close the SDK's pooled HTTP clients of this loop before ``asyncio.run`` ends."""
-    await close_shared_clients()
 
 
 def ensure_open_files(wanted: int) -> None:

@@ -1,0 +1,44 @@
+"""The OpenAI-backed model client: one pooled HTTP client per loop, closed with its loop."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import openai
+
+from rho_agent.model import openai_client
+from rho_agent.testing import ScriptedModelServer, text
+from tests.sdk.helpers import make_session
+
+
+def pooled_clients() -> list[openai.AsyncOpenAI]:
+    pool = openai_client._pools.get(asyncio.get_running_loop())
+    return list(pool.clients.values()) if pool is not None else []
+
+
+def test_sessions_share_one_client_which_closes_with_its_loop(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = lambda body: text("hi")
+    seen: list[openai.AsyncOpenAI] = []
+
+    async def main() -> None:
+        sessions = [make_session(model_server, tmp_path) for _ in range(5)]
+        await asyncio.gather(*(session.run(prompt="hello") for session in sessions))
+        seen.extend(pooled_clients())
+
+    asyncio.run(main())
+    assert len(seen) == 1, "every session of one endpoint must share one HTTP client"
+    assert seen[0].is_closed()
+
+
+async def test_close_shared_clients_closes_them_now(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.script(text("hi"))
+    await make_session(model_server, tmp_path).run(prompt="hello")
+    clients = pooled_clients()
+    assert clients and not clients[0].is_closed()
+    await openai_client.close_shared_clients()
+    assert clients[0].is_closed() and pooled_clients() == []

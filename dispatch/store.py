@@ -28,11 +28,9 @@ from rho_agent.config import AgentConfig
 from rho_agent.errors import SessionError, SessionLocked, SessionNotFound
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.session import Session
-from rho_agent.state import State
+from rho_agent.state import State, status_after
 from rho_agent.store import SessionInfo
 from rho_agent.trace import Record
-
-_STATUS_TYPES = frozenset({"session_start", "run_start", "run_resume", "run_end", "status"})
 
 
 class RedisSessionStore:
@@ -141,8 +139,9 @@ class RedisTraceSink:
         pipe = self._r.pipeline(transaction=False)
         pipe.xadd(self._trace, {"d": entry})
         pipe.expire(self._trace, self._retention)
-        if record.get("type") in _STATUS_TYPES:
-            pipe.hset(self._meta, "status", _status_after(record))
+        status = status_after(record)
+        if status is not None:
+            pipe.hset(self._meta, "status", status)
             prompt = record.get("prompt")
             if isinstance(prompt, str):
                 pipe.hsetnx(self._meta, "first_prompt", prompt[:200])
@@ -151,15 +150,6 @@ class RedisTraceSink:
 
     def close(self) -> None:
         return None
-
-
-def _status_after(record: Record) -> str:
-    kind = record.get("type")
-    if kind in ("run_start", "run_resume"):
-        return "running"
-    if kind == "session_start":
-        return "idle"
-    return str(record.get("status", "completed"))
 
 
 def _info(session_id: str, row: dict[str, str]) -> SessionInfo:

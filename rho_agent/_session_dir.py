@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rho_agent._lock import SessionLock
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError, SessionError
+from rho_agent.state import status_after
 from rho_agent.trace import JsonlTraceSink, Record
 
 logger = logging.getLogger("rho_agent.store")
@@ -37,7 +38,6 @@ _SECRET_KEY = re.compile(
     r"|(^|[_-])token$",
     re.IGNORECASE,
 )
-_STATUS_TYPES = frozenset({"session_start", "run_start", "run_resume", "run_end", "status"})
 
 
 class SessionMeta(BaseModel):
@@ -161,18 +161,10 @@ def tail_status(trace_path: Path) -> str | None:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("type") in _STATUS_TYPES:
-            return status_after(record)
+        status = status_after(record) if isinstance(record, dict) else None
+        if status is not None:
+            return status
     return None
-
-
-def status_after(record: Record) -> str:
-    kind = record.get("type")
-    if kind in ("run_start", "run_resume"):
-        return "running"
-    if kind == "session_start":
-        return "idle"
-    return str(record.get("status", "completed"))
 
 
 class StoreSink:
@@ -205,9 +197,9 @@ class StoreSink:
         self._track(record)
 
     def _track(self, record: Record) -> None:
-        if record.get("type") not in _STATUS_TYPES:
-            return
         status = status_after(record)
+        if status is None:
+            return
         self.run_in_progress = status == "running"
         prompt = record.get("prompt")
         if not self.meta.first_prompt and isinstance(prompt, str):

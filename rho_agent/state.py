@@ -171,6 +171,25 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+STATUS_RECORD_TYPES = frozenset({"session_start", "run_start", "run_resume", "run_end", "status"})
+"""The record types after which a session's status is known from the record alone."""
+
+
+def status_after(record: Record) -> str | None:
+    """The session status right after ``record``; None for records that do not set it.
+
+    Stores use it to keep a session's status current without replaying the whole trace.
+    """
+    kind = record.get("type")
+    if kind not in STATUS_RECORD_TYPES:
+        return None
+    if kind in ("run_start", "run_resume"):
+        return "running"
+    if kind == "session_start":
+        return "idle"
+    return str(record.get("status", "completed"))
+
+
 def message_from_record(record: Record) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key not in RECORD_META_KEYS}
 

@@ -146,7 +146,7 @@ async def _ask_on_terminal(tool_name: str, tool_args: dict[str, Any]) -> bool:
     if not sys.stdin.isatty():
         raise ApprovalInterrupt(f"{tool_name} needs approval and the terminal is not interactive")
     question = f"Allow {tool_name} {_short(tool_args)}?"
-    return await asyncio.to_thread(typer.confirm, question, default=False)
+    return await asyncio.to_thread(typer.confirm, question, default=False, err=True)
 
 
 def _short(value: object, limit: int = 160) -> str:

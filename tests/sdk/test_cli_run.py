@@ -128,3 +128,50 @@ def test_run_with_the_daytona_backend_uploads_and_cleans_up(
         assert len(daytona.created) == 1 and daytona.running == []
     tool_result = model_server.requests[1].body["messages"][-1]
     assert tool_result["role"] == "tool" and "app.py" in tool_result["content"]
+
+
+def test_approval_is_asked_on_the_terminal(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    import pty
+
+    model_server.script(
+        tool_call("write", {"path": "a.txt", "content": "yes"}),
+        tool_call("write", {"path": "b.txt", "content": "no"}),
+        text("asked twice"),
+    )
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [*CLI, "run", "write two files", "--base-url", model_server.base_url,
+         "--working-dir", str(tmp_path), "--profile", "developer", "--approve"],
+        env=cli_env(tmp_path), stdin=terminal, stdout=subprocess.PIPE, stderr=terminal, text=True,
+    )  # fmt: skip
+    os.close(terminal)
+    try:
+        shown = b""
+        for answer in (b"y\n", b"n\n"):
+            shown = _read_until(controller, b"Allow write", shown)
+            os.write(controller, answer)
+        stdout, _ = process.communicate(timeout=30)
+        shown = _read_until(controller, b"completed", shown)
+    finally:
+        process.kill()
+        os.close(controller)
+    assert process.returncode == 0, shown
+    assert stdout.strip() == "asked twice"
+    assert (tmp_path / "a.txt").read_text() == "yes" and not (tmp_path / "b.txt").exists()
+    assert b"blocked" in shown
+
+
+def _read_until(controller: int, marker: bytes, seen: bytes) -> bytes:
+    """Read the terminal until ``marker`` shows up once more than in ``seen``."""
+    import select
+
+    wanted = seen.count(marker) + 1
+    deadline = time.monotonic() + 20
+    while seen.count(marker) < wanted:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"{marker!r} never showed; the terminal showed {seen!r}"
+        if select.select([controller], [], [], remaining)[0]:
+            seen += os.read(controller, 4096)
+    return seen

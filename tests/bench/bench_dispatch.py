@@ -7,6 +7,8 @@ runs against the scripted server in its own process; bare tasks are no-ops.
 3. Dispatch latency: what the fleet adds around an agent run, i.e. the round trip of
    ``submit().result()`` minus the time the job ran on its worker (``finished_at - started_at``),
    against the round trip of a bare no-op task (``send_task().get()``). Median of all rounds.
+   Reported for fleet mode and for embedded mode (the same job through an embedded Dispatcher in
+   this process), both against the same bare Celery round trips.
 4. Fan-out: ``map`` then ``gather`` of N jobs, in jobs per second, against sending N no-op tasks
    and getting every result.
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+from dispatch import Dispatcher, FleetSettings
 from tests.bench import bare_celery
 from tests.bench.fleet_support import RunningFleet, bare_workers, running_fleet
 from tests.bench.harness import Benchmark, Row, Settings, Stopwatch, median, spread
@@ -45,17 +48,26 @@ def run(settings: Settings) -> list[Row]:
         running_fleet(settings.workdir, WORKERS, "echo") as fleet,
     ):
         _fan_out(fleet, 20)  # warm up: agents built, connections open
-        latency, trips = _latencies(fleet, bare, sizes.rounds)
+        latency, trips = _latencies(fleet.dispatcher, fleet, bare, sizes.rounds)
+        with Dispatcher(settings=FleetSettings(broker_url=None)) as embedded:
+            _latencies(embedded, fleet, bare, 10)  # warm up the embedded host
+            embedded_latency, embedded_trips = _latencies(embedded, fleet, bare, sizes.rounds)
         fleet_rates: list[float] = []
         bare_rates: list[float] = []
         for _ in range(sizes.repetitions):
             bare_rates.append(_drain(bare, sizes.fan_out))
             fleet_rates.append(_fan_out(fleet, sizes.fan_out))
-    return [_latency_row(latency, trips), _fan_out_row(fleet_rates, bare_rates, sizes.fan_out)]
+    return [
+        _latency_row("fleet", latency, trips),
+        _latency_row("embedded", embedded_latency, embedded_trips),
+        _fan_out_row(fleet_rates, bare_rates, sizes.fan_out),
+    ]
 
 
-def _latencies(fleet: RunningFleet, bare: Celery, rounds: int) -> tuple[list[float], list[float]]:
-    """Alternating rounds: the fleet's dispatch latency and bare Celery's round trip, in ms."""
+def _latencies(
+    dispatcher: Dispatcher, fleet: RunningFleet, bare: Celery, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Alternating rounds: ``dispatcher``'s dispatch latency and bare Celery's round trip, in ms."""
     latency: list[float] = []
     trips: list[float] = []
     for index in range(rounds):
@@ -63,7 +75,7 @@ def _latencies(fleet: RunningFleet, bare: Celery, rounds: int) -> tuple[list[flo
             bare.send_task(bare_celery.NOOP, args=[index]).get(timeout=RESULT_TIMEOUT)
         trips.append(watch.seconds * 1000)
         with Stopwatch() as watch:
-            job = fleet.dispatcher.submit(f"round {index}", fleet.config)
+            job = dispatcher.submit(f"round {index}", fleet.config)
             result = job.result(timeout=RESULT_TIMEOUT)
         info = job.info()
         if result.text != f"Echo: round {index}" or info.duration_s is None:
@@ -92,10 +104,10 @@ def _drain(bare: Celery, count: int) -> float:
     return count / watch.seconds
 
 
-def _latency_row(latency: list[float], trips: list[float]) -> Row:
+def _latency_row(mode: str, latency: list[float], trips: list[float]) -> Row:
     ours, bare = median(latency), median(trips)
     return Row(
-        name="3. dispatch latency (fleet overhead per job)",
+        name=f"3. dispatch latency, {mode} mode (overhead per job)",
         figure=ours,
         unit="ms",
         baseline=bare,

@@ -67,13 +67,16 @@ def running_fleet(
 
 
 @contextlib.contextmanager
-def bare_workers(workdir: str, workers: int, concurrency: int) -> Iterator[Celery]:
-    """Bare Celery worker processes (threads pool) on a claimed database; yields a client app."""
+def bare_workers(
+    workdir: str, workers: int, concurrency: int, pool: str = "threads"
+) -> Iterator[Celery]:
+    """Bare Celery worker processes (``pool``: threads or prefork) on a claimed database;
+    yields a client app."""
     with claimed_db() as db:
         url = f"redis://127.0.0.1:6379/{db}"
         env = {**os.environ, bare_celery.BROKER_ENV: url, "PYTHONPATH": str(REPO_ROOT)}
         processes = [
-            _start_bare(index, concurrency, env, Path(workdir) / f"bare-{db}-{index}.log")
+            _start_bare(index, concurrency, pool, env, Path(workdir) / f"bare-{db}-{index}.log")
             for index in range(workers)
         ]
         app = bare_celery.client_app(url)
@@ -88,11 +91,11 @@ def bare_workers(workdir: str, workers: int, concurrency: int) -> Iterator[Celer
 
 
 def _start_bare(
-    index: int, concurrency: int, env: dict[str, str], log_path: Path
+    index: int, concurrency: int, pool: str, env: dict[str, str], log_path: Path
 ) -> subprocess.Popen[bytes]:
     command = [
         sys.executable, "-m", "celery", "-A", "tests.bench.bare_celery:app", "worker",
-        "-P", "threads", "-c", str(concurrency), "-Q", bare_celery.QUEUE,
+        "-P", pool, "-c", str(concurrency), "-Q", bare_celery.QUEUE,
         "--loglevel=WARNING", "--without-mingle", "--without-gossip",
         f"--hostname=bare{index}@%h",
     ]  # fmt: skip

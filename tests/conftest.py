@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rho_agent.testing import ScriptedModelServer
+from rho_agent.testing.fake_daytona import FakeDaytonaServer
 
 # Nothing in the suite may reach a real model: a client that forgets base_url hits a closed port.
 UNREACHABLE_MODEL_URL = "http://127.0.0.1:9/v1"
@@ -35,3 +36,13 @@ def model_server(_shared_model_server: ScriptedModelServer) -> Iterator[Scripted
     yield _shared_model_server
     _shared_model_server.reset()
     _shared_model_server.responder = None
+
+
+@pytest.fixture
+def fake_daytona(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDaytonaServer]:
+    """A fake Daytona the SDK reaches through the environment; no test may leave a sandbox."""
+    with FakeDaytonaServer() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        yield server
+        assert server.running == [], "a test left a sandbox running"

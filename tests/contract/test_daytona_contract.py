@@ -3,7 +3,7 @@ Daytona server (each test gets a fresh sandbox, which must be deleted afterwards
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,15 +12,6 @@ from rho_agent.backends.daytona import DaytonaBackend
 from rho_agent.testing.fake_daytona import FakeDaytonaServer
 
 from .backend_contract import BackendContract
-
-
-@pytest.fixture
-def fake_daytona(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDaytonaServer]:
-    with FakeDaytonaServer() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
-        yield server
-        assert server.running == [], "the test left its sandbox running"
 
 
 class TestDaytonaBackend(BackendContract):

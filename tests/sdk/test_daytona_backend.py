@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,6 @@ from rho_agent.backends import _daytona_exec
 from rho_agent.backends.daytona import DaytonaBackend
 from rho_agent.errors import BackendError
 from rho_agent.testing.fake_daytona import FakeDaytonaServer
-
-
-@pytest.fixture
-def fake_daytona(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDaytonaServer]:
-    """A fake Daytona the SDK reaches through the environment; no test may leave a sandbox."""
-    with FakeDaytonaServer() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
-        yield server
-        assert server.running == [], "a test left a sandbox running"
 
 
 async def test_each_session_owns_one_sandbox_and_close_deletes_only_its_own(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +12,6 @@ import pytest
 from rho_agent.backends.daytona import DaytonaBackend
 from rho_agent.errors import ConfigError
 from rho_agent.testing.fake_daytona import FakeDaytonaServer
-
-
-@pytest.fixture
-def fake_daytona(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDaytonaServer]:
-    """A fake Daytona the SDK reaches through the environment; no test may leave a sandbox."""
-    with FakeDaytonaServer() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
-        yield server
-        assert server.running == [], "a test left a sandbox running"
 
 
 def test_to_dict_is_json_and_round_trips() -> None:

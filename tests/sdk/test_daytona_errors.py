@@ -5,23 +5,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from rho_agent.backends.daytona import DaytonaBackend
 from rho_agent.errors import BackendError
 from rho_agent.testing.fake_daytona import FakeDaytonaServer
-
-
-@pytest.fixture
-def fake_daytona(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDaytonaServer]:
-    """A fake Daytona the SDK reaches through the environment; no test may leave a sandbox."""
-    with FakeDaytonaServer() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
-        yield server
-        assert server.running == [], "a test left a sandbox running"
 
 
 async def test_a_rejected_api_key_says_which_variable_to_fix(

@@ -4,24 +4,11 @@ fake Daytona's sandbox through the real SDK; each session owns (and deletes) one
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from rho_agent import Agent, AgentConfig, Session
 from rho_agent.backends.daytona import DaytonaBackend
 from rho_agent.testing import ScriptedModelServer, text, tool_call
 from rho_agent.testing.fake_daytona import FakeDaytonaServer
-
-
-@pytest.fixture
-def fake_daytona(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDaytonaServer]:
-    """A fake Daytona the SDK reaches through the environment; no test may leave a sandbox."""
-    with FakeDaytonaServer() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
-        yield server
-        assert server.running == [], "a test left a sandbox running"
 
 
 def _agent(model_server: ScriptedModelServer, backend: DaytonaBackend | str) -> Agent:

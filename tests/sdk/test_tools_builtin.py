@@ -382,13 +382,13 @@ def test_split_literal_prefix(pattern: str, expected: tuple[str, str]) -> None:
 
 
 def test_path_helpers() -> None:
-    assert resolve_path("a/../b", "/work") == "/work/b"
-    assert resolve_path("/etc/x", "/work") == "/etc/x"
-    assert is_within("/work", "/work") and is_within("/work/a", "/work/")
-    assert not is_within("/workshop", "/work")
+    assert resolve_path("a/../b", "/proj") == "/proj/b"
+    assert resolve_path("/etc/x", "/proj") == "/etc/x"
+    assert is_within("/proj", "/proj") and is_within("/proj/a", "/proj/")
+    assert not is_within("/projects", "/proj")
     assert is_within("/anything", "/")
-    assert display_path("/work/a/b", "/work") == "a/b"
-    assert display_path("/etc/x", "/work") == "/etc/x"
+    assert display_path("/proj/a/b", "/proj") == "a/b"
+    assert display_path("/etc/x", "/proj") == "/etc/x"
     with pytest.raises(ToolError, match="empty"):
         resolve_path(" ", "/work")
     with pytest.raises(ToolError, match="NUL"):

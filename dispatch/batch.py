@@ -54,6 +54,12 @@ class BatchProgress:
     def finished(self) -> int:
         return self.completed + self.failed
 
+    def add_usage(self, info: JobInfo) -> None:
+        """Count a job's tokens and cost (finished jobs, or running ones for a live view)."""
+        self.input_tokens += info.input_tokens
+        self.output_tokens += info.output_tokens
+        self.cost_usd += info.cost_usd
+
 
 @dataclass
 class BatchOutcome:
@@ -208,9 +214,7 @@ def _count_live(live: BatchProgress, info: JobInfo) -> None:
         live.running += 1
     else:
         live.queued += 1
-    live.input_tokens += info.input_tokens
-    live.output_tokens += info.output_tokens
-    live.cost_usd += info.cost_usd
+    live.add_usage(info)
 
 
 def _collect(
@@ -231,9 +235,7 @@ def _collect(
             progress.completed += 1
         else:
             progress.failed += 1
-        progress.input_tokens += info.input_tokens
-        progress.output_tokens += info.output_tokens
-        progress.cost_usd += info.cost_usd
+        progress.add_usage(info)
         if output is not None:
             output.write(json.dumps(result_line(index, job, info, result), ensure_ascii=False))
             output.write("\n")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rho_agent.events import AgentEvent, RunResult
-from rho_agent.state import USAGE_KEYS
+from rho_agent.state import USAGE_KEYS, empty_usage
 
 logger = logging.getLogger("rho_agent.session")
 
@@ -20,7 +20,7 @@ EventCallback = Callable[[AgentEvent], Any]
 class RunContext:
     on_event: EventCallback | None = None
     events: list[AgentEvent] = field(default_factory=list)
-    usage: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(USAGE_KEYS, 0))
+    usage: dict[str, Any] = field(default_factory=empty_usage)
     text: str = ""
     streamed: list[str] = field(default_factory=list)
     """Text of the model call in flight, kept so a cancelled stream is not lost."""
@@ -40,9 +40,10 @@ class RunContext:
                 self._callback_failed = True
                 logger.exception("on_event callback raised; the run goes on")
 
-    def add_usage(self, usage: dict[str, int]) -> None:
+    def add_usage(self, usage: dict[str, int], cost_usd: float) -> None:
         for key in USAGE_KEYS:
             self.usage[key] += usage.get(key, 0)
+        self.usage["cost_usd"] += cost_usd
 
     def result(self, status: str) -> RunResult:
         return RunResult(text=self.text, events=self.events, status=status, usage=dict(self.usage))

@@ -44,11 +44,9 @@ def plan(messages: list[dict[str, Any]], keep_exchanges: int = 2) -> CompactionP
     head = messages[:1] if messages and messages[0].get("role") == "system" else []
     body = messages[len(head) :]
     user_indexes = [i for i, message in enumerate(body) if message.get("role") == "user"]
-    if len(user_indexes) <= keep_exchanges - 1:
+    if len(user_indexes) < keep_exchanges or user_indexes[-keep_exchanges] == 0:
         return None
-    cut = user_indexes[-keep_exchanges] if len(user_indexes) >= keep_exchanges else 0
-    if cut == 0:
-        return None
+    cut = user_indexes[-keep_exchanges]
     return CompactionPlan(head=head, older=body[:cut], recent=body[cut:])
 
 

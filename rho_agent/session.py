@@ -196,8 +196,7 @@ class Session:
         self.state.append(
             "model_call", model=model, usage=usage, cost_usd=cost, estimated=estimated
         )
-        run.add_usage(usage)
-        run.usage["cost_usd"] = run.usage.get("cost_usd", 0.0) + cost
+        run.add_usage(usage, cost)
         run.emit(
             AgentEvent(
                 "api_call_complete", usage={**usage, "cost_usd": cost, "estimated": estimated}

@@ -38,6 +38,7 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
     """Celery settings shared by dispatchers and workers."""
     return {
         "broker_url": settings.broker_url,
+        **_transport_for(settings.broker_url),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -48,6 +49,16 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "enable_utc": True,
     }
+
+
+def _transport_for(broker_url: str | None) -> dict[str, str]:
+    """Our leaner subclass of kombu's Redis transport for plain ``redis://`` URLs; Celery's
+    default for anything else (TLS, sentinel)."""
+    if broker_url and broker_url.startswith("redis://"):
+        from dispatch._transport import TRANSPORT_PATH
+
+        return {"broker_transport": TRANSPORT_PATH}
+    return {}
 
 
 def task_kwargsrepr(spec: JobSpec) -> str:

@@ -7,7 +7,6 @@ summary (what Flower shows as the result). Settings come from ``WorkerSettings.f
 
 from __future__ import annotations
 
-import gc
 import logging
 from typing import Any
 
@@ -20,6 +19,7 @@ from dispatch.errors import JobSpecError
 from workers.host import SessionHost
 from workers.lifecycle import install_lifecycle
 from workers.settings import WorkerSettings
+from workers.tuning import tune_interpreter
 
 logger = logging.getLogger("workers")
 
@@ -42,22 +42,6 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
     }
-
-
-GC_THRESHOLDS = (10_000, 20, 20)
-"""Young collections every 10,000 allocations instead of 700: a worker allocates constantly
-(requests, events, records) and the default collects thousands of times a second."""
-
-
-def tune_gc() -> None:
-    """Freeze what start-up allocated (imports, the app, the host) and collect less often.
-
-    Full collections otherwise walk every module and class object of Celery, openai and the
-    SDK, taking tens of milliseconds while every job on the loop waits (event delivery's tail).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _task_events_on(consumer: Any) -> bool:
@@ -89,7 +73,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         if getattr(sender, "app", None) is app:
             host.task_events_on = lambda: _task_events_on(sender)
             host.start()
-            tune_gc()
+            tune_interpreter()
 
     def on_shutdown(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:

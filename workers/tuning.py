@@ -1,0 +1,36 @@
+"""Interpreter settings for a worker process, applied once it is ready to take jobs.
+
+A worker is one Python process with two busy threads: Celery's consumer, which takes messages
+with blocking Redis round trips, and the session host's event loop, which runs every job. Both
+CPython defaults below are tuned for neither.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+GC_THRESHOLDS = (10_000, 20, 20)
+"""Young collections every 10,000 allocations instead of 700: a worker allocates constantly
+(requests, events, records) and the default collects thousands of times a second."""
+
+SWITCH_INTERVAL_S = 0.0002
+"""How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
+
+Every Redis reply the consumer waits for (BRPOP, kombu's unacked bookkeeping, the ack) hands the
+GIL to the busy loop thread, and the consumer then waits up to the full interval to get it back:
+at 5 ms a loaded worker takes in under a hundred jobs a second (the convoy effect). At 0.2 ms the
+same worker starts jobs as fast as its CPU allows and finishes them faster too
+(docs/benchmarks.md, benchmark 5)."""
+
+
+def tune_interpreter() -> None:
+    """Freeze what start-up allocated, collect less often, and shorten the GIL switch interval.
+
+    Full collections otherwise walk every module and class object of Celery, openai and the
+    SDK, taking tens of milliseconds while every job on the loop waits (event delivery's tail).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)

@@ -1,11 +1,15 @@
-"""BatchWriter: group the Redis writes of many running jobs into one pipeline per round trip.
+"""BatchWriter: the Redis writes of every running job, batched and pipelined on one connection.
 
-Sessions call ``xadd``/``hset`` from synchronous callbacks inside the event loop; those calls only
-queue. One background task writes everything queued so far in a single non-transactional pipeline,
-then the next batch: while a round trip is in flight, new writes pile up and go together, so the
-event loop never waits on Redis and a thousand sessions cost a few round trips per tick.
-Writes are retried until they succeed (a Redis restart loses nothing still queued); ``flush``
-returns once everything queued before it is stored.
+Sessions call ``xadd``/``hset``/``zadd`` from synchronous callbacks inside the event loop; those
+calls only queue. A sender task writes everything queued so far as one batch of commands straight
+onto the writer's own connection and goes back to waiting, without waiting for Redis to answer;
+a receiver task reads the replies in order and marks the writes stored. So an event reaches Redis
+as soon as the session that emitted it yields, not a round trip (or a session step) later, and
+while Redis is busy new writes still pile up into the next batch.
+
+Writes are resent until Redis confirms them (a dropped connection or a Redis restart loses
+nothing still queued or unconfirmed; a write may land twice). ``flush`` returns once everything
+queued before it is confirmed.
 """
 
 from __future__ import annotations
@@ -15,17 +19,25 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger("dispatch.writer")
 
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _EXPIRY_MEMORY = 100_000
+_MAX_IN_FLIGHT = 16
+"""Batches sent and not yet confirmed; beyond this the sender waits (Redis is falling behind)."""
+WRITER_CLIENT_NAME = "rho-agent-writer"
+"""The writer connection's name in Redis's CLIENT LIST."""
+REPLY_TIMEOUT_S = 30.0
+"""How long a reply may take before the connection is presumed dead and the writes resent."""
 
 
 @dataclass(frozen=True)
@@ -36,18 +48,27 @@ class _Write:
     maxlen: int | None = None
 
 
+@dataclass(frozen=True)
+class _Sent:
+    writes: list[_Write]
+    replies: int
+
+
 class BatchWriter:
-    """Queues stream appends and hash updates; one task writes them in order, batched."""
+    """Queues stream appends and hash updates; writes them in order, batched and pipelined."""
 
     def __init__(self, client: aioredis.Redis, *, retention_s: int) -> None:
-        self._client = client
+        self._pool = client.connection_pool
         self._retention_s = retention_s
         self._expired_at: dict[str, float] = {}
         self._queue: list[_Write] = []
         self._queued = 0
         self._written = 0
+        self._in_flight: deque[_Sent] = deque()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
+        self._sent = asyncio.Event()
+        self._connection: Any = None
         self._task: asyncio.Task[None] | None = None
 
     def xadd(self, key: str, data: dict[str, Any], maxlen: int | None = None) -> None:
@@ -76,7 +97,7 @@ class BatchWriter:
         await future
 
     async def close(self) -> None:
-        """Write what is queued (best effort, a few seconds), then stop the task."""
+        """Write what is queued (best effort, a few seconds), then stop and disconnect."""
         if self._task is None:
             return
         with contextlib.suppress(TimeoutError):
@@ -85,6 +106,9 @@ class BatchWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        if self._connection is not None:
+            await self._connection.disconnect()
+            self._connection = None
 
     def _put(self, write: _Write) -> None:
         self._queue.append(write)
@@ -97,41 +121,102 @@ class BatchWriter:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="rho-writer")
 
     async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue, []
-                upto = self._written + len(batch)
-                await self._write_with_retry(batch)
-                self._written = upto
-                self._release_waiters()
-
-    async def _write_with_retry(self, batch: list[_Write]) -> None:
+        """Send and receive on the writer's connection; on a connection failure, resend."""
         delay = 0.05
         while True:
             try:
-                await self._write(batch)
-                return
+                connection = await self._connect()
+                receiver = asyncio.create_task(self._receive(connection), name="rho-writer-acks")
+                receiver.add_done_callback(lambda _: self._wake.set())  # the sender sees it stop
+                try:
+                    await self._send(connection, receiver)
+                finally:
+                    receiver.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, *_RETRYABLE):
+                        await receiver
             except _RETRYABLE as exc:
+                self._requeue_unconfirmed()
                 logger.warning("Redis write failed (%s); retrying in %.2f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _write(self, batch: list[_Write]) -> None:
-        pipe: Any = self._client.pipeline(transaction=False)
+    async def _connect(self) -> Any:
+        """The writer's own connection, outside the pool: nothing else reads its replies.
+
+        It has no send timeout: redis-py wraps a timed send in ``asyncio.wait_for``, which on
+        this Python runs the write in a new task, behind whatever the loop has queued (a
+        session's whole next step), instead of now. Replies have REPLY_TIMEOUT_S.
+        """
+        if self._connection is None:
+            self._connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+            self._connection.socket_timeout = None
+            self._connection.client_name = WRITER_CLIENT_NAME
+        await self._connection.connect()
+        return self._connection
+
+    async def _send(self, connection: Any, receiver: asyncio.Task[None]) -> None:
+        """Send each batch as soon as it is queued; returns only by raising."""
+        while True:
+            while not self._queue or len(self._in_flight) >= _MAX_IN_FLIGHT:
+                if receiver.done():
+                    receiver.result()  # raises the receiver's connection error
+                self._wake.clear()
+                await self._wake.wait()
+            batch, self._queue = self._queue, []
+            commands = self._commands(batch)
+            self._in_flight.append(_Sent(batch, len(commands)))
+            self._sent.set()
+            await connection.send_packed_command(
+                connection.pack_commands(commands), check_health=False
+            )
+
+    async def _receive(self, connection: Any) -> None:
+        while True:
+            while not self._in_flight:
+                self._sent.clear()
+                await self._sent.wait()
+            sent = self._in_flight[0]
+            for _ in range(sent.replies):
+                try:
+                    async with asyncio.timeout(REPLY_TIMEOUT_S):
+                        await connection.read_response()
+                except ResponseError as exc:  # a bad command, not a bad connection
+                    logger.error("Redis refused a write (%s); it is dropped", exc)
+            self._in_flight.popleft()
+            self._written += len(sent.writes)
+            self._release_waiters()
+            self._wake.set()  # room for another batch, if the sender was waiting
+
+    def _requeue_unconfirmed(self) -> None:
+        """Put sent-but-unconfirmed writes back at the head of the queue, in order."""
+        resend = [write for sent in self._in_flight for write in sent.writes]
+        self._in_flight.clear()
+        for write in resend:  # their EXPIREs may not have landed either
+            self._expired_at.pop(write.key, None)
+        self._queue = resend + self._queue
+
+    def _commands(self, batch: list[_Write]) -> list[list[Any]]:
+        commands: list[list[Any]] = []
         touched: dict[str, None] = {}
         for write in _grouped(batch):
+            command: list[Any]
             if write.kind == "xadd":
-                pipe.xadd(write.key, write.fields, maxlen=write.maxlen, approximate=True)
+                command = ["XADD", write.key]
+                if write.maxlen is not None:
+                    command += ["MAXLEN", "~", write.maxlen]
+                command += ["*", "d", write.fields["d"]]
             elif write.kind == "zadd":
-                pipe.zadd(write.key, write.fields)
+                command = ["ZADD", write.key]
+                for member, score in write.fields.items():
+                    command += [score, member]
             else:
-                pipe.hset(write.key, mapping=write.fields)
+                command = ["HSET", write.key]
+                for field, value in write.fields.items():
+                    command += [field, value]
+            commands.append(command)
             touched[write.key] = None
-        for key in self._due_for_expiry(touched):
-            pipe.expire(key, self._retention_s)
-        await pipe.execute()
+        commands.extend(["EXPIRE", key, self._retention_s] for key in self._due_for_expiry(touched))
+        return commands
 
     def _due_for_expiry(self, keys: dict[str, None]) -> list[str]:
         """Keys whose expiry was not pushed back in the last minute (one EXPIRE a minute is

@@ -6,11 +6,13 @@ import asyncio
 import logging
 from typing import Any
 
-from dispatch.bus import DispatchBus, JobBus
+from dispatch.bus import DispatchBus, JobBus, StreamEntry
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 
 logger = logging.getLogger("dispatch")
+
+_EVENT_PAGE = 1000
 
 
 class EmbeddedBackend:
@@ -56,7 +58,8 @@ class FleetBackend:
     """Publishes jobs to Celery from the caller's thread; reads them back from Redis.
 
     Publishing is synchronous (a Redis pipeline, then the Celery messages) so a ``submit`` does
-    not hop between threads; reading uses the async RedisBus on the dispatcher's loop.
+    not hop between threads, and so is a sync ``events()`` iteration; everything else reads
+    through the async RedisBus on the dispatcher's loop.
     """
 
     def __init__(self, settings: FleetSettings) -> None:
@@ -70,6 +73,19 @@ class FleetBackend:
         self._broker = CeleryBroker(settings)
         self._redis: Any = redis.Redis.from_url(settings.bus_url, decode_responses=True)
         self.bus: DispatchBus = RedisBus.from_settings(settings)
+
+    def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:
+        """A page of a job's events, read on the caller's thread (blocking up to ``block_s``).
+
+        ``for event in job.events()`` reads here rather than through the dispatcher's loop: one
+        thread wakes when an event arrives instead of two (the loop's, then the caller's), which
+        on a busy machine is most of an event's delivery time (docs/benchmarks.md).
+        """
+        from dispatch.redis_bus import stream_entries
+
+        key = self._settings.keys.events(job_id)
+        block = int(block_s * 1000) if block_s > 0 else None
+        return stream_entries(self._redis.xread({key: after}, count=_EVENT_PAGE, block=block))
 
     def publish(self, specs: list[JobSpec]) -> None:
         """Record the jobs as queued, then send them (blocking; any thread)."""

@@ -112,6 +112,19 @@ class _Core:
         info = await self.require_info(job_id)
         return entries, info.finished
 
+    def read_events_blocking(
+        self, job_id: str, after: str, block_s: float
+    ) -> tuple[list[StreamEntry], bool]:
+        """``read_events`` for a caller's thread; in fleet mode it reads Redis from that thread."""
+        backend = self.backend
+        if not isinstance(backend, FleetBackend):
+            return self.loop.call(self.read_events(job_id, after, block_s))
+        self.loop.refuse_blocking_call_in_loop()
+        entries = backend.read_events_blocking(job_id, after, block_s)
+        if entries:
+            return entries, False
+        return entries, self.loop.call(self.require_info(job_id)).finished
+
     async def state(self, session_id: str) -> State:
         entries = await self.bus.read_trace(session_id)
         return State.from_records([entry.data["record"] for entry in entries])

@@ -2,7 +2,8 @@
 
 A Job belongs to the Dispatcher that made or attached it; the work happens on that dispatcher's
 private event loop, so the sync methods can be called from any thread and the ``a``-prefixed ones
-from any event loop.
+from any event loop. One exception: in fleet mode, ``for event in job.events()`` reads Redis on
+the caller's own thread, so an event wakes one thread, not two.
 """
 
 from __future__ import annotations
@@ -115,14 +116,14 @@ class EventStream:
     def __iter__(self) -> Iterator[AgentEvent]:
         core = self._job._core
         while self._skip_existing:
-            self._skip(core.loop.call(core.read_events(self._job.id, self._after, 0.0)))
+            self._skip(core.read_events_blocking(self._job.id, self._after, 0.0))
         while True:
             if self._pending:
                 yield self._pending.pop(0)
                 continue
             if self._ended:
                 return
-            self._take(core.loop.call(core.read_events(self._job.id, self._after, _PAGE_BLOCK_S)))
+            self._take(core.read_events_blocking(self._job.id, self._after, _PAGE_BLOCK_S))
 
     async def __aiter__(self) -> AsyncIterator[AgentEvent]:
         core = self._job._core

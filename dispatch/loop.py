@@ -52,6 +52,14 @@ class LoopThread:
     def in_loop_thread(self) -> bool:
         return self._thread is not None and threading.current_thread() is self._thread
 
+    def refuse_blocking_call_in_loop(self) -> None:
+        """Raise if called on the loop's own thread, where blocking would stall every job."""
+        if self.in_loop_thread:
+            raise RuntimeError(
+                f"a blocking call was made from inside {self._name}'s own event loop (for example "
+                "from an observer callback); use the async form of the method there instead"
+            )
+
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the loop; the returned future can be waited on from any thread."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -60,10 +68,7 @@ class LoopThread:
         """Run ``coro`` on the loop and wait for its result (never from the loop's own thread)."""
         if self.in_loop_thread:
             coro.close()
-            raise RuntimeError(
-                f"a blocking call was made from inside {self._name}'s own event loop (for example "
-                "from an observer callback); use the async form of the method there instead"
-            )
+        self.refuse_blocking_call_in_loop()
         future = self.submit(coro)
         try:
             return future.result(timeout)

@@ -43,6 +43,17 @@ def decode_entry(raw: str) -> list[dict[str, Any]]:
     return data if isinstance(data, list) else [data]
 
 
+def stream_entries(reply: Any) -> list[StreamEntry]:
+    """The entries of an XREAD reply on one stream (sync or async client), decoded."""
+    if not reply:
+        return []
+    return [
+        StreamEntry(entry_id, item)
+        for entry_id, fields in reply[0][1]
+        for item in decode_entry(fields["d"])
+    ]
+
+
 def queue_submit(pipe: Any, specs: Sequence[JobSpec], settings: FleetSettings, queue: str) -> None:
     """Queue on ``pipe`` (sync or async) the writes that record ``specs`` as queued jobs."""
     keys = settings.keys
@@ -261,11 +272,4 @@ class RedisBus:
 
     async def _read(self, key: str, after: str, block_s: float, count: int) -> list[StreamEntry]:
         block = int(block_s * 1000) if block_s > 0 else None
-        reply = await self._r.xread({key: after}, count=count, block=block)
-        if not reply:
-            return []
-        return [
-            StreamEntry(entry_id, item)
-            for entry_id, fields in reply[0][1]
-            for item in decode_entry(fields["d"])
-        ]
+        return stream_entries(await self._r.xread({key: after}, count=count, block=block))

@@ -18,6 +18,7 @@ from dispatch.broker import RUN_JOB_TASK, celery_config, require_fleet_extra
 from dispatch.errors import JobSpecError
 from workers.host import SessionHost
 from workers.lifecycle import install_lifecycle
+from workers.pool_threads import start_pool_threads
 from workers.settings import WorkerSettings
 from workers.tuning import tune_interpreter
 
@@ -73,6 +74,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         if getattr(sender, "app", None) is app:
             host.task_events_on = lambda: _task_events_on(sender)
             host.start()
+            start_pool_threads(getattr(sender, "pool", None))
             tune_interpreter()
 
     def on_shutdown(sender: Any = None, **_: Any) -> None:

@@ -8,6 +8,7 @@ endpoint, so thousands of sessions reuse one connection pool instead of opening 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -156,12 +157,15 @@ class OpenAIModelClient:
         )
         try:
             buffer = b""
-            async for data in response.aiter_bytes():
-                buffer += data
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    if _feed_line(line, assembler):
-                        return
+            # Closed here, not left at [DONE] for the loop's async-generator finalizer to close
+            # in a task of its own, one per model call.
+            async with contextlib.aclosing(response.aiter_bytes()) as chunks:
+                async for data in chunks:
+                    buffer += data
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if _feed_line(line, assembler):
+                            return
             if buffer:
                 _feed_line(buffer, assembler)
         finally:

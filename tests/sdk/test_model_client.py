@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
+from typing import Any
 
 import openai
 
@@ -42,3 +44,28 @@ async def test_close_shared_clients_closes_them_now(
     assert clients and not clients[0].is_closed()
     await openai_client.close_shared_clients()
     assert clients[0].is_closed() and pooled_clients() == []
+
+
+def test_a_model_call_leaves_no_stream_for_the_finalizer_to_close(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """Each stream is closed in the call; one left open costs a finalizer task per model call."""
+    model_server.responder = lambda body: text("hi")
+    finalized: list[str] = []
+
+    async def main() -> None:
+        loop_hooks = sys.get_asyncgen_hooks()
+
+        def finalizer(agen: Any) -> None:
+            finalized.append(agen.ag_code.co_qualname)
+            assert loop_hooks.finalizer is not None
+            loop_hooks.finalizer(agen)
+
+        sys.set_asyncgen_hooks(firstiter=loop_hooks.firstiter, finalizer=finalizer)
+        session = make_session(model_server, tmp_path)
+        for _ in range(3):
+            await session.run(prompt="hello")
+        await openai_client.close_shared_clients()
+
+    asyncio.run(main())
+    assert finalized == []

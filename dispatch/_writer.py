@@ -37,7 +37,8 @@ _MAX_IN_FLIGHT = 16
 WRITER_CLIENT_NAME = "rho-agent-writer"
 """The writer connection's name in Redis's CLIENT LIST."""
 REPLY_TIMEOUT_S = 30.0
-"""How long a reply may take before the connection is presumed dead and the writes resent."""
+"""How long a batch's replies may take before the connection is presumed dead and the batch
+resent."""
 
 
 @dataclass(frozen=True)
@@ -176,12 +177,12 @@ class BatchWriter:
                 self._sent.clear()
                 await self._sent.wait()
             sent = self._in_flight[0]
-            for _ in range(sent.replies):
-                try:
-                    async with asyncio.timeout(REPLY_TIMEOUT_S):
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                for _ in range(sent.replies):
+                    try:
                         await connection.read_response()
-                except ResponseError as exc:  # a bad command, not a bad connection
-                    logger.error("Redis refused a write (%s); it is dropped", exc)
+                    except ResponseError as exc:  # a bad command, not a bad connection
+                        logger.error("Redis refused a write (%s); it is dropped", exc)
             self._in_flight.popleft()
             self._written += len(sent.writes)
             self._release_waiters()

@@ -103,3 +103,17 @@ async def test_a_refused_write_is_logged_and_the_rest_still_land(
         await asyncio.wait_for(writer.flush(), 10)
     assert "WRONGTYPE" in caplog.text
     assert items(inspector, "s") == [{"i": 1}]
+
+
+async def test_replies_that_never_come_get_the_batch_resent(
+    writer: BatchWriter, inspector: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dispatch._writer.REPLY_TIMEOUT_S", 0.2)
+    writer.xadd("s", {"i": 0})
+    await writer.flush()
+    first_connection = writer_client(inspector)["id"]
+    inspector.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
+    writer.xadd("s", {"i": 1})
+    await asyncio.wait_for(writer.flush(), 10)
+    assert writer_client(inspector)["id"] != first_connection  # presumed dead, replaced
+    assert {item["i"] for item in items(inspector, "s")} == {0, 1}  # type: ignore[index]

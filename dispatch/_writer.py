@@ -25,7 +25,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger("dispatch.writer")
@@ -36,6 +36,8 @@ _MAX_IN_FLIGHT = 16
 """Batches sent and not yet confirmed; beyond this the sender waits (Redis is falling behind)."""
 WRITER_CLIENT_NAME = "rho-agent-writer"
 """The writer connection's name in Redis's CLIENT LIST."""
+_FIRST_RETRY_S = 0.05
+_LAST_RETRY_S = 2.0
 REPLY_TIMEOUT_S = 30.0
 """How long a batch's replies may take before the connection is presumed dead and the batch
 resent."""
@@ -70,6 +72,7 @@ class BatchWriter:
         self._wake = asyncio.Event()
         self._sent = asyncio.Event()
         self._connection: Any = None
+        self._retry_delay = _FIRST_RETRY_S
         self._task: asyncio.Task[None] | None = None
 
     def xadd(self, key: str, data: dict[str, Any], maxlen: int | None = None) -> None:
@@ -107,9 +110,8 @@ class BatchWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        if self._connection is not None:
-            await self._connection.disconnect()
-            self._connection = None
+        await self._disconnect()
+        self._connection = None
 
     def _put(self, write: _Write) -> None:
         self._queue.append(write)
@@ -122,8 +124,7 @@ class BatchWriter:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="rho-writer")
 
     async def _run(self) -> None:
-        """Send and receive on the writer's connection; on a connection failure, resend."""
-        delay = 0.05
+        """Send and receive on the writer's connection; after a failure, reconnect and resend."""
         while True:
             try:
                 connection = await self._connect()
@@ -133,13 +134,18 @@ class BatchWriter:
                     await self._send(connection, receiver)
                 finally:
                     receiver.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, *_RETRYABLE):
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
                         await receiver
-            except _RETRYABLE as exc:
+            except Exception as exc:
                 self._requeue_unconfirmed()
-                logger.warning("Redis write failed (%s); retrying in %.2f s", exc, delay)
+                await self._disconnect()  # unread replies must not be taken for the resent ones
+                delay = self._retry_delay
+                if isinstance(exc, _RETRYABLE):
+                    logger.warning("Redis write failed (%s); retrying in %.2f s", exc, delay)
+                else:
+                    logger.exception("the Redis writer failed; resending in %.2f s", delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                self._retry_delay = min(delay * 2, _LAST_RETRY_S)
 
     async def _connect(self) -> Any:
         """The writer's own connection, outside the pool: nothing else reads its replies.
@@ -155,6 +161,11 @@ class BatchWriter:
         await self._connection.connect()
         return self._connection
 
+    async def _disconnect(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.disconnect()
+
     async def _send(self, connection: Any, receiver: asyncio.Task[None]) -> None:
         """Send each batch as soon as it is queued; returns only by raising."""
         while True:
@@ -164,12 +175,17 @@ class BatchWriter:
                 self._wake.clear()
                 await self._wake.wait()
             batch, self._queue = self._queue, []
-            commands = self._commands(batch)
-            self._in_flight.append(_Sent(batch, len(commands)))
+            packed: list[bytes] = []
+            replies = 0
+            for command in self._commands(batch):
+                try:
+                    packed.extend(connection.pack_command(*command))
+                    replies += 1
+                except DataError as exc:  # a caller's bug; dropping it keeps the rest going
+                    logger.error("dropped a %s to %s: %s", command[0], command[1], exc)
+            self._in_flight.append(_Sent(batch, replies))
             self._sent.set()
-            await connection.send_packed_command(
-                connection.pack_commands(commands), check_health=False
-            )
+            await connection.send_packed_command(packed, check_health=False)
 
     async def _receive(self, connection: Any) -> None:
         while True:
@@ -184,6 +200,7 @@ class BatchWriter:
                     except ResponseError as exc:  # a bad command, not a bad connection
                         logger.error("Redis refused a write (%s); it is dropped", exc)
             self._in_flight.popleft()
+            self._retry_delay = _FIRST_RETRY_S  # Redis answers again
             self._written += len(sent.writes)
             self._release_waiters()
             self._wake.set()  # room for another batch, if the sender was waiting

@@ -117,3 +117,16 @@ async def test_replies_that_never_come_get_the_batch_resent(
     await asyncio.wait_for(writer.flush(), 10)
     assert writer_client(inspector)["id"] != first_connection  # presumed dead, replaced
     assert {item["i"] for item in items(inspector, "s")} == {0, 1}  # type: ignore[index]
+
+
+async def test_a_write_redis_cannot_encode_is_dropped_and_the_rest_still_land(
+    writer: BatchWriter, inspector: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer.xadd("s", {"i": 0})
+    writer.hset("h", {"field": None})  # type: ignore[dict-item]
+    writer.xadd("s2", {"i": 1})
+    with caplog.at_level(logging.ERROR, logger="dispatch.writer"):
+        await asyncio.wait_for(writer.flush(), 10)
+    assert "dropped a HSET to h" in caplog.text
+    assert items(inspector, "s") == [{"i": 0}] and items(inspector, "s2") == [{"i": 1}]
+    assert not inspector.exists("h")

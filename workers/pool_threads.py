@@ -3,8 +3,8 @@
 ``ThreadPoolExecutor`` starts a thread the first time it has more work than idle threads, and
 ``Thread.start()`` blocks the caller until the new thread runs. In a worker the caller is Celery's
 consumer, so the first burst of jobs after a start paid one thread start each on the intake path,
-under a GIL shared with the busy session loop: a fresh worker took in 1,000 jobs about a quarter
-slower, and held a third fewer in flight (docs/benchmarks.md, benchmark 5).
+under a GIL shared with the busy session loop: a fresh worker given 1,000 jobs ran them about
+15 % slower and held about 30 % fewer at once (docs/benchmarks.md, benchmark 5).
 """
 
 from __future__ import annotations

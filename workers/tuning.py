@@ -20,8 +20,8 @@ SWITCH_INTERVAL_S = 0.0002
 Every Redis reply the consumer waits for (BRPOP, kombu's unacked bookkeeping, the ack) hands the
 GIL to the busy loop thread, and the consumer then waits up to the full interval to get it back:
 the convoy effect. Given 1,000 jobs whose model calls take 1 s, a worker had 220-320 of them
-running at once at 5 ms and 590-1,000 at 0.2 ms, and without model delays it finished about a
-fifth more jobs per second (docs/benchmarks.md, benchmark 5)."""
+running at once at 5 ms and 590-1,000 at 0.2 ms, and without model delays it finished about
+30 % more jobs per second (docs/benchmarks.md, benchmark 5)."""
 
 
 def tune_interpreter() -> None:

@@ -7,6 +7,7 @@ summary (what Flower shows as the result). Settings come from ``WorkerSettings.f
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from typing import Any
 
@@ -23,6 +24,8 @@ from workers.settings import WorkerSettings
 from workers.tuning import tune_interpreter
 
 logger = logging.getLogger("workers")
+
+HANDED_BACK = "handed back to the queue at shutdown; another worker resumes the job"
 
 
 def worker_config(settings: WorkerSettings) -> dict[str, Any]:
@@ -66,6 +69,12 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         except JobSpecError as exc:
             logger.error("rejected job payload (task %s): %s", task.request.id, exc)
             raise Reject(str(exc), requeue=False) from None
+        except concurrent.futures.CancelledError:
+            if not host.handing_back:
+                raise
+            # Not a failure: the job was sent again and resumes on another worker, so Flower
+            # shows this delivery as rejected rather than failed.
+            raise Reject(HANDED_BACK, requeue=False) from None
         return outcome.compact()
 
     app.task(name=RUN_JOB_TASK, bind=True, shared=False)(run_job)

@@ -41,6 +41,8 @@ class SessionHost:
         self._app = app
         self.task_ids = TaskIds()
         self.task_events_on: Callable[[], bool] = lambda: False
+        self.handing_back = False
+        """Set by the graceful shutdown before it cancels the jobs it hands back to the queue."""
         """Set by the worker when it is ready: whether task events are being sent."""
         self._thread = LoopThread(f"rho-session-host-{settings.worker_name}")
         self._lock = threading.Lock()

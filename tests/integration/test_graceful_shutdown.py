@@ -21,6 +21,7 @@ from dispatch.spec import build_spec
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, text
 from tests.integration._ops_support import alive, free_port, wait_for
+from workers.celery_app import HANDED_BACK
 from workers.local import Child, LocalFleet, LocalFleetOptions
 from workers.status import read_status
 
@@ -121,6 +122,8 @@ def test_a_job_outliving_the_grace_is_handed_back_and_resumed_elsewhere(
     assert worker.process.wait(GRACE_S + 10) == 0
     took = time.monotonic() - stopped_at
     assert GRACE_S - 0.5 <= took <= GRACE_S + 5, f"the worker stopped after {took:.1f} s"
+    log = worker.log.read_text(errors="replace")
+    assert HANDED_BACK in log and "CancelledError" not in log, "rejected in Flower, not failed"
 
     result = dispatcher.gather([job], timeout=60)[0]
     info = job.info()

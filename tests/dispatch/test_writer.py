@@ -45,8 +45,9 @@ def items(inspector: redis.Redis, key: str) -> list[object]:
 
 
 def writer_client(inspector: redis.Redis) -> dict[str, object]:
-    [client] = [c for c in inspector.client_list() if c["name"] == WRITER_CLIENT_NAME]
-    return client
+    """The writer's newest connection (one it dropped may linger in the list for a moment)."""
+    clients = [c for c in inspector.client_list() if c["name"] == WRITER_CLIENT_NAME]
+    return max(clients, key=lambda client: int(client["id"]))
 
 
 async def test_writes_land_in_order_with_a_burst_in_one_entry_and_an_expiry(

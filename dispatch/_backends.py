@@ -6,13 +6,11 @@ import asyncio
 import logging
 from typing import Any
 
-from dispatch.bus import DispatchBus, JobBus, StreamEntry
+from dispatch.bus import EVENT_PAGE, DispatchBus, JobBus, StreamEntry
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 
 logger = logging.getLogger("dispatch")
-
-_EVENT_PAGE = 1000
 
 
 class EmbeddedBackend:
@@ -85,7 +83,7 @@ class FleetBackend:
 
         key = self._settings.keys.events(job_id)
         block = int(block_s * 1000) if block_s > 0 else None
-        return stream_entries(self._redis.xread({key: after}, count=_EVENT_PAGE, block=block))
+        return stream_entries(self._redis.xread({key: after}, count=EVENT_PAGE, block=block))
 
     def publish(self, specs: list[JobSpec]) -> None:
         """Record the jobs as queued, then send them (blocking; any thread)."""

@@ -21,6 +21,8 @@ from dispatch.spec import JobSpec
 from rho_agent.events import AgentEvent, RunResult
 
 START = "0"
+EVENT_PAGE = 1000
+"""How many events one read returns at most."""
 
 StartAction = Literal["run", "skip", "cancelled", "busy"]
 CancelOutcome = Literal["cancelled", "requested", "finished", "unknown"]
@@ -62,7 +64,7 @@ class RunnerBus(Protocol):
     ) -> list[StreamEntry]: ...
 
     async def read_events(
-        self, job_id: str, after: str = START, block_s: float = 0.0, count: int = 1000
+        self, job_id: str, after: str = START, block_s: float = 0.0, count: int = EVENT_PAGE
     ) -> list[StreamEntry]: ...
 
     def emit_event(self, job_id: str, entry: dict[str, Any]) -> None: ...
@@ -104,7 +106,7 @@ class DispatchBus(Protocol):
     ) -> list[StreamEntry]: ...
 
     async def read_events(
-        self, job_id: str, after: str = START, block_s: float = 0.0, count: int = 1000
+        self, job_id: str, after: str = START, block_s: float = 0.0, count: int = EVENT_PAGE
     ) -> list[StreamEntry]: ...
 
     async def read_trace(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatch.bus import (
+    EVENT_PAGE,
     START,
     CancelOutcome,
     StartDecision,
@@ -99,7 +100,7 @@ class MemoryBus:
         return await self._read(self._keys.done(dispatcher_id), after, block_s, 10_000)
 
     async def read_events(
-        self, job_id: str, after: str = START, block_s: float = 0.0, count: int = 1000
+        self, job_id: str, after: str = START, block_s: float = 0.0, count: int = EVENT_PAGE
     ) -> list[StreamEntry]:
         return await self._read(self._keys.events(job_id), after, block_s, count)
 

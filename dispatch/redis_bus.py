@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from dispatch import _lua
 from dispatch._writer import BatchWriter
 from dispatch.bus import (
+    EVENT_PAGE,
     START,
     CancelOutcome,
     StartAction,
@@ -162,7 +163,7 @@ class RedisBus:
         return await self._read(self.keys.done(dispatcher_id), after, block_s, 10_000)
 
     async def read_events(
-        self, job_id: str, after: str = START, block_s: float = 0.0, count: int = 1000
+        self, job_id: str, after: str = START, block_s: float = 0.0, count: int = EVENT_PAGE
     ) -> list[StreamEntry]:
         return await self._read(self.keys.events(job_id), after, block_s, count)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from dispatch._core import _Core
+from dispatch._client.core import _Core
 from dispatch.info import JobInfo
 from dispatch.job import Job
 from dispatch.settings import FleetSettings

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
-from dispatch.bus import START, StreamEntry, entry_event, is_finished
+from dispatch.engine.bus import START, StreamEntry, entry_event, is_finished
 from dispatch.errors import JobNotFound
 from dispatch.info import JobInfo
 from rho_agent.events import AgentEvent, RunResult
 from rho_agent.state import State, StateObserver
 
 if TYPE_CHECKING:
-    from dispatch._core import _Core
+    from dispatch._client.core import _Core
 
 _PAGE_BLOCK_S = 1.0
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dispatch.errors import JobSpecError
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
-from rho_agent.permissions import (
+from rho_agent.permissions.profile import (
     BUILTIN_PROFILES,
     DEFAULT_PROFILE,
     load_profile,

@@ -27,16 +27,16 @@ from rho_agent.errors import (
 )
 from rho_agent.events import AgentEvent, CompactResult, RunResult
 from rho_agent.model.base import ModelClient, ModelRequest, ModelTurn, TokenUsage
-from rho_agent.permissions import PermissionProfile
+from rho_agent.permissions.profile import PermissionProfile
 from rho_agent.pricing import ModelPrice, PriceTable
 from rho_agent.session import Session
 from rho_agent.state import State, StateObserver
-from rho_agent.store import SessionInfo, SessionStore
+from rho_agent.store.directory import SessionInfo, SessionStore
 from rho_agent.tools import ToolHandler, ToolInvocation, ToolOutput, ToolRegistry, tool
 from rho_agent.trace import JsonlTraceSink, MemoryTraceSink, TraceSink
 
 if TYPE_CHECKING:
-    from rho_agent.backends.daytona import DaytonaBackend
+    from rho_agent.backends.daytona.backend import DaytonaBackend
 
 __all__ = [
     "Agent",
@@ -86,7 +86,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """Import ``DaytonaBackend`` on first use: its module wraps an optional dependency."""
     if name == "DaytonaBackend":
-        from rho_agent.backends.daytona import DaytonaBackend
+        from rho_agent.backends.daytona.backend import DaytonaBackend
 
         return DaytonaBackend
     raise AttributeError(f"module 'rho_agent' has no attribute {name!r}")

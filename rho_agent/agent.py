@@ -9,7 +9,7 @@ from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
 from rho_agent.model.base import ModelClient
 from rho_agent.model.openai_client import OpenAIModelClient
-from rho_agent.permissions import PermissionProfile, load_profile
+from rho_agent.permissions.profile import PermissionProfile, load_profile
 from rho_agent.pricing import PriceTable
 from rho_agent.tools import build_registry
 from rho_agent.tools.registry import ToolRegistry
@@ -52,7 +52,7 @@ class Agent:
 
             return LocalBackend(self.config.working_dir or os.getcwd())
         if backend == "daytona":
-            from rho_agent.backends.daytona import DaytonaBackend
+            from rho_agent.backends.daytona.backend import DaytonaBackend
 
             template = DaytonaBackend(working_dir=self.config.working_dir)
             return template.for_session(session_id=session_id)

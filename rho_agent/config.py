@@ -11,11 +11,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rho_agent.errors import ConfigError
-from rho_agent.permissions import PermissionProfile
+from rho_agent.permissions.profile import PermissionProfile
 from rho_agent.prompts import DEFAULT_SYSTEM_PROMPT, load_template, render
 
 if TYPE_CHECKING:
-    from rho_agent.backends.daytona import DaytonaBackend
+    from rho_agent.backends.daytona.backend import DaytonaBackend
 
 BACKEND_NAMES = ("local", "daytona")
 
@@ -81,7 +81,7 @@ class AgentConfig:
         for item in fields(self):
             value = getattr(self, item.name)
             if item.name == "profile" and isinstance(value, PermissionProfile):
-                from rho_agent.permissions import profile_to_dict
+                from rho_agent.permissions.profile import profile_to_dict
 
                 value = profile_to_dict(value)
             elif item.name == "backend" and not isinstance(value, str):
@@ -102,11 +102,11 @@ class AgentConfig:
             raise ConfigError(_describe_validation_error(exc, source)) from None
         values = parsed.model_dump(exclude_unset=True)
         if isinstance(values.get("profile"), dict):
-            from rho_agent.permissions import profile_from_dict
+            from rho_agent.permissions.profile import profile_from_dict
 
             values["profile"] = profile_from_dict(values["profile"], source=source)
         if isinstance(values.get("backend"), dict):
-            from rho_agent.backends.daytona import DaytonaBackend
+            from rho_agent.backends.daytona.backend import DaytonaBackend
 
             values["backend"] = DaytonaBackend.from_dict(values["backend"])
         return cls(**values)

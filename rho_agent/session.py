@@ -13,8 +13,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from rho_agent import _tool_step, compaction
-from rho_agent._run import EventCallback, RunContext
+from rho_agent import compaction
+from rho_agent._loop import tool_step as _tool_step
+from rho_agent._loop.run import EventCallback, RunContext
 from rho_agent.agent import Agent
 from rho_agent.backends.base import ExecutionBackend
 from rho_agent.errors import ConfigError, ModelError, SessionError

@@ -1,8 +1,8 @@
 """workers: the rho-agent fleet worker (a Celery app whose jobs share one asyncio session host).
 
 Run it with ``celery -A workers worker`` or ``rho-agent worker``; configure it with the
-``RHO_AGENT_*`` variables in ``workers.settings.SETTINGS``. ``workers.app`` is created on first
-access (reading the environment then, not at import).
+``RHO_AGENT_*`` variables in ``workers.worker_settings.SETTINGS``. ``workers.app`` is created on
+first access (reading the environment then, not at import).
 """
 
 from __future__ import annotations

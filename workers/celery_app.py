@@ -15,13 +15,13 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown
 
-from dispatch.broker import RUN_JOB_TASK, celery_config, require_fleet_extra
 from dispatch.errors import JobSpecError
-from workers.host import SessionHost
+from dispatch.fleet.celery_broker import RUN_JOB_TASK, celery_config, require_fleet_extra
 from workers.lifecycle import install_lifecycle
 from workers.pool_threads import start_pool_threads
-from workers.settings import WorkerSettings
+from workers.session_host import SessionHost
 from workers.tuning import tune_interpreter
+from workers.worker_settings import WorkerSettings
 
 logger = logging.getLogger("workers")
 

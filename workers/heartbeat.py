@@ -25,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from dispatch.keys import Keys
+from dispatch.fleet import lua
+from dispatch.fleet.keys import Keys
 from workers.health import Beat, HealthSettings
 
 logger = logging.getLogger("workers.heartbeat")
@@ -34,26 +35,6 @@ RECORD_TTL_S = 3600
 """How long the Redis record of a worker that stopped beating stays visible to ``fleet status``."""
 
 # KEYS: worker hash, workers sorted set. ARGV: ttl s, worker name, then field/value pairs.
-_BEAT = """
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'beat_ms', now_ms, unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], now_ms, ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - tonumber(ARGV[1]) * 1000)
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return now_ms
-"""
-
-
-def worker_key(keys: Keys, worker: str) -> str:
-    """``{p}worker:{name}``: the last heartbeat of one worker (hash)."""
-    return f"{keys.prefix}worker:{worker}"
-
-
-def workers_key(keys: Keys) -> str:
-    """``{p}workers``: worker names scored by their last beat in Redis server ms (sorted set)."""
-    return f"{keys.prefix}workers"
 
 
 class Heartbeat:
@@ -83,7 +64,7 @@ class Heartbeat:
 
     async def run(self, client: Any) -> None:
         """Beat until cancelled (``client`` is a redis.asyncio client of this loop)."""
-        script = client.register_script(_BEAT)
+        script = client.register_script(lua.BEAT)
         while True:
             await self.beat_once(script)
             await asyncio.sleep(self.settings.interval_s)
@@ -106,7 +87,7 @@ class Heartbeat:
         args: list[Any] = [RECORD_TTL_S, self.worker]
         for name, value in _redis_fields(beat).items():
             args += [name, value]
-        keys = [worker_key(self.keys, self.worker), workers_key(self.keys)]
+        keys = [self.keys.worker(self.worker), self.keys.workers()]
         try:
             await script(keys=keys, args=args)
         except Exception as exc:
@@ -123,8 +104,8 @@ class Heartbeat:
 
         try:
             with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
-                client.delete(worker_key(self.keys, self.worker))
-                client.zrem(workers_key(self.keys), self.worker)
+                client.delete(self.keys.worker(self.worker))
+                client.zrem(self.keys.workers(), self.worker)
         except redis.RedisError as exc:
             logger.warning("removing the worker's heartbeat record failed (%s)", exc)
 

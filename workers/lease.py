@@ -5,7 +5,7 @@ which must exceed the longest job or live jobs run twice (celery#5935), so it ca
 workers' jobs come back fast. Instead every running job holds a lease in Redis that its worker's
 ``LeaseKeeper`` renews every third of the lease; a ``Sweeper`` (one per worker, one active at a
 time) re-sends jobs whose lease lapsed. The attempt counter in the job hash makes a stale worker's
-writes and results lose (see ``dispatch._lua``).
+writes and results lose (see ``dispatch.fleet.lua``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from dispatch.engine.host import JobHost
+from dispatch.engine.loop import still_running
 from dispatch.errors import JobSpecError
-from dispatch.host import JobHost
-from dispatch.keys import Keys
-from dispatch.loop import still_running
+from dispatch.fleet import lua
+from dispatch.fleet.keys import Keys
 from dispatch.spec import JobSpec
-from workers import _lua
 
 logger = logging.getLogger("workers.lease")
 
@@ -32,7 +32,7 @@ class LeaseKeeper:
     """Renews the leases of every job this host runs; cancels the ones another worker took."""
 
     def __init__(self, client: Any, keys: Keys, host: JobHost, lease_ms: int) -> None:
-        self._renew = client.register_script(_lua.RENEW)
+        self._renew = client.register_script(lua.RENEW)
         self._keys = keys
         self._host = host
         self._lease_ms = lease_ms
@@ -68,7 +68,7 @@ class Sweeper:
         self, client: Any, keys: Keys, resend: Resend, *, interval_s: float, grace_ms: int
     ) -> None:
         self._client = client
-        self._claim = client.register_script(_lua.CLAIM_LAPSED)
+        self._claim = client.register_script(lua.CLAIM_LAPSED)
         self._keys = keys
         self._resend = resend
         self._interval_s = interval_s

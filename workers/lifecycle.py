@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.signals import heartbeat_sent, worker_ready, worker_shutdown, worker_shutting_down
 
-from dispatch.redis_bus import RedisBus
+from dispatch.fleet.redis_bus import RedisBus
 from workers.health import HealthSettings
 from workers.heartbeat import Heartbeat
 from workers.shutdown import GracefulShutdown, grace_from_env
@@ -27,8 +27,8 @@ from workers.shutdown import GracefulShutdown, grace_from_env
 if TYPE_CHECKING:
     from celery import Celery
 
-    from workers.host import SessionHost
-    from workers.settings import WorkerSettings
+    from workers.session_host import SessionHost
+    from workers.worker_settings import WorkerSettings
 
 logger = logging.getLogger("workers.lifecycle")
 

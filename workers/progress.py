@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from dispatch.host import JobHost
-from dispatch.loop import still_running
+from dispatch.engine.host import JobHost
+from dispatch.engine.loop import still_running
 
 logger = logging.getLogger("workers.progress")
 

@@ -28,15 +28,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dispatch.broker import CeleryBroker
+from dispatch.engine.host import JobHost
 from dispatch.errors import JobSpecError
-from dispatch.host import JobHost
-from dispatch.redis_bus import RedisBus
+from dispatch.fleet import lua
+from dispatch.fleet.celery_broker import CeleryBroker
+from dispatch.fleet.redis_bus import RedisBus
 from dispatch.settings import env_float
 from dispatch.spec import JobSpec
 
 if TYPE_CHECKING:
-    from workers.host import SessionHost
+    from workers.session_host import SessionHost
 
 logger = logging.getLogger("workers.shutdown")
 
@@ -57,27 +58,6 @@ _POLL_S = 0.1
 
 # KEYS: leases. ARGV: job key prefix, requeue grace ms, events maxlen, worker, job/attempt pairs.
 # Returns job id, spec json and attempt of every job this worker still owned, flattened.
-_HAND_BACK = """
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for i = 5, #ARGV, 2 do
-  local job, attempt = ARGV[i], ARGV[i + 1]
-  local key = ARGV[1] .. job
-  local status = redis.call('HGET', key, 'status')
-  if status == 'running' and redis.call('HGET', key, 'attempt') == attempt then
-    redis.call('HSET', key, 'status', 'queued')
-    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), job)
-    local entry = cjson.encode({kind = 'job', type = 'handed_back', attempt = tonumber(attempt),
-      worker = ARGV[4]})
-    redis.call('XADD', key .. ':events', 'MAXLEN', '~', ARGV[3], '*', 'd', entry)
-    table.insert(out, job)
-    table.insert(out, redis.call('HGET', key, 'spec') or '')
-    table.insert(out, attempt)
-  end
-end
-return out
-"""
 
 
 def grace_from_env(env: Mapping[str, str] | None = None) -> float:
@@ -182,7 +162,7 @@ async def _stop_and_release(job_host: JobHost) -> list[str]:
     ]
     for job_id, attempt in owned:
         args += [job_id, attempt]
-    script = bus.client.register_script(_HAND_BACK)
+    script = bus.client.register_script(lua.HAND_BACK)
     flat: list[str] = await script(keys=[bus.keys.leases()], args=args)
     return flat
 

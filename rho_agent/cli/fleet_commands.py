@@ -219,7 +219,7 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Start a fleet worker (the same as `celery -A workers worker`)."""
-    from workers.cli import run_worker
+    from workers.ops.launch import run_worker
 
     _set_env(
         RHO_AGENT_BROKER_URL=broker,
@@ -238,7 +238,7 @@ def flower(
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Open Flower on the fleet (the same as `celery -A workers flower`)."""
-    from workers.cli import run_flower
+    from workers.ops.launch import run_flower
 
     _set_env(RHO_AGENT_BROKER_URL=broker)
     with _fleet_errors():

@@ -1,7 +1,7 @@
 """``rho-agent fleet up`` (a whole fleet on this machine) and ``rho-agent fleet status``.
 
-Thin wrappers over ``workers.local`` and ``workers.status``, imported lazily so the rest of the
-CLI works without the ``fleet`` extra.
+Thin wrappers over ``workers.ops.local_fleet`` and ``workers.ops.status``, imported lazily so the
+rest of the CLI works without the ``fleet`` extra.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from rho_agent.cli.app import app
 from rho_agent.errors import RhoAgentError
 
 if TYPE_CHECKING:
-    from workers.local import Child, Endpoints, LocalFleet
-    from workers.status import FleetStatus
+    from workers.ops.local_fleet import Child, Endpoints, LocalFleet
+    from workers.ops.status import FleetStatus
 
 fleet_app = typer.Typer(
     name="fleet", help="Run a fleet on this machine, and see how a fleet is doing.",
@@ -98,7 +98,7 @@ def up(
     ] = None,
 ) -> None:
     """Start Redis (if none answers), workers and Flower on 127.0.0.1; Ctrl+C stops them all."""
-    from workers.local import LocalFleet, LocalFleetOptions
+    from workers.ops.local_fleet import LocalFleet, LocalFleetOptions
 
     interrupts = _Interrupts()
     with _errors():
@@ -169,7 +169,7 @@ def status(
 ) -> None:
     """Show the fleet's workers (and any that stopped heartbeating), queue depth and jobs."""
     from dispatch.settings import FleetSettings
-    from workers.status import read_status
+    from workers.ops.status import read_status
 
     with _errors():
         report = read_status(FleetSettings.from_env(broker_url=broker), limit=limit)

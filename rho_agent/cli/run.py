@@ -86,7 +86,7 @@ def _base_config(path: Path | None, resume: str | None) -> AgentConfig:
     if path is not None:
         return AgentConfig.from_file(path)
     if resume is not None:
-        from rho_agent.store import SessionStore
+        from rho_agent.store.directory import SessionStore
 
         return SessionStore().load_config(resume)
     return AgentConfig()
@@ -95,13 +95,13 @@ def _base_config(path: Path | None, resume: str | None) -> AgentConfig:
 def _backend(name: str, uploads: list[str], config: AgentConfig) -> Any:
     if name == "local" and not uploads:
         return "local"
-    from rho_agent.backends.daytona import DaytonaBackend
+    from rho_agent.backends.daytona.backend import DaytonaBackend
 
     return DaytonaBackend.from_cli(uploads=uploads, working_dir=config.working_dir)
 
 
 async def _run(config: AgentConfig, prompt: str, resume: str | None) -> str:
-    from rho_agent.store import SessionStore
+    from rho_agent.store.directory import SessionStore
 
     store = SessionStore()
     agent = Agent(config)

@@ -14,8 +14,8 @@ from rich.text import Text
 
 from rho_agent.cli.app import app
 from rho_agent.errors import RhoAgentError
-from rho_agent.export import export_session
-from rho_agent.store import SessionInfo, SessionStore
+from rho_agent.store.directory import SessionInfo, SessionStore
+from rho_agent.store.export import export_session
 from rho_agent.trace import Record
 
 sessions_app = typer.Typer(

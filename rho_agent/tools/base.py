@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rho_agent.backends.base import ExecutionBackend
-    from rho_agent.permissions import PermissionProfile
+    from rho_agent.permissions.profile import PermissionProfile
 
 
 @dataclass(frozen=True)

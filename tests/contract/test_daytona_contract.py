@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from rho_agent.backends.base import ExecutionBackend
-from rho_agent.backends.daytona import DaytonaBackend
+from rho_agent.backends.daytona.backend import DaytonaBackend
 from rho_agent.testing.fake_daytona import FakeDaytonaServer
 
 from .backend_contract import BackendContract

@@ -10,7 +10,7 @@ import pytest
 
 from rho_agent.backends.base import ExecutionBackend
 from rho_agent.errors import PermissionDenied, ToolError
-from rho_agent.permissions import load_profile
+from rho_agent.permissions.profile import load_profile
 from rho_agent.tools import ToolInvocation, ToolOutput, build_registry
 from rho_agent.tools.paths import PathResolver
 

@@ -41,8 +41,8 @@ def read_by_code() -> frozenset[str]:
 def settings_tables() -> list[tuple[str, str, str]]:
     """The (name, default, meaning) tables the worker's settings modules declare."""
     from workers.health import HEALTH_SETTINGS
-    from workers.settings import SETTINGS
     from workers.shutdown import SHUTDOWN_SETTINGS
+    from workers.worker_settings import SETTINGS
 
     return [*SETTINGS, *HEALTH_SETTINGS, *SHUTDOWN_SETTINGS]
 
@@ -75,8 +75,8 @@ def cli_accepts(args: list[str]) -> None:
 def check_worker_env(env: Mapping[str, str]) -> None:
     """The settings a worker builds from ``env`` (raises SettingsError naming a bad value)."""
     from workers.health import HealthSettings
-    from workers.settings import WorkerSettings
     from workers.shutdown import grace_from_env
+    from workers.worker_settings import WorkerSettings
 
     WorkerSettings.from_env(env)
     HealthSettings.from_env(env)

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from dispatch.bus import JobBus, entry_event, event_entry, is_finished
-from dispatch.memory_bus import MemoryBus
-from dispatch.redis_bus import RedisBus
+from dispatch.engine.bus import JobBus, entry_event, event_entry, is_finished
+from dispatch.engine.memory_bus import MemoryBus
+from dispatch.fleet.redis_bus import RedisBus
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec, build_spec
 from rho_agent import AgentConfig, AgentEvent, RunResult

@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from dispatch import Dispatcher
-from dispatch.bus import event_entry, lifecycle_entry
-from dispatch.redis_bus import queue_submit
+from dispatch.engine.bus import event_entry, lifecycle_entry
+from dispatch.fleet.redis_bus import queue_submit
 from dispatch.settings import FleetSettings
 from dispatch.spec import build_spec
 from rho_agent import AgentConfig, AgentEvent

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from dispatch.bus import entry_event
-from dispatch.memory_bus import MemoryBus
-from dispatch.runner import JobRun, RunnerOptions
+from dispatch.engine.bus import entry_event
+from dispatch.engine.memory_bus import MemoryBus
+from dispatch.engine.run import JobRun, RunnerOptions
 from dispatch.spec import build_spec
 from rho_agent import AgentConfig
-from rho_agent.permissions import BUILTIN_PROFILES
+from rho_agent.permissions.profile import BUILTIN_PROFILES
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
 from tests.integration.fleet import agent_with_mark_tool
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dispatch import FleetSettings
-from dispatch.store import RedisSessionStore
+from dispatch.fleet.session_store import RedisSessionStore
 from rho_agent import Agent, AgentConfig, SessionNotFound
 from rho_agent.testing import ScriptedModelServer, behaviour
 from tests.integration.fleet import REDIS_HOST, claimed_db

@@ -10,8 +10,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from dispatch._writer import WRITER_CLIENT_NAME, BatchWriter
-from dispatch.redis_bus import decode_entry
+from dispatch.fleet.redis_bus import decode_entry
+from dispatch.fleet.writer import WRITER_CLIENT_NAME, BatchWriter
 from tests.integration.fleet import REDIS_HOST, claimed_db
 
 pytestmark = pytest.mark.integration
@@ -109,7 +109,7 @@ async def test_a_refused_write_is_logged_and_the_rest_still_land(
 async def test_replies_that_never_come_get_the_batch_resent(
     writer: BatchWriter, inspector: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("dispatch._writer.REPLY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr("dispatch.fleet.writer.REPLY_TIMEOUT_S", 0.2)
     writer.xadd("s", {"i": 0})
     await writer.flush()
     first_connection = writer_client(inspector)["id"]

@@ -99,7 +99,7 @@ class WorkerProcess:
         """At quiet log levels the worker logs nothing: ask it over Celery's control instead."""
         if self.loglevel == "INFO":
             return False
-        from dispatch.broker import CeleryBroker
+        from dispatch.fleet.celery_broker import CeleryBroker
         from dispatch.settings import FleetSettings
 
         broker = CeleryBroker(FleetSettings(broker_url=self.env["RHO_AGENT_BROKER_URL"]))

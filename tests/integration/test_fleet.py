@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from dispatch import Dispatcher
-from dispatch.broker import RUN_JOB_TASK, CeleryBroker
-from dispatch.redis_bus import RedisBus
+from dispatch.fleet.celery_broker import RUN_JOB_TASK, CeleryBroker
+from dispatch.fleet.redis_bus import RedisBus
 from dispatch.spec import build_spec
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, text, tool_call
@@ -228,7 +228,7 @@ def test_secrets_never_reach_redis(
 def flower(fleet: Fleet, _shared_model_server: ScriptedModelServer) -> Iterator[str]:
     port = free_port()
     env = fleet.env(FLOWER_UNAUTHENTICATED_API="true")
-    code = f"from workers.cli import run_flower; run_flower(port={port})"
+    code = f"from workers.ops.launch import run_flower; run_flower(port={port})"
     log = (fleet.tmp / "flower.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rho_agent import AgentConfig
-from rho_agent.backends.daytona import DaytonaBackend
+from rho_agent.backends.daytona.backend import DaytonaBackend
 from rho_agent.testing import ScriptedModelServer, error, text, tool_call
 from rho_agent.testing.fake_daytona import FakeDaytonaServer
 from tests.integration.fleet import Fleet, running_fleet, wait_until

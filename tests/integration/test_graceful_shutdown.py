@@ -15,15 +15,15 @@ import pytest
 import redis
 
 from dispatch import Dispatcher, FleetSettings, Job
-from dispatch.broker import CeleryBroker
-from dispatch.redis_bus import decode_entry
+from dispatch.fleet.celery_broker import CeleryBroker
+from dispatch.fleet.redis_bus import decode_entry
 from dispatch.spec import build_spec
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, text
 from tests.integration._ops_support import alive, free_port, wait_for
 from workers.celery_app import HANDED_BACK
-from workers.local import Child, LocalFleet, LocalFleetOptions
-from workers.status import read_status
+from workers.ops.local_fleet import Child, LocalFleet, LocalFleetOptions
+from workers.ops.status import read_status
 
 pytestmark = [
     pytest.mark.integration,

@@ -9,8 +9,8 @@ import redis
 from celery import Celery
 from kombu import Connection
 
-from dispatch._transport import TRANSPORT_PATH
-from dispatch.broker import celery_config
+from dispatch.fleet.celery_broker import celery_config
+from dispatch.fleet.transport import TRANSPORT_PATH
 from dispatch.settings import FleetSettings
 from tests.integration.fleet import REDIS_HOST, claimed_db
 
@@ -42,7 +42,7 @@ def test_late_acked_messages_flow_and_leave_no_unacked_entries(broker_url: str) 
     app = Celery("transport-test", set_as_current=False)
     app.conf.update(celery_config(FleetSettings(broker_url=broker_url)))
     with app.connection_for_write() as connection:
-        assert type(connection.transport).__module__ == "dispatch._transport"
+        assert type(connection.transport).__module__ == "dispatch.fleet.transport"
         queue = connection.SimpleQueue("transport-test")
         for index in range(20):
             queue.put({"index": index})

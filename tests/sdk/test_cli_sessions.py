@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from rho_agent import Agent, AgentConfig, SessionStore
 from rho_agent.cli import app
-from rho_agent.export import export_session
+from rho_agent.store.export import export_session
 from rho_agent.testing import ScriptedModelServer, ScriptedUsage, text, tool_call
 from tests.sdk.helpers import ProbeTool
 

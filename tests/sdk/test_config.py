@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rho_agent import Agent, AgentConfig, ConfigError, PermissionProfile, Session
-from rho_agent.permissions import load_profile
+from rho_agent.permissions.profile import load_profile
 
 
 def test_fields_and_defaults_match_the_documented_api() -> None:

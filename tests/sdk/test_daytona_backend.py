@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rho_agent.backends import _daytona_exec
-from rho_agent.backends.daytona import DaytonaBackend
+from rho_agent.backends.daytona import commands
+from rho_agent.backends.daytona.backend import DaytonaBackend
 from rho_agent.errors import BackendError
 from rho_agent.testing.fake_daytona import FakeDaytonaServer
 
@@ -224,7 +224,7 @@ async def test_cancelling_a_command_kills_it_before_the_cancel_returns(
 async def test_long_commands_keep_the_sandbox_active(
     fake_daytona: FakeDaytonaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_daytona_exec, "keepalive_seconds", lambda minutes: 0.1)
+    monkeypatch.setattr(commands, "keepalive_seconds", lambda minutes: 0.1)
     async with DaytonaBackend().for_session() as backend:
         result = await backend.run_command("sleep 0.6; echo done", timeout=10)
     assert result.output == "done\n"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from rho_agent.backends.daytona import DaytonaBackend
+from rho_agent.backends.daytona.backend import DaytonaBackend
 from rho_agent.errors import ConfigError
 from rho_agent.testing.fake_daytona import FakeDaytonaServer
 

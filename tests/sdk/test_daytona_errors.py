@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rho_agent.backends.daytona import DaytonaBackend
+from rho_agent.backends.daytona.backend import DaytonaBackend
 from rho_agent.errors import BackendError
 from rho_agent.testing.fake_daytona import FakeDaytonaServer
 
@@ -138,7 +138,7 @@ async def test_without_the_daytona_package_the_error_says_what_to_install(
 
 def test_importing_the_backend_does_not_import_daytona() -> None:
     code = (
-        "import sys; from rho_agent.backends.daytona import DaytonaBackend; "
+        "import sys; from rho_agent.backends.daytona.backend import DaytonaBackend; "
         "b = DaytonaBackend(image='python:3.12', uploads=['src:src']).for_session(); "
         "b.to_dict(); assert 'daytona' not in sys.modules, 'daytona imported'"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from rho_agent import Agent, AgentConfig, Session
-from rho_agent.backends.daytona import DaytonaBackend
+from rho_agent.backends.daytona.backend import DaytonaBackend
 from rho_agent.testing import ScriptedModelServer, text, tool_call
 from rho_agent.testing.fake_daytona import FakeDaytonaServer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rho_agent import Agent, AgentConfig, Session, State
-from rho_agent.export import EXPORT_FORMAT, EXPORT_VERSION, export_session
+from rho_agent.store.export import EXPORT_FORMAT, EXPORT_VERSION, export_session
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, ScriptedToolCall, text
 from tests.sdk.helpers import ProbeTool, make_session
 from tests.sdk.test_trace import build_two_run_state

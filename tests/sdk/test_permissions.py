@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rho_agent.errors import ProfileError
-from rho_agent.permissions import (
+from rho_agent.permissions.profile import (
     BUILTIN_PROFILES,
     BUILTIN_TOOL_NAMES,
     PermissionProfile,

@@ -15,7 +15,7 @@ import pytest
 
 from rho_agent.backends.local import LocalBackend
 from rho_agent.errors import PermissionDenied, ToolError
-from rho_agent.permissions import BUILTIN_TOOL_NAMES, PermissionProfile, load_profile
+from rho_agent.permissions.profile import BUILTIN_TOOL_NAMES, PermissionProfile, load_profile
 from rho_agent.tools import ToolInvocation, ToolOutput, build_registry
 from rho_agent.tools._truncate import truncate_middle
 from rho_agent.tools.builtin import BashTool, builtin_handlers

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from rho_agent.backends.local import LocalBackend
 from rho_agent.errors import ConfigError, ToolError
-from rho_agent.permissions import load_profile
+from rho_agent.permissions.profile import load_profile
 from rho_agent.tools import (
     FunctionTool,
     ToolHandler,

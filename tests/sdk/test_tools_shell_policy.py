@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rho_agent._shell_lex import Operator, Redirect, Word, lex
-from rho_agent._shell_policy import readonly_violation
+from rho_agent.permissions.shell.lex import Operator, Redirect, Word, lex
+from rho_agent.permissions.shell.policy import readonly_violation
 
 ALLOWED = [
     "ls",

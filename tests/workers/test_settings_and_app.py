@@ -10,9 +10,9 @@ from celery.app.utils import find_app
 
 import workers
 from dispatch import SettingsError
-from dispatch.broker import RUN_JOB_TASK
+from dispatch.fleet.celery_broker import RUN_JOB_TASK
 from workers.celery_app import create_app, worker_config
-from workers.settings import SETTINGS, WorkerSettings
+from workers.worker_settings import SETTINGS, WorkerSettings
 
 BROKER = {"RHO_AGENT_BROKER_URL": "redis://127.0.0.1:6379/0"}
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +75,7 @@ def test_the_docs_table_lists_every_variable() -> None:
     for name, default, _ in SETTINGS:
         assert re.search(rf"\| `{name}` \| `?{re.escape(default)}`? \|", docs), name
     sources = "".join(
-        (ROOT / package / "settings.py").read_text() for package in ("workers", "dispatch")
+        (ROOT / path).read_text() for path in ("workers/worker_settings.py", "dispatch/settings.py")
     ) + "".join((ROOT / "workers" / name).read_text() for name in ("health.py", "shutdown.py"))
     assert set(re.findall(r"RHO_AGENT_[A-Z_]+", sources)) <= {name for name, _, _ in SETTINGS}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rho_agent.permissions import PermissionProfile, load_profile
+from rho_agent.permissions.profile import PermissionProfile, load_profile
 from rho_agent.tools.base import ToolHandler
 from rho_agent.tools.builtin.files import EditTool, ReadTool, WriteTool
 from rho_agent.tools.builtin.search import GlobTool, GrepTool, ListTool

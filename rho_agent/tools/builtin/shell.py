@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from rho_agent._shell_policy import readonly_violation
 from rho_agent.backends.base import CommandResult
 from rho_agent.errors import PermissionDenied, ToolError
-from rho_agent.permissions import ShellPolicy
+from rho_agent.permissions.profile import ShellPolicy
+from rho_agent.permissions.shell.policy import readonly_violation
 from rho_agent.tools._schema import parse_arguments
 from rho_agent.tools._truncate import MAX_OUTPUT_CHARS, truncate_middle
 from rho_agent.tools.base import ToolInvocation, ToolOutput

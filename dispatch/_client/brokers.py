@@ -1,0 +1,106 @@
+"""Where a Dispatcher's jobs go: in-process (embedded) or to Celery workers (fleet)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from dispatch.engine.bus import EVENT_PAGE, DispatchBus, JobBus, StreamEntry
+from dispatch.settings import FleetSettings
+from dispatch.spec import JobSpec
+
+logger = logging.getLogger("dispatch")
+
+
+class EmbeddedBackend:
+    """Runs jobs on the dispatcher's loop through a JobHost over a MemoryBus."""
+
+    def __init__(self, settings: FleetSettings) -> None:
+        from dispatch.engine.host import JobHost
+        from dispatch.engine.memory_bus import MemoryBus
+        from dispatch.engine.run import RunnerOptions
+
+        memory = MemoryBus(settings.keys, retention_s=settings.retention_s)
+        self.bus: JobBus = memory
+        self._queue = settings.queue
+        self._host = JobHost(
+            memory, RunnerOptions(worker="embedded"), concurrency=settings.embedded_concurrency
+        )
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    async def send(self, specs: list[JobSpec]) -> None:
+        """Record the jobs, then start them (at most ``concurrency`` run at once)."""
+        await self.bus.submit(specs, self._queue)
+        await self._host.start()
+        for spec in specs:
+            task: asyncio.Task[object] = asyncio.create_task(self._run(spec))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, spec: JobSpec) -> object:
+        try:
+            return await self._host.run(spec.encode())
+        except Exception:
+            logger.exception("embedded job %s failed outside its run", spec.job_id)
+            return None
+
+    async def revoke(self, job_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self._host.stop()
+
+
+class FleetBackend:
+    """Publishes jobs to Celery from the caller's thread; reads them back from Redis.
+
+    Publishing is synchronous (a Redis pipeline, then the Celery messages) so a ``submit`` does
+    not hop between threads, and so is a sync ``events()`` iteration; everything else reads
+    through the async RedisBus on the dispatcher's loop.
+    """
+
+    def __init__(self, settings: FleetSettings) -> None:
+        import redis
+
+        from dispatch.fleet.celery_broker import CeleryBroker
+        from dispatch.fleet.redis_bus import RedisBus
+
+        assert settings.bus_url is not None
+        self._settings = settings
+        self._broker = CeleryBroker(settings)
+        self._redis: Any = redis.Redis.from_url(settings.bus_url, decode_responses=True)
+        self.bus: DispatchBus = RedisBus.from_settings(settings)
+
+    def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:
+        """A page of a job's events, read on the caller's thread (blocking up to ``block_s``).
+
+        ``for event in job.events()`` reads here rather than through the dispatcher's loop: one
+        thread wakes when an event arrives instead of two (the loop's, then the caller's), which
+        on a busy machine is most of an event's delivery time (docs/benchmarks.md).
+        """
+        from dispatch.fleet.redis_bus import stream_entries
+
+        key = self._settings.keys.events(job_id)
+        block = int(block_s * 1000) if block_s > 0 else None
+        return stream_entries(self._redis.xread({key: after}, count=EVENT_PAGE, block=block))
+
+    def publish(self, specs: list[JobSpec]) -> None:
+        """Record the jobs as queued, then send them (blocking; any thread)."""
+        from dispatch.fleet.redis_bus import queue_submit
+
+        pipe = self._redis.pipeline(transaction=False)
+        queue_submit(pipe, specs, self._settings, self._settings.queue)
+        pipe.execute()
+        self._broker.send(specs)
+
+    async def revoke(self, job_id: str) -> None:
+        await asyncio.to_thread(self._broker.revoke, job_id)
+
+    async def close(self) -> None:
+        await self.bus.close()
+        await asyncio.to_thread(self._close_sync)
+
+    def _close_sync(self) -> None:
+        self._broker.close()
+        self._redis.close()

@@ -1,0 +1,200 @@
+"""The Dispatcher's engine: backend, fan-in, observers, on a private event loop.
+
+Reads and waits run on ``_Core.loop`` (the async Redis connections and embedded jobs are bound to
+it); ``Dispatcher`` and ``Job`` reach it through ``loop.call`` / ``loop.acall``. Sending to the
+fleet happens in the caller's thread (see ``FleetBackend``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from dispatch._client.brokers import EmbeddedBackend, FleetBackend
+from dispatch._client.fanin import FanIn
+from dispatch.engine.bus import START, DispatchBus, StreamEntry
+from dispatch.engine.loop import LoopThread
+from dispatch.errors import JobNotFound
+from dispatch.info import JobInfo
+from dispatch.settings import FleetSettings
+from dispatch.spec import JobSpec
+from rho_agent.events import RunResult
+from rho_agent.state import State, StateObserver
+
+if TYPE_CHECKING:
+    from dispatch.job import Job
+
+logger = logging.getLogger("dispatch")
+
+
+class _Core:
+    """Owns the loop thread, the backend, the fan-in and the dispatcher-side observers."""
+
+    def __init__(self, settings: FleetSettings, dispatcher_id: str) -> None:
+        self.settings = settings
+        self.id = dispatcher_id
+        self.loop = LoopThread(f"rho-dispatcher-{dispatcher_id}")
+        self._backend: EmbeddedBackend | FleetBackend | None = None
+        self._lock = threading.Lock()
+        self.fan_in = FanIn(lambda: self.bus, dispatcher_id, self.read_events)
+        self._followers: set[asyncio.Task[None]] = set()
+
+    @property
+    def backend(self) -> EmbeddedBackend | FleetBackend:
+        with self._lock:
+            if self._backend is None:
+                if self.settings.broker_url:
+                    self._backend = FleetBackend(self.settings)
+                else:
+                    self._backend = EmbeddedBackend(self.settings)
+            return self._backend
+
+    @property
+    def bus(self) -> DispatchBus:
+        return self.backend.bus
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def submit(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
+        """Send jobs (from any thread but the loop's)."""
+        backend = self.backend
+        self.fan_in.expect(spec.job_id for spec in specs)
+        if isinstance(backend, FleetBackend):
+            backend.publish(specs)
+        else:
+            self.loop.call(backend.send(specs))
+        return self._jobs(specs, observers)
+
+    async def asubmit(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
+        """Send jobs from an event loop."""
+        backend = self.backend
+        self.fan_in.expect(spec.job_id for spec in specs)
+        if isinstance(backend, FleetBackend):
+            await asyncio.to_thread(backend.publish, specs)
+        else:
+            await self.loop.acall(backend.send(specs))
+        return self._jobs(specs, observers)
+
+    def _jobs(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
+        from dispatch.job import Job
+
+        for spec in specs:
+            for observer in observers:
+                self.observe(spec.job_id, spec.session_id, observer)
+        return [Job(spec.job_id, spec.session_id, self) for spec in specs]
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def infos(self, job_ids: list[str]) -> list[JobInfo | None]:
+        return await self.bus.get_info(job_ids)
+
+    async def require_info(self, job_id: str) -> JobInfo:
+        info = (await self.bus.get_info([job_id]))[0]
+        if info is None:
+            raise JobNotFound(f"job {job_id} does not exist (never submitted, or expired)")
+        return info
+
+    async def recent(self, limit: int) -> list[JobInfo]:
+        job_ids = await self.bus.recent_jobs(limit)
+        return [info for info in await self.bus.get_info(job_ids) if info is not None]
+
+    async def read_events(
+        self, job_id: str, after: str, block_s: float
+    ) -> tuple[list[StreamEntry], bool]:
+        """A page of the job's events, and whether the job is over with nothing left to read."""
+        entries = await self.bus.read_events(job_id, after, block_s)
+        if entries:
+            return entries, False
+        info = await self.require_info(job_id)
+        return entries, info.finished
+
+    def read_events_blocking(
+        self, job_id: str, after: str, block_s: float
+    ) -> tuple[list[StreamEntry], bool]:
+        """``read_events`` for a caller's thread; in fleet mode it reads Redis from that thread."""
+        backend = self.backend
+        if not isinstance(backend, FleetBackend):
+            return self.loop.call(self.read_events(job_id, after, block_s))
+        self.loop.refuse_blocking_call_in_loop()
+        entries = backend.read_events_blocking(job_id, after, block_s)
+        if entries:
+            return entries, False
+        return entries, self.loop.call(self.require_info(job_id)).finished
+
+    async def state(self, session_id: str) -> State:
+        entries = await self.bus.read_trace(session_id)
+        return State.from_records([entry.data["record"] for entry in entries])
+
+    async def cancel(self, job_id: str) -> str:
+        outcome = await self.bus.request_cancel(job_id)
+        if outcome == "unknown":
+            raise JobNotFound(f"job {job_id} does not exist (never submitted, or expired)")
+        if outcome == "cancelled":
+            await self.backend.revoke(job_id)
+        return outcome
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    async def result(self, job_id: str, wait_s: float | None) -> RunResult:
+        return (await self.gather([job_id], wait_s))[0]
+
+    async def gather(self, job_ids: list[str], wait_s: float | None) -> list[RunResult]:
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        return await self.fan_in.results(job_ids, deadline)
+
+    # -- observers ----------------------------------------------------------------------------
+
+    def observe(self, job_id: str, session_id: str, observer: StateObserver) -> None:
+        """Deliver the job's trace records to ``observer`` (callable from any thread)."""
+        coroutine = self._follow_trace(job_id, session_id, observer)
+        if self.loop.in_loop_thread:
+            task = asyncio.get_running_loop().create_task(coroutine)
+            self._followers.add(task)
+            task.add_done_callback(self._followers.discard)
+        else:
+            self.loop.submit(coroutine)
+
+    async def _follow_trace(self, job_id: str, session_id: str, observer: StateObserver) -> None:
+        try:
+            await self._deliver_trace(job_id, session_id, observer)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("following the trace of job %s for %r failed", job_id, observer)
+
+    async def _deliver_trace(self, job_id: str, session_id: str, observer: StateObserver) -> None:
+        after = START
+        while True:
+            entries = await self.bus.read_trace(session_id, after, block_s=1.0)
+            for entry in entries:
+                after = entry.id
+                if entry.data.get("job_id") == job_id:
+                    _notify(observer, entry.data["record"])
+            if entries:
+                continue
+            info = (await self.bus.get_info([job_id]))[0]
+            if info is None or info.finished:
+                for entry in await self.bus.read_trace(session_id, after):
+                    if entry.data.get("job_id") == job_id:
+                        _notify(observer, entry.data["record"])
+                return
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._backend is not None:
+            with contextlib.suppress(Exception):
+                self.loop.call(self._backend.close(), timeout=10)
+            self._backend = None
+        self.loop.stop()
+
+
+def _notify(observer: StateObserver, record: dict[str, object]) -> None:
+    try:
+        observer.on_event(dict(record))
+    except Exception:
+        logger.exception("state observer %r raised; it keeps receiving records", observer)

@@ -1,0 +1,240 @@
+"""MemoryBus: the job bus for embedded mode, in this process, with the RedisBus's semantics.
+
+Used from one event loop (the dispatcher's). Streams wake blocked readers on every append;
+finished jobs are forgotten after the retention, like Redis keys expiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatch.engine.bus import (
+    EVENT_PAGE,
+    START,
+    CancelOutcome,
+    StartDecision,
+    StreamEntry,
+    cancelled_before_start,
+    event_entry,
+    lifecycle_entry,
+    rejected,
+    result_dict,
+)
+from dispatch.fleet.keys import Keys
+from dispatch.info import TERMINAL_STATUSES, JobInfo, job_fields
+from dispatch.spec import JobSpec
+from rho_agent.events import RunResult
+
+
+@dataclass
+class _Stream:
+    entries: list[StreamEntry] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def append(self, data: dict[str, Any]) -> str:
+        entry_id = f"{len(self.entries) + 1}-0"
+        self.entries.append(StreamEntry(entry_id, data))
+        self.changed.set()
+        self.changed = asyncio.Event()
+        return entry_id
+
+    def after(self, position: str, count: int) -> list[StreamEntry]:
+        start = int(position.split("-", 1)[0]) if position not in ("", "$") else len(self.entries)
+        return self.entries[start : start + count]
+
+
+class MemoryBus:
+    """An in-process JobBus; ``retention_s`` bounds how long finished jobs are kept."""
+
+    def __init__(self, keys: Keys | None = None, *, retention_s: float = 3600.0) -> None:
+        self._keys = keys or Keys()
+        self._retention_s = retention_s
+        self._jobs: dict[str, dict[str, str]] = {}
+        self._streams: dict[str, _Stream] = {}
+        self._cancel_flags: set[str] = set()
+        self._owners: dict[str, str] = {}
+        self._sessions: dict[str, dict[str, str]] = {}
+
+    # -- dispatcher side ----------------------------------------------------------------------
+
+    async def submit(self, specs: Sequence[JobSpec], queue: str) -> None:
+        self._forget_expired()
+        for spec in specs:
+            self._jobs[spec.job_id] = job_fields(spec, queue=queue)
+
+    async def get_info(self, job_ids: Sequence[str]) -> list[JobInfo | None]:
+        return [
+            JobInfo.from_fields(job_id, self._jobs[job_id]) if job_id in self._jobs else None
+            for job_id in job_ids
+        ]
+
+    async def get_results(self, job_ids: Sequence[str]) -> list[RunResult | None]:
+        raws = [self._jobs.get(job_id, {}).get("result") for job_id in job_ids]
+        return [RunResult.from_dict(json.loads(raw)) if raw else None for raw in raws]
+
+    async def recent_jobs(self, limit: int) -> list[str]:
+        ordered = sorted(self._jobs, key=lambda job: float(self._jobs[job]["submitted_at"]))
+        return list(reversed(ordered))[:limit]
+
+    async def request_cancel(self, job_id: str) -> CancelOutcome:
+        fields = self._jobs.get(job_id)
+        if fields is None:
+            return "unknown"
+        if fields["status"] in TERMINAL_STATUSES:
+            return "finished"
+        if fields["status"] == "queued":
+            result = cancelled_before_start()
+            self._stream(self._keys.events(job_id)).append(event_entry(result.events[0]))
+            self._write_finish(job_id, fields, result, None)
+            return "cancelled"
+        self._cancel_flags.add(job_id)
+        self._stream(self._keys.cancels()).append({"job_id": job_id})
+        return "requested"
+
+    async def read_done(self, dispatcher_id: str, after: str, block_s: float) -> list[StreamEntry]:
+        return await self._read(self._keys.done(dispatcher_id), after, block_s, 10_000)
+
+    async def read_events(
+        self, job_id: str, after: str = START, block_s: float = 0.0, count: int = EVENT_PAGE
+    ) -> list[StreamEntry]:
+        return await self._read(self._keys.events(job_id), after, block_s, count)
+
+    async def read_trace(
+        self, session_id: str, after: str = START, block_s: float = 0.0
+    ) -> list[StreamEntry]:
+        return await self._read(self._keys.trace(session_id), after, block_s, 1_000_000)
+
+    async def close(self) -> None:
+        return None
+
+    # -- runner side --------------------------------------------------------------------------
+
+    async def start(self, spec: JobSpec, worker: str, lease_ms: int) -> StartDecision:
+        fields = self._jobs.get(spec.job_id)
+        if fields is None:
+            return StartDecision("skip", detail="unknown job (expired or never submitted)")
+        if fields["status"] != "queued":
+            return StartDecision("skip", detail=f"already {fields['status']}")
+        attempt = int(fields.get("attempt") or 0) + 1
+        fields.update(status="running", worker=worker, attempt=str(attempt))
+        fields.setdefault("started_at", repr(time.time()))
+        kind = "started" if attempt == 1 else "restarted"
+        self._stream(self._keys.events(spec.job_id)).append(
+            lifecycle_entry(kind, attempt=attempt, worker=worker)
+        )
+        if spec.job_id in self._cancel_flags:
+            return StartDecision("cancelled", attempt)
+        owner = self._owners.get(spec.session_id)
+        if owner and owner != spec.job_id and self._active(owner):
+            return StartDecision("busy", attempt, owner)
+        self._owners[spec.session_id] = spec.job_id
+        return StartDecision("run", attempt)
+
+    async def get_fields(self, job_id: str) -> dict[str, str]:
+        return dict(self._jobs.get(job_id, {}))
+
+    async def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
+        self._jobs.setdefault(job_id, {}).update(fields)
+
+    def emit_event(self, job_id: str, entry: dict[str, Any]) -> None:
+        self._stream(self._keys.events(job_id)).append(entry)
+
+    def emit_trace(self, session_id: str, job_id: str, record: dict[str, Any]) -> None:
+        self._stream(self._keys.trace(session_id)).append({"job_id": job_id, "record": record})
+
+    def emit_progress(self, job_id: str, fields: Mapping[str, str]) -> None:
+        self._jobs.setdefault(job_id, {}).update(fields)
+
+    def emit_session(self, session_id: str, fields: Mapping[str, str], *, new: bool) -> None:
+        self._sessions.setdefault(session_id, {}).update(fields)
+
+    async def flush(self) -> None:
+        return None
+
+    async def finish(
+        self, spec: JobSpec, attempt: int, result: RunResult, error: str | None
+    ) -> bool:
+        fields = self._jobs.get(spec.job_id)
+        if fields is None or fields.get("attempt") != str(attempt):
+            return False
+        if fields["status"] in TERMINAL_STATUSES:
+            return False
+        if self._owners.get(spec.session_id) == spec.job_id:
+            del self._owners[spec.session_id]
+        self._cancel_flags.discard(spec.job_id)
+        self._write_finish(spec.job_id, fields, result, error)
+        return True
+
+    async def reject(self, job_id: str, error: str) -> bool:
+        fields = self._jobs.get(job_id)
+        if fields is None or fields["status"] != "queued":
+            return False
+        result = rejected(error)
+        self._stream(self._keys.events(job_id)).append(event_entry(result.events[0]))
+        self._write_finish(job_id, fields, result, error)
+        return True
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        return job_id in self._cancel_flags
+
+    async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]:
+        stream = self._stream(self._keys.cancels())
+        if after == "$":
+            after = f"{len(stream.entries)}-0"
+        entries = await self._read(self._keys.cancels(), after, block_s, 1000)
+        position = entries[-1].id if entries else after
+        return position, [str(entry.data["job_id"]) for entry in entries]
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _stream(self, key: str) -> _Stream:
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream()
+        return stream
+
+    async def _read(self, key: str, after: str, block_s: float, count: int) -> list[StreamEntry]:
+        stream = self._stream(key)
+        entries = stream.after(after, count)
+        if entries or block_s <= 0:
+            return entries
+        try:
+            await asyncio.wait_for(stream.changed.wait(), block_s)
+        except TimeoutError:
+            return []
+        return stream.after(after, count)
+
+    def _write_finish(
+        self, job_id: str, fields: dict[str, str], result: RunResult, error: str | None
+    ) -> None:
+        fields.update(
+            status=result.status if error is None else "error",
+            result=json.dumps(result_dict(result)),
+            error=error or "",
+            finished_at=repr(time.time()),
+        )
+        self._stream(self._keys.events(job_id)).append(
+            lifecycle_entry("finished", status=fields["status"])
+        )
+        if fields.get("dispatcher"):
+            done = {"job_id": job_id, "result": result_dict(result)}
+            self._stream(self._keys.done(fields["dispatcher"])).append(done)
+
+    def _active(self, job_id: str) -> bool:
+        return self._jobs.get(job_id, {}).get("status") in ("queued", "running")
+
+    def _forget_expired(self) -> None:
+        cutoff = time.time() - self._retention_s
+        expired = [
+            job_id
+            for job_id, fields in self._jobs.items()
+            if float(fields.get("finished_at") or "inf") < cutoff
+        ]
+        for job_id in expired:
+            del self._jobs[job_id]
+            self._streams.pop(self._keys.events(job_id), None)

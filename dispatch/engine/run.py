@@ -1,0 +1,375 @@
+"""JobRun: run one JobSpec against a job bus. The one code path for embedded mode and workers.
+
+A run claims the job (``bus.start``), rebuilds the session from its trace when it continues one or
+resumes after a crash, runs the remaining prompts with every event and trace record going to the
+bus as it happens, and finishes the job exactly once. Failures become a job status and an
+``error`` event; only an outside cancellation (worker shutdown) escapes, leaving the job to be
+resumed elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from dispatch.engine.bus import RunnerBus, cancelled_before_start, entry_event, event_entry
+from dispatch.engine.ceiling import check_ceiling
+from dispatch.errors import FleetError
+from dispatch.spec import JobSpec
+from rho_agent.agent import Agent
+from rho_agent.config import AgentConfig
+from rho_agent.errors import RhoAgentError, SessionNotFound
+from rho_agent.events import AgentEvent, RunResult
+from rho_agent.permissions.profile import PermissionProfile
+from rho_agent.session import Session
+from rho_agent.state import USAGE_KEYS, State, empty_usage
+
+logger = logging.getLogger("dispatch.engine.run")
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """How a host runs jobs: its name, lease length, profile ceiling, time limit, attempts."""
+
+    worker: str = "embedded"
+    lease_ms: int = 30_000
+    max_profile: PermissionProfile | None = None
+    default_timeout_s: float | None = None
+    max_attempts: int = 3
+    agent_factory: Callable[[AgentConfig], Agent] = Agent
+
+
+@dataclass
+class JobOutcome:
+    """What a run did; ``compact()`` is the summary a Celery task returns (Flower shows it)."""
+
+    job_id: str
+    status: str
+    attempt: int = 0
+    worker: str = ""
+    error: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    turns: int = 0
+
+    def compact(self) -> dict[str, Any]:
+        summary = {
+            "job_id": self.job_id,
+            "status": self.status,
+            "attempt": self.attempt,
+            "worker": self.worker,
+            "turns": self.turns,
+            "input_tokens": int(self.usage.get("input_tokens", 0)),
+            "output_tokens": int(self.usage.get("output_tokens", 0)),
+            "cost_usd": round(float(self.usage.get("cost_usd", 0.0)), 6),
+        }
+        if self.error:
+            key = "reason" if self.status in ("skipped", "superseded") else "error"
+            summary[key] = self.error[:300]
+        return summary
+
+
+class AgentCache:
+    """Agents keep no run state, so jobs with the same config share one.
+
+    Building an Agent (profile, tool registry, system prompt) costs milliseconds; a fan-out of a
+    thousand jobs with one config builds it once. The least recently used of ``size`` are kept.
+    """
+
+    def __init__(self, factory: Callable[[AgentConfig], Agent], size: int = 64) -> None:
+        self._factory = factory
+        self._size = size
+        self._agents: OrderedDict[str, Agent] = OrderedDict()
+
+    def get(self, spec: JobSpec) -> Agent:
+        key = json.dumps(spec.config, sort_keys=True, separators=(",", ":"))
+        agent = self._agents.get(key)
+        if agent is None:
+            agent = self._agents[key] = self._factory(spec.agent_config())
+            if len(self._agents) > self._size:
+                self._agents.popitem(last=False)
+        else:
+            self._agents.move_to_end(key)
+        return agent
+
+
+class _BusSink:
+    """A TraceSink that sends each record to the job bus (queued, never blocking)."""
+
+    def __init__(self, bus: RunnerBus, session_id: str, job_id: str) -> None:
+        self._bus, self._session_id, self._job_id = bus, session_id, job_id
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._bus.emit_trace(self._session_id, self._job_id, record)
+
+    def close(self) -> None:
+        return None
+
+
+class JobRun:
+    """One attempt at one job. ``cancel()`` may be called at any time from the same loop."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        bus: RunnerBus,
+        options: RunnerOptions,
+        agents: AgentCache | None = None,
+    ) -> None:
+        self.spec = spec
+        self._bus = bus
+        self._options = options
+        self._agents = agents or AgentCache(options.agent_factory, size=1)
+        self._attempt = 0
+        self._cancelled = False
+        self._timed_out = False
+        self._turns = 0
+        self._base_runs = 0
+        self._base_usage: dict[str, Any] = empty_usage()
+        self._session: Session | None = None
+        self._finished = False
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id
+
+    @property
+    def attempt(self) -> int:
+        """The attempt this run owns (0 until it has claimed the job)."""
+        return self._attempt
+
+    def progress(self) -> dict[str, Any] | None:
+        """Turns, tokens and cost so far (None before the session exists or after the end)."""
+        if self._session is None or self._finished:
+            return None
+        usage = self._job_usage(self._session.state)
+        return {
+            "turns": self._turns,
+            "input_tokens": int(usage["input_tokens"]),
+            "output_tokens": int(usage["output_tokens"]),
+            "cost_usd": round(float(usage["cost_usd"]), 6),
+        }
+
+    def cancel(self) -> None:
+        """Stop the job soon (the session polls this flag; model streams and tools are cut)."""
+        self._cancelled = True
+
+    async def run(self) -> JobOutcome:
+        """Claim, run and finish the job; returns a ``skipped`` outcome if it is not ours."""
+        options = self._options
+        decision = await self._bus.start(self.spec, options.worker, options.lease_ms)
+        self._attempt = decision.attempt
+        if decision.action == "skip":
+            return JobOutcome(self.job_id, "skipped", worker=options.worker, error=decision.detail)
+        if decision.action == "cancelled":
+            return await self._finish(cancelled_before_start(), None)
+        if decision.action == "busy":
+            return await self._fail(
+                f"session {self.spec.session_id} is in use by job {decision.detail}; wait for "
+                "that job's result before submitting another job on the same session"
+            )
+        if self._attempt > options.max_attempts:
+            return await self._fail(
+                f"gave up after {options.max_attempts} attempts: the workers running this job "
+                "stopped each time (see the worker logs)"
+            )
+        return await self._run_claimed()
+
+    async def _run_claimed(self) -> JobOutcome:
+        timer = self._start_timer()
+        try:
+            session = await self._open_session()
+            result = await self._run_prompts(session)
+        except (RhoAgentError, FleetError) as exc:
+            return await self._fail(str(exc))
+        except Exception as exc:
+            logger.exception("job %s failed", self.job_id)
+            return await self._fail(f"{type(exc).__name__}: {exc}")
+        finally:
+            if timer is not None:
+                timer.cancel()
+            await self._close_session()
+        if self._timed_out:
+            limit = self.spec.timeout_s or self._options.default_timeout_s
+            return await self._finish(result, f"job timed out after {limit:g} s")
+        return await self._finish(result, None)
+
+    # -- session ------------------------------------------------------------------------------
+
+    async def _open_session(self) -> Session:
+        spec = self.spec
+        agent = self._agents.get(spec)
+        check_ceiling(agent.profile, self._options.max_profile)
+        records: list[dict[str, Any]] = []
+        if spec.continue_session or self._attempt > 1:
+            entries = await self._bus.read_trace(spec.session_id)
+            records = [entry.data["record"] for entry in entries]
+            if spec.continue_session and not records:
+                raise SessionNotFound(
+                    f"session {spec.session_id} has no trace in the job store (never created, or "
+                    "expired after the retention period); start a new session instead"
+                )
+        sink = _BusSink(self._bus, spec.session_id, self.job_id)
+        if records:
+            session = Session(agent, state=State.from_records(records), sinks=[sink])
+        else:
+            self._bus.emit_session(
+                spec.session_id,
+                {
+                    "created_at": datetime.now(UTC).isoformat(),
+                    "model": agent.config.model,
+                    "profile": agent.profile.name,
+                    "first_prompt": spec.prompts[0][:200],
+                    "config": json.dumps(spec.config),
+                },
+                new=True,
+            )
+            session = Session(agent, session_id=spec.session_id, sinks=[sink])
+        session.cancel_check = lambda: self._cancelled
+        self._session = session
+        await self._load_baseline(session.state)
+        return session
+
+    async def _load_baseline(self, state: State) -> None:
+        """Usage and run count before this job, so progress and resume count only this job.
+
+        Only a continued session has a non-zero baseline, so only it costs a write.
+        """
+        if self._attempt > 1:
+            fields = await self._bus.get_fields(self.job_id)
+            self._turns = int(fields.get("turns") or 0)
+            if "base_runs" in fields:
+                self._base_runs = int(fields["base_runs"])
+                self._base_usage = json.loads(fields["base_usage"])
+                return
+            if not self.spec.continue_session:
+                return  # a new session: its baseline is zero
+        if self.spec.continue_session:
+            self._base_runs = state.run_count
+            self._base_usage = dict(state.usage)
+            await self._bus.set_fields(
+                self.job_id,
+                {"base_runs": str(self._base_runs), "base_usage": json.dumps(self._base_usage)},
+            )
+
+    async def _close_session(self) -> None:
+        if self._session is not None:
+            try:
+                await self._session.close()
+            except Exception:
+                logger.exception("closing the session of job %s failed", self.job_id)
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def _run_prompts(self, session: Session) -> RunResult:
+        done = session.state.run_count - self._base_runs
+        results: list[RunResult] = []
+        if session.state.has_unfinished_run:
+            results.append(await session.resume_run(on_event=self._on_event))
+            done += 1
+        for prompt in self.spec.prompts[done:]:
+            if results and results[-1].status != "completed":
+                break
+            results.append(await session.run(prompt, on_event=self._on_event))
+        prior = await self._prior_events() if self._attempt > 1 else []
+        return self._combine(session.state, prior, results)
+
+    def _on_event(self, event: AgentEvent) -> None:
+        self._bus.emit_event(self.job_id, event_entry(event))
+        if event.type == "api_call_complete" and self._session is not None:
+            self._turns += 1
+            usage = self._job_usage(self._session.state)
+            self._bus.emit_progress(
+                self.job_id,
+                {
+                    "turns": str(self._turns),
+                    "input_tokens": str(usage["input_tokens"]),
+                    "output_tokens": str(usage["output_tokens"]),
+                    "cost_usd": repr(usage["cost_usd"]),
+                },
+            )
+
+    async def _prior_events(self) -> list[AgentEvent]:
+        """Events earlier attempts streamed, up to this attempt's restart marker (included)."""
+        events: list[AgentEvent] = []
+        for entry in await self._bus.read_events(self.job_id, count=1_000_000):
+            event = entry_event(entry)
+            if event is not None:
+                events.append(event)
+            if entry.data.get("kind") == "job" and entry.data.get("attempt") == self._attempt:
+                break
+        return events
+
+    def _job_usage(self, state: State) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            key: int(state.usage[key]) - int(self._base_usage.get(key, 0)) for key in USAGE_KEYS
+        }
+        usage["cost_usd"] = float(state.usage["cost_usd"]) - float(
+            self._base_usage.get("cost_usd", 0.0)
+        )
+        return usage
+
+    def _combine(
+        self, state: State, prior: list[AgentEvent], results: list[RunResult]
+    ) -> RunResult:
+        if not results:  # every prompt had run before a restart: the trace has the last result
+            last_end = next((r for r in reversed(state.records) if r["type"] == "run_end"), {})
+            return RunResult(
+                text=str(last_end.get("text") or ""),
+                events=prior,
+                status=str(last_end.get("status") or state.status),
+                usage=self._job_usage(state),
+            )
+        events = prior + [event for result in results for event in result.events]
+        last = results[-1]
+        return RunResult(
+            text=last.text, events=events, status=last.status, usage=self._job_usage(state)
+        )
+
+    def _start_timer(self) -> asyncio.TimerHandle | None:
+        limit = self.spec.timeout_s or self._options.default_timeout_s
+        if not limit:
+            return None
+        return asyncio.get_running_loop().call_later(limit, self._time_out)
+
+    def _time_out(self) -> None:
+        self._timed_out = True
+        self._cancelled = True
+
+    # -- finishing ----------------------------------------------------------------------------
+
+    async def _fail(self, message: str) -> JobOutcome:
+        event = AgentEvent(type="error", content=message)
+        self._bus.emit_event(self.job_id, event_entry(event))
+        return await self._finish(RunResult(text="", events=[event], status="error"), message)
+
+    async def _finish(self, result: RunResult, error: str | None) -> JobOutcome:
+        self._finished = True
+        status = result.status if error is None else "error"
+        if self._session is not None:
+            state_status = self._session.state.status
+            self._bus.emit_session(self.spec.session_id, {"status": state_status}, new=False)
+        if error is not None and result.status != "error":
+            result = RunResult(
+                text=result.text, events=result.events, status="error", usage=result.usage
+            )
+        owned = await self._bus.finish(self.spec, self._attempt, result, error)
+        outcome_status = status if owned else "superseded"
+        if not owned:
+            logger.warning(
+                "job %s attempt %s lost its lease; result dropped", self.job_id, self._attempt
+            )
+        return JobOutcome(
+            self.job_id,
+            outcome_status,
+            attempt=self._attempt,
+            worker=self._options.worker,
+            error=error,
+            usage=dict(result.usage),
+            turns=self._turns,
+        )

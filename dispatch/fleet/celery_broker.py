@@ -1,0 +1,132 @@
+"""CeleryBroker: sends jobs to the fleet's Celery queue by task name (never importing workers).
+
+``celery_config`` is the one place the Celery settings both sides must agree on live (JSON only,
+queue, transport options); the worker app builds on it. Celery is imported lazily so the SDK and
+embedded mode work without the ``fleet`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from dispatch.errors import FleetUnavailable
+from dispatch.settings import FleetSettings
+from dispatch.spec import JobSpec
+
+RUN_JOB_TASK = "rho_agent.run_job"
+"""The name of the Celery task that runs a JobSpec (registered by ``workers``)."""
+
+_REPR_PROMPT = 80
+_CHUNK = 100
+_SEND_THREADS = 8
+
+
+def require_fleet_extra() -> None:
+    """Fail with the fix when celery or redis is not installed."""
+    missing = [name for name in ("celery", "redis") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise FleetUnavailable(
+            f"the fleet needs {' and '.join(missing)}, which are not installed; "
+            "install them with: pip install 'rho-agent[fleet]'"
+        )
+
+
+def celery_config(settings: FleetSettings) -> dict[str, Any]:
+    """Celery settings shared by dispatchers and workers."""
+    return {
+        "broker_url": settings.broker_url,
+        **_transport_for(settings.broker_url),
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_default_queue": settings.queue,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "broker_connection_retry_on_startup": True,
+        "enable_utc": True,
+    }
+
+
+def _transport_for(broker_url: str | None) -> dict[str, str]:
+    """Our leaner subclass of kombu's Redis transport for plain ``redis://`` URLs; Celery's
+    default for anything else (TLS, sentinel)."""
+    if broker_url and broker_url.startswith("redis://"):
+        from dispatch.fleet.transport import TRANSPORT_PATH
+
+        return {"broker_transport": TRANSPORT_PATH}
+    return {}
+
+
+def task_kwargsrepr(spec: JobSpec) -> str:
+    """What Flower shows as the job's arguments: readable, short, never a secret."""
+    prompt = spec.prompts[0]
+    if len(prompt) > _REPR_PROMPT:
+        prompt = prompt[: _REPR_PROMPT - 1] + "…"
+    shown: dict[str, Any] = {
+        "prompt": prompt,
+        "model": spec.model,
+        "profile": spec.profile_label,
+        "session_id": spec.session_id,
+    }
+    if len(spec.prompts) > 1:
+        shown["runs"] = len(spec.prompts)
+    if spec.labels:
+        shown["labels"] = spec.labels
+    return repr(shown)
+
+
+class CeleryBroker:
+    """Publishes JobSpecs as Celery tasks (blocking I/O: call it from a worker thread)."""
+
+    def __init__(self, settings: FleetSettings) -> None:
+        require_fleet_extra()
+        from celery import Celery
+
+        self.settings = settings
+        self._pool: ThreadPoolExecutor | None = None
+        self.app = Celery("rho-agent-dispatch", set_as_current=False)
+        self.app.conf.update(celery_config(settings))
+
+    def send(self, specs: Sequence[JobSpec], *, attempt_suffix: str = "") -> None:
+        """Publish every spec (task id = job id + suffix).
+
+        A publish waits for Redis to answer, so a large fan-out is split over a few threads,
+        each with its own producer connection: the round trips overlap instead of adding up.
+        """
+        chunks = [specs[start : start + _CHUNK] for start in range(0, len(specs), _CHUNK)]
+        if len(chunks) <= 1:
+            self._send_chunk(specs, attempt_suffix)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_SEND_THREADS, thread_name_prefix="rho-send")
+        futures = [self._pool.submit(self._send_chunk, chunk, attempt_suffix) for chunk in chunks]
+        for future in futures:
+            future.result()
+
+    def _send_chunk(self, specs: Sequence[JobSpec], attempt_suffix: str) -> None:
+        with self.app.producer_or_acquire() as producer:
+            for spec in specs:
+                self.app.send_task(
+                    RUN_JOB_TASK,
+                    kwargs={"spec": spec.encode()},
+                    task_id=spec.job_id + attempt_suffix,
+                    queue=spec.queue or self.settings.queue,
+                    priority=spec.priority,
+                    producer=producer,
+                    argsrepr="()",
+                    kwargsrepr=task_kwargsrepr(spec),
+                )
+
+    def revoke(self, task_id: str) -> None:
+        """Tell every worker to drop this task if it arrives (Flower then shows it revoked)."""
+        self.app.control.revoke(task_id)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.app.close()

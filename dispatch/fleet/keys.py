@@ -1,0 +1,105 @@
+"""Every Redis key the fleet uses, named in one place.
+
+All keys share one configurable prefix (``rho:`` by default) so several fleets, or several test
+runs, can share a Redis database. Everything a job writes expires after the retention period.
+
+=====================================  ===========  ==============================================
+key                                    type         what
+=====================================  ===========  ==============================================
+``{p}job:{id}``                        hash         status, session id, timing, usage, cost, worker
+``{p}job:{id}:events``                 stream       the job's AgentEvents and lifecycle entries
+``{p}job:{id}:cancel``                 string       set when someone asked to cancel the job
+``{p}session:{id}:trace``              stream       trace records: the session's State, exactly
+``{p}session:{id}:owner``              string       id of the job currently running the session
+``{p}session:{id}``                    hash         session summary for ``RedisSessionStore.list``
+``{p}sessions``                        sorted set   session ids by creation time
+``{p}jobs``                            sorted set   job ids by submission time (``rho-agent jobs``)
+``{p}leases``                          sorted set   running job ids by lease expiry (ms)
+``{p}cancels``                         stream       cancel requests, read by every worker
+``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in
+``{p}sweeper``                         string       lock so one sweeper runs per interval
+=====================================  ===========  ==============================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dispatch.errors import SettingsError
+
+DEFAULT_PREFIX = "rho:"
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds key names for one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.match(self.prefix):
+            raise SettingsError(
+                f"Redis key prefix {self.prefix!r} is invalid: use 1-64 letters, digits or "
+                "'_.:-' (for example 'rho:')"
+            )
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:events"
+
+    def cancel(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:cancel"
+
+    def trace(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}:trace"
+
+    def session_owner(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}:owner"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}"
+
+    def sessions(self) -> str:
+        return f"{self.prefix}sessions"
+
+    def jobs(self) -> str:
+        return f"{self.prefix}jobs"
+
+    def leases(self) -> str:
+        return f"{self.prefix}leases"
+
+    def cancels(self) -> str:
+        return f"{self.prefix}cancels"
+
+    def done(self, dispatcher_id: str) -> str:
+        return f"{self.prefix}dispatcher:{dispatcher_id}:done"
+
+    def sweeper_lock(self) -> str:
+        return f"{self.prefix}sweeper"
+
+    def worker(self, name: str) -> str:
+        """The last heartbeat of one worker (hash)."""
+        return f"{self.prefix}worker:{name}"
+
+    def workers(self) -> str:
+        """Worker names scored by their last beat in Redis server ms (sorted set)."""
+        return f"{self.prefix}workers"
+
+    # Prefixes for the Lua scripts, which build a few names themselves (agree with the above).
+
+    def job_prefix(self) -> str:
+        return f"{self.prefix}job:"
+
+    def session_prefix(self) -> str:
+        return f"{self.prefix}session:"
+
+    def dispatcher_prefix(self) -> str:
+        return f"{self.prefix}dispatcher:"
+
+    def pattern(self) -> str:
+        """A ``SCAN MATCH`` pattern for every key of this prefix (for cleanup)."""
+        return f"{self.prefix}*"

@@ -1,0 +1,210 @@
+"""Every Lua script of the fleet: the Redis job state machine, leases, hand-backs, heartbeats.
+
+Each script is one atomic step. Times come from the Redis server (``TIME``), so leases do not
+depend on the workers' clocks.
+Stream entries are JSON in the field ``d``. The scripts build a few key names from prefixes
+passed as arguments (one Redis server, not Redis Cluster).
+"""
+
+from __future__ import annotations
+
+_NOW = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+"""
+
+# The done-stream entry: the job id, with the result inline when it is small (ARGV[4] is JSON).
+_DONE_ENTRY = """
+local function done_entry(job_id, result_json)
+  if string.len(result_json) <= 65536 then
+    return '{"job_id":' .. cjson.encode(job_id) .. ',"result":' .. result_json .. '}'
+  end
+  return cjson.encode({job_id = job_id})
+end
+"""
+
+# KEYS: job, events, cancel flag, session owner, leases
+# ARGV: job_id, worker, lease_ms, retention_s, events maxlen, job key prefix
+START = (
+    _NOW
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'skip', 0, 'unknown job (expired or never submitted)'} end
+if status == 'running' then
+  local lease = redis.call('ZSCORE', KEYS[5], ARGV[1])
+  if lease and tonumber(lease) > now_ms then return {'skip', 0, 'running elsewhere'} end
+elseif status ~= 'queued' then
+  return {'skip', 0, 'already ' .. status}
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'started_at', now_s)
+redis.call('ZADD', KEYS[5], now_ms + tonumber(ARGV[3]), ARGV[1])
+local kind = 'started'
+if attempt > 1 then kind = 'restarted' end
+local entry = cjson.encode({kind = 'job', type = kind, attempt = attempt, worker = ARGV[2]})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'd', entry)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'cancelled', attempt, ''} end
+local owner = redis.call('GET', KEYS[4])
+if owner and owner ~= ARGV[1] then
+  local owner_status = redis.call('HGET', ARGV[6] .. owner, 'status')
+  if owner_status == 'queued' or owner_status == 'running' then
+    return {'busy', attempt, owner}
+  end
+end
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4])
+return {'run', attempt, ''}
+"""
+)
+
+# KEYS: job, events, leases, session owner, cancel flag
+# ARGV: job_id, attempt, status, result json, error, retention_s, events maxlen, done key prefix
+FINISH = (
+    _NOW
+    + _DONE_ENTRY
+    + """
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4], 'error', ARGV[5],
+  'finished_at', now_s)
+local entry = cjson.encode({kind = 'job', type = 'finished', status = ARGV[3]})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'd', entry)
+redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+redis.call('DEL', KEYS[5])
+local dispatcher = redis.call('HGET', KEYS[1], 'dispatcher')
+if dispatcher and dispatcher ~= '' then
+  local done = ARGV[8] .. dispatcher .. ':done'
+  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', done_entry(ARGV[1], ARGV[4]))
+  redis.call('EXPIRE', done, ARGV[6])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
+)
+
+# Cancel a job, or (mode 'reject') fail a job that was never started because its payload was bad.
+# KEYS: job, events, cancel flag, cancels stream, leases
+# ARGV: job_id, retention_s, events maxlen, result json, event entry json,
+#       done key prefix, session key prefix, mode ('cancel' or 'reject'), error text
+CANCEL = (
+    _NOW
+    + _DONE_ENTRY
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'unknown' end
+if status == 'running' and ARGV[8] == 'cancel' then
+  redis.call('SET', KEYS[3], '1', 'EX', ARGV[2])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 'd', cjson.encode({job_id = ARGV[1]}))
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+  return 'requested'
+end
+if status ~= 'queued' then return 'finished' end
+local final = 'cancelled'
+if ARGV[8] == 'reject' then final = 'error' end
+redis.call('HSET', KEYS[1], 'status', final, 'result', ARGV[4], 'error', ARGV[9],
+  'finished_at', now_s)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[5])
+local entry = cjson.encode({kind = 'job', type = 'finished', status = final})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', entry)
+redis.call('ZREM', KEYS[5], ARGV[1])
+local owner_key = ARGV[7] .. redis.call('HGET', KEYS[1], 'session_id') .. ':owner'
+if redis.call('GET', owner_key) == ARGV[1] then redis.call('DEL', owner_key) end
+local dispatcher = redis.call('HGET', KEYS[1], 'dispatcher')
+if dispatcher and dispatcher ~= '' then
+  local done = ARGV[6] .. dispatcher .. ':done'
+  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', done_entry(ARGV[1], ARGV[4]))
+  redis.call('EXPIRE', done, ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return final
+"""
+)
+
+# KEYS: leases. ARGV: job key prefix, lease_ms, then job id / attempt pairs.
+# Renews the jobs this worker still owns; returns the ids it no longer owns (taken over).
+RENEW = (
+    _NOW
+    + """
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local key = ARGV[1] .. ARGV[i]
+  local status = redis.call('HGET', key, 'status')
+  if status == 'running' and redis.call('HGET', key, 'attempt') == ARGV[i + 1] then
+    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[i])
+  elseif status == 'running' or status == 'queued' then
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+)
+
+# KEYS: leases. ARGV: job key prefix, requeue grace ms, max jobs per sweep.
+# Marks every job whose lease lapsed as queued again (with a grace lease, so a failed re-send is
+# retried after the grace) and returns job id, spec json and attempt for each, flattened.
+CLAIM_LAPSED = (
+    _NOW
+    + """
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, job in ipairs(lapsed) do
+  local key = ARGV[1] .. job
+  local status = redis.call('HGET', key, 'status')
+  if status == 'running' or status == 'queued' then
+    redis.call('HSET', key, 'status', 'queued')
+    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), job)
+    table.insert(out, job)
+    table.insert(out, redis.call('HGET', key, 'spec') or '')
+    table.insert(out, redis.call('HGET', key, 'attempt') or '0')
+  else
+    redis.call('ZREM', KEYS[1], job)
+  end
+end
+return out
+"""
+)
+
+# KEYS: leases. ARGV: job key prefix, requeue grace ms, events maxlen, worker, then job id /
+# attempt pairs. Marks this worker's running jobs queued again (a hand-back at shutdown) and
+# returns job id, spec json and attempt for each, flattened.
+HAND_BACK = (
+    _NOW
+    + """
+local out = {}
+for i = 5, #ARGV, 2 do
+  local job, attempt = ARGV[i], ARGV[i + 1]
+  local key = ARGV[1] .. job
+  local status = redis.call('HGET', key, 'status')
+  if status == 'running' and redis.call('HGET', key, 'attempt') == attempt then
+    redis.call('HSET', key, 'status', 'queued')
+    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), job)
+    local entry = cjson.encode({kind = 'job', type = 'handed_back', attempt = tonumber(attempt),
+      worker = ARGV[4]})
+    redis.call('XADD', key .. ':events', 'MAXLEN', '~', ARGV[3], '*', 'd', entry)
+    table.insert(out, job)
+    table.insert(out, redis.call('HGET', key, 'spec') or '')
+    table.insert(out, attempt)
+  end
+end
+return out
+"""
+)
+
+# KEYS: worker record, workers set. ARGV: record ttl_s, worker name, then hash field / value pairs.
+BEAT = (
+    _NOW
+    + """
+redis.call('HSET', KEYS[1], 'beat_ms', now_ms, unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], now_ms, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - tonumber(ARGV[1]) * 1000)
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return now_ms
+"""
+)

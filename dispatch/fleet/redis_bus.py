@@ -1,0 +1,276 @@
+"""RedisBus: the job bus on Redis (hash per job, streams for events and traces).
+
+Writes from running jobs go through a BatchWriter (never blocking the event loop, never lost);
+state changes that must be atomic (start, finish, cancel) are Lua scripts. One instance belongs to
+one event loop (redis.asyncio connections are bound to the loop that made them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from dispatch.engine.bus import (
+    EVENT_PAGE,
+    START,
+    CancelOutcome,
+    StartAction,
+    StartDecision,
+    StreamEntry,
+    cancelled_before_start,
+    event_entry,
+    rejected,
+    result_dict,
+)
+from dispatch.fleet import lua
+from dispatch.fleet.keys import Keys
+from dispatch.fleet.writer import BatchWriter
+from dispatch.info import JobInfo, job_fields
+from dispatch.settings import FleetSettings
+from dispatch.spec import JobSpec
+from rho_agent.events import RunResult
+
+_INFO_FIELDS = list(JobInfo.model_fields)
+_MAX_CONNECTIONS = 64
+
+
+def decode_entry(raw: str) -> list[dict[str, Any]]:
+    """The items of one stream entry: one JSON object, or a list of them written together."""
+    data = json.loads(raw)
+    return data if isinstance(data, list) else [data]
+
+
+def stream_entries(reply: Any) -> list[StreamEntry]:
+    """The entries of an XREAD reply on one stream (sync or async client), decoded."""
+    if not reply:
+        return []
+    return [
+        StreamEntry(entry_id, item)
+        for entry_id, fields in reply[0][1]
+        for item in decode_entry(fields["d"])
+    ]
+
+
+def queue_submit(pipe: Any, specs: Sequence[JobSpec], settings: FleetSettings, queue: str) -> None:
+    """Queue on ``pipe`` (sync or async) the writes that record ``specs`` as queued jobs."""
+    keys = settings.keys
+    for spec in specs:
+        key = keys.job(spec.job_id)
+        pipe.hset(key, mapping=job_fields(spec, queue=queue))
+        pipe.expire(key, settings.retention_s)
+    if specs:
+        pipe.zadd(keys.jobs(), {spec.job_id: spec.submitted_at for spec in specs})
+        pipe.zremrangebyscore(keys.jobs(), "-inf", specs[-1].submitted_at - settings.retention_s)
+
+
+class RedisBus:
+    """A JobBus on one Redis database."""
+
+    def __init__(self, client: aioredis.Redis, settings: FleetSettings) -> None:
+        self.client = client
+        # redis-py's annotations cannot express decode_responses=True (every reply is str here).
+        self._r: Any = client
+        self.settings = settings
+        self.keys: Keys = settings.keys
+        self._retention = settings.retention_s
+        self._maxlen = settings.events_maxlen
+        self._writer = BatchWriter(client, retention_s=settings.retention_s)
+        self._start = client.register_script(lua.START)
+        self._finish = client.register_script(lua.FINISH)
+        self._cancel = client.register_script(lua.CANCEL)
+
+    @classmethod
+    def from_settings(cls, settings: FleetSettings) -> RedisBus:
+        """Connect to ``settings.bus_url`` (the broker's Redis unless set apart).
+
+        The pool is bounded and blocking: a thousand sessions share a few dozen connections
+        (their writes are batched anyway) and wait for one rather than fail.
+        """
+        if not settings.bus_url:
+            raise ValueError("RedisBus needs a Redis URL (RHO_AGENT_BROKER_URL or REDIS_URL)")
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.bus_url,
+            decode_responses=True,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=60,
+            health_check_interval=30,
+        )
+        return cls(aioredis.Redis(connection_pool=pool), settings)
+
+    # -- dispatcher side ----------------------------------------------------------------------
+
+    async def submit(self, specs: Sequence[JobSpec], queue: str) -> None:
+        pipe: Any = self.client.pipeline(transaction=False)
+        queue_submit(pipe, specs, self.settings, queue)
+        await pipe.execute()
+
+    async def get_info(self, job_ids: Sequence[str]) -> list[JobInfo | None]:
+        pipe: Any = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), _INFO_FIELDS)
+        rows: list[list[str | None]] = await pipe.execute()
+        infos: list[JobInfo | None] = []
+        for job_id, row in zip(job_ids, rows, strict=True):
+            fields = {name: value for name, value in zip(_INFO_FIELDS, row, strict=True) if value}
+            infos.append(JobInfo.from_fields(job_id, fields) if "status" in fields else None)
+        return infos
+
+    async def get_results(self, job_ids: Sequence[str]) -> list[RunResult | None]:
+        pipe: Any = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self.keys.job(job_id), "result")
+        raws: list[str | None] = await pipe.execute()
+        return [RunResult.from_dict(json.loads(raw)) if raw else None for raw in raws]
+
+    async def recent_jobs(self, limit: int) -> list[str]:
+        return list(await self._r.zrevrange(self.keys.jobs(), 0, limit - 1))
+
+    async def request_cancel(self, job_id: str) -> CancelOutcome:
+        outcome = await self._end_queued(job_id, cancelled_before_start(), "cancel", "")
+        return "cancelled" if outcome == "cancelled" else outcome  # type: ignore[return-value]
+
+    async def reject(self, job_id: str, error: str) -> bool:
+        return await self._end_queued(job_id, rejected(error), "reject", error) == "error"
+
+    async def _end_queued(self, job_id: str, result: RunResult, mode: str, error: str) -> str:
+        outcome: str = await self._cancel(
+            keys=[
+                self.keys.job(job_id),
+                self.keys.events(job_id),
+                self.keys.cancel(job_id),
+                self.keys.cancels(),
+                self.keys.leases(),
+            ],
+            args=[
+                job_id,
+                self._retention,
+                self._maxlen,
+                json.dumps(result_dict(result)),
+                json.dumps(event_entry(result.events[0])),
+                self.keys.dispatcher_prefix(),
+                self.keys.session_prefix(),
+                mode,
+                error,
+            ],
+        )
+        return outcome
+
+    async def read_done(self, dispatcher_id: str, after: str, block_s: float) -> list[StreamEntry]:
+        return await self._read(self.keys.done(dispatcher_id), after, block_s, 10_000)
+
+    async def read_events(
+        self, job_id: str, after: str = START, block_s: float = 0.0, count: int = EVENT_PAGE
+    ) -> list[StreamEntry]:
+        return await self._read(self.keys.events(job_id), after, block_s, count)
+
+    async def read_trace(
+        self, session_id: str, after: str = START, block_s: float = 0.0
+    ) -> list[StreamEntry]:
+        key = self.keys.trace(session_id)
+        if block_s > 0:
+            return await self._read(key, after, block_s, 10_000)
+        entries: list[StreamEntry] = []
+        while True:  # page through a long trace without one huge reply
+            page = await self._read(key, after, 0.0, 10_000)
+            entries.extend(page)
+            if len(page) < 10_000:
+                return entries
+            after = page[-1].id
+
+    async def close(self) -> None:
+        await self._writer.close()
+        await self.client.aclose()
+
+    # -- runner side --------------------------------------------------------------------------
+
+    async def start(self, spec: JobSpec, worker: str, lease_ms: int) -> StartDecision:
+        action, attempt, detail = await self._start(
+            keys=[
+                self.keys.job(spec.job_id),
+                self.keys.events(spec.job_id),
+                self.keys.cancel(spec.job_id),
+                self.keys.session_owner(spec.session_id),
+                self.keys.leases(),
+            ],
+            args=[
+                spec.job_id,
+                worker,
+                lease_ms,
+                self._retention,
+                self._maxlen,
+                self.keys.job_prefix(),
+            ],
+        )
+        decided: StartAction = action
+        return StartDecision(decided, int(attempt), str(detail))
+
+    async def get_fields(self, job_id: str) -> dict[str, str]:
+        return dict(await self._r.hgetall(self.keys.job(job_id)))
+
+    async def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
+        await self._r.hset(self.keys.job(job_id), mapping=dict(fields))
+
+    def emit_event(self, job_id: str, entry: dict[str, Any]) -> None:
+        self._writer.xadd(self.keys.events(job_id), entry, self._maxlen)
+
+    def emit_trace(self, session_id: str, job_id: str, record: dict[str, Any]) -> None:
+        self._writer.xadd(self.keys.trace(session_id), {"job_id": job_id, "record": record})
+
+    def emit_progress(self, job_id: str, fields: Mapping[str, str]) -> None:
+        self._writer.hset(self.keys.job(job_id), dict(fields))
+
+    def emit_session(self, session_id: str, fields: Mapping[str, str], *, new: bool) -> None:
+        self._writer.hset(self.keys.session(session_id), dict(fields))
+        if new:
+            self._writer.zadd(self.keys.sessions(), {session_id: time.time()})
+
+    async def flush(self) -> None:
+        await self._writer.flush()
+
+    async def finish(
+        self, spec: JobSpec, attempt: int, result: RunResult, error: str | None
+    ) -> bool:
+        await self._writer.flush()
+        status = result.status if error is None else "error"
+        done = await self._finish(
+            keys=[
+                self.keys.job(spec.job_id),
+                self.keys.events(spec.job_id),
+                self.keys.leases(),
+                self.keys.session_owner(spec.session_id),
+                self.keys.cancel(spec.job_id),
+            ],
+            args=[
+                spec.job_id,
+                attempt,
+                status,
+                json.dumps(result_dict(result), ensure_ascii=False),
+                error or "",
+                self._retention,
+                self._maxlen,
+                self.keys.dispatcher_prefix(),
+            ],
+        )
+        return bool(done)
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        return bool(await self._r.exists(self.keys.cancel(job_id)))
+
+    async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]:
+        key = self.keys.cancels()
+        if after == "$":
+            last = await self._r.xrevrange(key, count=1)
+            after = last[0][0] if last else "0-0"
+        entries = await self._read(key, after, block_s, 1000)
+        position = entries[-1].id if entries else after
+        return position, [str(entry.data.get("job_id")) for entry in entries]
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def _read(self, key: str, after: str, block_s: float, count: int) -> list[StreamEntry]:
+        block = int(block_s * 1000) if block_s > 0 else None
+        return stream_entries(await self._r.xread({key: after}, count=count, block=block))

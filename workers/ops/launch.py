@@ -1,0 +1,37 @@
+"""Start a worker or Flower from code (what ``rho-agent worker`` and ``rho-agent flower`` call).
+
+Both run Celery's own command line on the worker app, so every ``celery worker`` / ``celery
+flower`` flag still works after ours. Settings come from the environment; the CLI sets the
+environment variables for the flags it offers before calling these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from workers.worker_settings import WorkerSettings
+
+
+def run_worker(extra_args: Sequence[str] = (), *, loglevel: str = "INFO") -> None:
+    """Run a fleet worker in this process until it is stopped (blocks)."""
+    from workers.celery_app import create_app
+
+    settings = WorkerSettings.from_env()
+    app = create_app(settings)
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--hostname=rho@{settings.worker_name}",
+        *extra_args,
+    ]
+    app.worker_main(argv)
+
+
+def run_flower(
+    extra_args: Sequence[str] = (), *, port: int = 5555, address: str = "127.0.0.1"
+) -> None:
+    """Run Flower on the fleet's broker (blocks). Workers send task events, so tasks show up."""
+    from workers.celery_app import create_app
+
+    app = create_app(WorkerSettings.from_env())  # the broker comes from the app, never a default
+    app.start(["flower", f"--port={port}", f"--address={address}", *extra_args])

@@ -1,0 +1,143 @@
+"""SessionHost: the worker process's one asyncio loop, running every job of the process.
+
+Celery's thread pool gives each job a cheap thread that only waits: the task hands the payload
+to this host and blocks on the future until the job ends, so Celery acknowledges the message only
+then (late acks). The sessions themselves all share one event loop in one thread, where they
+spend their time waiting on the model; lease renewal, the sweeper and cancel requests run there
+too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from dispatch.engine.host import JobHost
+from dispatch.engine.loop import LoopThread, stop_tasks
+from dispatch.engine.run import JobOutcome, RunnerOptions
+from dispatch.fleet.celery_broker import CeleryBroker
+from dispatch.fleet.redis_bus import RedisBus
+from dispatch.spec import JobSpec
+from workers.lease import LeaseKeeper, Sweeper
+from workers.progress import FlowerProgress, TaskIds
+from workers.worker_settings import WorkerSettings
+
+logger = logging.getLogger("workers.session_host")
+
+_CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
+_REQUEUE_GRACE_MS = 600_000
+"""How long a re-sent job may wait in the queue before the sweeper sends it once more."""
+
+
+class SessionHost:
+    """Starts on first use; ``run`` may be called from any number of threads at once."""
+
+    def __init__(self, settings: WorkerSettings, app: Any = None) -> None:
+        self.settings = settings
+        self._app = app
+        self.task_ids = TaskIds()
+        self.task_events_on: Callable[[], bool] = lambda: False
+        self.handing_back = False
+        """Set by the graceful shutdown before it cancels the jobs it hands back to the queue."""
+        """Set by the worker when it is ready: whether task events are being sent."""
+        self._thread = LoopThread(f"rho-session-host-{settings.worker_name}")
+        self._lock = threading.Lock()
+        self._host: JobHost | None = None
+        self._bus: RedisBus | None = None
+        self._broker: CeleryBroker | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> JobHost:
+        """Connect and start the background tasks (idempotent, thread-safe)."""
+        with self._lock:
+            if self._host is None:
+                self._host = self._thread.call(self._start(), timeout=30)
+            return self._host
+
+    def run(self, payload: Any, task_id: str | None = None) -> JobOutcome:
+        """Run one job payload to its end (blocking the calling thread, not the loop)."""
+        host = self.start()
+        job_id = payload.get("job_id") if isinstance(payload, dict) else None
+        if task_id and isinstance(job_id, str):
+            self.task_ids.set(job_id, task_id)
+        try:
+            return self._thread.call(host.run(payload))
+        finally:
+            if task_id and isinstance(job_id, str):
+                self.task_ids.pop(job_id, task_id)
+
+    def stop(self) -> None:
+        """Stop background tasks and the loop; running jobs stay resumable elsewhere."""
+        with self._lock:
+            if self._host is not None:
+                with contextlib.suppress(Exception):
+                    self._thread.call(self._stop(), timeout=10)
+                self._host = None
+            self._thread.stop()
+            if self._broker is not None:
+                self._broker.close()
+                self._broker = None
+
+    @property
+    def running_count(self) -> int:
+        return 0 if self._host is None else self._host.running_count
+
+    async def _start(self) -> JobHost:
+        settings = self.settings
+        for name in _CHATTY_LOGGERS:  # one INFO line per model request drowns the worker log
+            logging.getLogger(name).setLevel(logging.WARNING)
+        bus = RedisBus.from_settings(settings.fleet)
+        await bus.client.ping()
+        options = RunnerOptions(
+            worker=settings.worker_name,
+            lease_ms=settings.lease_ms,
+            max_profile=settings.ceiling(),
+            default_timeout_s=settings.job_time_limit_s,
+            max_attempts=settings.max_attempts,
+            agent_factory=settings.build_agent(),
+        )
+        host = JobHost(bus, options)
+        await host.start()
+        self._bus = bus
+        self._broker = CeleryBroker(settings.fleet)
+        keeper = LeaseKeeper(bus.client, settings.fleet.keys, host, settings.lease_ms)
+        sweeper = Sweeper(
+            bus.client,
+            settings.fleet.keys,
+            self._resend,
+            interval_s=settings.sweep_interval_s,
+            grace_ms=_REQUEUE_GRACE_MS,
+        )
+        self._tasks = [
+            asyncio.create_task(keeper.run(), name="rho-leases"),
+            asyncio.create_task(sweeper.run(), name="rho-sweeper"),
+        ]
+        if self._app is not None:
+            progress = FlowerProgress(
+                self._app, host, self.task_ids, settings.worker_name, lambda: self.task_events_on()
+            )
+            self._tasks.append(asyncio.create_task(progress.run(), name="rho-progress"))
+        logger.info(
+            "session host %s ready (ceiling %s, lease %.0f s)",
+            settings.worker_name,
+            settings.max_profile,
+            settings.lease_ttl_s,
+        )
+        return host
+
+    def _resend(self, spec: JobSpec, lost_attempt: int) -> None:
+        assert self._broker is not None
+        self._broker.send([spec], attempt_suffix=f"-r{lost_attempt}")
+
+    async def _stop(self) -> None:
+        await stop_tasks(self._tasks)
+        self._tasks = []
+        if self._host is not None:
+            await self._host.stop()
+        if self._bus is not None:
+            await self._bus.close()
+            self._bus = None

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from rho_agent.backends.daytona.backend import DaytonaBackend
 
 BACKEND_NAMES = ("local", "daytona")
+INLINE_PROMPT = "_inline_prompt"
+"""``extras`` flag: ``system_prompt`` is the text itself, never a file to read (a fleet job's
+prompt arrives inline; reading a path named by a job would read the worker's own files)."""
 
 
 @dataclass
@@ -64,8 +67,11 @@ class AgentConfig:
         ``working_dir`` and ``model`` are always available as variables.
         """
         template = DEFAULT_SYSTEM_PROMPT if self.system_prompt is None else self.system_prompt
-        base_dir = self.extras.get("_config_dir")
-        text = load_template(template, Path(base_dir) if isinstance(base_dir, str) else None)
+        if self.extras.get(INLINE_PROMPT):
+            text = template
+        else:
+            base_dir = self.extras.get("_config_dir")
+            text = load_template(template, Path(base_dir) if isinstance(base_dir, str) else None)
         variables = {
             "working_dir": self.working_dir or os.getcwd(),
             "model": self.model,

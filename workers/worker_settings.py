@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from dispatch.engine.endpoints import ALLOWED_BASE_URLS_ENV, allowed_base_urls
 from dispatch.errors import SettingsError
 from dispatch.settings import BROKER_URL_ENV, FleetSettings, env_float, env_int
 from rho_agent.agent import Agent
@@ -54,6 +55,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "$TMPDIR/rho-agent-health",
         "where the worker's health file is written",
     ),
+    (
+        ALLOWED_BASE_URLS_ENV,
+        "OPENAI_BASE_URL",
+        "model endpoints (comma-separated) jobs may name; the API key goes only to these",
+    ),
     ("RHO_AGENT_EMBEDDED_CONCURRENCY", "64", "(dispatchers only) jobs run at once in-process"),
 )
 
@@ -72,6 +78,8 @@ class WorkerSettings:
     visibility_timeout_s: int = 3600
     worker_name: str = ""
     agent_factory: str = ""
+    allowed_base_urls: tuple[str, ...] = ()
+    """Normalised; empty means the worker's own endpoint (``OPENAI_BASE_URL``, else OpenAI)."""
 
     def __post_init__(self) -> None:
         if not self.fleet.broker_url:
@@ -89,6 +97,8 @@ class WorkerSettings:
             )
         if self.max_attempts < 1:
             raise SettingsError(f"RHO_AGENT_MAX_ATTEMPTS must be >= 1, got {self.max_attempts}")
+        if not self.allowed_base_urls:
+            object.__setattr__(self, "allowed_base_urls", allowed_base_urls(os.environ))
         if not self.worker_name:
             object.__setattr__(self, "worker_name", f"{socket.gethostname()}-{os.getpid()}")
         self.ceiling()  # fail at start-up, not on the first job
@@ -125,6 +135,7 @@ class WorkerSettings:
         ):
             if env.get(name):
                 values[attr] = env[name]
+        values["allowed_base_urls"] = allowed_base_urls(env)
         return cls(**values)  # type: ignore[arg-type]
 
     def ceiling(self) -> PermissionProfile:

@@ -24,8 +24,9 @@ local function done_entry(job_id, result_json)
 end
 """
 
-# KEYS: job, events, cancel flag, session owner, leases
-# ARGV: job_id, worker, lease_ms, retention_s, events maxlen, job key prefix
+# KEYS: job, events, cancel flag, session owner, leases, session trace, session hash
+# ARGV: job_id, worker, lease_ms, retention_s, events maxlen, job key prefix,
+#       '1' if the job starts a new session
 START = (
     _NOW
     + """
@@ -54,6 +55,10 @@ if owner and owner ~= ARGV[1] then
   if owner_status == 'queued' or owner_status == 'running' then
     return {'busy', attempt, owner}
   end
+end
+if ARGV[7] == '1' and attempt == 1
+   and (redis.call('EXISTS', KEYS[6]) == 1 or redis.call('EXISTS', KEYS[7]) == 1) then
+  return {'exists', attempt, ''}
 end
 redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4])
 return {'run', attempt, ''}

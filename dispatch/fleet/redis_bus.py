@@ -33,6 +33,7 @@ from dispatch.info import JobInfo, job_fields
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
+from rho_agent.redact import redact, redact_data
 
 _INFO_FIELDS = list(JobInfo.model_fields)
 _MAX_CONNECTIONS = 64
@@ -149,12 +150,12 @@ class RedisBus:
                 job_id,
                 self._retention,
                 self._maxlen,
-                json.dumps(result_dict(result)),
-                json.dumps(event_entry(result.events[0])),
+                json.dumps(redact_data(result_dict(result))),
+                json.dumps(redact_data(event_entry(result.events[0]))),
                 self.keys.dispatcher_prefix(),
                 self.keys.session_prefix(),
                 mode,
-                error,
+                redact(error),
             ],
         )
         return outcome
@@ -195,6 +196,8 @@ class RedisBus:
                 self.keys.cancel(spec.job_id),
                 self.keys.session_owner(spec.session_id),
                 self.keys.leases(),
+                self.keys.trace(spec.session_id),
+                self.keys.session(spec.session_id),
             ],
             args=[
                 spec.job_id,
@@ -203,6 +206,7 @@ class RedisBus:
                 self._retention,
                 self._maxlen,
                 self.keys.job_prefix(),
+                "0" if spec.continue_session else "1",
             ],
         )
         decided: StartAction = action
@@ -248,8 +252,8 @@ class RedisBus:
                 spec.job_id,
                 attempt,
                 status,
-                json.dumps(result_dict(result), ensure_ascii=False),
-                error or "",
+                json.dumps(redact_data(result_dict(result)), ensure_ascii=False),
+                redact(error or ""),
                 self._retention,
                 self._maxlen,
                 self.keys.dispatcher_prefix(),

@@ -28,6 +28,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from rho_agent.redact import redact_data
+
 logger = logging.getLogger("dispatch.writer")
 
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -86,7 +88,7 @@ class BatchWriter:
         self._put(_Write("xadd", key, {"d": payload}, maxlen))
 
     def hset(self, key: str, fields: dict[str, str]) -> None:
-        self._put(_Write("hset", key, dict(fields)))
+        self._put(_Write("hset", key, redact_data(dict(fields))))
 
     def zadd(self, key: str, scores: dict[str, float]) -> None:
         self._put(_Write("zadd", key, dict(scores)))

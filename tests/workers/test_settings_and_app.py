@@ -47,6 +47,7 @@ def test_every_variable_is_read() -> None:
         "RHO_AGENT_WORKER_NAME": "w9",
         "RHO_AGENT_AGENT_FACTORY": "tests.integration.fleet:agent_with_mark_tool",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "3",
+        "RHO_AGENT_ALLOWED_BASE_URLS": "http://127.0.0.1:9/v1/, https://Models.Example/v1",
     }
     read_elsewhere = {  # by workers.shutdown and workers.health, at worker start
         "RHO_AGENT_SHUTDOWN_GRACE", "RHO_AGENT_HEARTBEAT_INTERVAL", "RHO_AGENT_HEALTH_DIR",
@@ -68,6 +69,7 @@ def test_every_variable_is_read() -> None:
     assert (settings.lease_ttl_s, settings.sweep_interval_s, settings.max_attempts) == (5, 1.5, 2)
     assert (settings.visibility_timeout_s, settings.worker_name) == (7200, "w9")
     assert settings.build_agent().__name__ == "agent_with_mark_tool"
+    assert settings.allowed_base_urls == ("http://127.0.0.1:9/v1", "https://models.example/v1")
 
 
 def test_the_docs_table_lists_every_variable() -> None:

@@ -103,6 +103,10 @@ def _enter(directory: int, name: str, create: bool, path: str) -> int:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, 0o777, dir_fd=directory)
             return os.open(name, _DIR_FLAGS, dir_fd=directory)
+    except NotADirectoryError:  # O_DIRECTORY met a symlink (Linux says ENOTDIR, not ELOOP)
+        if stat.S_ISLNK(os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode):
+            raise OSError(errno.ELOOP, _SWAPPED, path) from None
+        raise
     except OSError as exc:
         raise _swapped(exc, path) from None
 

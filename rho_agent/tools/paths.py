@@ -74,7 +74,12 @@ def display_path(path: str, working_dir: str) -> str:
 async def real_path(backend: ExecutionBackend, path: str) -> str:
     """``path`` with symlinks resolved when the backend can, else as given."""
     if isinstance(backend, PathResolver):
-        return await backend.realpath(path)
+        try:
+            return await backend.realpath(path)
+        except OSError as exc:  # a link removed while it was being read
+            raise ToolError(
+                f"{path} changed while it was being resolved ({exc.strerror}); try again"
+            ) from None
     return path
 
 

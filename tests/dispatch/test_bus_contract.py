@@ -178,3 +178,33 @@ async def test_a_blocked_reader_wakes_on_a_new_event(bus: JobBus) -> None:
     entries = await asyncio.wait_for(reader, 2.0)
     assert [entry_event(e) for e in entries] == [AgentEvent("text", content="late")]
     assert await bus.read_events(job.job_id, entries[-1].id, block_s=0.0) == []
+
+
+async def test_a_new_session_job_cannot_take_an_existing_sessions_id(bus: JobBus) -> None:
+    first = spec()
+    await bus.submit([first], "q")
+    assert (await bus.start(first, "w1", 60_000)).action == "run"
+    bus.emit_trace(first.session_id, first.job_id, {"type": "session_start"})
+    bus.emit_session(first.session_id, {"created_at": "now"}, new=True)
+    await bus.finish(first, 1, RunResult(text="ok"), None)
+    taker = spec(session_id=first.session_id)
+    await bus.submit([taker], "q")
+    decision = await bus.start(taker, "w1", 60_000)
+    assert (decision.action, decision.attempt) == ("exists", 1)
+    continuing = spec(session_id=first.session_id, continue_session=True)
+    await bus.submit([continuing], "q")
+    assert (await bus.start(continuing, "w1", 60_000)).action == "run"
+
+
+async def test_a_new_session_redelivered_after_a_crash_is_not_refused(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    assert (await bus.start(job, "w1", 1)).action == "run"
+    bus.emit_trace(job.session_id, job.job_id, {"type": "session_start"})
+    bus.emit_session(job.session_id, {"created_at": "now"}, new=True)
+    await bus.flush()
+    await asyncio.sleep(0.01)  # the 1 ms lease has lapsed: the job may be claimed again
+    if isinstance(bus, MemoryBus):
+        await bus.set_fields(job.job_id, {"status": "queued"})  # what its sweeper does
+    decision = await bus.start(job, "w2", 60_000)
+    assert (decision.action, decision.attempt) == ("run", 2)

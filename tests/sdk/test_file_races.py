@@ -6,7 +6,6 @@ a directory outside the working dir while the ``write`` tool writes through it, 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import threading
@@ -80,7 +79,9 @@ async def test_a_swapped_symlink_never_sends_a_write_outside(tmp_path: Path, too
         for number in range(ROUNDS):
             try:
                 if tool == "write":
-                    await call(backend, "write", "developer", path="sub/f.txt", content=f"{number}\n")
+                    await call(
+                        backend, "write", "developer", path="sub/f.txt", content=f"{number}\n"
+                    )
                 else:
                     await call(
                         backend, "edit", "developer", path="sub/f.txt",
@@ -149,5 +150,5 @@ async def test_a_fifo_does_not_hang_the_tools(tmp_path: Path) -> None:
     work.mkdir()
     os.mkfifo(work / "pipe")
     backend = LocalBackend(str(work))
-    with pytest.raises(ToolError, match="^pipe: "):  # no reader: ENXIO at once, never a hang
+    with pytest.raises(ToolError, match=r"^pipe: "):  # no reader: ENXIO at once, never a hang
         await call(backend, "write", "developer", path="pipe", content="x")

@@ -170,8 +170,8 @@ def build_spec(
 def portable_config(config: AgentConfig) -> dict[str, Any]:
     """``config.to_dict()`` with the files only this machine has inlined.
 
-    A worker cannot read this machine's prompt template or profile YAML, so their contents travel
-    instead of their paths.
+    A worker cannot read this machine's prompt template, profile YAML or upload files (and must
+    never read a path a job names), so their contents travel instead of their paths.
     """
     if not isinstance(config, AgentConfig):
         raise JobSpecError(f"config must be an AgentConfig, got {type(config).__name__}")
@@ -185,6 +185,11 @@ def portable_config(config: AgentConfig) -> dict[str, Any]:
     profile = data.get("profile")
     if isinstance(profile, str) and profile not in BUILTIN_PROFILES:
         data["profile"] = profile_to_dict(load_profile(profile))
+    backend = data.get("backend")
+    if isinstance(backend, dict) and backend.get("uploads"):
+        from rho_agent.backends.daytona.inline import inline_uploads
+
+        data["backend"] = {**backend, "uploads": inline_uploads(backend["uploads"])}
     return data
 
 
@@ -236,13 +241,26 @@ def find_worker_paths(config: dict[str, Any]) -> str | None:
     if isinstance(extras, dict) and any(str(key).startswith("_") for key in extras):
         return "config.extras names starting with '_' are private to one process; drop them"
     backend = config.get("backend")
-    if isinstance(backend, dict) and backend.get("uploads"):
+    uploads = backend.get("uploads") if isinstance(backend, dict) else None
+    if isinstance(uploads, list) and any(
+        not isinstance(item, dict) or item.get("local") is not None for item in uploads
+    ):
         return (
-            "config.backend.uploads names files on the machine that runs the job; fleet jobs do "
-            "not carry uploads: bake the files into the sandbox image or fetch them in "
-            "setup_commands"
+            "config.backend.uploads names files on the machine that runs the job; a job carries "
+            "their content instead (Dispatcher.submit reads them where it runs)"
+        )
+    forwarded = backend.get("forward_env") if isinstance(backend, dict) else None
+    if isinstance(forwarded, list) and any(_worker_secret_name(name) for name in forwarded):
+        return (
+            "config.backend.forward_env names a secret of the machine that runs the job (an API "
+            "key, token or rho-agent setting); a job cannot copy the worker's secrets into its "
+            "sandbox: give the sandbox what it needs in backend.env_vars instead"
         )
     return None
+
+
+def _worker_secret_name(name: object) -> bool:
+    return isinstance(name, str) and (bool(SECRET_NAME.search(name)) or name.startswith("RHO_"))
 
 
 def describe(exc: ValidationError, what: str) -> str:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rho_agent.errors import ConfigError
 from rho_agent.permissions.profile import PermissionProfile
 from rho_agent.prompts import DEFAULT_SYSTEM_PROMPT, load_template, render
+from rho_agent.redact import redact
 
 if TYPE_CHECKING:
     from rho_agent.backends.daytona.backend import DaytonaBackend
@@ -170,5 +171,6 @@ def _describe_validation_error(exc: ValidationError, source: str) -> str:
             known = ", ".join(_ConfigData.model_fields)
             problems.append(f"unknown field {location!r} (known fields: {known})")
         else:
-            problems.append(f"field {location!r}: {error['msg']} (got {error.get('input')!r})")
+            given = redact(repr(error.get("input")))
+            problems.append(f"field {location!r}: {error['msg']} (got {given})")
     return f"invalid AgentConfig in {source}: " + "; ".join(problems)

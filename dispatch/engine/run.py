@@ -28,6 +28,7 @@ from rho_agent.config import AgentConfig
 from rho_agent.errors import RhoAgentError, SessionNotFound
 from rho_agent.events import AgentEvent, RunResult
 from rho_agent.permissions.profile import PermissionProfile
+from rho_agent.redact import redact
 from rho_agent.session import Session
 from rho_agent.state import USAGE_KEYS, State, empty_usage
 
@@ -356,6 +357,7 @@ class JobRun:
     # -- finishing ----------------------------------------------------------------------------
 
     async def _fail(self, message: str) -> JobOutcome:
+        message = redact(message)  # error texts quote configs and outputs: never a secret
         event = AgentEvent(type="error", content=message)
         self._bus.emit_event(self.job_id, event_entry(event))
         return await self._finish(RunResult(text="", events=[event], status="error"), message)

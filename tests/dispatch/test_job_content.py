@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,11 @@ from dispatch.engine.run import RunnerOptions
 from dispatch.errors import JobSpecError
 from dispatch.spec import JobSpec, build_spec
 from rho_agent import Agent, AgentConfig
+from rho_agent.backends.daytona import inline
+from rho_agent.backends.daytona.backend import DaytonaBackend
+from rho_agent.errors import ConfigError
 from rho_agent.redact import default_redactor
+from rho_agent.testing.fake_daytona import FakeDaytonaServer
 
 SECRET = "sk-" + "Zq8" * 8
 
@@ -92,9 +98,11 @@ def test_templates_and_profile_files_travel_as_content(tmp_path: Path) -> None:
         ({"system_prompt": "prompts/system.md"}, "config.system_prompt names a file"),
         ({"profile": "/etc/rho/profile.yaml"}, "config.profile must be one of"),
         ({"extras": {"_config_dir": "/proc/self"}}, "config.extras names starting with '_'"),
+        ({"backend": {"forward_env": ["OPENAI_API_KEY"]}}, "config.backend.forward_env names"),
+        ({"backend": {"forward_env": ["RHO_AGENT_BROKER_URL"]}}, "config.backend.forward_env"),
         (
             {"backend": {"uploads": [{"local": "/etc", "remote": "etc"}]}},
-            "config.backend.uploads names files",
+            "config.backend.uploads names files on the machine that runs the job",
         ),
     ],
 )
@@ -123,3 +131,34 @@ def test_a_jobs_prompt_is_never_read_from_a_file_on_the_worker(
     spec = JobSpec.decode(payload(system_prompt="environ"))
     assert Agent(spec.agent_config()).system_prompt == "environ"
     assert AgentConfig(system_prompt="environ").resolve_system_prompt().startswith("OPENAI")
+
+
+async def test_uploads_travel_as_content_and_land_in_the_sandbox(
+    fake_daytona: FakeDaytonaServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "src"
+    (source / "pkg").mkdir(parents=True)
+    (source / "pkg" / "mod.py").write_text("VALUE = 1\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"read me\n\x00\xff")
+    template = DaytonaBackend(working_dir="project", uploads=[f"{source}:code", (notes, "n.bin")])
+    spec = build_spec("hi", AgentConfig(backend=template))
+    uploads = spec.config["backend"]["uploads"]
+    assert all("local" not in item for item in uploads) and len(uploads) == 2
+    shutil.rmtree(source)
+    notes.unlink()  # the worker never looks at the sender's files
+    config = JobSpec.decode(json.loads(json.dumps(spec.encode()))).agent_config()
+    assert isinstance(config.backend, DaytonaBackend)
+    async with config.backend.for_session() as backend:
+        root = backend.working_dir
+        assert await backend.read_file(f"{root}/code/pkg/mod.py") == b"VALUE = 1\n"
+        assert await backend.read_file(f"{root}/n.bin") == b"read me\n\x00\xff"
+
+
+def test_uploads_too_large_for_a_job_are_refused_at_submit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inline, "MAX_INLINE_BYTES", 10)
+    (tmp_path / "big").write_bytes(b"x" * 11)
+    with pytest.raises(ConfigError, match="more than a job carries"):
+        build_spec("hi", AgentConfig(backend=DaytonaBackend(uploads={tmp_path / "big": "b"})))

@@ -8,8 +8,8 @@ Both are replaced with ``[redacted]``.
 Redaction runs at the few narrow points everything stored passes through, once each:
 ``State.append`` (trace records, and so the model's view of tool output), ``RunContext.emit``
 (events), the fleet's Redis writer, error messages built from untrusted input, and a
-``logging.Filter`` (``install_log_redaction``). Every pattern is compiled once into one regex;
-strings without a match cost one scan.
+``logging.Filter`` (``install_log_redaction``). Patterns are compiled once, and ordinary text
+costs a few substring searches (see ``Redactor``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -32,33 +33,58 @@ SECRET_NAME = re.compile(
 _MIN_KNOWN_LENGTH = 8
 """Shorter values are not treated as known secrets (``1``, ``true``, ``dev`` would redact text)."""
 
-# Each alternative keeps what precedes the secret in group ``keep`` and drops the rest.
-_PATTERNS: Final = (
-    r"(?P<k1>)\bsk-[A-Za-z0-9_-]{16,}",
-    r"(?P<k2>)\bdtn_[A-Za-z0-9]{16,}",
-    r"(?P<k3>\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}",
-    r"(?P<k4>[?&;](?:api_?key|key|token|access_token|secret|password)=)[^&#\s\"']+",
-    r"(?P<k5>\b(?:api_?key|apikey|secret_?key|access_token|password)[\"']?\s*[=:]\s*[\"']?)"
-    r"[^\s\"'&,;]{6,}",
-    r"(?P<k6>://[^/:@\s]*:)[^/@\s]+(?=@)",
+
+@dataclass(frozen=True)
+class _Shape:
+    """One secret shape: a regex whose group 1 (if any) is kept, and the lower-case words one of
+    which must occur in the text for the regex to be worth running."""
+
+    regex: re.Pattern[str]
+    anchors: tuple[str, ...]
+
+
+_SHAPES: Final = (
+    _Shape(re.compile(r"()\bsk-[A-Za-z0-9_-]{16,}"), ("sk-",)),
+    _Shape(re.compile(r"()\bdtn_[A-Za-z0-9]{16,}"), ("dtn_",)),
+    _Shape(re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.I), ("bearer",)),
+    _Shape(
+        re.compile(
+            r"([?&;](?:api[_-]?key|key|token|access_token|secret|password)=)[^&#\s\"']+", re.I
+        ),
+        ("key", "token", "secret", "password"),
+    ),
+    _Shape(
+        re.compile(
+            r"(\b(?:api[_-]?key|secret_?key|access_token|password)[\"']?\s*[=:]\s*[\"']?)"
+            r"[^\s\"'&,;]{6,}",
+            re.I,
+        ),
+        ("key", "token", "password"),
+    ),
+    _Shape(re.compile(r"(://[^/:@\s]*:)[^/@\s]+(?=@)"), ("://",)),
 )
-SECRET_PATTERN: Final = re.compile("|".join(_PATTERNS), re.I)
 """Text that has the shape of a secret, wherever it occurs in a string."""
 
 
 class Redactor:
-    """Replaces known secret values and secret-shaped text with ``[redacted]``."""
+    """Replaces known secret values and secret-shaped text with ``[redacted]``.
+
+    Cheap on ordinary text: known values are plain substring searches, and a shape's regex runs
+    only when one of its anchor words occurs (one ``lower()`` and a few substring searches).
+    """
 
     def __init__(self, known: Iterable[str] = ()) -> None:
-        values = sorted({value for value in known if len(value) >= _MIN_KNOWN_LENGTH}, key=len)
-        self.known: tuple[str, ...] = tuple(reversed(values))
-        alternatives = [re.escape(value) for value in self.known]
-        alternatives.append("|".join(_PATTERNS))
-        self._regex = re.compile("|".join(f"(?:{item})" for item in alternatives), re.I)
+        values = {value for value in known if len(value) >= _MIN_KNOWN_LENGTH}
+        self.known: tuple[str, ...] = tuple(sorted(values, key=len, reverse=True))
 
     def text(self, value: str) -> str:
         """``value`` with every secret in it replaced."""
-        return self._regex.sub(_replace, value) if self._regex.search(value) else value
+        for known in self.known:
+            if known in value:
+                value = value.replace(known, REDACTED)
+        for shape in self._shapes_in(value):
+            value = shape.regex.sub(_keep_prefix, value)
+        return value
 
     def data(self, value: Any) -> Any:
         """A copy of JSON-like ``value`` with every string redacted (unchanged parts are shared)."""
@@ -72,12 +98,18 @@ class Redactor:
 
     def finds(self, value: str) -> bool:
         """Whether ``value`` holds a secret."""
-        return self._regex.search(value) is not None
+        if any(known in value for known in self.known):
+            return True
+        return any(shape.regex.search(value) for shape in self._shapes_in(value))
+
+    @staticmethod
+    def _shapes_in(value: str) -> list[_Shape]:
+        lowered = value.lower()
+        return [shape for shape in _SHAPES if any(word in lowered for word in shape.anchors)]
 
 
-def _replace(match: re.Match[str]) -> str:
-    keep = next((group for group in match.groups() if group), "")
-    return keep + REDACTED
+def _keep_prefix(match: re.Match[str]) -> str:
+    return match.group(1) + REDACTED
 
 
 def known_secrets(env: Mapping[str, str]) -> list[str]:

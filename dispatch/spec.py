@@ -33,7 +33,7 @@ from rho_agent.redact import SECRET_NAME, default_redactor, redact
 
 SPEC_VERSION: Final = 1
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_PATH_LIKE = re.compile(r"^[~./]|^[^\s]*/[^\s]*$")
+_PATH_LIKE = re.compile(r"^\S*/\S*$|^~")
 """A one-line system prompt that names a file rather than saying something."""
 
 
@@ -70,6 +70,16 @@ class JobSpec(BaseModel):
     def _check_id(cls, value: str | None) -> str | None:
         if value is not None and not ID_PATTERN.match(value):
             raise ValueError("use 1-128 letters, digits, '-' or '_' (not starting with '-' or '_')")
+        if value is not None and default_redactor().finds(value):
+            raise ValueError("looks like a secret; ids become Redis key names")
+        return value
+
+    @field_validator("labels", "queue")
+    @classmethod
+    def _check_no_secret(cls, value: Any) -> Any:
+        found = find_secrets(value, "")
+        if found:
+            raise ValueError("holds what looks like a secret; it would be stored in Redis")
         return value
 
     @field_validator("prompts")

@@ -61,7 +61,7 @@ _SHAPES: Final = (
         ),
         ("key", "token", "password"),
     ),
-    _Shape(re.compile(r"(://[^/:@\s]*:)[^/@\s]+(?=@)"), ("://",)),
+    _Shape(re.compile(r"(://[^/:@\s\"']*:)[^/@\s\"']+(?=@)"), ("://",)),
 )
 """Text that has the shape of a secret, wherever it occurs in a string."""
 

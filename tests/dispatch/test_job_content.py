@@ -49,6 +49,16 @@ def test_a_key_smuggled_in_base_url_is_refused_without_repeating_it(base_url: st
     assert "hunter2" not in str(refused_at_submit.value)
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [{"session_id": SECRET}, {"job_id": SECRET}, {"labels": {"k": SECRET}}, {"queue": SECRET}],
+)
+def test_secrets_cannot_become_key_names_or_labels(fields: dict[str, Any]) -> None:
+    with pytest.raises(JobSpecError) as refused:
+        JobSpec.decode({**payload(), **fields})
+    assert "looks like a secret" in str(refused.value) and SECRET not in str(refused.value)
+
+
 def test_a_config_refused_for_another_reason_does_not_echo_its_values() -> None:
     with pytest.raises(JobSpecError) as refused:
         JobSpec.decode(payload(model=SECRET[3:] + "-model", extras=[SECRET]))
@@ -121,6 +131,11 @@ async def test_the_worker_refuses_a_path_prompt_before_reading_anything() -> Non
     [info] = await bus.get_info([bad["job_id"]])
     assert info is not None and info.status == "error"
     assert "names a file" in (info.error or "")
+
+
+@pytest.mark.parametrize("prompt", [". Be brief.", "Answer in French.", "Say a/b or c"])
+def test_one_line_prompts_that_are_text_pass(prompt: str) -> None:
+    assert JobSpec.decode(payload(system_prompt=prompt)).config["system_prompt"] == prompt
 
 
 def test_a_jobs_prompt_is_never_read_from_a_file_on_the_worker(

@@ -52,6 +52,20 @@ def test_secret_shapes_and_known_values_are_replaced(given: str, expected: str) 
     assert Redactor([CANARY]).text(given) == expected
 
 
+def test_redacting_json_text_keeps_it_json() -> None:
+    arguments = json.dumps(
+        {"u": "http://a:b", "v": "c@d", "h": "Bearer abcdefghij", "q": "x?key=sk-1&y", "k": CANARY}
+    )
+    redacted = Redactor([CANARY]).text(arguments)
+    assert json.loads(redacted) == {
+        "u": "http://a:b",
+        "v": "c@d",
+        "h": f"Bearer {REDACTED}",
+        "q": f"x?key={REDACTED}&y",
+        "k": REDACTED,
+    }
+
+
 def test_known_secrets_come_from_secret_names_and_url_passwords() -> None:
     env = {
         "OPENAI_API_KEY": "sk-live-0123456789",

@@ -24,7 +24,7 @@ from dispatch.fleet.redis_bus import decode_entry
 from dispatch.settings import FleetSettings
 from dispatch.spec import find_secrets, portable_config
 from rho_agent.agent import Agent
-from rho_agent.config import AgentConfig
+from rho_agent.config import INLINE_PROMPT, AgentConfig
 from rho_agent.errors import SessionError, SessionLocked, SessionNotFound
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.session import Session
@@ -123,7 +123,9 @@ class RedisSessionStore:
         raw = self._r.hget(self.keys.session(validate_session_id(session_id)), "config")
         if not raw:
             raise SessionNotFound(f"session {session_id} has no saved config; pass an agent")
-        return AgentConfig.from_dict(json.loads(raw), source=f"session {session_id}")
+        config = AgentConfig.from_dict(json.loads(raw), source=f"session {session_id}")
+        config.extras[INLINE_PROMPT] = True  # stored as text: never a file on this machine
+        return config
 
     def close(self) -> None:
         self._r.close()

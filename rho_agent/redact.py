@@ -25,10 +25,12 @@ from urllib.parse import urlsplit
 
 REDACTED: Final = "[redacted]"
 
-SECRET_NAME = re.compile(
-    r"(^|_)(api_?key|secret|secret_?key|password|passwd|token|credentials?|auth)$", re.I
-)
-"""Names (environment variables, config keys) whose values are secrets."""
+SECRET_NAME = re.compile(r"(^|_)(api_?key|secret|password|passwd|token|credentials?)$", re.I)
+"""Config keys whose values are secrets."""
+
+_SECRET_ENV_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+"""Environment variables whose name holds one of these hold secrets (``AWS_SECRET_ACCESS_KEY``,
+``GH_AUTH``): redacting a harmless value costs little, missing a key costs much."""
 
 _MIN_KNOWN_LENGTH = 8
 """Shorter values are not treated as known secrets (``1``, ``true``, ``dev`` would redact text)."""
@@ -118,7 +120,7 @@ def known_secrets(env: Mapping[str, str]) -> list[str]:
     for name, value in env.items():
         if not value:
             continue
-        if SECRET_NAME.search(name):
+        if any(word in name.upper() for word in _SECRET_ENV_WORDS):
             found.append(value.strip())
         password = url_password(value)
         if password:

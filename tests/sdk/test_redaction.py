@@ -71,11 +71,12 @@ def test_known_secrets_come_from_secret_names_and_url_passwords() -> None:
         "OPENAI_API_KEY": "sk-live-0123456789",
         "DAYTONA_API_KEY": "dtn_key_value_1",
         "RHO_AGENT_BROKER_URL": "redis://:brokerpass@h:6379/0",
+        "AWS_SECRET_ACCESS_KEY": "aws/secret+value",
         "HOME": "/home/someone",
         "SHORT_TOKEN": "1",
     }
     found = set(Redactor(known_secrets(env)).known)
-    assert found == {"sk-live-0123456789", "dtn_key_value_1", "brokerpass"}
+    assert found == {"sk-live-0123456789", "dtn_key_value_1", "brokerpass", "aws/secret+value"}
 
 
 async def test_a_printed_secret_reaches_no_trace_event_model_request_or_result(

@@ -14,15 +14,17 @@ from rich.console import Console
 
 from rho_agent.agent import Agent
 from rho_agent.cli._offline import offline_model, should_go_offline
-from rho_agent.cli.app import app
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ApprovalInterrupt, RhoAgentError
 from rho_agent.events import AgentEvent
 
+commands = typer.Typer()
+"""This module's commands, merged into the ``rho-agent`` app by ``rho_agent.cli.app``."""
+
 err = Console(stderr=True, highlight=False)
 
 
-@app.command()
+@commands.command()
 def run(
     prompt: Annotated[str, typer.Argument(help="What the agent should do.")],
     config: Annotated[Path | None, typer.Option(help="AgentConfig YAML file.")] = None,

@@ -141,7 +141,7 @@ class DaytonaBackend:
         from the environment of the process that uses it."""
         settings = DaytonaSettings.parse(data, source="DaytonaBackend.from_dict()")
         backend = cls.__new__(cls)
-        backend._setup(settings, None, None, ClientPool(None), None)
+        cls._setup(backend, settings, None, None, ClientPool(None), None)
         return backend
 
     @classmethod
@@ -180,8 +180,9 @@ class DaytonaBackend:
 
         ``session_id`` is recorded as the sandbox's ``rho-agent-session`` label.
         """
-        backend = type(self).__new__(type(self))
-        backend._setup(self._settings, self._image, self._config, self._clients, session_id)
+        cls = type(self)
+        backend = cls.__new__(cls)
+        cls._setup(backend, self._settings, self._image, self._config, self._clients, session_id)
         return backend
 
     def __copy__(self) -> DaytonaBackend:

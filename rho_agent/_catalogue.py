@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from genai_prices import Usage
-from genai_prices.data_snapshot import get_snapshot
-from genai_prices.types import ModelInfo, Provider
+if TYPE_CHECKING:
+    from genai_prices.types import ModelInfo, Provider
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class CatalogueModel:
         A model without a cache-read price bills its cached tokens at the input price, and tiered
         prices (e.g. above 200k input tokens) apply; ``input_tokens`` includes the cached ones.
         """
+        from genai_prices import Usage
+
         usage = Usage(
             input_tokens=input_tokens,
             cache_read_tokens=min(cached_tokens, input_tokens),
@@ -43,6 +45,8 @@ def lookup(model: str) -> CatalogueModel | None:
     ``openai/gpt-5`` style names (a provider prefix, as LiteLLM and OpenRouter write them) are
     tried as that provider's model, then as the bare name.
     """
+    from genai_prices.data_snapshot import get_snapshot  # loading its data takes ~0.5 s: once
+
     snapshot = get_snapshot()
     head, _, tail = model.rpartition("/")
     attempts: list[tuple[str, str | None]] = [(model, None)]

@@ -16,12 +16,10 @@ from tests.sdk.helpers import make_session
 USAGE = ScriptedUsage(prompt_tokens=100_000, completion_tokens=10_000, cached_tokens=20_000)
 
 
-async def billed(
-    server: ScriptedModelServer, tmp_path: Path, model: str, **config: object
-) -> float:
+async def billed(server: ScriptedModelServer, tmp_path: Path, model: str) -> float:
     """What one real model call through the openai client costs the session."""
     server.script(text("ok", usage=USAGE))
-    session = make_session(server, tmp_path, model=model, **config)
+    session = make_session(server, tmp_path, model=model)
     await session.run(prompt="hi")
     return float(session.state.usage["cost_usd"])
 

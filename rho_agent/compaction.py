@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from rho_agent.errors import ContextWindowExceeded
 from rho_agent.model._assemble import estimate_tokens
 from rho_agent.model.base import ModelClient, ModelRequest, ModelTurn
 
@@ -27,6 +28,39 @@ AUTO_COMPACT_FRACTION = 0.8
 def count_tokens(messages: list[dict[str, Any]]) -> int:
     """The history's size in tokens, estimated the same way before and after compaction."""
     return estimate_tokens(json.dumps(messages, ensure_ascii=False))
+
+
+def request_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+    """A request's size in tokens: the history plus the tool definitions sent with it."""
+    return count_tokens(messages) + (estimate_tokens(json.dumps(tools)) if tools else 0)
+
+
+def check_fits(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    *,
+    model: str,
+    window: int,
+    auto_compact: bool,
+) -> None:
+    """Raise ContextWindowExceeded, saying by how much and what to do, if the request is too big.
+
+    Called after auto compaction had its chance, so an error here means compacting did not help.
+    """
+    history = count_tokens(messages)
+    needed = request_tokens(messages, tools)
+    if needed <= window:
+        return
+    tried = "even after compaction" if auto_compact else "and auto compaction is off"
+    raise ContextWindowExceeded(
+        f"the next request to {model} needs about {needed} tokens (history {history}, tool "
+        f"definitions {needed - history}) but its context window is {window} tokens, {tried}. "
+        "Fix: shorten the prompt or the tool outputs, start a new session, or use a model with a "
+        "larger window; for a self-hosted model with a larger window, set it with "
+        "extras.context_window (rho-agent run --context-window N)",
+        needed=needed,
+        window=window,
+    )
 
 
 @dataclass

@@ -10,6 +10,7 @@
     │   └── PermissionDenied   the profile forbids this call (becomes a ``tool_blocked`` event)
     ├── BackendError           the execution backend (local or Daytona) failed
     ├── ModelError             the model API failed after retries (becomes status "error")
+    │   └── ContextWindowExceeded  the next request would not fit the model's window, even compacted
     ├── SessionError           session store misuse: bad id, unknown session, already locked
     │   ├── SessionNotFound
     │   └── SessionLocked
@@ -64,6 +65,19 @@ class ModelError(RhoAgentError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class ContextWindowExceeded(ModelError):
+    """The next request would not fit the model's context window, even after compaction.
+
+    Raised before the request is sent: a provider would refuse it, and a self-hosted server might
+    silently cut the history instead.
+    """
+
+    def __init__(self, message: str, *, needed: int, window: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.window = window
 
 
 class SessionError(RhoAgentError):

@@ -54,7 +54,7 @@ class Session:
         self.approval_callback: _tool_step.ApprovalCallback | None = None
         self.cancel_check: Callable[[], bool] | None = None
         self.auto_compact = True
-        self.context_window = context_window(agent.config.model)
+        self.context_window = context_window(agent.config.model, agent.config.context_window())
         self.max_turns = int(agent.config.extras.get("max_turns", DEFAULT_MAX_TURNS))
         self._client = agent.create_client()
         self._backend: ExecutionBackend | None = None
@@ -148,7 +148,7 @@ class Session:
             self.state.append("message", role="user", content=prompt)
         for _ in range(self.max_turns):
             self.check_cancelled()
-            await self._maybe_auto_compact(run)
+            await self._fit_context(run)
             turn_has_tools = await self._call_model(run)
             if not turn_has_tools:
                 run.emit(AgentEvent("turn_complete", content=run.text, usage=dict(run.usage)))
@@ -276,11 +276,23 @@ class Session:
         (the history is left untouched)."""
         return await self._compact("manual", RunContext())
 
-    async def _maybe_auto_compact(self, run: RunContext) -> None:
+    async def _fit_context(self, run: RunContext) -> None:
+        """Compact if the next request nears the window; fail before sending one that can't fit."""
+        tools = self.agent.registry.schemas()
+        await self._maybe_auto_compact(run, tools)
+        compaction.check_fits(
+            self.state.messages,
+            tools,
+            model=self.agent.config.model,
+            window=self.context_window,
+            auto_compact=self.auto_compact,
+        )
+
+    async def _maybe_auto_compact(self, run: RunContext, tools: list[dict[str, Any]]) -> None:
         if not self.auto_compact or self._compacted_last:
             return
         limit = compaction.AUTO_COMPACT_FRACTION * self.context_window
-        if compaction.count_tokens(self.state.messages) < limit:
+        if compaction.request_tokens(self.state.messages, tools) < limit:
             return
         try:
             await self._compact("auto", run)

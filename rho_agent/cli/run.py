@@ -49,6 +49,10 @@ def run(
     offline: Annotated[
         bool, typer.Option(help="Use the built-in scripted model (no API key needed).")
     ] = False,
+    context_window: Annotated[
+        int | None,
+        typer.Option(min=1, help="The model's context window in tokens (for self-hosted models)."),
+    ] = None,
 ) -> None:
     """Run one prompt in a local session and stream the answer."""
     try:
@@ -66,6 +70,8 @@ def run(
             agent_config.backend = _backend(backend or "daytona", upload or [], agent_config)
         if approve:
             agent_config.auto_approve = False
+        if context_window is not None:
+            agent_config.extras["context_window"] = context_window
         with contextlib.ExitStack() as stack:
             if should_go_offline(offline=offline, base_url=agent_config.base_url):
                 agent_config.base_url = stack.enter_context(offline_model(err))

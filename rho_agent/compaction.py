@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rho_agent.model._assemble import estimate_tokens
+from rho_agent.model._assemble import estimate_prompt_tokens
 from rho_agent.model.base import ModelClient, ModelRequest, ModelTurn
 
 SUMMARY_PREFIX = "Summary of the conversation so far (older messages were compacted):\n\n"
@@ -24,9 +24,10 @@ still open. Keep exact names, paths, numbers and error messages. Do not invent a
 AUTO_COMPACT_FRACTION = 0.8
 
 
-def count_tokens(messages: list[dict[str, Any]]) -> int:
-    """The history's size in tokens, estimated the same way before and after compaction."""
-    return estimate_tokens(json.dumps(messages, ensure_ascii=False))
+def count_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+    """The context's size in tokens, tool definitions included (they are sent with every
+    request), estimated the same way before and after compaction."""
+    return estimate_prompt_tokens(messages, tools)
 
 
 @dataclass

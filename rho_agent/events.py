@@ -54,7 +54,8 @@ class RunError:
     """Why a run failed, for callers that only hold its result.
 
     ``type`` is the exception's class name (``ModelError`` for a model API that failed after its
-    retries), or ``max_turns``; ``message`` is the text of the run's ``error`` event. ``partial``
+    retries), or ``max_turns``; ``message`` says what went wrong, as the run's ``error`` event
+    does. ``partial``
     says the run's text is an answer this failure cut off mid-stream.
     """
 

@@ -55,8 +55,7 @@ class RunError:
 
     ``type`` is the exception's class name (``ModelError`` for a model API that failed after its
     retries), or ``max_turns``; ``message`` says what went wrong, as the run's ``error`` event
-    does. ``partial``
-    says the run's text is an answer this failure cut off mid-stream.
+    does. ``partial`` says the run's text is an answer this failure cut off mid-stream.
     """
 
     type: str

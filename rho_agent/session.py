@@ -19,7 +19,7 @@ from rho_agent._loop.run import EventCallback, RunContext
 from rho_agent.agent import Agent
 from rho_agent.backends.base import ExecutionBackend
 from rho_agent.errors import ConfigError, ModelError, SessionError
-from rho_agent.events import AgentEvent, CompactResult, RunResult
+from rho_agent.events import AgentEvent, CompactResult, RunError, RunResult
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.model.base import ModelRequest
 from rho_agent.pricing import context_window
@@ -127,10 +127,10 @@ class Session:
                 raise  # cancelled from outside (shutdown): leave the run resumable
             status = self._record_cancelled(run)
         except ModelError as exc:
-            status = self._record_error(run, str(exc))
+            status = self._record_error(run, exc, str(exc))
         except Exception as exc:
             logger.exception("run of session %s failed", self.state.session_id)
-            status = self._record_error(run, f"{type(exc).__name__}: {exc}")
+            status = self._record_error(run, exc, f"{type(exc).__name__}: {exc}")
         finally:
             if poller is not None:
                 poller.cancel()
@@ -158,6 +158,7 @@ class Session:
                 return outcome
         message = f"stopped after max_turns={self.max_turns} model calls without a final answer"
         self.state.append("error", message=message)
+        run.error = RunError("max_turns", message)
         run.emit(AgentEvent("max_turns", content=message))
         return "max_turns"
 
@@ -250,9 +251,7 @@ class Session:
                 return
 
     def _record_cancelled(self, run: RunContext) -> str:
-        if run.streamed:
-            self.state.append("message", role="assistant", content="".join(run.streamed))
-            run.streamed = []
+        self._record_partial_text(run)
         _tool_step.answer_unfinished(
             self, "Cancelled: the run was cancelled before this call finished."
         )
@@ -260,14 +259,24 @@ class Session:
         run.emit(AgentEvent("cancelled", content="run cancelled"))
         return "cancelled"
 
-    def _record_error(self, run: RunContext, message: str) -> str:
+    def _record_error(self, run: RunContext, exc: Exception, message: str) -> str:
+        partial = self._record_partial_text(run)
         _tool_step.answer_unfinished(
             self, f"Error: the run failed before this call finished: {message}"
         )
-        run.error = message
+        run.error = RunError(type(exc).__name__, str(exc), partial=partial)
         self.state.append("error", message=message)
         run.emit(AgentEvent("error", content=message))
         return "error"
+
+    def _record_partial_text(self, run: RunContext) -> bool:
+        """Keep the text of a model call that was cut off, marked partial; True if any."""
+        if not run.streamed:
+            return False
+        run.text = "".join(run.streamed)
+        run.streamed = []
+        self.state.append("message", role="assistant", content=run.text, partial=True)
+        return True
 
     # -- compaction -----------------------------------------------------------------------------
 
@@ -292,7 +301,7 @@ class Session:
         if not self.auto_compact or self._compacted_last:
             return
         limit = compaction.AUTO_COMPACT_FRACTION * self.context_window
-        if compaction.request_tokens(self.state.messages, tools) < limit:
+        if compaction.count_tokens(self.state.messages, tools) < limit:
             return
         try:
             await self._compact("auto", run)
@@ -304,7 +313,8 @@ class Session:
 
     async def _compact(self, trigger: str, run: RunContext) -> CompactResult:
         messages = self.state.messages
-        before = compaction.count_tokens(messages)
+        tools = self.agent.registry.schemas()
+        before = compaction.count_tokens(messages, tools)
         split = compaction.plan(messages) or compaction.plan(messages, keep_exchanges=1)
         if split is None:
             return CompactResult(
@@ -314,7 +324,7 @@ class Session:
         turn = await compaction.summarise(self._client, self.agent.config.model, split.older)
         self._record_model_call(run, turn.usage.as_dict(), turn.usage.estimated)
         new_messages = compaction.compacted_messages(split, turn.text)
-        after = compaction.count_tokens(new_messages)
+        after = compaction.count_tokens(new_messages, tools)
         self.state.append(
             "compaction",
             trigger=trigger,

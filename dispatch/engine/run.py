@@ -197,7 +197,8 @@ class JobRun:
         if self._timed_out:
             limit = self.spec.timeout_s or self._options.default_timeout_s
             return await self._finish(result, f"job timed out after {limit:g} s")
-        return await self._finish(result, None)
+        failed = result.status == "error" and result.error is not None
+        return await self._finish(result, str(result.error) if failed else None)
 
     # -- session ------------------------------------------------------------------------------
 
@@ -328,7 +329,11 @@ class JobRun:
         events = prior + [event for result in results for event in result.events]
         last = results[-1]
         return RunResult(
-            text=last.text, events=events, status=last.status, usage=self._job_usage(state)
+            text=last.text,
+            events=events,
+            status=last.status,
+            usage=self._job_usage(state),
+            error=last.error,
         )
 
     def _start_timer(self) -> asyncio.TimerHandle | None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rho_agent.backends._daytona_sdk import daytona_errors, sdk, settle
 from rho_agent.backends.base import CommandResult
 from rho_agent.errors import BackendError
-from rho_agent.sandbox import env_command_prefix
+from rho_agent.sandbox import bash_scrub, env_command_prefix
 
 if TYPE_CHECKING:
     from daytona import AsyncSandbox
@@ -45,10 +45,12 @@ def shell_command(command: str, cwd: str, env_names: Iterable[str] = ()) -> str:
     shell, which must survive to report the exit code.
     """
     quoted = shlex.quote(command)
-    env = env_command_prefix(env_names)
+    names = list(env_names)
+    scrubbed_bash = shlex.quote(f'{bash_scrub(names)}; exec bash -c "$1"')
     return (
         f"if cd {shlex.quote(cwd)} 2>/dev/null; then if command -v bash >/dev/null 2>&1; "
-        f"then {env} bash -c {quoted} </dev/null; else {env} sh -c {quoted} </dev/null; fi; "
+        f"then bash -c {scrubbed_bash} rho-agent {quoted} </dev/null; "
+        f"else {env_command_prefix(names)} sh -c {quoted} </dev/null; fi; "
         f"else echo {shlex.quote(_NO_CWD)}; fi"
     )
 

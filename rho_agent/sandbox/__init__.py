@@ -7,6 +7,7 @@ The local backend uses all three; docs/security.md says what each profile enforc
 """
 
 from rho_agent.sandbox.environment import (
+    bash_scrub,
     check_extra_names,
     env_command_prefix,
     looks_secret,
@@ -28,6 +29,7 @@ __all__ = [
     "Sandbox",
     "SandboxPolicy",
     "Support",
+    "bash_scrub",
     "check_extra_names",
     "env_command_prefix",
     "looks_secret",

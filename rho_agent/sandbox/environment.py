@@ -78,3 +78,10 @@ def env_command_prefix(extra: Iterable[str] = ()) -> str:
     allowlisted variables of the shell it runs in (each only if set there)."""
     names = [*BASE_NAMES, *LC_NAMES, *(name for name in extra if name not in BASE_NAMES)]
     return "env -i " + " ".join(f'${{{name}+"{name}=${name}"}}' for name in names)
+
+
+def bash_scrub(extra: Iterable[str] = ()) -> str:
+    """A bash statement that unexports every variable but the allowlisted ones (``extra`` must
+    be valid variable names); it needs no program besides bash, unlike ``env -i``."""
+    keep = "|".join([*BASE_NAMES, "LC_*", *extra])
+    return f'for n in $(compgen -e); do case $n in {keep}) ;; *) unset "$n" ;; esac; done'

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
+import stat
 import sys
 
 _SYS_CREATE_RULESET = 444
@@ -98,11 +98,16 @@ class ConfineError(Exception):
     """A confinement step failed; the command must not run."""
 
 
+_LIBC: list[ctypes.CDLL] = []
+
+
 def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    libc.prctl.restype = ctypes.c_int
-    return libc
+    if not _LIBC:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        libc.prctl.restype = ctypes.c_int
+        _LIBC.append(libc)
+    return _LIBC[0]
 
 
 def _check(result: int, what: str) -> int:
@@ -122,7 +127,7 @@ def landlock_abi() -> int:
 
 def machine_supported() -> bool:
     """Whether seccomp numbers are known for this CPU architecture."""
-    return platform.machine() in _ARCHES
+    return os.uname().machine in _ARCHES
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -177,7 +182,7 @@ def _allow_beneath(libc: ctypes.CDLL, ruleset: int, path: str, handled: int) -> 
     except FileNotFoundError:
         return  # an optional device such as /dev/tty
     try:
-        is_dir = os.path.isdir(f"/proc/self/fd/{fd}")
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
         access = handled if is_dir else handled & (_FS_WRITE_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV)
         rule = _PathBeneath(allowed_access=access, parent_fd=fd)
         _check(
@@ -201,11 +206,11 @@ def drop_capabilities() -> None:
     libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
     current = (ctypes.c_uint32 * 6)()
-    _check(libc.syscall(_ARCHES[platform.machine()].capget, header, current), "capget")
+    _check(libc.syscall(_ARCHES[os.uname().machine].capget, header, current), "capget")
     kept = sum(1 << capability for capability in _KEPT_CAPABILITIES)
     # data[0] = (effective, permitted, inheritable) of capabilities 0-31, data[1] of 32-63.
     wanted = (ctypes.c_uint32 * 6)(current[0] & kept, current[1] & kept, 0, 0, 0, 0)
-    _check(libc.syscall(_ARCHES[platform.machine()].capset, header, wanted), "capset")
+    _check(libc.syscall(_ARCHES[os.uname().machine].capset, header, wanted), "capset")
 
 
 def _filter(arch: _Arch, blocked: list[int]) -> bytes:
@@ -227,7 +232,7 @@ def _filter(arch: _Arch, blocked: list[int]) -> bytes:
 
 def apply_seccomp(*, no_network: bool, no_metadata: bool) -> None:
     """Install the seccomp filter (after Landlock, whose calls it would not block anyway)."""
-    arch = _ARCHES[platform.machine()]
+    arch = _ARCHES[os.uname().machine]
     blocked = [_IO_URING_SETUP]
     blocked += [arch.socket] if no_network else []
     blocked += list(arch.metadata) if no_metadata else []
@@ -252,7 +257,7 @@ def confine(writable: list[str], *, no_network: bool, no_metadata: bool) -> None
     if abi < MIN_ABI:
         raise ConfineError(f"Landlock ABI {abi} is below {MIN_ABI}")
     if not machine_supported():
-        raise ConfineError(f"no seccomp table for the {platform.machine()} architecture")
+        raise ConfineError(f"no seccomp table for the {os.uname().machine} architecture")
     drop_capabilities()
     apply_landlock(abi, writable, no_network=no_network)
     apply_seccomp(no_network=no_network, no_metadata=no_metadata)

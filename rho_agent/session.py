@@ -24,7 +24,8 @@ from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.model.base import ModelRequest
 from rho_agent.pricing import context_window
 from rho_agent.state import State
-from rho_agent.tools.base import ToolInvocation
+from rho_agent.tools.base import ToolHandler, ToolInvocation
+from rho_agent.tools.registry import ToolRegistry
 from rho_agent.trace import TraceSink
 
 logger = logging.getLogger("rho_agent.session")
@@ -339,6 +340,17 @@ class Session:
         )
 
     # -- tools and backend ----------------------------------------------------------------------
+
+    @property
+    def registry(self) -> ToolRegistry:
+        """The tools this session's agent offers the model."""
+        return self.agent.registry
+
+    def needs_approval(self, handler: ToolHandler) -> bool:
+        """A call needs approval unless the config auto-approves, per the agent's profile."""
+        if self.agent.config.auto_approve:
+            return False
+        return bool(self.agent.profile.needs_approval(handler))
 
     async def invocation(self, call: _tool_step.PreparedCall) -> ToolInvocation:
         return ToolInvocation(

@@ -29,8 +29,6 @@ from workers.worker_settings import WorkerSettings
 logger = logging.getLogger("workers.session_host")
 
 _CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
-_REQUEUE_GRACE_MS = 600_000
-"""How long a re-sent job may wait in the queue before the sweeper sends it once more."""
 
 
 class SessionHost:
@@ -115,7 +113,7 @@ class SessionHost:
             settings.fleet.keys,
             self._resend,
             interval_s=settings.sweep_interval_s,
-            grace_ms=_REQUEUE_GRACE_MS,
+            grace_ms=settings.fleet.queued_lease_s * 1000,
         )
         self._tasks = [
             asyncio.create_task(keeper.run(), name="rho-leases"),

@@ -32,7 +32,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatch.fleet import lua
@@ -242,7 +242,7 @@ class BatchWriter:
                     try:
                         reply = await connection.read_response()
                     except ResponseError as exc:  # a bad command, not a bad connection
-                        if str(exc).startswith("NOSCRIPT"):  # flushed: load it again, resend
+                        if isinstance(exc, NoScriptError):  # flushed: load it again, resend
                             raise RedisConnectionError(str(exc)) from exc
                         logger.error("Redis refused a write (%s); it is dropped", exc)
                         continue

@@ -76,7 +76,9 @@ async def test_writes_arrive_in_order_and_finish_ends_the_stream(bus: JobBus) ->
     await bus.submit([job], "q")
     await bus.start(job, "w1", 60_000)
     bus.emit_event(Claim(job.job_id, 1), event_entry(AgentEvent("text", content="a")))
-    bus.emit_trace(Claim(job.job_id, 1), job.session_id, {"type": "message", "ts": "t", "role": "user"})
+    bus.emit_trace(
+        Claim(job.job_id, 1), job.session_id, {"type": "message", "ts": "t", "role": "user"}
+    )
     bus.emit_event(Claim(job.job_id, 1), event_entry(AgentEvent("text", content="b")))
     bus.emit_progress(Claim(job.job_id, 1), {"turns": "1", "input_tokens": "7", "cost_usd": "0.5"})
     result = RunResult(text="ab", events=[AgentEvent("text", content="ab")], status="completed")

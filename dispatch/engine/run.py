@@ -260,6 +260,9 @@ class JobRun:
             )
             session = Session(agent, session_id=spec.session_id, sinks=[sink])
         session.cancel_check = lambda: self._cancelled
+        # Before a tool runs, its tool_start is confirmed in Redis: a refused write (a newer
+        # attempt owns the job) stops this run before the side effect, not after.
+        session.before_tool = self._bus.flush
         self._session = session
         await self._load_baseline(session.state)
         return session

@@ -39,6 +39,10 @@ class SessionHost:
         self._app = app
         self.task_ids = TaskIds()
         self.task_events_on: Callable[[], bool] = lambda: False
+        self.closing = False
+        """Set when the graceful shutdown begins: a job delivered from then on is not run here
+        (the consumer may still hold one it fetched, even the job this worker just handed back)
+        but given back to the queue for another worker."""
         self.handing_back = False
         """Set by the graceful shutdown before it cancels the jobs it hands back to the queue."""
         """Set by the worker when it is ready: whether task events are being sent."""

@@ -94,6 +94,7 @@ class GracefulShutdown:
         if self._started:
             return []
         self._started = True
+        self.host.closing = True
         self._on_begin()
         running = self.host.running_count
         if running and not cold:

@@ -43,6 +43,11 @@ class StepHost(Protocol):
     @property
     def approval_callback(self) -> ApprovalCallback | None: ...
 
+    @property
+    def before_tool(self) -> Callable[[], Awaitable[None]] | None:
+        """Awaited once a call's start is recorded, before its tool runs (see ``Session``)."""
+        ...
+
     def needs_approval(self, handler: ToolHandler) -> bool:
         """Whether a call to ``handler`` must be approved before it runs."""
         ...

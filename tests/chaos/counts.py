@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dispatch.fleet.keys import Keys
 from dispatch.fleet.redis_bus import decode_entry
+from dispatch.keys import Keys
 from rho_agent import AgentEvent, RunResult
 
 

@@ -95,7 +95,7 @@ class Reduction:
         plan: ReducePlan,
         batch_id: str | None = None,
     ) -> None:
-        self.id = batch_id or f"b-{secrets.token_hex(6)}"
+        self.id = batch_id or new_batch_id()
         self._core = core
         self._plan = plan
         self.levels: list[Level] = []
@@ -250,6 +250,11 @@ class Reduction:
             [[item.source for item in group] for group in groups],
         )
         return level, specs
+
+
+def new_batch_id() -> str:
+    """``b-3f9a1c2b4d5e``: the id every job of one map-reduce tree is labelled with."""
+    return f"b-{secrets.token_hex(6)}"
 
 
 def plan_reduce(

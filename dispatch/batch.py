@@ -320,10 +320,11 @@ def result_line(index: int, job: Job, info: JobInfo, result: RunResult) -> dict[
         "status": result.status,
         "text": result.text,
         "usage": result.usage,
-        "error": info.error,
+        "error": info.error or (str(result.error) if result.error is not None else None),
         "labels": info.labels,
         "prompt": info.prompt,
         "worker": info.worker,
         "attempt": info.attempt,
+        "duration_s": info.duration_s,
         "output": output_data(result.output),
     }

@@ -232,6 +232,8 @@ class Reduction:
                 **plan.options.get("labels", {}),
                 "batch": self.id,
                 "level": kind if kind == "final" else f"reduce-{depth}",
+                "part": f"{index}/{len(groups)}",
+                "inputs": str(len(group)),
             }
             options = {**plan.options, "labels": labels}
             specs.append(

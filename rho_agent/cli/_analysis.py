@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -92,6 +92,8 @@ class Analysis:
         sink: IO[str],
     ) -> RunResult:
         """Reduce the map's results, one progress row per level; write the answer as one line."""
+        from dispatch.report import row_of_info
+
         assert self.reduce is not None
         reduction = dispatcher.reduce(
             jobs, self.reduce, config, output_schema=self.reduce_schema, batch_id=self.batch_id
@@ -106,6 +108,8 @@ class Analysis:
             raise
         result = reduction.result()
         _show(bar, rows, reduction.progress())
+        reducers = [job_id for level in reduction.levels[1:] for job_id in level.job_ids]
+        infos = [info for info in dispatcher.infos(reducers) if info is not None]
         line = {
             "batch_id": reduction.id,
             "reduce": True,
@@ -114,6 +118,7 @@ class Analysis:
             "text": result.text,
             "error": str(result.error) if result.error is not None else None,
             "levels": [level.to_dict() for level in reduction.levels],
+            "jobs": [asdict(row_of_info(info)) for info in infos],
         }
         sink.write(json.dumps(line, ensure_ascii=False) + "\n")
         sink.flush()

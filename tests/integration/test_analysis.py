@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from dispatch import Dispatcher
+from dispatch.reduce import new_batch_id
+from dispatch.report import report_from_fleet
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer
 from tests.analysis_support import Finding, Summary, analyst, file_names, severity
@@ -48,9 +50,19 @@ def small_window(config: AgentConfig) -> AgentConfig:
 
 def analyse(dispatcher: Dispatcher, config: AgentConfig) -> dict[str, Any]:
     names = file_names(FILES)
-    jobs = dispatcher.map([f"Review file {name}" for name in names], config, output_schema=Finding)
+    batch_id = new_batch_id()
+    jobs = dispatcher.map(
+        [f"Review file {name}" for name in names],
+        config,
+        output_schema=Finding,
+        labels={"batch": batch_id, "level": "map"},
+    )
     reduction = dispatcher.reduce(
-        jobs, "Summarise the findings.", small_window(config), output_schema=Summary
+        jobs,
+        "Summarise the findings.",
+        small_window(config),
+        output_schema=Summary,
+        batch_id=batch_id,
     )
     final = reduction.result(timeout=240)
     results = dispatcher.gather(jobs, timeout=10)
@@ -97,12 +109,22 @@ def test_fleet_and_embedded_give_the_same_analysis(
 ) -> None:
     with fleet.dispatcher() as dispatcher:
         on_fleet = analyse(dispatcher, config)
+        report = report_from_fleet(dispatcher, on_fleet["tree"].id, scan=5_000)
     fleet_answers, fleet_summary = check(on_fleet)
     # 300 first answers + one correction for each of the 7 bad files, then the reducers
     map_calls = FILES + 7
     reducers = sum(len(level.job_ids) for level in on_fleet["tree"].levels[1:])
     assert len(model_server.requests) == map_calls + reducers
     assert {job.id for job in on_fleet["jobs"]} <= reducer_sources(model_server)
+    tree = on_fleet["tree"]
+    assert [level.name for level in report.levels] == [
+        "map",
+        *[f"reduce-{level.depth}" for level in tree.levels[1:-1]],
+        "final",
+    ]
+    assert len(report.rows) == FILES + sum(len(level.job_ids) for level in tree.levels[1:])
+    assert report.levels[0].failed == 2 and all(row.worker for row in report.rows)
+    assert report.final is not None and report.final["output"]["count"] == FILES
     with fleet.dispatcher() as reader:
         infos = reader.infos([on_fleet["jobs"][0].id, on_fleet["tree"].levels[-1].job_ids[0]])
     assert all(info is not None and info.worker and info.worker.startswith("wa") for info in infos)

@@ -13,7 +13,7 @@ from dispatch import Dispatcher, FleetError, JobSpecError
 from dispatch.batch import load_batch
 from dispatch.spec import JobSpec
 from rho_agent import AgentConfig
-from rho_agent.testing import ScriptedModelServer, structured
+from rho_agent.testing import ScriptedModelServer, ScriptedResponse, error, structured
 from tests.analysis_support import Finding, Summary, analyst, file_names, severity
 
 
@@ -91,6 +91,34 @@ def test_a_reduce_that_must_go_hierarchical(
     assert {job.id for job in jobs} <= seen  # every map result reached a reducer
     assert sum(len(group) for group in first_level.groups) == len(jobs)
     assert reduction.progress()[-1] == ("final", 1, 1)
+
+
+def test_a_failed_reducer_is_listed_to_the_final_one(
+    dispatcher: Dispatcher, config: AgentConfig, model_server: ScriptedModelServer
+) -> None:
+    _, jobs = map_files(dispatcher, config, 60)
+    doomed = jobs[0].id
+
+    def respond(body: dict[str, Any]) -> ScriptedResponse:
+        first = next(m for m in body["messages"] if m["role"] == "user")["content"]
+        if f"### {doomed} " in first and "part 1 of" in first:
+            return error(400, "the reducer's model refused")
+        return analyst(body)
+
+    model_server.responder = respond
+    small = AgentConfig(
+        base_url=config.base_url, working_dir=config.working_dir, extras={"context_window": 6000}
+    )
+    reduction = dispatcher.reduce(jobs, "Summarise.", small, output_schema=Summary)
+    final = reduction.result(timeout=60)
+    first_level = reduction.levels[1]
+    assert first_level.failed == 1 and len(first_level.job_ids) > 1
+    assert isinstance(final.output, Summary)
+    assert first_level.job_ids[0] in final.output.failed  # the failed reducer, named
+    assert final.output.count == 60 - len(first_level.groups[0]) + 1
+    final_prompt = reducer_prompts(model_server)[-1]
+    assert f"### {first_level.job_ids[0]} (FAILED: error)" in final_prompt
+    assert "refused" in final_prompt
 
 
 def test_everything_that_fits_is_reduced_once(dispatcher: Dispatcher, config: AgentConfig) -> None:

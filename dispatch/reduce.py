@@ -59,7 +59,7 @@ class Level:
 
     @property
     def name(self) -> str:
-        return self.kind if self.kind != "reduce" else f"reduce {self.depth}"
+        return self.kind if self.kind != "reduce" else f"reduce-{self.depth}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -119,8 +119,9 @@ class Session:
         schema = self._output_schema(output_schema)
         self._ensure_idle()
         prompt = _prompt_not_yet_recorded(self.state)
+        run = RunContext(on_event, corrections=_corrections_made(self.state))
         self.state.append("run_resume", run=self.state.run_count + 1)
-        return await self._drive(RunContext(on_event), prompt, schema)
+        return await self._drive(run, prompt, schema)
 
     def _output_schema(self, schema: SchemaLike | OutputSchema | None) -> OutputSchema | None:
         if schema is None:
@@ -469,6 +470,18 @@ def _prompt_not_yet_recorded(state: State) -> str | None:
             prompt = record.get("prompt")
             return prompt if isinstance(prompt, str) else None
     return None
+
+
+def _corrections_made(state: State) -> int:
+    """Corrective messages the unfinished run already had: every user message after its prompt
+    is one, so a resumed run does not get a second correction."""
+    users = 0
+    for record in reversed(state.records):
+        if record.get("type") == "message" and record.get("role") == "user":
+            users += 1
+        if record.get("type") == "run_start":
+            return max(0, users - (record.get("prompt") is not None))
+    return 0
 
 
 def _final_answer_call(tool_calls: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -143,3 +143,26 @@ def test_bad_schemas_and_modes_fail_at_construction() -> None:
 
 def test_a_fenced_answer_is_read() -> None:
     assert OutputSchema.of(SCHEMA).parse('```json\n{"ok": true}\n```') == {"ok": True}
+
+
+async def test_a_resumed_run_does_not_get_a_second_correction(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """The process stopped after the correction was recorded: the resumed run's next invalid
+    answer ends it, as it would have without the stop."""
+    model_server.script(structured({"ok": "no"}), structured({"ok": True}))
+    session = make_session(model_server, tmp_path)
+    await session.run("check", output_schema=SCHEMA)
+    records = session.state.records
+    cut = max(
+        i for i, r in enumerate(records) if r["type"] == "message" and r.get("role") == "user"
+    )
+    stopped = State.from_records(records[: cut + 1])  # the correction, then the process stopped
+    assert stopped.has_unfinished_run
+    model_server.reset()
+    model_server.script(structured({"ok": "still no"}), structured({"ok": True}))
+    resumed = make_session(model_server, tmp_path)
+    resumed = type(resumed)(resumed.agent, state=stopped)
+    result = await resumed.resume_run(output_schema=SCHEMA)
+    assert result.status == "invalid_output"
+    assert model_server.pending == 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,10 +28,10 @@ from dispatch.reduce_plan import (
     reducer_prompt,
 )
 from dispatch.spec import JobSpec, build_spec
+from rho_agent import compaction
 from rho_agent.agent import Agent
 from rho_agent.config import AgentConfig
 from rho_agent.events import AgentEvent, RunError, RunResult
-from rho_agent.model._assemble import estimate_tokens
 from rho_agent.output import OutputSchema, structured_output_mode
 from rho_agent.pricing import context_window
 
@@ -277,7 +276,7 @@ def plan_reduce(
         if schema.mode == "tool":
             tools = [*tools, schema.final_answer_tool()]
         else:  # the response format travels with every request too
-            overhead = estimate_tokens(json.dumps(schema.response_format()))
+            overhead = compaction.count_tokens([], [schema.response_format()])
     window = context_window(config.model, config.context_window())
     overhead += prompt_overhead(instruction, agent.system_prompt, tools)
     return ReducePlan(instruction, config, schema, group_budget(window, overhead), options)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from dispatch.errors import ReduceError
+from rho_agent import compaction
 from rho_agent.events import RunResult, output_data
-from rho_agent.model._assemble import estimate_tokens
 
 ANSWER_RESERVE: Final = 0.25
 """The share of a reducer's window kept free for its answer (and a corrective turn)."""
@@ -41,8 +41,9 @@ class ReduceItem:
         return f"### {self.source} (FAILED: {self.status})\n{self.body}"
 
     def tokens(self) -> int:
-        """Estimated tokens of the rendered item inside a JSON request (escapes included)."""
-        return estimate_tokens(json.dumps(self.render() + "\n\n", ensure_ascii=False))
+        """Estimated tokens of the rendered item inside a request (JSON escapes included; the
+        message wrapper counted too, so the sum of items errs on the large side)."""
+        return compaction.count_tokens([{"content": self.render() + "\n\n"}], [])
 
 
 def item_of(source: str, result: RunResult) -> ReduceItem:
@@ -125,8 +126,6 @@ def prompt_overhead(
     instruction: str, system_prompt: str, tools: list[dict[str, Any]], *, parts: int = 2
 ) -> int:
     """Estimated tokens of a reducer's request without its items (system, tools, instruction)."""
-    from rho_agent import compaction
-
     header = reducer_prompt(instruction, [ReduceItem("x", "error", "")], (1, parts))
     messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": header}]
     return compaction.count_tokens(messages, tools)

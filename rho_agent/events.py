@@ -57,6 +57,8 @@ class RunResult:
     events: list[AgentEvent] = field(default_factory=list)
     status: str = "completed"
     usage: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    """Why the run failed (the text of its ``error`` event), ``None`` when it did not."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,7 @@ class RunResult:
             "status": self.status,
             "usage": dict(self.usage),
             "events": [event.to_dict() for event in self.events],
+            "error": self.error,
         }
 
     @classmethod
@@ -73,6 +76,7 @@ class RunResult:
             status=str(data.get("status", "completed")),
             usage=dict(data.get("usage") or {}),
             events=[AgentEvent.from_dict(event) for event in data.get("events") or []],
+            error=None if data.get("error") is None else str(data["error"]),
         )
 
 

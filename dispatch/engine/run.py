@@ -328,7 +328,11 @@ class JobRun:
         events = prior + [event for result in results for event in result.events]
         last = results[-1]
         return RunResult(
-            text=last.text, events=events, status=last.status, usage=self._job_usage(state)
+            text=last.text,
+            events=events,
+            status=last.status,
+            usage=self._job_usage(state),
+            error=last.error,
         )
 
     def _start_timer(self) -> asyncio.TimerHandle | None:
@@ -344,13 +348,18 @@ class JobRun:
     # -- finishing ----------------------------------------------------------------------------
 
     async def _fail(self, message: str) -> JobOutcome:
+        """Fail the job before or around its run (refused, busy session, crash loop, bug)."""
         event = AgentEvent(type="error", content=message)
         self._bus.emit_event(self.job_id, event_entry(event))
         return await self._finish(RunResult(text="", events=[event], status="error"), message)
 
     async def _finish(self, result: RunResult, error: str | None) -> JobOutcome:
+        """End the job. ``error`` makes it an ``error`` whatever the run said; without one, a run
+        that ended badly on its own (model down, max_turns, cancelled) is explained by its
+        events, so every failure carries its reason."""
         self._finished = True
         status = result.status if error is None else "error"
+        reason = error or failure_reason(result)
         if self._session is not None:
             state_status = self._session.state.status
             self._bus.emit_session(self.spec.session_id, {"status": state_status}, new=False)
@@ -358,7 +367,7 @@ class JobRun:
             result = RunResult(
                 text=result.text, events=result.events, status="error", usage=result.usage
             )
-        owned = await self._bus.finish(self.spec, self._attempt, result, error)
+        owned = await self._bus.finish(self.spec, self._attempt, result, reason)
         outcome_status = status if owned else "superseded"
         if not owned:
             logger.warning(
@@ -369,7 +378,21 @@ class JobRun:
             outcome_status,
             attempt=self._attempt,
             worker=self._options.worker,
-            error=error,
+            error=reason,
             usage=dict(result.usage),
             turns=self._turns,
         )
+
+
+_FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption")
+
+
+def failure_reason(result: RunResult) -> str | None:
+    """Why a run that did not complete ended: its last error (or max_turns, cancelled,
+    interruption) event's text, so JobInfo.error, the results file and Flower can say it."""
+    if result.status == "completed":
+        return None
+    for event in reversed(result.events):
+        if event.type in _FAILURE_EVENTS and event.content:
+            return event.content
+    return f"the run ended with status {result.status}"

@@ -46,4 +46,10 @@ class RunContext:
         self.usage["cost_usd"] += cost_usd
 
     def result(self, status: str) -> RunResult:
-        return RunResult(text=self.text, events=self.events, status=status, usage=dict(self.usage))
+        return RunResult(
+            text=self.text,
+            events=self.events,
+            status=status,
+            usage=dict(self.usage),
+            error=self.error,
+        )

@@ -20,9 +20,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from rho_agent.cli import _exit
 from rho_agent.cli._results_file import ResultsFile
+from rho_agent.cli._tables import JsonFlag, print_json, print_table
 from rho_agent.cli.app import app
 from rho_agent.errors import ConfigError, RhoAgentError
 
@@ -40,12 +42,13 @@ _err = Console(stderr=True)
 
 @contextmanager
 def _fleet_errors() -> Iterator[None]:
-    """Show rho-agent's own errors as one red line and exit 2, without a traceback."""
+    """Show rho-agent's own errors as one red line and their exit code, without a traceback."""
     try:
         yield
     except RhoAgentError as exc:
-        _err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        code, message = _exit.classify(exc)
+        _exit.report(message)
+        raise typer.Exit(code) from None
 
 
 def _dispatcher(broker: str | None, *, need_fleet: bool = False) -> Dispatcher:
@@ -54,11 +57,11 @@ def _dispatcher(broker: str | None, *, need_fleet: bool = False) -> Dispatcher:
     dispatcher = Dispatcher(broker)
     if need_fleet and dispatcher.mode != "fleet":
         dispatcher.close()
-        _err.print(
-            "[red]error:[/] this command needs a fleet: pass --broker redis://... or set "
+        _exit.report(
+            "this command needs a fleet: pass --broker redis://... or set "
             "RHO_AGENT_BROKER_URL (embedded jobs live only in the process that ran them)"
         )
-        raise typer.Exit(2)
+        raise typer.Exit(_exit.USAGE)
     return dispatcher
 
 
@@ -376,17 +379,23 @@ def _show_event(out: Console, event: AgentEvent) -> None:
 def jobs(
     broker: Broker = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many.")] = 20,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List the fleet's most recent jobs with live progress (turns, tokens, cost)."""
+    """List the fleet's most recent jobs with live progress (turns, tokens, cost) and, for a
+    job that failed, why."""
     with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
         infos = dispatcher.jobs(limit)
+    if as_json:
+        print_json([info.model_dump() for info in infos])
+        return
     table = Table(
-        "job", "status", "model", "profile", "turns", "tokens", "cost", "worker", "age", "prompt"
-    )
+        "job", "status", "model", "profile", "turns", "tokens", "cost", "worker", "age",
+        "prompt", "error",
+    )  # fmt: skip
     now = time.time()
     for info in infos:
-        table.add_row(*_job_row(info, now))
-    Console().print(table)
+        table.add_row(*(Text(cell) for cell in _job_row(info, now)))
+    print_table(Console(), table)
 
 
 def _job_row(info: JobInfo, now: float) -> list[str]:
@@ -401,7 +410,8 @@ def _job_row(info: JobInfo, now: float) -> list[str]:
         f"${info.cost_usd:.4f}",
         info.worker or "-",
         f"{age:.0f}s" if age < 120 else f"{age / 60:.0f}m",
-        info.prompt[:40],
+        " ".join(info.prompt.split())[:60],
+        " ".join((info.error or "").split()),
     ]
 
 

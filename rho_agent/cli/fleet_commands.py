@@ -217,11 +217,12 @@ def _lost_contact(
         out = f" -o {output}" if output else ""
         _err.print(
             f"batch {batch.batch_id}: {batch.progress.finished} of {batch.progress.total} "
-            f"finished before the error; jobs already sent go on on the fleet. Later: "
+            f"finished before the error; the jobs already sent keep running on the fleet. Later: "
             f"`rho-agent results {batch.batch_id}{out}` collects them, "
             f"`rho-agent dispatch {file} --resume {batch.batch_id}{out}` finishes the batch",
             highlight=False,
             markup=False,
+            soft_wrap=True,
         )
 
 
@@ -248,7 +249,7 @@ def _interrupted_summary(batch: BatchRun, fleet: bool, file: Path, output: Path 
             f"  send them again: rho-agent dispatch {file} --resume {batch.batch_id}"
             + (out or " -o FILE"),
         ]
-    _err.print("\n".join(lines), highlight=False, markup=False)
+    _err.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
 
 
 def _batch_exit_code(results: list[RunResult]) -> int:

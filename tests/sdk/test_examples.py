@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, text, tool_call
+from rho_agent.testing import (
+    ScriptedModelServer,
+    ScriptedResponse,
+    behaviour,
+    error,
+    text,
+    tool_call,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -91,3 +98,15 @@ def test_every_example_is_covered(name: str) -> None:
     covered = {"basic_usage.py", "multi_run.py", "parallel_dispatch.py", "custom_tools.py",
                "observe_events.py"}  # fmt: skip
     assert name in covered or name.startswith("fleet_"), f"{name} has no test"
+
+
+def test_basic_usage_says_why_a_run_failed(tmp_path: Path) -> None:
+    with ScriptedModelServer(responder=lambda body: error(400, "no such model here")) as server:
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test",
+               "HOME": str(tmp_path)}  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLES / "basic_usage.py")],
+            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert "run error:" in done.stderr and "no such model here" in done.stderr

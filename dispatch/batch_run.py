@@ -17,14 +17,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from dispatch.dispatcher import Dispatcher
 from dispatch.errors import JobSpecError
 from dispatch.info import JobInfo
 from dispatch.job import Job
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
+
+if TYPE_CHECKING:
+    from dispatch.dispatcher import Dispatcher
 
 
 class TextSink(Protocol):

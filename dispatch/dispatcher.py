@@ -149,11 +149,11 @@ class Dispatcher:
     def record_batch(self, batch_id: str, job_ids: dict[int, str], *, total: int) -> None:
         """Store which job runs each entry of batch ``batch_id`` (in Redis for a fleet)."""
         fields = {str(index): job_id for index, job_id in job_ids.items()}
-        self._core.backend.record_batch(batch_id, {"total": str(total), **fields})
+        self._core.broker.record_batch(batch_id, {"total": str(total), **fields})
 
     def batch_jobs(self, batch_id: str) -> tuple[int, dict[int, str]]:
         """A recorded batch: its number of entries, and the job id of each entry sent so far."""
-        fields = self._core.backend.read_batch(batch_id)
+        fields = self._core.broker.read_batch(batch_id)
         if "total" not in fields:
             raise BatchNotFound(
                 f"batch {batch_id} is not recorded on this {self.mode} dispatcher (never "

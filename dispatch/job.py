@@ -71,7 +71,7 @@ class Job:
         Works with ``for`` and ``async for``; a late reader still sees every event. With
         ``from_start=False`` only events emitted after this call are yielded.
         """
-        return EventStream(self, from_start=from_start)
+        return EventStream(self.id, self._core, from_start=from_start)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -106,36 +106,37 @@ class Job:
 class EventStream:
     """Iterates a job's events (sync or async), replaying from the first one."""
 
-    def __init__(self, job: Job, *, from_start: bool = True) -> None:
-        self._job = job
+    def __init__(self, job_id: str, core: _Core, *, from_start: bool = True) -> None:
+        self._job_id = job_id
+        self._core = core
         self._after = START
         self._pending: list[AgentEvent] = []
         self._ended = False
         self._skip_existing = not from_start
 
     def __iter__(self) -> Iterator[AgentEvent]:
-        core = self._job._core
+        core = self._core
         while self._skip_existing:
-            self._skip(core.read_events_blocking(self._job.id, self._after, 0.0))
+            self._skip(core.read_events_blocking(self._job_id, self._after, 0.0))
         while True:
             if self._pending:
                 yield self._pending.pop(0)
                 continue
             if self._ended:
                 return
-            self._take(core.read_events_blocking(self._job.id, self._after, _PAGE_BLOCK_S))
+            self._take(core.read_events_blocking(self._job_id, self._after, _PAGE_BLOCK_S))
 
     async def __aiter__(self) -> AsyncIterator[AgentEvent]:
-        core = self._job._core
+        core = self._core
         while self._skip_existing:
-            self._skip(await core.loop.acall(core.read_events(self._job.id, self._after, 0.0)))
+            self._skip(await core.loop.acall(core.read_events(self._job_id, self._after, 0.0)))
         while True:
             if self._pending:
                 yield self._pending.pop(0)
                 continue
             if self._ended:
                 return
-            page = await core.loop.acall(core.read_events(self._job.id, self._after, _PAGE_BLOCK_S))
+            page = await core.loop.acall(core.read_events(self._job_id, self._after, _PAGE_BLOCK_S))
             self._take(page)
 
     def _skip(self, page: tuple[list[StreamEntry], bool]) -> None:

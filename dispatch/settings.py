@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatch.errors import SettingsError
-from dispatch.fleet.keys import DEFAULT_PREFIX, Keys
+from dispatch.keys import DEFAULT_PREFIX, Keys
 
 BROKER_URL_ENV = "RHO_AGENT_BROKER_URL"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")

@@ -22,8 +22,8 @@ session = Session(agent)
 
 async def main() -> None:
     result = await session.run(prompt="Analyze recent failures and summarize root causes.")
-    if result.status != "completed":
-        raise SystemExit(f"run {result.status}: {result.error}")
+    if result.error is not None:
+        raise SystemExit(f"the run failed: {result.error}")
     print(result.text)
 
 

@@ -19,7 +19,7 @@ from dispatch.engine.host import JobHost
 from dispatch.engine.loop import still_running
 from dispatch.errors import JobSpecError
 from dispatch.fleet import lua
-from dispatch.fleet.keys import Keys
+from dispatch.keys import Keys
 from dispatch.spec import JobSpec
 
 logger = logging.getLogger("workers.lease")

@@ -83,6 +83,11 @@ class SessionHost:
                 self._broker = None
 
     @property
+    def loop(self) -> LoopThread:
+        """The loop every job of this process runs on (for the lifecycle and shutdown hooks)."""
+        return self._thread
+
+    @property
     def running_count(self) -> int:
         return 0 if self._host is None else self._host.running_count
 

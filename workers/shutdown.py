@@ -123,7 +123,7 @@ class GracefulShutdown:
     def _hand_back(self) -> list[str]:
         job_host = self.host.start()  # already started: it runs jobs
         self.host.handing_back = True
-        loop = self.host._thread  # SessionHost has no public handle on its loop yet
+        loop = self.host.loop
         flat = loop.call(_stop_and_release(job_host), timeout=_CANCEL_WAIT_S + 30)
         broker = CeleryBroker(self.host.settings.fleet)
         sent = []

@@ -135,6 +135,7 @@ def result_dict(result: RunResult) -> dict[str, Any]:
         "status": result.status,
         "usage": dict(result.usage),
         "events": [event_dict(event) for event in result.events],
+        "error": result.error.to_dict() if result.error is not None else None,
     }
 
 

@@ -25,8 +25,8 @@ from dispatch.engine.bus import (
     rejected,
     result_dict,
 )
-from dispatch.fleet.keys import Keys
 from dispatch.info import TERMINAL_STATUSES, JobInfo, job_fields
+from dispatch.keys import Keys
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
 

@@ -388,10 +388,13 @@ _FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption")
 
 
 def failure_reason(result: RunResult) -> str | None:
-    """Why a run that did not complete ended: its last error (or max_turns, cancelled,
-    interruption) event's text, so JobInfo.error, the results file and Flower can say it."""
+    """Why a run that did not complete ended, so JobInfo.error, the results file and Flower can
+    say it: its RunError (``ModelError: ...``), else its last error, max_turns, cancelled or
+    interruption event's text."""
     if result.status == "completed":
         return None
+    if result.error is not None:
+        return str(result.error)
     for event in reversed(result.events):
         if event.type in _FAILURE_EVENTS and event.content:
             return event.content

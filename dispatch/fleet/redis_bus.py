@@ -27,9 +27,9 @@ from dispatch.engine.bus import (
     result_dict,
 )
 from dispatch.fleet import lua
-from dispatch.fleet.keys import Keys
 from dispatch.fleet.writer import BatchWriter
 from dispatch.info import JobInfo, job_fields
+from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult

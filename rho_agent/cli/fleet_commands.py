@@ -25,13 +25,15 @@ from rich.text import Text
 from rho_agent.cli import _exit
 from rho_agent.cli._results_file import ResultsFile
 from rho_agent.cli._tables import JsonFlag, print_json, print_table
-from rho_agent.cli.app import app
 from rho_agent.errors import ConfigError, RhoAgentError
 
 if TYPE_CHECKING:
     from dispatch import Dispatcher, JobInfo
     from dispatch.batch_run import BatchProgress, BatchRun
     from rho_agent.events import AgentEvent, RunResult
+
+commands = typer.Typer()
+"""This module's commands, merged into the ``rho-agent`` app by ``rho_agent.cli.app``."""
 
 Broker = Annotated[
     str | None,
@@ -65,7 +67,7 @@ def _dispatcher(broker: str | None, *, need_fleet: bool = False) -> Dispatcher:
     return dispatcher
 
 
-@app.command("dispatch")
+@commands.command("dispatch")
 def dispatch_batch(
     file: Annotated[Path, typer.Argument(help="Batch file: .jsonl (one entry per line) or .yaml.")],
     config: Annotated[
@@ -260,12 +262,12 @@ def _batch_exit_code(results: list[RunResult]) -> int:
     if not failed:
         return _exit.OK
     reasons = [failure_reason(result) or "" for result in failed]
-    if all(reason.startswith(_exit.MODEL_UNREACHABLE) for reason in reasons):
+    if all(_exit.MODEL_UNREACHABLE in reason for reason in reasons):
         return _exit.INFRASTRUCTURE
     return _exit.JOBS_FAILED
 
 
-@app.command("results")
+@commands.command("results")
 def collect_results(
     batch_id: Annotated[str, typer.Argument(help="Batch id, as `rho-agent dispatch` printed it.")],
     output: Annotated[
@@ -340,7 +342,7 @@ def _stats(progress: BatchProgress) -> str:
     )
 
 
-@app.command("watch")
+@commands.command("watch")
 def watch(
     job_id: Annotated[str, typer.Argument(help="Job id, as `rho-agent jobs` lists it.")],
     broker: Broker = None,
@@ -358,8 +360,8 @@ def watch(
         f"{info.input_tokens + info.output_tokens:,} tokens · ${info.cost_usd:.4f} · "
         f"worker {info.worker or '-'} · attempt {info.attempt}"
     )
-    if info.error:
-        out.print(f"[red]{info.error}[/]")
+    if info.error:  # why it did not complete, whole on one line (as text: it may hold brackets)
+        out.print(Text(info.error, style="red"), soft_wrap=True)
 
 
 def _show_event(out: Console, event: AgentEvent) -> None:
@@ -376,7 +378,7 @@ def _show_event(out: Console, event: AgentEvent) -> None:
         out.print(f"\n[magenta]↻ {event.content}[/]")
 
 
-@app.command("jobs")
+@commands.command("jobs")
 def jobs(
     broker: Broker = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many.")] = 20,
@@ -416,7 +418,7 @@ def _job_row(info: JobInfo, now: float) -> list[str]:
     ]
 
 
-@app.command("worker")
+@commands.command("worker")
 def worker(
     broker: Broker = None,
     concurrency: Annotated[
@@ -442,7 +444,7 @@ def worker(
         run_worker(loglevel=loglevel)
 
 
-@app.command("flower")
+@commands.command("flower")
 def flower(
     broker: Broker = None,
     port: Annotated[int, typer.Option(help="Port of the web UI.")] = 5555,

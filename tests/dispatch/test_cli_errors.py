@@ -107,7 +107,7 @@ def test_model_endpoint_down_every_result_says_why(batch: Path, tmp_path: Path) 
     assert done.returncode == 3, done.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["status"] for line in lines] == ["error", "error"]
-    assert all(line["error"].startswith("cannot reach the model API") for line in lines)
+    assert all(line["error"].startswith("ModelError: cannot reach the model API") for line in lines)
     assert "Traceback" not in done.stderr
 
 

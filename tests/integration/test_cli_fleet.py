@@ -58,7 +58,7 @@ def test_a_failed_job_says_why_in_results_jobs_and_watch(fleet: Fleet, tmp_path:
     assert done.returncode == 3, done.stderr  # every failure: the model endpoint is unreachable
     line = lines(out)[0]
     assert line["status"] == "error"
-    assert line["error"].startswith("cannot reach the model API"), line
+    assert line["error"].startswith("ModelError: cannot reach the model API"), line
     listed = json.loads(rho(["jobs", "--json"], env).stdout)
     info = next(job for job in listed if job["job_id"] == line["job_id"])
     assert info["error"] == line["error"]
@@ -66,7 +66,7 @@ def test_a_failed_job_says_why_in_results_jobs_and_watch(fleet: Fleet, tmp_path:
     assert "cannot reach the model API" in table
     watched = rho(["watch", line["job_id"]], env)
     assert watched.returncode == 0, watched.stderr
-    assert watched.stdout.rstrip().splitlines()[-1].startswith("cannot reach the model API")
+    assert watched.stdout.rstrip().splitlines()[-1] == line["error"]
 
 
 def test_ctrl_c_summary_then_results_then_resume(

@@ -46,6 +46,19 @@ def test_basic_usage(model_server: ScriptedModelServer, tmp_path: Path) -> None:
     )
 
 
+def test_basic_usage_says_why_a_run_failed(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = lambda body: error(401, "Incorrect API key provided")
+    env = {**os.environ, "OPENAI_BASE_URL": model_server.base_url, "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "basic_usage.py")],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    assert "the run failed: ModelError: model API error 401: Incorrect API key" in done.stderr
+
+
 def test_multi_run_conversation_keeps_context(
     model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
@@ -98,15 +111,3 @@ def test_every_example_is_covered(name: str) -> None:
     covered = {"basic_usage.py", "multi_run.py", "parallel_dispatch.py", "custom_tools.py",
                "observe_events.py"}  # fmt: skip
     assert name in covered or name.startswith("fleet_"), f"{name} has no test"
-
-
-def test_basic_usage_says_why_a_run_failed(tmp_path: Path) -> None:
-    with ScriptedModelServer(responder=lambda body: error(400, "no such model here")) as server:
-        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test",
-               "HOME": str(tmp_path)}  # fmt: skip
-        done = subprocess.run(
-            [sys.executable, str(EXAMPLES / "basic_usage.py")],
-            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        )  # fmt: skip
-    assert done.returncode == 1
-    assert "run error:" in done.stderr and "no such model here" in done.stderr

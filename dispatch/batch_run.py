@@ -148,6 +148,13 @@ class BatchRun:
         if specs is None:
             self.unsent = again
             return
+        for index in again:
+            if specs[index].job_id == recorded.get(index):
+                raise JobSpecError(
+                    f"entry {index} of batch {self.batch_id} names job_id "
+                    f"{specs[index].job_id}, which already ran; remove job_id from that entry "
+                    "so it can be sent again"
+                )
         self._send({index: specs[index] for index in again})
 
     def _check_total(self, total: int) -> None:

@@ -32,6 +32,7 @@ class ResultsFile:
         except OSError as exc:
             raise ConfigError(f"cannot write results next to {path}: {exc.strerror}") from None
         self.temp = Path(temp)
+        os.chmod(handle, _file_mode(path))  # mkstemp's 0600 would stick to the renamed file
         self.sink = _Tracking(os.fdopen(handle, "w", encoding="utf-8"))
 
     @property
@@ -95,3 +96,13 @@ def _batch_lines(path: Path, batch_id: str) -> dict[int, dict[str, Any]]:
         if isinstance(line, dict) and line.get("batch") == batch_id and "index" in line:
             lines[int(line["index"])] = line
     return lines
+
+
+def _file_mode(path: Path) -> int:
+    """The target's mode if it exists, else what a plain ``open(path, "w")`` would give."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

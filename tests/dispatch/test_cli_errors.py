@@ -54,11 +54,15 @@ def test_a_closed_broker_port_is_one_line_and_exit_3(
 
 @pytest.mark.parametrize("which", range(5), ids=["dispatch", "jobs", "watch", "results", "status"])
 def test_a_non_redis_broker_url_is_a_usage_error(which: int, batch: Path, tmp_path: Path) -> None:
-    command = fleet_commands(batch, tmp_path / "results.jsonl")[which]
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"index": 0, "batch": "earlier", "status": "completed"}\n', encoding="utf-8")
+    before = out.read_bytes()
+    command = fleet_commands(batch, out)[which]
     done = rho([*command, "--broker", "http://127.0.0.1:8080/"], cli_env(tmp_path))
     assert done.returncode == 2, done.stderr
     line = one_line_error(done.stderr)
     assert "redis://" in line and "http" in line
+    assert out.read_bytes() == before, "a failed run must not touch the results file"
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

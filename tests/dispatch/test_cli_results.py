@@ -1,6 +1,6 @@
-"""Results are never lost (embedded mode, the real ``rho-agent`` process): the ``-o`` file is
-replaced only by a finished run, Ctrl+C records the unfinished jobs as ``cancelled`` and says
-how to go on, and ``--resume`` sends only what did not complete."""
+"""Results are never lost (embedded mode, the real ``rho-agent`` process): Ctrl+C records the
+unfinished jobs as ``cancelled`` and says how to go on, and ``--resume`` sends only what did not
+complete. (A failed run leaving ``-o`` untouched: tests/dispatch/test_cli_errors.py.)"""
 
 from __future__ import annotations
 
@@ -59,22 +59,3 @@ def test_ctrl_c_records_unfinished_jobs_as_cancelled_and_resume_finishes_the_bat
     kept = [line for line in first if line["status"] == "completed"]
     assert all(second[line["index"]]["job_id"] == line["job_id"] for line in kept)
     assert len(model_server.requests) - sent_before == len(cancelled), "completed jobs re-ran"
-
-
-def test_a_rerun_that_fails_leaves_the_results_file_as_it_was(
-    model_server: ScriptedModelServer, tmp_path: Path
-) -> None:
-    model_server.responder = behaviour("echo")
-    batch = tmp_path / "batch.jsonl"
-    batch.write_text('"a"\n"b"\n', encoding="utf-8")
-    out = tmp_path / "results.jsonl"
-    env = cli_env(tmp_path, OPENAI_API_KEY="sk-test")
-    done = rho(["dispatch", str(batch), "-o", str(out), "--base-url", model_server.base_url], env)
-    assert done.returncode == 0, done.stderr
-    assert sorted(line["text"] for line in lines(out)) == ["Echo: a", "Echo: b"]
-    before = out.read_bytes()
-    (tmp_path / "bad.jsonl").write_text('{"prompt": "x", "colour": "red"}\n', encoding="utf-8")
-    failed = rho(["dispatch", str(tmp_path / "bad.jsonl"), "-o", str(out)], env)
-    assert failed.returncode == 2
-    assert out.read_bytes() == before
-    assert [path.name for path in tmp_path.iterdir() if "partial" in path.name] == []

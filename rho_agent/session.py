@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rho_agent import compaction
@@ -38,7 +38,13 @@ class Session:
     """The execution context for running prompts with one Agent; owns the State.
 
     Settable: ``approval_callback(tool_name, tool_args) -> bool`` (sync or async),
-    ``cancel_check() -> bool``, ``auto_compact``, ``context_window``, ``max_turns``.
+    ``cancel_check() -> bool``, ``before_tool() -> Awaitable[None]``, ``auto_compact``,
+    ``context_window``, ``max_turns``.
+
+    ``before_tool`` is awaited after a tool call's ``tool_start`` is recorded and before the tool
+    runs (``cancel_check`` is asked right after it). The fleet makes the record durable there and
+    learns whether its job was taken over, so a side effect never runs for an attempt that lost
+    its job, and a resumed job knows which calls may have run.
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class Session:
         self.agent = agent
         self.approval_callback: _tool_step.ApprovalCallback | None = None
         self.cancel_check: Callable[[], bool] | None = None
+        self.before_tool: Callable[[], Awaitable[None]] | None = None
         self.auto_compact = True
         self.context_window = context_window(agent.config.model, agent.config.context_window())
         self.max_turns = int(agent.config.extras.get("max_turns", DEFAULT_MAX_TURNS))

@@ -1,7 +1,9 @@
 """Running one model turn's tool calls: parse, approve, execute concurrently, record in order.
 
-Each finished call's tool message is recorded the moment it finishes (the ledger a resumed run
-reads, so a finished call never runs twice); ``State`` puts them in the model's order.
+Each call's ``tool_start`` is recorded before it runs, and its tool message the moment it
+finishes (the ledger a resumed run reads: a call with a result never runs again, a call with
+only a start is the one that may have run and is run again); ``State`` puts them in the model's
+order.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class StepHost(Protocol):
 
     @property
     def approval_callback(self) -> ApprovalCallback | None: ...
+
+    @property
+    def before_tool(self) -> Callable[[], Awaitable[None]] | None:
+        """Awaited once a call's start is recorded, before its tool runs (see ``Session``)."""
+        ...
 
     def needs_approval(self, handler: ToolHandler) -> bool:
         """Whether a call to ``handler`` must be approved before it runs."""
@@ -153,6 +160,8 @@ async def _execute_one(session: StepHost, run: RunContext, call: PreparedCall) -
     if call.problem is not None or call.handler is None:
         output = ToolOutput(f"Error: {call.problem}", success=False)
     else:
+        if session.before_tool is not None:
+            await session.before_tool()
         session.check_cancelled()
         try:
             output = await call.handler.handle(await session.invocation(call))

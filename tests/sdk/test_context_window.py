@@ -55,8 +55,9 @@ async def test_a_request_that_cannot_fit_fails_before_it_is_sent(
     errors = [event.content or "" for event in result.events if event.type == "error"]
     assert len(errors) == 1
     needed = compaction.count_tokens(session.state.messages, schemas)
+    history = compaction.count_tokens(session.state.messages, [])
     assert f"needs about {needed} tokens" in errors[0]
-    assert f"tool definitions {tools}" in errors[0]
+    assert f"(history {history}, tool definitions {needed - history})" in errors[0]
     assert "context window is 2000 tokens" in errors[0]
     assert "extras.context_window" in errors[0] and "--context-window" in errors[0]
     assert session.state.status == "error"

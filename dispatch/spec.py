@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dispatch.errors import JobSpecError
 from rho_agent.config import INLINE_PROMPT, AgentConfig
 from rho_agent.errors import ConfigError
+from rho_agent.output import check_json_schema
 from rho_agent.permissions.profile import (
     BUILTIN_PROFILES,
     DEFAULT_PROFILE,
@@ -64,6 +65,8 @@ class JobSpec(BaseModel):
     priority: int | None = Field(default=None, ge=0, le=9)
     reply_to: str | None = None
     submitted_at: float = Field(default_factory=time.time)
+    output_schema: dict[str, Any] | None = None
+    """The JSON schema the last prompt's answer must match (content, never a path)."""
 
     @field_validator("job_id", "session_id", "reply_to")
     @classmethod
@@ -101,6 +104,16 @@ class JobSpec(BaseModel):
         problem = find_worker_paths(value)
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("output_schema")
+    @classmethod
+    def _check_output_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                check_json_schema(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @classmethod

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rho_agent.events import AgentEvent, RunResult
+from rho_agent.events import AgentEvent, RunError, RunResult
 from rho_agent.redact import default_redactor
 from rho_agent.state import USAGE_KEYS, empty_usage
 
@@ -25,7 +25,11 @@ class RunContext:
     text: str = ""
     streamed: list[str] = field(default_factory=list)
     """Text of the model call in flight, kept so a cancelled stream is not lost."""
-    error: str | None = None
+    error: RunError | None = None
+    output: Any = None
+    """The validated answer of a run with an output schema."""
+    corrections: int = 0
+    """Corrective turns given after an invalid answer (at most one)."""
     _callback_failed: bool = False
 
     def emit(self, event: AgentEvent) -> None:
@@ -49,8 +53,18 @@ class RunContext:
         self.usage["cost_usd"] += cost_usd
 
     def result(self, status: str) -> RunResult:
-        text = default_redactor().text(self.text)
-        return RunResult(text=text, events=self.events, status=status, usage=dict(self.usage))
+        redactor = default_redactor()
+        error = self.error
+        if error is not None:
+            error = RunError(error.type, redactor.text(error.message), error.partial)
+        return RunResult(
+            text=redactor.text(self.text),
+            events=self.events,
+            status=status,
+            usage=dict(self.usage),
+            error=error,
+            output=redactor.data(self.output),
+        )
 
 
 def _redact_event(event: AgentEvent) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -20,7 +21,7 @@ from dispatch import Dispatcher
 from dispatch.fleet.celery_broker import RUN_JOB_TASK, CeleryBroker
 from dispatch.fleet.redis_bus import RedisBus
 from dispatch.spec import build_spec
-from rho_agent import AgentConfig
+from rho_agent import Agent, AgentConfig, ToolHandler, ToolInvocation, ToolOutput
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
 from tests.integration.fleet import CANARY_KEY, Fleet, running_fleet, wait_until
 
@@ -30,20 +31,55 @@ CANARY_TOKEN = "canary-token-" + "9d2b" * 6
 """A second secret with an ordinary shape: only the worker's own redaction can know it."""
 
 
+class EnvTool(ToolHandler):
+    """A careless custom tool: it answers with a variable of the worker's own process (built-in
+    tools run in a scrubbed environment, so a leak has to come from a tool like this)."""
+
+    name = "env"
+    description = "Print an environment variable."
+    parameters: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+    }
+
+    async def handle(self, invocation: ToolInvocation) -> ToolOutput:
+        name = str(invocation.arguments["name"])
+        return ToolOutput(f"{name}={os.environ.get(name)}")
+
+
+def agent_with_env_tool(config: AgentConfig) -> Agent:
+    """The workers' agent factory here: the normal Agent plus ``env``."""
+    agent = Agent(config)
+    agent.registry.register(EnvTool())
+    return agent
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    workers = {"ws": {"RHO_TEST_CANARY_TOKEN": CANARY_TOKEN}}
+    workers = {
+        "ws": {
+            "RHO_TEST_CANARY_TOKEN": CANARY_TOKEN,
+            "RHO_AGENT_AGENT_FACTORY": "tests.integration.test_secrets_fleet:agent_with_env_tool",
+        }
+    }
     with running_fleet(tmp_path_factory.mktemp("secrets"), workers) as started:
         yield started
 
 
+_LEAKS = (
+    ("bash", {"command": "printenv; echo $OPENAI_API_KEY"}),
+    ("bash", {"command": "echo $RHO_TEST_CANARY_TOKEN $RHO_AGENT_BROKER_URL"}),
+    ("env", {"name": "OPENAI_API_KEY"}),
+    ("env", {"name": "RHO_TEST_CANARY_TOKEN"}),
+)
+
+
 def leaky_model(body: dict[str, Any]) -> ScriptedResponse:
-    """Runs ``printenv`` (then echoes the variables by name), then repeats what it saw."""
+    """Tries to print the secrets (bash, then a custom tool), then repeats what it saw."""
     tool_results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
-    if not tool_results:
-        return tool_call("bash", {"command": "printenv; echo $OPENAI_API_KEY"})
-    if len(tool_results) == 1:
-        return tool_call("bash", {"command": "echo $RHO_TEST_CANARY_TOKEN $RHO_AGENT_BROKER_URL"})
+    if len(tool_results) < len(_LEAKS):
+        name, arguments = _LEAKS[len(tool_results)]
+        return tool_call(name, arguments)
     return text("I saw: " + " | ".join(str(result) for result in tool_results))
 
 
@@ -97,7 +133,7 @@ def test_a_canary_in_the_workers_environment_is_never_stored_or_logged(
         printing = dispatcher.map(["print your environment", "echo the key"], config)
         results = dispatcher.gather(printing, timeout=60)
         assert [result.status for result in results] == ["completed", "completed"]
-        assert any("[redacted]" in result.text for result in results), "bash printed them"
+        assert any("[redacted]" in result.text for result in results), "a tool printed them"
 
         smuggled = build_spec("hi", config, reply_to=dispatcher.id).encode()
         smuggled["config"]["vars"] = {"token": CANARY_TOKEN, "key": CANARY_KEY}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
+from rho_agent import ToolHandler, ToolInvocation, ToolOutput
 from rho_agent.redact import (
     REDACTED,
     RedactingFilter,
@@ -79,15 +82,34 @@ def test_known_secrets_come_from_secret_names_and_url_passwords() -> None:
     assert found == {"sk-live-0123456789", "dtn_key_value_1", "brokerpass", "aws/secret+value"}
 
 
+class EnvTool(ToolHandler):
+    """A careless custom tool: it answers with a variable of the agent's own process.
+
+    (Built-in tools run in a scrubbed environment, so the leak here has to be in-process.)
+    """
+
+    name = "env"
+    description = "Print an environment variable."
+    parameters: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+    }
+
+    async def handle(self, invocation: ToolInvocation) -> ToolOutput:
+        name = str(invocation.arguments["name"])
+        return ToolOutput(f"{name}={os.environ.get(name)}", metadata={"value": os.environ[name]})
+
+
 async def test_a_printed_secret_reaches_no_trace_event_model_request_or_result(
     model_server: ScriptedModelServer, tmp_path: Path, canary_env: None
 ) -> None:
     model_server.script(
-        tool_call("bash", {"command": "echo the token is $RHO_TEST_SERVICE_TOKEN"}),
+        tool_call("env", {"name": "RHO_TEST_SERVICE_TOKEN"}),
         text(f"it was {CANARY}"),  # a model that repeats it anyway
     )
     store = SessionStore(tmp_path / "store")
     session = make_session(model_server, tmp_path)
+    session.agent.registry.register(EnvTool())
     stored = store.create_session(session.agent)
     events = []
     result = await stored.run("print the token", on_event=events.append)

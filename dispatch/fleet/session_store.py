@@ -24,7 +24,7 @@ from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import find_secrets, portable_config
 from rho_agent.agent import Agent
-from rho_agent.config import INLINE_PROMPT, AgentConfig
+from rho_agent.config import AgentConfig
 from rho_agent.errors import SessionError, SessionLocked, SessionNotFound
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.session import Session
@@ -124,7 +124,7 @@ class RedisSessionStore:
         if not raw:
             raise SessionNotFound(f"session {session_id} has no saved config; pass an agent")
         config = AgentConfig.from_dict(json.loads(raw), source=f"session {session_id}")
-        config.extras[INLINE_PROMPT] = True  # stored as text: never a file on this machine
+        config.prompt_is_text = True  # stored as text: never a file on this machine
         return config
 
     def close(self) -> None:

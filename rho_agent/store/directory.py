@@ -84,7 +84,7 @@ class SessionStore:
                 created_at=datetime.now(UTC),
                 model=agent.config.model,
                 profile=agent.profile.name,
-                config_dir=_config_dir(agent.config),
+                config_dir=agent.config.config_dir,
             )
             write_meta(directory, meta)
             sink = StoreSink(directory, meta, lock)
@@ -248,11 +248,6 @@ class SessionStore:
                 f"not {directory.name!r}; a trace must start with its session_start record"
             )
         return state
-
-
-def _config_dir(config: AgentConfig) -> str | None:
-    value = config.extras.get("_config_dir")
-    return value if isinstance(value, str) else None
 
 
 def _is_valid_id(name: str) -> bool:

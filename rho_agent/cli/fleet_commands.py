@@ -16,8 +16,10 @@ from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from rho_agent.errors import RhoAgentError
 
@@ -42,7 +44,7 @@ def _fleet_errors() -> Iterator[None]:
     try:
         yield
     except RhoAgentError as exc:
-        _err.print(f"[red]error:[/] {exc}")
+        _err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -154,24 +156,26 @@ def watch(
     out.print(
         f"[bold]{info.status}[/] · {info.turns} turns · "
         f"{info.input_tokens + info.output_tokens:,} tokens · ${info.cost_usd:.4f} · "
-        f"worker {info.worker or '-'} · attempt {info.attempt}"
+        f"worker {escape(info.worker or '-')} · attempt {info.attempt}"
     )
     if info.error:
-        out.print(f"[red]{info.error}[/]")
+        out.print(Text(info.error, style="red"))
 
 
 def _show_event(out: Console, event: AgentEvent) -> None:
     if event.type == "text":
         out.print(event.content or "", end="", highlight=False, markup=False)
     elif event.type == "tool_start":
-        out.print(f"\n[cyan]→ {event.tool_name}[/] {event.tool_args or {}}", highlight=False)
+        out.print(
+            f"\n[cyan]→ {event.tool_name}[/] {escape(str(event.tool_args or {}))}", highlight=False
+        )
     elif event.type == "tool_end":
         result = (event.tool_result or "").strip().splitlines()
-        out.print(f"[dim]  ← {result[0][:120] if result else '(no output)'}[/]", highlight=False)
+        out.print(Text(f"  ← {result[0][:120] if result else '(no output)'}", style="dim"))
     elif event.type in ("error", "cancelled", "tool_blocked", "max_turns", "interruption"):
-        out.print(f"\n[yellow]{event.type}[/] {event.content or event.tool_name or ''}")
+        out.print(f"\n[yellow]{event.type}[/] {escape(event.content or event.tool_name or '')}")
     elif event.type == "job_restarted":
-        out.print(f"\n[magenta]↻ {event.content}[/]")
+        out.print(Text(f"\n↻ {event.content}", style="magenta"))
 
 
 @commands.command("jobs")
@@ -187,7 +191,7 @@ def jobs(
     )
     now = time.time()
     for info in infos:
-        table.add_row(*_job_row(info, now))
+        table.add_row(*map(Text, _job_row(info, now)))
     Console().print(table)
 
 

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from rho_agent.errors import RhoAgentError
 
@@ -47,7 +49,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except RhoAgentError as exc:
-        _err.print(f"[red]error:[/] {exc}")
+        _err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -125,7 +127,7 @@ def up(
     if dead is not None:
         _err.print(
             f"[red]error:[/] {dead.name} exited with code {dead.process.returncode}; "
-            f"the end of {dead.log}:\n{dead.tail()}"
+            f"the end of {escape(str(dead.log))}:\n{escape(dead.tail())}"
         )
         raise typer.Exit(1)
 
@@ -185,7 +187,8 @@ def _print_status(report: FleetStatus) -> None:
     out = Console()
     silent = sum(worker.silent for worker in report.workers)
     out.print(
-        f"[bold]{report.broker}[/] · queue [bold]{report.queue}[/]: {report.queued} waiting · "
+        f"[bold]{escape(report.broker)}[/] · queue [bold]{escape(report.queue)}[/]: "
+        f"{report.queued} waiting · "
         f"{len(report.in_flight)} in flight · {len(report.workers) - silent} workers live"
         + (f" · [red]{silent} silent[/]" if silent else "")
     )
@@ -194,8 +197,8 @@ def _print_status(report: FleetStatus) -> None:
         health = worker.health
         style = "red" if worker.silent or health.startswith("not") else ""
         workers.add_row(
-            worker.name,
-            worker.host,
+            Text(worker.name),
+            Text(worker.host),
             str(worker.pid),
             str(worker.jobs),
             f"{worker.beat_age_s:.0f}s ago",
@@ -206,12 +209,12 @@ def _print_status(report: FleetStatus) -> None:
         jobs = Table("job", "status", "worker", "attempt", "turns", "age", "prompt", title="jobs")
         for job in report.in_flight:
             jobs.add_row(
-                job.job_id,
+                Text(job.job_id),
                 job.status,
-                job.worker or "-",
+                Text(job.worker or "-"),
                 str(job.attempt),
                 str(job.turns),
                 f"{job.age_s:.0f}s",
-                job.prompt,
+                Text(job.prompt),
             )
         out.print(jobs)

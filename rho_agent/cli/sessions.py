@@ -62,7 +62,7 @@ def list_sessions(
     infos = _guarded(store.list)[: max(limit, 0)]
     console = Console()
     if not infos:
-        console.print(f"No sessions in {store.path}.")
+        console.print(Text(f"No sessions in {store.path}."))
         return
     console.print(_sessions_table(infos))
 
@@ -97,10 +97,12 @@ def show_session(
     usage = state.usage
     console.print(Text(f"Session {info.id}", style="bold"))
     console.print(
-        f"status {info.status} · created {info.created_at.astimezone():%Y-%m-%d %H:%M:%S} · "
-        f"model {info.model} · profile {info.profile} · runs {state.run_count}"
+        Text(
+            f"status {info.status} · created {info.created_at.astimezone():%Y-%m-%d %H:%M:%S} · "
+            f"model {info.model} · profile {info.profile} · runs {state.run_count}"
+        )
     )
-    console.print(f"usage {_usage_text(usage)}", end="\n\n")
+    console.print(Text(f"usage {_usage_text(usage)}"), end="\n\n")
     _Transcript(console, limit=None if full else 400).render(state.records)
 
 
@@ -120,7 +122,7 @@ def export_command(
         typer.echo(document, nl=False)
         return
     output.write_text(document, encoding="utf-8")
-    Console(stderr=True).print(f"wrote {output}")
+    Console(stderr=True).print(Text(f"wrote {output}"))
 
 
 class _Transcript:
@@ -162,7 +164,7 @@ class _Transcript:
         return text[: self.limit] + f"… ({len(text) - self.limit} more characters)"
 
     def _run_start(self, record: Record) -> None:
-        self.console.rule(f"Run {record.get('run', '?')}", style="dim")
+        self.console.rule(Text(f"Run {record.get('run', '?')}"), style="dim")
 
     def _run_resume(self, record: Record) -> None:
         self.console.print(

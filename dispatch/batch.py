@@ -28,6 +28,7 @@ from dispatch.spec import JobSpec, build_spec
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
 from rho_agent.events import RunResult
+from rho_agent.state import round_cost
 
 if TYPE_CHECKING:
     from dispatch.dispatcher import Dispatcher
@@ -60,7 +61,7 @@ class BatchProgress:
         """Count a job's tokens and cost (finished jobs, or running ones for a live view)."""
         self.input_tokens += info.input_tokens
         self.output_tokens += info.output_tokens
-        self.cost_usd += info.cost_usd
+        self.cost_usd = round_cost(self.cost_usd + info.cost_usd)
 
 
 @dataclass
@@ -259,7 +260,7 @@ def _report(
         queued=live.queued,
         input_tokens=progress.input_tokens + live.input_tokens,
         output_tokens=progress.output_tokens + live.output_tokens,
-        cost_usd=progress.cost_usd + live.cost_usd,
+        cost_usd=round_cost(progress.cost_usd + live.cost_usd),
     )
     on_progress(snapshot)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rho_agent.events import AgentEvent, RunResult
-from rho_agent.state import USAGE_KEYS, empty_usage
+from rho_agent.state import USAGE_KEYS, empty_usage, round_cost
 
 logger = logging.getLogger("rho_agent.session")
 
@@ -43,7 +43,7 @@ class RunContext:
     def add_usage(self, usage: dict[str, int], cost_usd: float) -> None:
         for key in USAGE_KEYS:
             self.usage[key] += usage.get(key, 0)
-        self.usage["cost_usd"] += cost_usd
+        self.usage["cost_usd"] = round_cost(self.usage["cost_usd"] + cost_usd)
 
     def result(self, status: str) -> RunResult:
         return RunResult(text=self.text, events=self.events, status=status, usage=dict(self.usage))

@@ -116,7 +116,10 @@ def dispatch_batch(
             if output:
                 sink.close()
     done = outcome.progress
-    _err.print(f"{done.completed} completed, {done.failed} failed; {_stats(done)}")
+    _err.print(
+        f"{done.completed} completed, {done.failed} failed · "
+        f"tokens {done.input_tokens + done.output_tokens:,} · ${done.cost_usd:.4f}"
+    )
     if not outcome.ok:
         raise typer.Exit(1)
 

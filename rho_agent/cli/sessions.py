@@ -1,11 +1,19 @@
-"""``rho-agent sessions``: list stored sessions, show one as a transcript, export one as JSON."""
+"""``rho-agent sessions``: list stored sessions, show one as a transcript, export one as JSON.
+
+The sessions are read from a directory store (``--dir``, or the default directory), or from the
+fleet's Redis (``--broker``, or ``$RHO_AGENT_BROKER_URL`` when ``--dir`` is not given), where
+dispatched jobs keep theirs: the same three commands work on both.
+"""
 
 from __future__ import annotations
 
+import builtins
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, Protocol, TypeVar
 
 import typer
 from rich.console import Console
@@ -13,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rho_agent.errors import RhoAgentError
+from rho_agent.state import State
 from rho_agent.store.directory import SessionInfo, SessionStore
 from rho_agent.store.export import export_session
 from rho_agent.trace import Record
@@ -35,7 +44,16 @@ StoreDir = Annotated[
         "~/.config/rho-agent/sessions).",
     ),
 ]
+Broker = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        help="Read the fleet's sessions from this Redis URL (default: $RHO_AGENT_BROKER_URL, "
+        "unless --dir is given).",
+    ),
+]
 SessionId = Annotated[str, typer.Argument(help="Session id, as `rho-agent sessions` lists it.")]
+BROKER_URL_ENV = "RHO_AGENT_BROKER_URL"
 
 _STATUS_STYLE = {
     "completed": "green",
@@ -53,18 +71,53 @@ _STATUS_STYLE = {
 def list_sessions(
     ctx: typer.Context,
     directory: StoreDir = None,
+    broker: Broker = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many.")] = 50,
 ) -> None:
     """List stored sessions, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    store = SessionStore(directory)
-    infos = _guarded(store.list)[: max(limit, 0)]
+    with _opened(directory, broker) as (store, where):
+        infos = _guarded(store.list)[: max(limit, 0)]
     console = Console()
     if not infos:
-        console.print(Text(f"No sessions in {store.path}."))
+        console.print(Text(f"No sessions in {where}."))
         return
     console.print(_sessions_table(infos))
+
+
+class _Store(Protocol):
+    """What these commands read: both ``SessionStore`` and ``RedisSessionStore`` offer it."""
+
+    def list(self) -> builtins.list[SessionInfo]: ...
+    def info(self, session_id: str) -> SessionInfo: ...
+    def load_state(self, session_id: str) -> State: ...
+
+
+@contextmanager
+def _opened(directory: Path | None, broker: str | None) -> Iterator[tuple[_Store, str]]:
+    """The store to read and how to name it: ``--dir``, else the fleet's Redis if a broker is
+    given or set, else the default directory."""
+    if directory is not None and broker is not None:
+        _fail("give --dir (a sessions directory) or --broker (the fleet's Redis), not both", 2)
+    url = broker or (None if directory is not None else os.environ.get(BROKER_URL_ENV))
+    if not url:
+        store = SessionStore(directory)
+        yield store, str(store.path)
+        return
+    try:
+        import redis
+
+        from dispatch.fleet.session_store import RedisSessionStore
+    except ImportError:
+        _fail("reading the fleet's sessions needs redis: pip install 'rho-agent[fleet]'", 2)
+    fleet = _guarded(lambda: RedisSessionStore(url))
+    try:
+        yield fleet, "the fleet's Redis"
+    except redis.RedisError as exc:
+        _fail(f"cannot read the fleet's sessions from Redis ({type(exc).__name__}: {exc})", 3)
+    finally:
+        fleet.close()
 
 
 def _sessions_table(infos: list[SessionInfo]) -> Table:
@@ -87,12 +140,13 @@ def _sessions_table(infos: list[SessionInfo]) -> Table:
 def show_session(
     session_id: SessionId,
     directory: StoreDir = None,
+    broker: Broker = None,
     full: Annotated[bool, typer.Option(help="Do not shorten tool arguments and results.")] = False,
 ) -> None:
     """Print a session as a readable transcript, with usage and cost."""
-    store = SessionStore(directory)
-    state = _guarded(lambda: store.load_state(session_id))
-    info = _guarded(lambda: store.info(session_id))
+    with _opened(directory, broker) as (store, _):
+        state = _guarded(lambda: store.load_state(session_id))
+        info = _guarded(lambda: store.info(session_id))
     console = Console(highlight=False)
     usage = state.usage
     console.print(Text(f"Session {info.id}", style="bold"))
@@ -110,13 +164,14 @@ def show_session(
 def export_command(
     session_id: SessionId,
     directory: StoreDir = None,
+    broker: Broker = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
 ) -> None:
     """Export a session as JSON for analysis tools (format: docs/sessions.md)."""
-    store = SessionStore(directory)
-    state = _guarded(lambda: store.load_state(session_id))
+    with _opened(directory, broker) as (store, _):
+        state = _guarded(lambda: store.load_state(session_id))
     document = json.dumps(export_session(state), indent=2, ensure_ascii=False) + "\n"
     if output is None:
         typer.echo(document, nl=False)
@@ -233,5 +288,9 @@ def _guarded(action: Callable[[], T]) -> T:
     try:
         return action()
     except RhoAgentError as exc:
-        Console(stderr=True).print(Text(f"error: {exc}", style="red"))
-        raise typer.Exit(2) from None
+        _fail(str(exc), 2)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    Console(stderr=True).print(Text(f"error: {message}", style="red"))
+    raise typer.Exit(code) from None

@@ -82,6 +82,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
     def on_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
             host.task_events_on = lambda: _task_events_on(sender)
+            host.node_name = str(sender.hostname)
             host.start()
             start_pool_threads(getattr(sender, "pool", None))
             tune_interpreter()

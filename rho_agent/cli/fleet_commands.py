@@ -170,7 +170,8 @@ def _show_event(out: Console, event: AgentEvent) -> None:
         out.print(event.content or "", end="", highlight=False, markup=False)
     elif event.type == "tool_start":
         out.print(
-            f"\n[cyan]→ {event.tool_name}[/] {escape(str(event.tool_args or {}))}", highlight=False
+            f"\n[cyan]→ {escape(event.tool_name or '')}[/] {escape(str(event.tool_args or {}))}",
+            highlight=False,
         )
     elif event.type == "tool_end":
         result = (event.tool_result or "").strip().splitlines()

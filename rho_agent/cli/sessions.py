@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dispatch.errors import FleetUnavailable
 from rho_agent.errors import RhoAgentError
 from rho_agent.state import State
 from rho_agent.store.directory import SessionInfo, SessionStore
@@ -105,17 +106,17 @@ def _opened(directory: Path | None, broker: str | None) -> Iterator[tuple[_Store
         store = SessionStore(directory)
         yield store, str(store.path)
         return
-    try:
-        import redis
+    from dispatch.fleet.celery_broker import require_fleet_extra
 
-        from dispatch.fleet.session_store import RedisSessionStore
-    except ImportError:
-        _fail("reading the fleet's sessions needs redis: pip install 'rho-agent[fleet]'", 2)
+    try:
+        require_fleet_extra()
+    except FleetUnavailable as exc:
+        _fail(str(exc), 2)
+    from dispatch.fleet.session_store import RedisSessionStore
+
     fleet = _guarded(lambda: RedisSessionStore(url))
     try:
         yield fleet, "the fleet's Redis"
-    except redis.RedisError as exc:
-        _fail(f"cannot read the fleet's sessions from Redis ({type(exc).__name__}: {exc})", 3)
     finally:
         fleet.close()
 
@@ -284,11 +285,12 @@ def _one_line(text: str) -> str:
 
 
 def _guarded(action: Callable[[], T]) -> T:
-    """Run ``action``; a rho-agent error becomes a one-line message and exit status 2."""
+    """Run ``action``; a rho-agent error becomes a one-line message and exit status 2 (3 when
+    the fleet's Redis cannot be reached)."""
     try:
         return action()
     except RhoAgentError as exc:
-        _fail(str(exc), 2)
+        _fail(str(exc), 3 if isinstance(exc, FleetUnavailable) else 2)
 
 
 def _fail(message: str, code: int) -> NoReturn:

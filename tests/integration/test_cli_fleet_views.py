@@ -116,6 +116,6 @@ def test_dispatched_jobs_sessions_and_markup_through_the_cli(
 def test_sessions_without_a_reachable_broker_is_one_line(fleet: Fleet, tmp_path: Path) -> None:
     down = rho(["sessions", "--broker", "redis://127.0.0.1:1/0"], fleet)
     assert down.returncode == 3
-    assert down.stderr.startswith("error: cannot read the fleet's sessions from Redis")
+    assert down.stderr.startswith("error: cannot read the fleet's sessions: Redis is unreachable")
     local = rho(["sessions", "--dir", str(tmp_path)], fleet)  # --dir wins over the env
     assert local.returncode == 0 and f"No sessions in {tmp_path}" in local.stdout

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, error, text, tool_call
 from tests.integration.fleet import CANARY_KEY as CANARY
-from tests.integration.fleet import REPO_ROOT, Fleet, running_fleet
+from tests.integration.fleet import REPO_ROOT, Fleet, running_fleet, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +27,7 @@ CLI = [sys.executable, "-c", "from rho_agent.cli import main; main()"]
 MARKUP = ("[/red]", "[bold]x[/]", "[link=file:///etc/passwd]")
 PROMPT = "[/red] [bold]x[/] read notes [link=file:///etc/passwd]"
 FAILING = "[/red] this one fails [bold]x[/]"
+SLOW = "[/red] slow [bold]x[/] [link=file:///etc/passwd]"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def respond(body: dict[str, Any]) -> ScriptedResponse:
     messages = body["messages"]
     prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    if prompt == SLOW:
+        return text("late", delay=8.0)
     if prompt == FAILING:
         return error(400, "[/red] refused [bold]x[/] [link=file:///etc/passwd]")
     if messages[-1]["role"] == "tool":
@@ -119,3 +123,18 @@ def test_sessions_without_a_reachable_broker_is_one_line(fleet: Fleet, tmp_path:
     assert down.stderr.startswith("error: cannot read the fleet's sessions: Redis is unreachable")
     local = rho(["sessions", "--dir", str(tmp_path)], fleet)  # --dir wins over the env
     assert local.returncode == 0 and f"No sessions in {tmp_path}" in local.stdout
+
+
+def test_fleet_status_shows_a_running_jobs_prompt_verbatim(
+    fleet: Fleet, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = respond
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    with fleet.dispatcher() as dispatcher:
+        job = dispatcher.submit(SLOW, config)
+        wait_until(lambda: job.info().status == "running", 20, "the job to start")
+        status = rho(["fleet", "status", "--broker", fleet.url], fleet)
+        job.cancel()
+    assert status.returncode == 0, status.stderr
+    assert job.id in status.stdout and SLOW in status.stdout
+    assert "Traceback" not in status.stdout + status.stderr

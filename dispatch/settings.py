@@ -32,12 +32,20 @@ class FleetSettings:
     retention_s: int = 7 * 24 * 3600
     events_maxlen: int = 20_000
     embedded_concurrency: int = 64
+    queued_lease_s: int = 600
+    """How long a queued (or re-sent) job may wait for a worker to claim it before the sweeper
+    sends it again: a lost message or a worker that died before claiming it costs this long."""
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", Keys(self.key_prefix))
         if self.retention_s < 60:
             raise SettingsError(f"retention must be at least 60 s, got {self.retention_s}")
+        if self.queued_lease_s < 1:
+            raise SettingsError(
+                f"the queued lease must be at least 1 s (RHO_AGENT_QUEUED_LEASE), got "
+                f"{self.queued_lease_s}"
+            )
         if self.events_maxlen < 100:
             raise SettingsError(f"events maxlen must be at least 100, got {self.events_maxlen}")
         if self.embedded_concurrency < 1:
@@ -76,6 +84,7 @@ def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "RHO_AGENT_RETENTION": "retention_s",
         "RHO_AGENT_EVENTS_MAXLEN": "events_maxlen",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "embedded_concurrency",
+        "RHO_AGENT_QUEUED_LEASE": "queued_lease_s",
     }
     for name, attr in int_vars.items():
         if env.get(name):

@@ -8,6 +8,7 @@
     ├── ApprovalInterrupt      a tool call needs a human decision; the run pauses ("interrupted")
     ├── ToolError              a tool failed; the model reads why (becomes a tool message)
     │   └── PermissionDenied   the profile forbids this call (becomes a ``tool_blocked`` event)
+    │       └── ConfinementUnavailable  the OS cannot enforce the profile here (fail closed)
     ├── BackendError           the execution backend (local or Daytona) failed
     ├── ModelError             the model API failed after retries (becomes status "error")
     │   └── ContextWindowExceeded  the next request would not fit the model's window, even compacted
@@ -53,6 +54,10 @@ class ToolError(RhoAgentError):
 
 class PermissionDenied(ToolError):
     """The permission profile does not allow this tool call."""
+
+
+class ConfinementUnavailable(PermissionDenied):
+    """This machine cannot confine a tool process as its profile requires, so it does not run."""
 
 
 class BackendError(RhoAgentError):

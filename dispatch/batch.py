@@ -4,8 +4,10 @@ A JSONL file has one entry per line; a YAML file is a list of entries, or a mapp
 ``config`` (defaults for every entry) and ``jobs`` (the list). An entry is a prompt string, or a
 mapping with ``prompt`` (or ``prompts`` for a multi-run in one session) and optionally
 ``session_id`` (continue that session), ``job_id``, ``labels``, ``timeout_s``, ``queue``,
-``priority``, ``config`` (a mapping of AgentConfig fields) or AgentConfig fields at top level
-(``model: gpt-5``), which override the batch's config for that entry.
+``priority``, ``output_schema`` (a JSON schema, inline or the path of a ``.json`` file next to
+the batch file: the answer is then typed, see ``rho_agent.output``), ``config`` (a mapping of
+AgentConfig fields) or AgentConfig fields at top level (``model: gpt-5``), which override the
+batch's config for that entry.
 
 ``run_batch`` is what ``rho-agent dispatch FILE`` calls: the CLI only parses flags and draws.
 """
@@ -20,22 +22,26 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import yaml
+from pydantic import ValidationError
 
 from dispatch.errors import JobSpecError
 from dispatch.info import JobInfo
 from dispatch.job import Job
-from dispatch.spec import JobSpec, build_spec
+from dispatch.spec import JobSpec, build_spec, describe
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
-from rho_agent.events import RunResult
+from rho_agent.events import RunResult, output_data
 from rho_agent.state import round_cost
 
 if TYPE_CHECKING:
     from dispatch.dispatcher import Dispatcher
 
 _JOB_KEYS = frozenset(
-    {"prompt", "prompts", "session_id", "job_id", "labels", "timeout_s", "queue", "priority"}
-)
+    {
+        "prompt", "prompts", "session_id", "job_id", "labels", "timeout_s", "queue", "priority",
+        "output_schema",
+    }
+)  # fmt: skip
 _OPTION_KEYS = ("labels", "timeout_s", "queue", "priority")
 _CONFIG_KEYS = frozenset(item.name for item in fields(AgentConfig))
 
@@ -80,8 +86,16 @@ class BatchOutcome:
 # -- loading ----------------------------------------------------------------------------------
 
 
-def load_batch(path: str | Path, config: AgentConfig | None = None) -> list[JobSpec]:
-    """Read a JSONL (``.jsonl``) or YAML (``.yaml``/``.yml``) batch file into JobSpecs."""
+def load_batch(
+    path: str | Path,
+    config: AgentConfig | None = None,
+    *,
+    output_schema: dict[str, Any] | None = None,
+) -> list[JobSpec]:
+    """Read a JSONL (``.jsonl``) or YAML (``.yaml``/``.yml``) batch file into JobSpecs.
+
+    ``output_schema`` (a JSON schema) types the answer of every entry that names none.
+    """
     file = Path(path).expanduser()
     try:
         text = file.read_text(encoding="utf-8")
@@ -96,7 +110,38 @@ def load_batch(path: str | Path, config: AgentConfig | None = None) -> list[JobS
         raise JobSpecError(f"batch file {file} must end in .jsonl, .yaml or .yml")
     if not entries:
         raise JobSpecError(f"batch file {file} has no entries")
-    return [_entry_spec(entry, base, f"{file}:{where}", file.parent) for where, entry in entries]
+    specs = [_entry_spec(entry, base, f"{file}:{where}", file.parent) for where, entry in entries]
+    if output_schema is None:
+        return specs
+    return [
+        spec if spec.output_schema is not None else _with_schema(spec, output_schema)
+        for spec in specs
+    ]
+
+
+def _with_schema(spec: JobSpec, schema: dict[str, Any]) -> JobSpec:
+    try:
+        return JobSpec.model_validate({**spec.encode(), "output_schema": schema})
+    except ValidationError as exc:
+        raise JobSpecError(describe(exc, "output schema")) from None
+
+
+def load_schema(value: Any, folder: Path, where: str) -> dict[str, Any]:
+    """An output schema given inline (a mapping) or as the path of a JSON file (its content)."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        raise JobSpecError(f"{where}: output_schema must be a JSON schema or a .json file path")
+    file = (folder / value).expanduser()
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise JobSpecError(f"{where}: cannot read output schema {file}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise JobSpecError(f"{where}: output schema {file} is not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise JobSpecError(f"{where}: output schema {file} must hold a JSON object")
+    return data
 
 
 def _jsonl_entries(text: str, file: Path) -> list[tuple[str, Any]]:
@@ -148,6 +193,8 @@ def _entry_spec(entry: Any, base: AgentConfig, where: str, folder: Path) -> JobS
     overrides.update(entry.get("config") or {})
     config = _with_overrides(base, overrides, where, folder)
     options = {key: entry[key] for key in _OPTION_KEYS if key in entry}
+    if entry.get("output_schema") is not None:
+        options["output_schema"] = load_schema(entry["output_schema"], folder, where)
     try:
         return build_spec(
             prompts,
@@ -274,9 +321,11 @@ def result_line(index: int, job: Job, info: JobInfo, result: RunResult) -> dict[
         "status": result.status,
         "text": result.text,
         "usage": result.usage,
-        "error": info.error,
+        "error": info.error or (str(result.error) if result.error is not None else None),
         "labels": info.labels,
         "prompt": info.prompt,
         "worker": info.worker,
         "attempt": info.attempt,
+        "duration_s": info.duration_s,
+        "output": output_data(result.output),
     }

@@ -9,7 +9,8 @@
         ├── JobRefused                a worker will not run this job (profile above its ceiling)
         ├── JobNotFound               no job with that id (never submitted, or expired)
         ├── JobTimeout                ``Job.result(timeout=...)`` ran out of time (a TimeoutError)
-        └── FleetUnavailable          the fleet extra is not installed or the broker is unreachable
+        ├── FleetUnavailable          the fleet extra is not installed or the broker is unreachable
+        └── ReduceError               a reduce cannot be planned (a result too big for any reducer)
 
 Run-time failures of the agent itself are not exceptions here: they are a job status plus an
 ``error`` event, exactly as for a local ``Session.run``.
@@ -49,3 +50,7 @@ class JobTimeout(FleetError, TimeoutError):
 
 class FleetUnavailable(FleetError):
     """The fleet cannot be reached or its optional dependencies are missing."""
+
+
+class ReduceError(FleetError):
+    """A reduce cannot be planned: one result alone is larger than a reducer's context."""

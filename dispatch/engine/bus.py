@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 from dispatch.info import JobInfo
 from dispatch.spec import JobSpec
-from rho_agent.events import AgentEvent, RunResult
+from rho_agent.events import AgentEvent, RunResult, output_data
 
 START = "0"
 EVENT_PAGE = 1000
@@ -164,6 +164,7 @@ def result_dict(result: RunResult) -> dict[str, Any]:
         "usage": dict(result.usage),
         "events": [event_dict(event) for event in result.events],
         "error": result.error.to_dict() if result.error is not None else None,
+        "output": output_data(result.output),
     }
 
 

@@ -299,15 +299,21 @@ class JobRun:
     # -- running ------------------------------------------------------------------------------
 
     async def _run_prompts(self, session: Session) -> RunResult:
+        """Run the prompts not run yet; the last one's answer must match the output schema."""
+        prompts = self.spec.prompts
         done = session.state.run_count - self._base_runs
         results: list[RunResult] = []
         if session.state.has_unfinished_run:
-            results.append(await session.resume_run(on_event=self._on_event))
+            schema = self.spec.output_schema if done == len(prompts) - 1 else None
+            results.append(await session.resume_run(on_event=self._on_event, output_schema=schema))
             done += 1
-        for prompt in self.spec.prompts[done:]:
+        for index in range(done, len(prompts)):
             if results and results[-1].status != "completed":
                 break
-            results.append(await session.run(prompt, on_event=self._on_event))
+            schema = self.spec.output_schema if index == len(prompts) - 1 else None
+            results.append(
+                await session.run(prompts[index], on_event=self._on_event, output_schema=schema)
+            )
         prior = await self._prior_events() if self._attempt > 1 else []
         return self._combine(session.state, prior, results)
 
@@ -362,6 +368,7 @@ class JobRun:
                 events=prior,
                 status=str(last_end.get("status") or state.status),
                 usage=self._job_usage(state),
+                output=last_end.get("output"),
             )
         events = prior + [event for result in results for event in result.events]
         last = results[-1]
@@ -371,6 +378,7 @@ class JobRun:
             status=last.status,
             usage=self._job_usage(state),
             error=last.error,
+            output=last.output,
         )
 
     def _start_timer(self) -> asyncio.TimerHandle | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from rho_agent.cli import fleet_commands, fleet_ops, run, sessions
+from rho_agent.cli import fleet_commands, fleet_ops, report, run, sessions
 
 app = typer.Typer(
     name="rho-agent",
@@ -13,5 +13,5 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (run, sessions, fleet_commands, fleet_ops):
+for module in (run, sessions, fleet_commands, fleet_ops, report):
     app.add_typer(module.commands)

@@ -83,14 +83,32 @@ def dispatch_batch(
     offline: Annotated[
         bool, typer.Option(help="Use the built-in scripted model (no API key needed).")
     ] = False,
+    schema: Annotated[
+        Path | None,
+        typer.Option("--schema", help="JSON schema file: every answer is typed and validated."),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="Write typed results as a flat table, csv or jsonl (dotted columns)."
+        ),
+    ] = None,
+    reduce: Annotated[
+        str | None,
+        typer.Option("--reduce", help="Then reduce every result with this prompt, on the queue."),
+    ] = None,
+    reduce_schema: Annotated[
+        Path | None, typer.Option("--reduce-schema", help="JSON schema of the reduce's answer.")
+    ] = None,
 ) -> None:
     """Run every entry of a batch file, with live progress; exit 1 if any job failed.
 
     With no OPENAI_API_KEY and no --base-url the batch runs in offline mode, against the
-    project's scripted model server.
+    project's scripted model server. See docs/analysis.md for --schema, --format and --reduce.
     """
     from dispatch import Dispatcher
     from dispatch.batch import load_batch, run_batch
+    from rho_agent.cli._analysis import Analysis, read_schema
     from rho_agent.cli._offline import offline_model, should_go_offline
     from rho_agent.config import AgentConfig
 
@@ -102,8 +120,11 @@ def dispatch_batch(
             base.base_url = base_url
         if should_go_offline(offline=offline, base_url=base.base_url):
             base.base_url = stack.enter_context(offline_model(_err))
-        specs = load_batch(file, base)
+        analysis = Analysis.from_options(fmt, reduce, reduce_schema)
+        specs = load_batch(file, base, output_schema=read_schema(schema) if schema else None)
+        specs = analysis.label(specs)
         sink: IO[str] = output.open("w", encoding="utf-8") if output else sys.stdout
+        reduced = None
         try:
             with Dispatcher(broker, concurrency=concurrency) as dispatcher, _progress() as bar:
                 task = bar.add_task(f"{dispatcher.mode}", total=len(specs), stats="")
@@ -111,7 +132,11 @@ def dispatch_batch(
                 def show(progress: BatchProgress) -> None:
                     bar.update(task, completed=progress.finished, stats=_stats(progress))
 
-                outcome = run_batch(dispatcher, specs, on_progress=show, output=sink)
+                lines = None if analysis.table else sink
+                outcome = run_batch(dispatcher, specs, on_progress=show, output=lines)
+                analysis.write_table(outcome.jobs, outcome.results, sink)
+                if analysis.reduce is not None:
+                    reduced = analysis.run_reduce(dispatcher, outcome.jobs, base, bar, sink)
         finally:
             if output:
                 sink.close()
@@ -120,7 +145,9 @@ def dispatch_batch(
         f"{done.completed} completed, {done.failed} failed · "
         f"tokens {done.input_tokens + done.output_tokens:,} · ${done.cost_usd:.4f}"
     )
-    if not outcome.ok:
+    if reduced is not None:
+        _err.print(f"reduce {escape(analysis.batch_id)}: {reduced.status}")
+    if not outcome.ok or (reduced is not None and reduced.status != "completed"):
         raise typer.Exit(1)
 
 

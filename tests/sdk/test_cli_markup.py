@@ -78,6 +78,9 @@ def test_errors_show_markup_and_keep_the_yaml_line_that_explains_them(tmp_path: 
     assert "[bold]x[/] [/red].jsonl" in batch.stderr
     assert "Traceback" not in batch.stderr
 
+    report = rho(["report", "[/red]no-such-batch"], env)
+    assert report.returncode == 2 and "[/red]no-such-batch is not a file" in report.stderr
+
     unknown = rho(["sessions", "show", "[/red]"], env)
     assert unknown.returncode == 2 and "[/red]" in unknown.stderr
 

@@ -9,32 +9,34 @@ the batch file: the answer is then typed, see ``rho_agent.output``), ``config`` 
 AgentConfig fields) or AgentConfig fields at top level (``model: gpt-5``), which override the
 batch's config for that entry.
 
-``run_batch`` is what ``rho-agent dispatch FILE`` calls: the CLI only parses flags and draws.
+Running a batch (progress, results, batch ids, resume) is ``dispatch.batch_run``; ``run_batch``
+and its types are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from dispatch.batch_run import BatchOutcome, BatchProgress, BatchRun, result_line, run_batch
 from dispatch.errors import JobSpecError
-from dispatch.info import JobInfo
-from dispatch.job import Job
 from dispatch.spec import JobSpec, build_spec, describe
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
-from rho_agent.events import RunResult, output_data
-from rho_agent.state import round_cost
 
-if TYPE_CHECKING:
-    from dispatch.dispatcher import Dispatcher
+__all__ = [
+    "BatchOutcome",
+    "BatchProgress",
+    "BatchRun",
+    "load_batch",
+    "result_line",
+    "run_batch",
+]
 
 _JOB_KEYS = frozenset(
     {
@@ -44,43 +46,6 @@ _JOB_KEYS = frozenset(
 )  # fmt: skip
 _OPTION_KEYS = ("labels", "timeout_s", "queue", "priority")
 _CONFIG_KEYS = frozenset(item.name for item in fields(AgentConfig))
-
-
-@dataclass
-class BatchProgress:
-    """Where a batch stands; passed to the progress callback at every poll."""
-
-    total: int
-    completed: int = 0
-    failed: int = 0
-    running: int = 0
-    queued: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-
-    @property
-    def finished(self) -> int:
-        return self.completed + self.failed
-
-    def add_usage(self, info: JobInfo) -> None:
-        """Count a job's tokens and cost (finished jobs, or running ones for a live view)."""
-        self.input_tokens += info.input_tokens
-        self.output_tokens += info.output_tokens
-        self.cost_usd = round_cost(self.cost_usd + info.cost_usd)
-
-
-@dataclass
-class BatchOutcome:
-    """The finished batch: final progress and every result in submission order."""
-
-    progress: BatchProgress
-    jobs: list[Job] = field(default_factory=list)
-    results: list[RunResult] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.progress.failed == 0
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -224,108 +189,3 @@ def _with_overrides(
         str(folder) if "system_prompt" in overrides or not base_dir else base_dir
     )
     return config
-
-
-# -- running ----------------------------------------------------------------------------------
-
-
-def run_batch(
-    dispatcher: Dispatcher,
-    specs: list[JobSpec],
-    *,
-    on_progress: Callable[[BatchProgress], None] | None = None,
-    output: IO[str] | None = None,
-    poll_s: float = 0.5,
-) -> BatchOutcome:
-    """Submit ``specs``, report progress every ``poll_s`` seconds, write each result as a JSONL
-    line to ``output`` as it finishes, and return every result in submission order."""
-    jobs = dispatcher.submit_specs(specs)
-    progress = BatchProgress(total=len(jobs))
-    results: dict[int, RunResult] = {}
-    pending = dict(enumerate(jobs))
-    while pending:
-        infos = dispatcher.infos([job.id for job in pending.values()])
-        live = BatchProgress(total=progress.total)
-        finished: dict[int, JobInfo] = {}
-        for (index, _job), info in zip(list(pending.items()), infos, strict=True):
-            if info is not None and info.finished:
-                finished[index] = info
-            elif info is not None:
-                _count_live(live, info)
-        _collect(dispatcher, pending, finished, results, progress, output)
-        _report(on_progress, progress, live)
-        if pending:
-            time.sleep(poll_s)
-    return BatchOutcome(progress, jobs, [results[index] for index in range(len(jobs))])
-
-
-def _count_live(live: BatchProgress, info: JobInfo) -> None:
-    if info.status == "running":
-        live.running += 1
-    else:
-        live.queued += 1
-    live.add_usage(info)
-
-
-def _collect(
-    dispatcher: Dispatcher,
-    pending: dict[int, Job],
-    finished: dict[int, JobInfo],
-    results: dict[int, RunResult],
-    progress: BatchProgress,
-    output: IO[str] | None,
-) -> None:
-    if not finished:
-        return
-    done_jobs = [pending[index] for index in finished]
-    for (index, info), result in zip(finished.items(), dispatcher.gather(done_jobs), strict=True):
-        job = pending.pop(index)
-        results[index] = result
-        if result.status == "completed":
-            progress.completed += 1
-        else:
-            progress.failed += 1
-        progress.add_usage(info)
-        if output is not None:
-            output.write(json.dumps(result_line(index, job, info, result), ensure_ascii=False))
-            output.write("\n")
-            output.flush()
-
-
-def _report(
-    on_progress: Callable[[BatchProgress], None] | None,
-    progress: BatchProgress,
-    live: BatchProgress,
-) -> None:
-    if on_progress is None:
-        return
-    snapshot = BatchProgress(
-        total=progress.total,
-        completed=progress.completed,
-        failed=progress.failed,
-        running=live.running,
-        queued=live.queued,
-        input_tokens=progress.input_tokens + live.input_tokens,
-        output_tokens=progress.output_tokens + live.output_tokens,
-        cost_usd=round_cost(progress.cost_usd + live.cost_usd),
-    )
-    on_progress(snapshot)
-
-
-def result_line(index: int, job: Job, info: JobInfo, result: RunResult) -> dict[str, Any]:
-    """One line of the results file."""
-    return {
-        "index": index,
-        "job_id": job.id,
-        "session_id": job.session_id,
-        "status": result.status,
-        "text": result.text,
-        "usage": result.usage,
-        "error": info.error or (str(result.error) if result.error is not None else None),
-        "labels": info.labels,
-        "prompt": info.prompt,
-        "worker": info.worker,
-        "attempt": info.attempt,
-        "duration_s": info.duration_s,
-        "output": output_data(result.output),
-    }

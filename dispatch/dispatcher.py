@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from dispatch._client.core import _Core
+from dispatch.errors import BatchNotFound
 from dispatch.info import JobInfo
 from dispatch.job import Job
 from dispatch.reduce import Reduction, plan_reduce
@@ -182,6 +183,32 @@ class Dispatcher:
     def jobs(self, limit: int = 20) -> list[JobInfo]:
         """The most recently submitted jobs, newest first."""
         return self._core.loop.call(self._core.recent(limit))
+
+    def attach(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """Handles on existing jobs in one round trip (``None`` for unknown or expired ids)."""
+        infos = self.infos(job_ids)
+        return [
+            None if info is None else Job(job_id, info.session_id, self._core)
+            for job_id, info in zip(job_ids, infos, strict=True)
+        ]
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def record_batch(self, batch_id: str, job_ids: dict[int, str], *, total: int) -> None:
+        """Store which job runs each entry of batch ``batch_id`` (in Redis for a fleet)."""
+        fields = {str(index): job_id for index, job_id in job_ids.items()}
+        self._core.broker.record_batch(batch_id, {"total": str(total), **fields})
+
+    def batch_jobs(self, batch_id: str) -> tuple[int, dict[int, str]]:
+        """A recorded batch: its number of entries, and the job id of each entry sent so far."""
+        fields = self._core.broker.read_batch(batch_id)
+        if "total" not in fields:
+            raise BatchNotFound(
+                f"batch {batch_id} is not recorded on this {self.mode} dispatcher (never "
+                "dispatched here, or expired); check the id and --broker / RHO_AGENT_BROKER_URL"
+            )
+        total = int(fields.pop("total"))
+        return total, {int(index): job_id for index, job_id in fields.items()}
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@
         ├── JobSpecError              a job payload is malformed (names the field and the fix)
         ├── JobRefused                a worker will not run this job (profile above its ceiling)
         ├── JobNotFound               no job with that id (never submitted, or expired)
+        ├── BatchNotFound             no batch with that id (never dispatched, or expired)
         ├── JobTimeout                ``Job.result(timeout=...)`` ran out of time (a TimeoutError)
         ├── FleetUnavailable          the fleet extra is not installed or the broker is unreachable
         └── ReduceError               a reduce cannot be planned (a result too big for any reducer)
@@ -42,6 +43,13 @@ class JobNotFound(FleetError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "job not found"
+
+
+class BatchNotFound(FleetError, KeyError):
+    """No batch with that id is recorded (never dispatched to this fleet, or expired)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "batch not found"
 
 
 class JobTimeout(FleetError, TimeoutError):

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from dispatch.batch_run import new_batch_id
 from dispatch.errors import FleetError, JobNotFound, JobTimeout
 from dispatch.reduce_plan import (
     ReduceItem,
@@ -251,11 +251,6 @@ class Reduction:
             [[item.source for item in group] for group in groups],
         )
         return level, specs
-
-
-def new_batch_id() -> str:
-    """``b-3f9a1c2b4d5e``: the id every job of one map-reduce tree is labelled with."""
-    return f"b-{secrets.token_hex(6)}"
 
 
 def plan_reduce(

@@ -11,9 +11,12 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from typing import IO, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rho_agent.events import RunResult, output_data
+
+if TYPE_CHECKING:
+    from dispatch.batch_run import TextSink
 
 TableFormat = Literal["csv", "jsonl"]
 JOB_COLUMNS = ("job_id", "status", "error")
@@ -59,7 +62,7 @@ def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     return list(names)
 
 
-def write_table(rows: Sequence[dict[str, Any]], sink: IO[str], fmt: TableFormat) -> None:
+def write_table(rows: Sequence[dict[str, Any]], sink: TextSink, fmt: TableFormat) -> None:
     """Write ``rows`` as CSV (a header, then one line per row) or as JSON lines."""
     if fmt == "jsonl":
         for row in rows:

@@ -110,7 +110,10 @@ class RunnerBus(Protocol):
 
     async def finish(
         self, spec: JobSpec, attempt: int, result: RunResult, error: str | None
-    ) -> bool: ...
+    ) -> bool:
+        """Store the job's end with ``result.status`` and ``error``, why it did not complete
+        (JobInfo.error); False if another attempt owns the job now."""
+        ...
 
     async def cancel_requested(self, job_id: str) -> bool: ...
 

@@ -224,8 +224,7 @@ class JobRun:
         if self._timed_out:
             limit = self.spec.timeout_s or self._options.default_timeout_s
             return await self._finish(result, f"job timed out after {limit:g} s")
-        failed = result.status == "error" and result.error is not None
-        return await self._finish(result, str(result.error) if failed else None)
+        return await self._finish(result, None)
 
     # -- session ------------------------------------------------------------------------------
 
@@ -394,13 +393,18 @@ class JobRun:
     # -- finishing ----------------------------------------------------------------------------
 
     async def _fail(self, message: str) -> JobOutcome:
+        """Fail the job before or around its run (refused, busy session, crash loop, bug)."""
         event = AgentEvent(type="error", content=message)
         self._emit(event)
         return await self._finish(RunResult(text="", events=[event], status="error"), message)
 
     async def _finish(self, result: RunResult, error: str | None) -> JobOutcome:
+        """End the job. ``error`` makes it an ``error`` whatever the run said; without one, a run
+        that ended badly on its own (model down, max_turns, cancelled) is explained by its
+        events, so every failure carries its reason."""
         self._finished = True
         status = result.status if error is None else "error"
+        reason = error or failure_reason(result)
         if self._session is not None:
             state_status = self._session.state.status
             self._bus.emit_session(
@@ -411,7 +415,9 @@ class JobRun:
                 text=result.text, events=result.events, status="error", usage=result.usage
             )
         # A refused write already proved that a newer attempt owns the job.
-        owned = not self._fenced and await self._bus.finish(self.spec, self._attempt, result, error)
+        owned = not self._fenced and await self._bus.finish(
+            self.spec, self._attempt, result, reason
+        )
         outcome_status = status if owned else "superseded"
         if not owned:
             logger.warning(
@@ -422,7 +428,24 @@ class JobRun:
             outcome_status,
             attempt=self._attempt,
             worker=self._options.worker,
-            error=error,
+            error=reason,
             usage=dict(result.usage),
             turns=self._turns,
         )
+
+
+_FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption")
+
+
+def failure_reason(result: RunResult) -> str | None:
+    """Why a run that did not complete ended, so JobInfo.error, the results file and Flower can
+    say it: its RunError (``ModelError: ...``), else its last error, max_turns, cancelled or
+    interruption event's text."""
+    if result.status == "completed":
+        return None
+    if result.error is not None:
+        return str(result.error)
+    for event in reversed(result.events):
+        if event.type in _FAILURE_EVENTS and event.content:
+            return event.content
+    return f"the run ended with status {result.status}"

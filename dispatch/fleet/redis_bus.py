@@ -264,7 +264,7 @@ class RedisBus:
         self, spec: JobSpec, attempt: int, result: RunResult, error: str | None
     ) -> bool:
         await self._writer.flush()
-        status = result.status if error is None else "error"
+        status = result.status
         done = await self._finish(
             keys=[
                 self.keys.job(spec.job_id),

@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.progress import Progress, TaskID
 
@@ -19,6 +19,7 @@ from rho_agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from dispatch import Dispatcher, Job, JobSpec
+    from dispatch.batch_run import TextSink
     from dispatch.table import TableFormat
     from rho_agent.config import AgentConfig
     from rho_agent.events import RunResult
@@ -50,19 +51,17 @@ class Analysis:
 
     @classmethod
     def from_options(
-        cls, fmt: str | None, reduce: str | None, reduce_schema: Path | None
+        cls, fmt: str | None, reduce: str | None, reduce_schema: Path | None, batch_id: str
     ) -> Analysis:
         if fmt is not None and fmt not in TABLE_FORMATS:
             raise ConfigError(f"--format {fmt!r} is not a table format; use csv or jsonl")
         if reduce_schema is not None and reduce is None:
             raise ConfigError("--reduce-schema types the reduce's answer: give --reduce too")
-        from dispatch.reduce import new_batch_id
-
         return cls(
             table=cast("TableFormat | None", fmt),
             reduce=reduce,
             reduce_schema=read_schema(reduce_schema) if reduce_schema else None,
-            batch_id=new_batch_id() if reduce else "",
+            batch_id=batch_id if reduce else "",
         )
 
     def label(self, specs: list[JobSpec]) -> list[JobSpec]:
@@ -76,7 +75,7 @@ class Analysis:
             for spec in specs
         ]
 
-    def write_table(self, jobs: list[Job], results: list[RunResult], sink: IO[str]) -> None:
+    def write_table(self, jobs: list[Job], results: list[RunResult], sink: TextSink) -> None:
         from dispatch.table import result_rows, write_table
 
         if self.table is not None:
@@ -89,7 +88,7 @@ class Analysis:
         jobs: list[Job],
         config: AgentConfig,
         bar: Progress,
-        sink: IO[str],
+        sink: TextSink,
     ) -> RunResult:
         """Reduce the map's results, one progress row per level; write the answer as one line."""
         from dispatch.report import row_of_info

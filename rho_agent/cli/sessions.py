@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Protocol, TypeVar
 
@@ -21,6 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from dispatch.errors import FleetUnavailable
+from rho_agent.cli import _exit
+from rho_agent.cli._tables import JsonFlag, print_json, print_table
 from rho_agent.errors import RhoAgentError
 from rho_agent.state import State
 from rho_agent.store.directory import SessionInfo, SessionStore
@@ -74,17 +77,21 @@ def list_sessions(
     directory: StoreDir = None,
     broker: Broker = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many.")] = 50,
+    as_json: JsonFlag = False,
 ) -> None:
     """List stored sessions, newest first."""
     if ctx.invoked_subcommand is not None:
         return
     with _opened(directory, broker) as (store, where):
         infos = _guarded(store.list)[: max(limit, 0)]
+    if as_json:
+        print_json([asdict(info) for info in infos])
+        return
     console = Console()
     if not infos:
         console.print(Text(f"No sessions in {where}."))
         return
-    console.print(_sessions_table(infos))
+    print_table(console, _sessions_table(infos))
 
 
 class _Store(Protocol):
@@ -100,7 +107,10 @@ def _opened(directory: Path | None, broker: str | None) -> Iterator[tuple[_Store
     """The store to read and how to name it: ``--dir``, else the fleet's Redis if a broker is
     given or set, else the default directory."""
     if directory is not None and broker is not None:
-        _fail("give --dir (a sessions directory) or --broker (the fleet's Redis), not both", 2)
+        _fail(
+            "give --dir (a sessions directory) or --broker (the fleet's Redis), not both",
+            _exit.USAGE,
+        )
     url = broker or (None if directory is not None else os.environ.get(BROKER_URL_ENV))
     if not url:
         store = SessionStore(directory)
@@ -111,7 +121,7 @@ def _opened(directory: Path | None, broker: str | None) -> Iterator[tuple[_Store
     try:
         require_fleet_extra()
     except FleetUnavailable as exc:
-        _fail(str(exc), 2)
+        _fail(str(exc), _exit.USAGE)
     from dispatch.fleet.session_store import RedisSessionStore
 
     fleet = _guarded(lambda: RedisSessionStore(url))
@@ -123,11 +133,9 @@ def _opened(directory: Path | None, broker: str | None) -> Iterator[tuple[_Store
 
 def _sessions_table(infos: list[SessionInfo]) -> Table:
     table = Table(show_edge=False, header_style="bold")
-    table.add_column("ID", no_wrap=True)
-    table.add_column("Status", no_wrap=True)
-    table.add_column("Created", no_wrap=True)
-    table.add_column("Model", no_wrap=True)
-    table.add_column("First prompt", overflow="ellipsis", no_wrap=True, max_width=60)
+    for header in ("ID", "Status", "Created", "Model"):
+        table.add_column(header)
+    table.add_column("First prompt", max_width=60)
     for info in infos:
         created = info.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
         status = Text(info.status, style=_STATUS_STYLE.get(info.status, ""))
@@ -285,14 +293,15 @@ def _one_line(text: str) -> str:
 
 
 def _guarded(action: Callable[[], T]) -> T:
-    """Run ``action``; a rho-agent error becomes a one-line message and exit status 2 (3 when
+    """Run ``action``; a rho-agent error becomes a one-line message and its exit code (3 when
     the fleet's Redis cannot be reached)."""
     try:
         return action()
     except RhoAgentError as exc:
-        _fail(str(exc), 3 if isinstance(exc, FleetUnavailable) else 2)
+        code, message = _exit.classify(exc)
+        _fail(message, code)
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    Console(stderr=True).print(Text(f"error: {message}", style="red"))
+    _exit.report(message)
     raise typer.Exit(code) from None

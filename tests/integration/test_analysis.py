@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dispatch import Dispatcher
-from dispatch.reduce import new_batch_id
+from dispatch.batch_run import new_batch_id
 from dispatch.report import report_from_fleet
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer

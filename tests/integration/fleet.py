@@ -70,11 +70,13 @@ class WorkerProcess:
     log_path: Path
     loglevel: str = "INFO"
     app: str = "workers"
+    launcher: tuple[str, ...] = ()
+    """A command prefix, e.g. ``ip netns exec <namespace>`` (tests/chaos/topology.py)."""
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         command = [
-            sys.executable, "-m", "celery", "-A", self.app, "worker",
+            *self.launcher, sys.executable, "-m", "celery", "-A", self.app, "worker",
             f"--loglevel={self.loglevel}",
             f"--hostname={self.name}@%h", "-Q", self.queues, "--without-mingle",
             "--without-gossip",
@@ -174,16 +176,25 @@ class Fleet:
         ``{queue}-{name}``."""
         worker = WorkerProcess(
             name,
-            self.env(RHO_AGENT_WORKER_NAME=name, **env),
+            self.env(RHO_AGENT_WORKER_NAME=name, **{**self.worker_env(name), **env}),
             f"{self.queue},{self.queue_of(name)}",
             self.tmp / f"worker-{name}-{len(self.retired)}.log",
             loglevel,
             app,
+            self.launcher_of(name),
         )
         if name in self.workers:
             self.retired.append(self.workers[name])
         self.workers[name] = worker.start()
         return worker
+
+    def worker_env(self, name: str) -> dict[str, str]:
+        """Environment only worker ``name`` gets (a subclass's hook; none here)."""
+        return {}
+
+    def launcher_of(self, name: str) -> tuple[str, ...]:
+        """The command prefix worker ``name`` runs under (a subclass's hook; none here)."""
+        return ()
 
     def dispatcher(self) -> Dispatcher:
         return Dispatcher(settings=self.settings)

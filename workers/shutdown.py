@@ -33,6 +33,7 @@ from dispatch.fleet import lua
 from dispatch.fleet.celery_broker import CeleryBroker
 from dispatch.fleet.redis_bus import RedisBus
 from dispatch.settings import env_float
+from dispatch.spec import JobSpec
 from workers.lease import requeued_jobs
 
 if TYPE_CHECKING:
@@ -122,21 +123,31 @@ class GracefulShutdown:
         job_host = self.host.start()  # already started: it runs jobs
         self.host.handing_back = True
         loop = self.host.loop
-        flat = loop.call(_stop_and_release(job_host), timeout=_CANCEL_WAIT_S + 30)
+        flat, unclaimed = loop.call(_stop_and_release(job_host), timeout=_CANCEL_WAIT_S + 30)
         broker = CeleryBroker(self.host.settings.fleet)
         sent = []
         try:
             for job in requeued_jobs(flat, "handed back"):
                 broker.send([job.spec], attempt_suffix=f"-h{job.attempt}")
                 sent.append(job.job_id)
+            # Still queued: a second message is harmless (a delivery of a job another worker
+            # has claimed meanwhile is skipped), a missing one would strand the job.
+            if unclaimed:
+                broker.send(unclaimed, attempt_suffix="-u")
+                sent += [spec.job_id for spec in unclaimed]
         finally:
             broker.close()
         return sent
 
 
-async def _stop_and_release(job_host: JobHost) -> list[str]:
-    """In the session loop: stop every job (resumably), flush, mark the owned ones queued."""
+async def _stop_and_release(job_host: JobHost) -> tuple[list[str], list[JobSpec]]:
+    """In the session loop: stop every job (resumably), flush, mark the owned ones queued.
+
+    Returns what ``HAND_BACK`` answered for the owned jobs, and the specs of the jobs that were
+    delivered but not yet claimed (their tasks end with their messages: they must be sent again).
+    """
     owned = job_host.active()
+    unclaimed = job_host.unclaimed()
     tasks = [task for task in asyncio.all_tasks() if _runs_a_job(task)]
     for task in tasks:
         task.cancel()
@@ -144,8 +155,10 @@ async def _stop_and_release(job_host: JobHost) -> list[str]:
         await asyncio.wait(tasks, timeout=_CANCEL_WAIT_S)
     bus = job_host.bus
     await bus.flush()
-    if not owned or not isinstance(bus, RedisBus):
-        return []
+    if not isinstance(bus, RedisBus):
+        return [], []
+    if not owned:
+        return [], unclaimed
     args: list[Any] = [
         bus.keys.job_prefix(),
         bus.settings.queued_lease_s * 1000,
@@ -156,7 +169,7 @@ async def _stop_and_release(job_host: JobHost) -> list[str]:
         args += [job_id, attempt]
     script = bus.client.register_script(lua.HAND_BACK)
     flat: list[str] = await script(keys=[bus.keys.leases()], args=args)
-    return flat
+    return flat, unclaimed
 
 
 def _runs_a_job(task: asyncio.Task[Any]) -> bool:

@@ -78,6 +78,12 @@ class JobHost:
             if run.attempt > 0
         ]
 
+    def unclaimed(self) -> list[JobSpec]:
+        """The specs of jobs delivered here and not claimed yet (waiting for a slot, or for the
+        answer to their claim). A graceful shutdown sends them again: their messages are gone
+        once their tasks end, so nothing else would run them before their queued lease lapses."""
+        return [run.spec for runs in self._runs.values() for run in runs if run.attempt == 0]
+
     def progress(self) -> list[tuple[str, dict[str, Any]]]:
         """``(job id, turns/tokens/cost)`` of every job running here with a session."""
         found = []

@@ -15,7 +15,6 @@ from tests.chaos.ledger import Ledger, read_ledger
 
 
 def account(
-    dispatcher: Dispatcher,
     client: Any,
     keys: Keys,
     jobs: Sequence[Job],

@@ -72,9 +72,7 @@ def test_a_partitioned_worker_is_fenced_off_and_its_jobs_run_elsewhere(
                     "wa to find its late writes refused",
                 )
                 after = {i.job_id: i for i in dispatcher.infos([job.id for job in jobs]) if i}
-                counts, book = account(
-                    dispatcher, fleet.redis(), fleet.settings.keys, jobs, results, ledger
-                )
+                counts, book = account(fleet.redis(), fleet.settings.keys, jobs, results, ledger)
                 broken = broken_histories(dispatcher, jobs, TURNS)
         finally:
             fleet.stop()

@@ -174,11 +174,14 @@ class Fleet:
     ) -> WorkerProcess:
         """Start worker ``name`` (Celery app ``app``) on the shared queue and its own
         ``{queue}-{name}``."""
+        # One log per process: a replacement reading its predecessor's "ready." would not wait.
+        instance = sum(1 for worker in self.retired if worker.name == name)
+        instance += name in self.workers
         worker = WorkerProcess(
             name,
             self.env(RHO_AGENT_WORKER_NAME=name, **{**self.worker_env(name), **env}),
             f"{self.queue},{self.queue_of(name)}",
-            self.tmp / f"worker-{name}-{len(self.retired)}.log",
+            self.tmp / f"worker-{name}-{instance}.log",
             loglevel,
             app,
             self.launcher_of(name),

@@ -184,6 +184,10 @@ class Dispatcher:
         """The most recently submitted jobs, newest first."""
         return self._core.loop.call(self._core.recent(limit))
 
+    def approvals(self, limit: int = 100) -> list[JobInfo]:
+        """Jobs awaiting approval (their ``pending_approvals``), the soonest to expire first."""
+        return self._core.loop.call(self._core.awaiting(limit))
+
     def attach(self, job_ids: Sequence[str]) -> list[Job | None]:
         """Handles on existing jobs in one round trip (``None`` for unknown or expired ids)."""
         infos = self.infos(job_ids)

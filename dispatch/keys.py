@@ -16,6 +16,7 @@ key                                    type         what
 ``{p}jobs``                            sorted set   job ids by submission time (``rho-agent jobs``)
 ``{p}leases``                          sorted set   queued and running job ids by lease expiry (ms)
 ``{p}cancels``                         stream       cancel requests, read by every worker
+``{p}approvals``                       sorted set   jobs awaiting approval by their deadline (ms)
 ``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in
 ``{p}sweeper``                         string       lock so one sweeper runs per interval
 ``{p}batch:{id}``                      hash         a dispatch's job ids by entry index, ``total``
@@ -75,6 +76,10 @@ class Keys:
 
     def cancels(self) -> str:
         return f"{self.prefix}cancels"
+
+    def approvals(self) -> str:
+        """Jobs awaiting approval, scored by the Redis-time ms their approval expires."""
+        return f"{self.prefix}approvals"
 
     def done(self, dispatcher_id: str) -> str:
         return f"{self.prefix}dispatcher:{dispatcher_id}:done"

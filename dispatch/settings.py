@@ -36,6 +36,9 @@ class FleetSettings:
     queued_lease_s: int = 600
     """How long a queued (or re-sent) job may wait for a worker to claim it before the sweeper
     sends it again: a lost message or a worker that died before claiming it costs this long."""
+    approval_ttl_s: int = 24 * 3600
+    """How long a job's tool calls wait for a person's decision before they are denied as
+    expired (docs/approvals.md); at most the retention, or the job would be gone first."""
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -46,6 +49,11 @@ class FleetSettings:
             raise SettingsError(
                 f"the queued lease must be at least 1 s (RHO_AGENT_QUEUED_LEASE), got "
                 f"{self.queued_lease_s}"
+            )
+        if not 1 <= self.approval_ttl_s <= self.retention_s:
+            raise SettingsError(
+                f"the approval time must be from 1 s to the retention ({self.retention_s} s) "
+                f"(RHO_AGENT_APPROVAL_TTL), got {self.approval_ttl_s}"
             )
         if self.events_maxlen < 100:
             raise SettingsError(f"events maxlen must be at least 100, got {self.events_maxlen}")
@@ -99,6 +107,7 @@ def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "RHO_AGENT_EVENTS_MAXLEN": "events_maxlen",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "embedded_concurrency",
         "RHO_AGENT_QUEUED_LEASE": "queued_lease_s",
+        "RHO_AGENT_APPROVAL_TTL": "approval_ttl_s",
     }
     for name, attr in int_vars.items():
         if env.get(name):

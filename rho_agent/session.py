@@ -38,7 +38,8 @@ CANCEL_POLL_SECONDS = 0.1
 class Session:
     """The execution context for running prompts with one Agent; owns the State.
 
-    Settable: ``approval_callback(tool_name, tool_args) -> bool`` (sync or async),
+    Settable: ``approval_callback(tool_name, tool_args) -> bool`` (sync or async; raising
+    ``PermissionDenied`` denies the call with that reason, ``ApprovalInterrupt`` pauses the run),
     ``cancel_check() -> bool``, ``before_tool() -> Awaitable[None]``, ``auto_compact``,
     ``context_window``, ``max_turns``.
 

@@ -7,12 +7,16 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from dispatch.engine.approval import EXPIRED_REASON
 from dispatch.engine.bus import EVENT_PAGE, DispatchBus, JobBus, StreamEntry
-from dispatch.engine.loop import LoopThread
+from dispatch.engine.loop import LoopThread, still_running, stop_tasks
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 
 logger = logging.getLogger("dispatch")
+
+_EXPIRY_POLL_S = 0.25
+"""How often an embedded dispatcher looks for approvals that expired (a dict scan)."""
 
 
 class Broker(Protocol):
@@ -35,6 +39,10 @@ class Broker(Protocol):
 
     async def revoke(self, job_id: str) -> None:
         """Take a job that will never run off the queue (on the dispatcher's loop)."""
+        ...
+
+    async def resend(self, spec: JobSpec, attempt: int) -> None:
+        """Send a job the bus queued again after its ``attempt`` (an approval decided it)."""
         ...
 
     def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
@@ -68,10 +76,13 @@ class EmbeddedBroker:
         self._loop = loop
         self._queue = settings.queue
         self._host = JobHost(
-            memory, RunnerOptions(worker="embedded"), concurrency=settings.embedded_concurrency
+            memory,
+            RunnerOptions(worker="embedded", approval_ttl_s=settings.approval_ttl_s),
+            concurrency=settings.embedded_concurrency,
         )
         self._tasks: set[asyncio.Task[object]] = set()
         self._batches: dict[str, dict[str, str]] = {}
+        self._expiry: asyncio.Task[None] | None = None
 
     def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
         """Remember a batch's job ids (only this process can see an embedded batch)."""
@@ -93,10 +104,26 @@ class EmbeddedBroker:
         """Record the jobs, then start them (at most ``concurrency`` run at once)."""
         await self.bus.submit(specs, self._queue)
         await self._host.start()
+        if self._expiry is None:
+            self._expiry = asyncio.create_task(self._expire_approvals(), name="rho-approvals")
         for spec in specs:
-            task: asyncio.Task[object] = asyncio.create_task(self._run(spec))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(spec)
+
+    def _start(self, spec: JobSpec) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(self._run(spec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resend(self, spec: JobSpec, attempt: int) -> None:
+        self._start(spec)
+
+    async def _expire_approvals(self) -> None:
+        """Deny the pending calls of jobs nobody decided in time, and continue them."""
+        while still_running():
+            await asyncio.sleep(_EXPIRY_POLL_S)
+            for spec, _ in await self.bus.expire_approvals(EXPIRED_REASON):
+                logger.warning("job %s: its approval expired; continuing with denials", spec.job_id)
+                self._start(spec)
 
     async def _run(self, spec: JobSpec) -> object:
         try:
@@ -109,6 +136,8 @@ class EmbeddedBroker:
         return None
 
     async def close(self) -> None:
+        if self._expiry is not None:
+            await stop_tasks([self._expiry])
         await self._host.stop()
 
 
@@ -171,6 +200,9 @@ class FleetBroker:
 
     async def revoke(self, job_id: str) -> None:
         await asyncio.to_thread(self._celery.revoke, job_id)
+
+    async def resend(self, spec: JobSpec, attempt: int) -> None:
+        await asyncio.to_thread(self._celery.send, [spec], attempt_suffix=f"-a{attempt}")
 
     async def close(self) -> None:
         await self.bus.close()

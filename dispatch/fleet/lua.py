@@ -26,7 +26,8 @@ end
 
 # KEYS: job, events, cancel flag, session owner, leases
 # ARGV: job_id, worker, lease_ms, retention_s, events maxlen, job key prefix
-# Returns action, attempt, detail, and how many earlier attempts were handed back (not failures).
+# Returns action, attempt, detail, and how many earlier attempts ended without failing (handed back
+# at shutdown, or paused for approval). A session stays owned by a job awaiting approval.
 # A queued job holds a lease too (from submission, or from the sweeper's re-send), so a delivery
 # that is never claimed (its worker died first, or the broker lost the message) is re-sent.
 START = (
@@ -42,12 +43,17 @@ elseif status ~= 'queued' then
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 local handbacks = tonumber(redis.call('HGET', KEYS[1], 'handbacks') or '0')
+  + tonumber(redis.call('HGET', KEYS[1], 'continuations') or '0')
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2])
 redis.call('HDEL', KEYS[1], 'wseq')
 redis.call('HSETNX', KEYS[1], 'started_at', now_s)
 redis.call('ZADD', KEYS[5], now_ms + tonumber(ARGV[3]), ARGV[1])
 local kind = 'started'
 if attempt > 1 then kind = 'restarted' end
+if redis.call('HGET', KEYS[1], 'resumed_by') == 'approval' then
+  kind = 'continued'
+  redis.call('HDEL', KEYS[1], 'resumed_by')
+end
 local entry = cjson.encode({kind = 'job', type = kind, attempt = attempt, worker = ARGV[2]})
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'd', entry)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -56,7 +62,8 @@ if redis.call('EXISTS', KEYS[3]) == 1 then return {'cancelled', attempt, '', han
 local owner = redis.call('GET', KEYS[4])
 if owner and owner ~= ARGV[1] then
   local owner_status = redis.call('HGET', ARGV[6] .. owner, 'status')
-  if owner_status == 'queued' or owner_status == 'running' then
+  if owner_status == 'queued' or owner_status == 'running'
+      or owner_status == 'awaiting_approval' then
     return {'busy', attempt, owner, handbacks}
   end
 end
@@ -92,10 +99,11 @@ return 1
 """
 )
 
-# Cancel a job, or (mode 'reject') fail a job that was never started because its payload was bad.
+# Cancel a job (queued, running or awaiting approval), or (mode 'reject') fail a job that was never
+# started because its payload was bad.
 # KEYS: job, events, cancel flag, cancels stream, leases
 # ARGV: job_id, retention_s, events maxlen, result json, event entry json,
-#       done key prefix, session key prefix, mode ('cancel' or 'reject'), error text
+#       done key prefix, session key prefix, mode ('cancel' or 'reject'), error text, approvals key
 CANCEL = (
     _NOW
     + _DONE_ENTRY
@@ -108,7 +116,9 @@ if status == 'running' and ARGV[8] == 'cancel' then
   redis.call('EXPIRE', KEYS[4], ARGV[2])
   return 'requested'
 end
-if status ~= 'queued' then return 'finished' end
+if status ~= 'queued' and status ~= 'awaiting_approval' then return 'finished' end
+if status == 'awaiting_approval' and ARGV[8] ~= 'cancel' then return 'finished' end
+redis.call('ZREM', ARGV[10], ARGV[1])
 local final = 'cancelled'
 if ARGV[8] == 'reject' then final = 'error' end
 redis.call('HSET', KEYS[1], 'status', final, 'result', ARGV[4], 'error', ARGV[9],
@@ -276,3 +286,149 @@ while i <= #ARGV do
 end
 return refused
 """
+
+# Approvals (docs/approvals.md). A job whose tool calls need a person's decision is parked as
+# ``awaiting_approval``: ``pending_approvals`` (JSON list of call id, tool name, arguments, written
+# by the runner) and ``approval_decisions`` (JSON object call id -> {decision, reason}, written
+# here). Once every pending call is decided the job is queued again (a new attempt of the same
+# job), with a grace lease so the sweeper re-sends it if the sender dies before sending.
+_APPROVALS = """
+local function pending_ids(key)
+  local ids = {}
+  for _, call in ipairs(cjson.decode(redis.call('HGET', key, 'pending_approvals') or '[]')) do
+    ids[call.call_id] = true
+  end
+  return ids
+end
+local function decisions_of(key)
+  local raw = redis.call('HGET', key, 'approval_decisions')
+  if not raw or raw == '' then return {} end
+  return cjson.decode(raw)
+end
+local function undecided(ids, decisions)
+  local left = 0
+  for id, _ in pairs(ids) do
+    if decisions[id] == nil then left = left + 1 end
+  end
+  return left
+end
+local function deny_undecided(ids, decisions, reason)
+  for id, _ in pairs(ids) do
+    if decisions[id] == nil then decisions[id] = {decision = 'denied', reason = reason} end
+  end
+end
+local function requeue(key, job_id, leases, approvals, grace_ms, retention, maxlen, decisions)
+  redis.call('HSET', key, 'status', 'queued', 'resumed_by', 'approval',
+    'approval_decisions', cjson.encode(decisions))
+  redis.call('HDEL', key, 'finished_at')
+  redis.call('HINCRBY', key, 'continuations', 1)
+  redis.call('ZREM', approvals, job_id)
+  redis.call('ZADD', leases, now_ms + tonumber(grace_ms), job_id)
+  local entry = cjson.encode({kind = 'job', type = 'approval_decided'})
+  redis.call('XADD', key .. ':events', 'MAXLEN', '~', maxlen, '*', 'd', entry)
+  redis.call('EXPIRE', key, retention)
+  return {job_id, redis.call('HGET', key, 'spec') or '', redis.call('HGET', key, 'attempt') or '0'}
+end
+"""
+
+# Park a running job as awaiting approval (fenced by its attempt, like FINISH); the dispatcher's
+# fan-in gets its result, so ``gather`` does not wait for a person.
+# KEYS: job, events, leases, approvals, cancel flag
+# ARGV: job_id, attempt, result json, error, retention_s, events maxlen, done key prefix,
+#       pending calls json, approval ttl_s
+AWAIT_APPROVAL = (
+    _NOW
+    + _DONE_ENTRY
+    + """
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+local deadline_ms = now_ms + tonumber(ARGV[9]) * 1000
+redis.call('HSET', KEYS[1], 'status', 'awaiting_approval', 'result', ARGV[3], 'error', ARGV[4],
+  'finished_at', now_s, 'pending_approvals', ARGV[8],
+  'approval_deadline', string.format('%.3f', deadline_ms / 1000))
+redis.call('HDEL', KEYS[1], 'approval_decisions')
+local entry = cjson.encode({kind = 'job', type = 'awaiting_approval', attempt = tonumber(ARGV[2])})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'd', entry)
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], deadline_ms, ARGV[1])
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+redis.call('DEL', KEYS[5])
+local dispatcher = redis.call('HGET', KEYS[1], 'dispatcher')
+if dispatcher and dispatcher ~= '' then
+  local done = ARGV[7] .. dispatcher .. ':done'
+  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', done_entry(ARGV[1], ARGV[3]))
+  redis.call('EXPIRE', done, ARGV[5])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+)
+
+# Decide some (or all undecided) pending calls of one job, atomically: refused whole if the job
+# is not awaiting approval, or a call id is not pending or already decided.
+# KEYS: job, leases, approvals
+# ARGV: job_id, decision ('approved' or 'denied'), call ids json list ('*' = every undecided),
+#       reason, grace ms, retention_s, events maxlen
+# Returns {'queued', job id, spec json, attempt}, {'waiting', undecided count} or
+# {refusal, detail} with refusal 'not_found', 'not_awaiting', 'unknown_call', 'already_decided'.
+DECIDE = (
+    _NOW
+    + _APPROVALS
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'not_found', ''} end
+if status ~= 'awaiting_approval' then return {'not_awaiting', status} end
+local ids = pending_ids(KEYS[1])
+local decisions = decisions_of(KEYS[1])
+local chosen = {}
+if ARGV[3] == '*' then
+  for id, _ in pairs(ids) do
+    if decisions[id] == nil then table.insert(chosen, id) end
+  end
+else
+  chosen = cjson.decode(ARGV[3])
+end
+for _, id in ipairs(chosen) do
+  if not ids[id] then return {'unknown_call', id} end
+  if decisions[id] ~= nil then return {'already_decided', id .. ' ' .. decisions[id].decision} end
+end
+for _, id in ipairs(chosen) do
+  local decision = {decision = ARGV[2]}
+  if ARGV[2] == 'denied' then decision.reason = ARGV[4] end
+  decisions[id] = decision
+end
+local left = undecided(ids, decisions)
+if left > 0 then
+  redis.call('HSET', KEYS[1], 'approval_decisions', cjson.encode(decisions))
+  return {'waiting', tostring(left)}
+end
+local out = requeue(KEYS[1], ARGV[1], KEYS[2], KEYS[3], ARGV[5], ARGV[6], ARGV[7], decisions)
+return {'queued', out[1], out[2], out[3]}
+"""
+)
+
+# Deny, as expired, every undecided call of the jobs whose approval deadline passed, and queue
+# them again (the model reads the reason and goes on). Stale members are dropped.
+# KEYS: approvals, leases. ARGV: job key prefix, grace ms, retention_s, events maxlen, reason,
+#       max jobs. Returns job id, spec json and attempt for each, flattened.
+EXPIRE_APPROVALS = (
+    _NOW
+    + _APPROVALS
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, ARGV[6])
+local out = {}
+for _, job in ipairs(due) do
+  local key = ARGV[1] .. job
+  if redis.call('HGET', key, 'status') == 'awaiting_approval' then
+    local decisions = decisions_of(key)
+    deny_undecided(pending_ids(key), decisions, ARGV[5])
+    local item = requeue(key, job, KEYS[2], KEYS[1], ARGV[2], ARGV[3], ARGV[4], decisions)
+    for _, value in ipairs(item) do table.insert(out, value) end
+  else
+    redis.call('ZREM', KEYS[1], job)
+  end
+end
+return out
+"""
+)

@@ -38,7 +38,7 @@ class FleetSettings:
     sends it again: a lost message or a worker that died before claiming it costs this long."""
     approval_ttl_s: int = 24 * 3600
     """How long a job's tool calls wait for a person's decision before they are denied as
-    expired (docs/approvals.md); at most the retention, or the job would be gone first."""
+    expired (docs/approvals.md); cut to the retention, or the job would be gone first."""
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -50,11 +50,13 @@ class FleetSettings:
                 f"the queued lease must be at least 1 s (RHO_AGENT_QUEUED_LEASE), got "
                 f"{self.queued_lease_s}"
             )
-        if not 1 <= self.approval_ttl_s <= self.retention_s:
+        if self.approval_ttl_s < 1:
             raise SettingsError(
-                f"the approval time must be from 1 s to the retention ({self.retention_s} s) "
-                f"(RHO_AGENT_APPROVAL_TTL), got {self.approval_ttl_s}"
+                f"the approval time must be at least 1 s (RHO_AGENT_APPROVAL_TTL), got "
+                f"{self.approval_ttl_s}"
             )
+        # A job must outlive its wait: a longer approval time is cut to the retention.
+        object.__setattr__(self, "approval_ttl_s", min(self.approval_ttl_s, self.retention_s))
         if self.events_maxlen < 100:
             raise SettingsError(f"events maxlen must be at least 100, got {self.events_maxlen}")
         if self.embedded_concurrency < 1:

@@ -106,6 +106,7 @@ class SessionHost:
             default_timeout_s=settings.job_time_limit_s,
             max_attempts=settings.max_attempts,
             agent_factory=settings.build_agent(),
+            approval_ttl_s=settings.fleet.approval_ttl_s,
         )
         host = JobHost(bus, options)
         await host.start()
@@ -118,6 +119,8 @@ class SessionHost:
             self._resend,
             interval_s=settings.sweep_interval_s,
             grace_ms=settings.fleet.queued_lease_s * 1000,
+            retention_s=settings.fleet.retention_s,
+            events_maxlen=settings.fleet.events_maxlen,
         )
         self._tasks = [
             asyncio.create_task(keeper.run(), name="rho-leases"),

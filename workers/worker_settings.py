@@ -39,6 +39,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "600",
         "seconds a queued or re-sent job may wait unclaimed before the sweeper sends it again",
     ),
+    (
+        "RHO_AGENT_APPROVAL_TTL",
+        "86400",
+        "seconds a job's tool calls wait for approval before they are denied as expired",
+    ),
     ("RHO_AGENT_VISIBILITY_TIMEOUT", "3600", "Celery's redelivery time for unacked messages"),
     ("RHO_AGENT_WORKER_NAME", "host-pid", "name recorded on the jobs this worker runs"),
     (

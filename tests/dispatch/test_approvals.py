@@ -20,8 +20,13 @@ from dispatch.engine.run import JobOutcome, JobRun, RunnerOptions
 from dispatch.spec import JobSpec, build_spec
 from rho_agent import AgentConfig
 from rho_agent.permissions.profile import PermissionProfile
-from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
-from rho_agent.testing._responses import ScriptedToolCall
+from rho_agent.testing import (
+    ScriptedModelServer,
+    ScriptedResponse,
+    ScriptedToolCall,
+    text,
+    tool_call,
+)
 from tests.integration.fleet import agent_with_mark_tool
 
 APPROVE_MARK = PermissionProfile("approve-mark", approval={"mark"})

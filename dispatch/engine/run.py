@@ -420,6 +420,7 @@ class JobRun:
         that ended badly on its own (model down, max_turns, cancelled) is explained by its
         events, so every failure carries its reason."""
         self._finished = True
+        # A job cancelled as it paused ends ``interrupted`` (the cancel wins) instead of parking.
         if error is None and result.status == "interrupted" and self._pending():
             return await self._await_approval(result)
         status = result.status if error is None else "error"
@@ -453,7 +454,8 @@ class JobRun:
         )
 
     def _pending(self) -> bool:
-        return self._session is not None and bool(self._session.state.pending_approvals)
+        session = self._session
+        return session is not None and bool(session.state.pending_approvals) and not self._cancelled
 
     async def _await_approval(self, result: RunResult) -> JobOutcome:
         """Park the job until someone decides its pending calls; this attempt ends here and

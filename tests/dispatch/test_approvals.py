@@ -15,6 +15,7 @@ import pytest
 
 from dispatch import ApprovalRefused, Dispatcher, FleetSettings
 from dispatch.engine.approval import EXPIRED_REASON
+from dispatch.engine.bus import Claim
 from dispatch.engine.memory_bus import MemoryBus
 from dispatch.engine.run import JobOutcome, JobRun, RunnerOptions
 from dispatch.spec import JobSpec, build_spec
@@ -264,3 +265,42 @@ def test_embedded_expiry_continues_the_job_with_a_denial(
         result = job.result(timeout=10)
     assert result.status == "completed" and result.text == f"Blocked: {EXPIRED_REASON}"
     assert waited < 3, "expired after about the 1 s approval time"
+
+
+async def test_a_multi_prompt_job_goes_on_to_its_next_prompt_after_the_decision(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.script(ScriptedResponse(tool_calls=[mark(tmp_path, 1, "c1")]))
+    model_server.responder = lambda body: text(f"answer {len(body['messages'])}")
+    spec = build_spec(["first", "second"], mark_config(model_server, tmp_path))
+    bus = MemoryBus()
+    await bus.submit([spec], "q")
+    assert (await continue_on(bus, spec, "w1")).status == "awaiting_approval"
+    await bus.decide(spec.job_id, "approved", None, "")
+    assert (await continue_on(bus, spec)).status == "completed"
+    records = [e.data["record"] for e in await bus.read_trace(spec.session_id)]
+    starts = [r["prompt"] for r in records if r["type"] == "run_start"]
+    assert starts == ["first", None, "second"], "the continuation, then the next prompt, once"
+    assert (tmp_path / "marks").read_text() == "1\n"
+
+
+async def test_a_job_cancelled_as_it_pauses_ends_instead_of_waiting(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.script(ScriptedResponse(tool_calls=[mark(tmp_path, 1, "c1")]))
+    spec = build_spec("mark it", mark_config(model_server, tmp_path))
+    runners: list[JobRun] = []
+
+    class CancelAtThePause(MemoryBus):
+        """Cancels the run the moment its interruption event is written."""
+
+        def emit_event(self, claim: Claim, entry: dict[str, Any]) -> None:
+            super().emit_event(claim, entry)
+            if entry.get("event", {}).get("type") == "interruption":
+                runners[0].cancel()
+
+    bus = CancelAtThePause()
+    await bus.submit([spec], "q")
+    runners.append(JobRun(spec, bus, RunnerOptions(agent_factory=agent_with_mark_tool)))
+    outcome = await runners[0].run()
+    assert outcome.status == "interrupted" and await bus.awaiting(10) == []

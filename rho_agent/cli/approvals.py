@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -45,14 +45,14 @@ def approvals(
     if as_json:
         print_json(rows)
         return
-    table = Table("job", "session", "tool", "arguments", "call", "age", "expires in", "decided")
+    # The job id and the call id are both needed to decide, so both share the one column that
+    # is never cut (the session id is in --json).
+    table = Table("job / call", "tool", "arguments", "age", "expires in", "decided")
     for row in rows:
         cells = [
-            str(row["job_id"]),
-            str(row["session_id"]),
+            f"{row['job_id']}\n  {row['call_id']}",
             str(row["tool_name"]),
             _short(json.dumps(row["arguments"], ensure_ascii=False)),
-            str(row["call_id"]),
             _duration(row["age_s"]),
             _duration(row["expires_in_s"]),
             str(row["decision"] or "-"),
@@ -61,7 +61,7 @@ def approvals(
     print_table(Console(), table)
 
 
-def _rows(info: JobInfo, now: float) -> list[dict[str, object]]:
+def _rows(info: JobInfo, now: float) -> list[dict[str, Any]]:
     since = info.finished_at or now
     expires = (info.approval_deadline or now) - now
     return [
@@ -84,9 +84,8 @@ def _short(text: str) -> str:
     return text if len(text) <= _ARGUMENTS_SHOWN else text[: _ARGUMENTS_SHOWN - 1] + "…"
 
 
-def _duration(seconds: object) -> str:
-    value = float(seconds)  # type: ignore[arg-type]
-    return f"{value:.0f}s" if value < 120 else f"{value / 60:.0f}m"
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
 
 
 @commands.command("approve")

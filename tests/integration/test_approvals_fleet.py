@@ -96,6 +96,8 @@ def test_approved_from_another_process_after_the_worker_died_it_completes_elsewh
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert [(r["job_id"], r["call_id"], r["tool_name"]) for r in rows] == [(job.id, "m1", "mark")]
+    table = cli(fleet, tmp_path, "approvals")
+    assert table.returncode == 0 and job.id in table.stdout and "  m1 " in table.stdout
     assert not (tmp_path / "marks").exists(), "nothing ran before the decision"
 
     approved = cli(fleet, tmp_path, "approve", job.id)

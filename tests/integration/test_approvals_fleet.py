@@ -100,9 +100,11 @@ def test_approved_from_another_process_after_the_worker_died_it_completes_elsewh
     assert table.returncode == 0 and job.id in table.stdout and "  m1 " in table.stdout
     assert not (tmp_path / "marks").exists(), "nothing ran before the decision"
 
+    decided_at = time.monotonic()
     approved = cli(fleet, tmp_path, "approve", job.id)
     assert approved.returncode == 0, approved.stderr
     result, info, state = final(fleet, job.id)
+    print(f"\napprove (CLI process) to completed elsewhere: {time.monotonic() - decided_at:.2f} s")
     assert (result.status, result.text) == ("completed", "marked 1")
     assert (info.attempt, info.worker) == (2, "wb" if victim == "wa" else "wa")
     assert (tmp_path / "marks").read_text() == "1\n", "the approved tool ran exactly once"
@@ -169,6 +171,7 @@ def test_an_expired_approval_is_denied_and_the_job_goes_on(
     started = time.monotonic()
     result, info, state = final(fleet, job.id)
     waited = time.monotonic() - started
+    print(f"\nparked to completed after expiry (2 s approval time): {waited:.2f} s")
     assert result.status == "completed" and result.text.startswith("Blocked: the approval expired")
     assert not (tmp_path / "marks").exists() and info.attempt == 2
     blocked = [r["reason"] for r in state.records if r["type"] == "tool_blocked"]

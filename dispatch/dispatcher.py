@@ -19,7 +19,8 @@ from dispatch._client.core import _Core
 from dispatch.info import JobInfo
 from dispatch.job import Job
 from dispatch.settings import FleetSettings
-from dispatch.spec import JobSpec, build_spec
+from dispatch.spec import JobSpec, build_spec, new_batch_id
+from rho_agent.budgets import Budget, BudgetStatus
 from rho_agent.config import AgentConfig
 from rho_agent.events import RunResult
 from rho_agent.state import StateObserver
@@ -66,7 +67,8 @@ class Dispatcher:
         """Send one job; several prompts make a multi-run in one session.
 
         ``session_id`` continues that session (on any worker, with its full history).
-        ``options``: ``labels`` (dict), ``timeout_s``, ``queue``, ``priority`` (0-9).
+        ``options``: ``labels`` (dict), ``timeout_s``, ``queue``, ``priority`` (0-9),
+        ``max_cost_usd`` and ``max_tokens`` (this job's budget), ``rate_limits`` (its own).
         """
         spec = self._spec(prompt, config, session_id, options)
         return self._core.submit([spec], list(observers))[0]
@@ -86,13 +88,19 @@ class Dispatcher:
     def map(
         self, prompts: Iterable[str], config: AgentConfig | None = None, **options: Any
     ) -> list[Job]:
-        """Fan out: one job per prompt, each in a new session; Jobs in the prompts' order."""
+        """Fan out: one job per prompt, each in a new session; Jobs in the prompts' order.
+
+        ``batch_max_cost_usd`` / ``batch_max_tokens`` budget the whole fan-out together,
+        ``max_cost_usd`` / ``max_tokens`` each job; ``rate_limits`` are the fan-out's own.
+        """
+        options.setdefault("batch_id", new_batch_id())
         specs = [self._spec(prompt, config, None, options) for prompt in prompts]
         return self._core.submit(specs, [])
 
     async def amap(
         self, prompts: Iterable[str], config: AgentConfig | None = None, **options: Any
     ) -> list[Job]:
+        options.setdefault("batch_id", new_batch_id())
         specs = [self._spec(prompt, config, None, options) for prompt in prompts]
         return await self._core.asubmit(specs, [])
 
@@ -134,6 +142,17 @@ class Dispatcher:
     def jobs(self, limit: int = 20) -> list[JobInfo]:
         """The most recently submitted jobs, newest first."""
         return self._core.loop.call(self._core.recent(limit))
+
+    # -- budgets ------------------------------------------------------------------------------
+
+    def set_budget(self, budget: Budget) -> None:
+        """Set a label (``label:team=ops``) or fleet-wide (``fleet``) budget; it applies to the
+        next model call of every job in that scope, already running or not."""
+        self._core.backend.set_budget(budget)
+
+    def budgets(self) -> list[BudgetStatus]:
+        """Every budget scope with its limit, spent and reserved in its current window."""
+        return self._core.backend.budget_statuses()
 
     # -- lifecycle ----------------------------------------------------------------------------
 

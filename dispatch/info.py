@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict
 
 from dispatch.spec import JobSpec
 
-TERMINAL_STATUSES = frozenset({"completed", "error", "cancelled", "interrupted", "max_turns"})
+TERMINAL_STATUSES = frozenset(
+    {"completed", "error", "cancelled", "interrupted", "max_turns", "budget_exceeded"}
+)
 ACTIVE_STATUSES = frozenset({"queued", "running"})
 PROMPT_EXCERPT = 200
 
@@ -44,6 +46,8 @@ class JobInfo(BaseModel):
     output_tokens: int = 0
     cost_usd: float = 0.0
     error: str | None = None
+    waiting: str = ""
+    """What a running job waits for right now (``waiting for rate limit (...)``), else empty."""
 
     @property
     def finished(self) -> bool:

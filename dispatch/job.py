@@ -47,8 +47,8 @@ class Job:
         return info
 
     def status(self) -> str:
-        """``queued``, ``running``, ``completed``, ``error``, ``cancelled``, ``interrupted`` or
-        ``max_turns``."""
+        """``queued``, ``running``, ``completed``, ``error``, ``cancelled``, ``interrupted``,
+        ``max_turns`` or ``budget_exceeded``."""
         return self.info().status
 
     async def astatus(self) -> str:

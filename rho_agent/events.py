@@ -18,9 +18,12 @@ EventType = Literal[
     "cancelled",
     "interruption",
     "max_turns",
+    "budget_exceeded",
 ]
 
-RunStatus = Literal["completed", "error", "cancelled", "interrupted", "max_turns"]
+RunStatus = Literal[
+    "completed", "error", "cancelled", "interrupted", "max_turns", "budget_exceeded"
+]
 
 
 @dataclass

@@ -14,15 +14,18 @@ from collections.abc import Callable
 from typing import Any
 
 from rho_agent import compaction
+from rho_agent._loop import spend_step as _spend_step
 from rho_agent._loop import tool_step as _tool_step
 from rho_agent._loop.run import EventCallback, RunContext
 from rho_agent.agent import Agent
 from rho_agent.backends.base import ExecutionBackend
-from rho_agent.errors import ConfigError, ModelError, SessionError
+from rho_agent.budgets import DEFAULT_OUTPUT_ALLOWANCE, MemorySpendLedger, SpendGuard, job_budget
+from rho_agent.errors import BudgetExceeded, ConfigError, ModelError, SessionError
 from rho_agent.events import AgentEvent, CompactResult, RunResult
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.model.base import ModelRequest
 from rho_agent.pricing import context_window
+from rho_agent.ratelimits import RateLimiter
 from rho_agent.state import State
 from rho_agent.tools.base import ToolInvocation
 from rho_agent.trace import TraceSink
@@ -37,7 +40,11 @@ class Session:
     """The execution context for running prompts with one Agent; owns the State.
 
     Settable: ``approval_callback(tool_name, tool_args) -> bool`` (sync or async),
-    ``cancel_check() -> bool``, ``auto_compact``, ``context_window``, ``max_turns``.
+    ``cancel_check() -> bool``, ``auto_compact``, ``context_window``, ``max_turns``,
+    ``spend_guard`` (budgets every model call reserves against; ``extras.max_cost_usd`` /
+    ``extras.max_tokens`` give a session one of its own), ``rate_limiter`` (shared rate limits),
+    ``output_allowance`` (output tokens reserved for a call with no ``extras.max_output_tokens``)
+    and ``wait_observer(reason | None)`` (told when a call starts and stops waiting for a limit).
     """
 
     def __init__(
@@ -56,7 +63,13 @@ class Session:
         self.auto_compact = True
         self.context_window = context_window(agent.config.model, agent.config.context_window())
         self.max_turns = int(agent.config.extras.get("max_turns", DEFAULT_MAX_TURNS))
-        self._client = agent.create_client()
+        self.spend_guard: SpendGuard | None = None
+        self.rate_limiter: RateLimiter | None = None
+        self.output_allowance = int(
+            agent.config.extras.get("output_allowance", DEFAULT_OUTPUT_ALLOWANCE)
+        )
+        self.wait_observer: Callable[[str | None], None] | None = None
+        self._client = _spend_step.GuardedClient(self, agent.create_client())
         self._backend: ExecutionBackend | None = None
         self._task: asyncio.Task[str] | None = None
         self._cancel_requested = False
@@ -70,6 +83,9 @@ class Session:
             self._record_start()
         elif session_id is not None and session_id != state.session_id:
             raise SessionError(f"session_id {session_id!r} does not match the state's id")
+        own = job_budget(f"session:{self.state.session_id}", agent.config.extras)
+        if own is not None:
+            self.spend_guard = MemorySpendLedger().guard([], own=[own])
 
     def _record_start(self) -> None:
         profile = self.agent.profile.name
@@ -126,6 +142,8 @@ class Session:
             if not self._cancel_requested or (current is not None and current.cancelling()):
                 raise  # cancelled from outside (shutdown): leave the run resumable
             status = self._record_cancelled(run)
+        except BudgetExceeded as exc:
+            status = self._record_budget_exceeded(run, exc)
         except ModelError as exc:
             status = self._record_error(run, str(exc))
         except Exception as exc:
@@ -171,6 +189,7 @@ class Session:
             reasoning_effort=config.reasoning_effort,
             service_tier=config.service_tier,
             response_format=config.response_format,
+            max_output_tokens=_output_cap(config.extras),
         )
         run.streamed = []
         turn = await self._client.stream(request, on_text=lambda text: self._on_text(run, text))
@@ -259,6 +278,21 @@ class Session:
         self.state.append("cancelled", reason="cancelled by request")
         run.emit(AgentEvent("cancelled", content="run cancelled"))
         return "cancelled"
+
+    def _record_budget_exceeded(self, run: RunContext, exc: BudgetExceeded) -> str:
+        _tool_step.answer_unfinished(self, f"Stopped: {exc}")
+        run.error = str(exc)
+        self.state.append("error", message=str(exc))
+        run.emit(AgentEvent("budget_exceeded", content=str(exc)))
+        return "budget_exceeded"
+
+    def report_waiting(self, reason: str | None) -> None:
+        """Tell ``wait_observer`` a model call waits for a shared limit (None: it goes on)."""
+        if self.wait_observer is not None:
+            try:
+                self.wait_observer(reason)
+            except Exception:
+                logger.exception("wait_observer raised; the run goes on")
 
     def _record_error(self, run: RunContext, message: str) -> str:
         _tool_step.answer_unfinished(
@@ -371,6 +405,18 @@ class Session:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def _output_cap(extras: dict[str, Any]) -> int | None:
+    """``extras.max_output_tokens``: the output cap sent with every request (and reserved)."""
+    cap = extras.get("max_output_tokens")
+    if cap is None:
+        return None
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        raise ConfigError(
+            f"AgentConfig.extras.max_output_tokens must be a whole number >= 1, got {cap!r}"
+        )
+    return cap
 
 
 def _prompt_not_yet_recorded(state: State) -> str | None:

@@ -20,7 +20,9 @@ from dispatch.engine.host import JobHost
 from dispatch.engine.loop import LoopThread, stop_tasks
 from dispatch.engine.run import JobOutcome, RunnerOptions
 from dispatch.fleet.celery_broker import CeleryBroker
+from dispatch.fleet.ratelimit import RedisRateLimiter
 from dispatch.fleet.redis_bus import RedisBus
+from dispatch.fleet.spend import RedisSpendLedger
 from dispatch.spec import JobSpec
 from workers.lease import LeaseKeeper, Sweeper
 from workers.progress import FlowerProgress, TaskIds
@@ -104,6 +106,10 @@ class SessionHost:
             default_timeout_s=settings.job_time_limit_s,
             max_attempts=settings.max_attempts,
             agent_factory=settings.build_agent(),
+            spend=RedisSpendLedger(
+                bus.client, settings.fleet.keys, retention_s=settings.fleet.retention_s
+            ),
+            rate_limiter=RedisRateLimiter(bus.client, settings.fleet.keys, settings.rate_limits),
         )
         host = JobHost(bus, options)
         await host.start()

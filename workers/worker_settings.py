@@ -20,6 +20,7 @@ from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError, ProfileError
 from rho_agent.permissions import PermissionProfile, load_profile
 from rho_agent.pricing import ModelPrice, load_prices
+from rho_agent.ratelimits import RateLimit, load_rate_limits
 
 SETTINGS: tuple[tuple[str, str, str], ...] = (
     (BROKER_URL_ENV, "(required)", "Redis URL of the Celery broker, e.g. redis://127.0.0.1:6379/0"),
@@ -61,6 +62,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "(none)",
         "prices for models genai-prices lacks or misprices: a YAML/JSON file or inline JSON",
     ),
+    (
+        "RHO_AGENT_RATE_LIMITS",
+        "(none)",
+        "fleet-wide rate limits per model and endpoint: a YAML/JSON file or inline JSON",
+    ),
     ("RHO_AGENT_EMBEDDED_CONCURRENCY", "64", "(dispatchers only) jobs run at once in-process"),
 )
 
@@ -81,6 +87,8 @@ class WorkerSettings:
     agent_factory: str = ""
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     """USD per million tokens by model; they win over the catalogue's and a job config's."""
+    rate_limits: tuple[RateLimit, ...] = ()
+    """Requests and tokens per window, per model and endpoint, shared by every worker."""
 
     def __post_init__(self) -> None:
         if not self.fleet.broker_url:
@@ -134,11 +142,7 @@ class WorkerSettings:
         ):
             if env.get(name):
                 values[attr] = env[name]
-        if env.get("RHO_AGENT_PRICES"):
-            try:
-                values["prices"] = load_prices(env["RHO_AGENT_PRICES"], source="RHO_AGENT_PRICES")
-            except ConfigError as exc:
-                raise SettingsError(str(exc)) from None
+        values.update(_priced_and_limited(env))
         return cls(**values)  # type: ignore[arg-type]
 
     def ceiling(self) -> PermissionProfile:
@@ -176,6 +180,21 @@ class WorkerSettings:
     @property
     def lease_ms(self) -> int:
         return int(self.lease_ttl_s * 1000)
+
+
+def _priced_and_limited(env: Mapping[str, str]) -> dict[str, object]:
+    """``prices`` and ``rate_limits`` from their variables (files or inline JSON)."""
+    values: dict[str, object] = {}
+    try:
+        if env.get("RHO_AGENT_PRICES"):
+            values["prices"] = load_prices(env["RHO_AGENT_PRICES"], source="RHO_AGENT_PRICES")
+        if env.get("RHO_AGENT_RATE_LIMITS"):
+            values["rate_limits"] = tuple(
+                load_rate_limits(env["RHO_AGENT_RATE_LIMITS"], source="RHO_AGENT_RATE_LIMITS")
+            )
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    return values
 
 
 def _with_prices(

@@ -9,6 +9,8 @@ from typing import Any
 from dispatch.engine.bus import EVENT_PAGE, DispatchBus, JobBus, StreamEntry
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
+from rho_agent.budgets import Budget, BudgetStatus, MemorySpendLedger
+from rho_agent.ratelimits import MemoryRateLimiter
 
 logger = logging.getLogger("dispatch")
 
@@ -24,9 +26,11 @@ class EmbeddedBackend:
         memory = MemoryBus(settings.keys, retention_s=settings.retention_s)
         self.bus: JobBus = memory
         self._queue = settings.queue
-        self._host = JobHost(
-            memory, RunnerOptions(worker="embedded"), concurrency=settings.embedded_concurrency
+        self.ledger = MemorySpendLedger()
+        options = RunnerOptions(
+            worker="embedded", spend=self.ledger, rate_limiter=MemoryRateLimiter()
         )
+        self._host = JobHost(memory, options, concurrency=settings.embedded_concurrency)
         self._tasks: set[asyncio.Task[object]] = set()
 
     async def send(self, specs: list[JobSpec]) -> None:
@@ -47,6 +51,12 @@ class EmbeddedBackend:
 
     async def revoke(self, job_id: str) -> None:
         return None
+
+    def set_budget(self, budget: Budget) -> None:
+        self.ledger.set_budget(budget)
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        return self.ledger.statuses()
 
     async def close(self) -> None:
         await self._host.stop()
@@ -96,6 +106,16 @@ class FleetBackend:
 
     async def revoke(self, job_id: str) -> None:
         await asyncio.to_thread(self._broker.revoke, job_id)
+
+    def set_budget(self, budget: Budget) -> None:
+        from dispatch.fleet.spend import set_budget
+
+        set_budget(self._redis, self._settings.keys, budget, retention_s=self._settings.retention_s)
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        from dispatch.fleet.spend import budget_statuses
+
+        return budget_statuses(self._redis, self._settings.keys)
 
     async def close(self) -> None:
         await self.bus.close()

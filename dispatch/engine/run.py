@@ -23,10 +23,12 @@ from dispatch.engine.ceiling import check_ceiling
 from dispatch.errors import FleetError
 from dispatch.spec import JobSpec
 from rho_agent.agent import Agent
+from rho_agent.budgets import SpendLedger
 from rho_agent.config import AgentConfig
 from rho_agent.errors import RhoAgentError, SessionNotFound
 from rho_agent.events import AgentEvent, RunResult
 from rho_agent.permissions.profile import PermissionProfile
+from rho_agent.ratelimits import RateLimiter
 from rho_agent.session import Session
 from rho_agent.state import USAGE_KEYS, State, empty_usage
 
@@ -35,7 +37,8 @@ logger = logging.getLogger("dispatch.engine.run")
 
 @dataclass(frozen=True)
 class RunnerOptions:
-    """How a host runs jobs: its name, lease length, profile ceiling, time limit, attempts."""
+    """How a host runs jobs: its name, lease length, profile ceiling, time limit, attempts, and
+    the budgets (``spend``) and rate limits every model call of its jobs goes through."""
 
     worker: str = "embedded"
     lease_ms: int = 30_000
@@ -43,6 +46,8 @@ class RunnerOptions:
     default_timeout_s: float | None = None
     max_attempts: int = 3
     agent_factory: Callable[[AgentConfig], Agent] = Agent
+    spend: SpendLedger | None = None
+    rate_limiter: RateLimiter | None = None
 
 
 @dataclass
@@ -231,9 +236,27 @@ class JobRun:
             )
             session = Session(agent, session_id=spec.session_id, sinks=[sink])
         session.cancel_check = lambda: self._cancelled
+        self._apply_limits(session)
         self._session = session
         await self._load_baseline(session.state)
         return session
+
+    def _apply_limits(self, session: Session) -> None:
+        """Every scope's budget and the shared rate limits (plus the batch's own) apply to
+        each model call of this job; waiting for a limit shows in the job's ``waiting`` field."""
+        spec, options = self.spec, self._options
+        if options.spend is not None:
+            session.spend_guard = options.spend.guard(spec.budget_scopes(), spec.budgets())
+        limiter = options.rate_limiter
+        if limiter is not None:
+            extra = spec.batch_rate_limits()
+            if extra:
+                limiter = limiter.with_limits(extra, f"batch:{spec.batch_id or spec.job_id}")
+            session.rate_limiter = limiter
+        session.wait_observer = self._on_wait
+
+    def _on_wait(self, reason: str | None) -> None:
+        self._bus.emit_progress(self.job_id, {"waiting": reason or ""})
 
     async def _load_baseline(self, state: State) -> None:
         """Usage and run count before this job, so progress and resume count only this job.
@@ -359,6 +382,9 @@ class JobRun:
                 text=result.text, events=result.events, status="error", usage=result.usage
             )
         owned = await self._bus.finish(self.spec, self._attempt, result, error)
+        reason = _stop_reason(result) if error is None else None
+        if owned and reason is not None:
+            await self._bus.set_fields(self.job_id, {"error": reason})  # says why it stopped
         outcome_status = status if owned else "superseded"
         if not owned:
             logger.warning(
@@ -369,7 +395,17 @@ class JobRun:
             outcome_status,
             attempt=self._attempt,
             worker=self._options.worker,
-            error=error,
+            error=error or reason,
             usage=dict(result.usage),
             turns=self._turns,
         )
+
+
+def _stop_reason(result: RunResult) -> str | None:
+    """Why a run ended without an error but short of its answer (a budget refused a call)."""
+    if result.status != "budget_exceeded":
+        return None
+    for event in reversed(result.events):
+        if event.type == "budget_exceeded":
+            return event.content
+    return "a budget refused the next model call"

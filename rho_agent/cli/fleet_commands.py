@@ -168,7 +168,14 @@ def _show_event(out: Console, event: AgentEvent) -> None:
     elif event.type == "tool_end":
         result = (event.tool_result or "").strip().splitlines()
         out.print(f"[dim]  ← {result[0][:120] if result else '(no output)'}[/]", highlight=False)
-    elif event.type in ("error", "cancelled", "tool_blocked", "max_turns", "interruption"):
+    elif event.type in (
+        "error",
+        "cancelled",
+        "tool_blocked",
+        "max_turns",
+        "interruption",
+        "budget_exceeded",
+    ):
         out.print(f"\n[yellow]{event.type}[/] {event.content or event.tool_name or ''}")
     elif event.type == "job_restarted":
         out.print(f"\n[magenta]↻ {event.content}[/]")

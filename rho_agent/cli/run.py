@@ -144,7 +144,7 @@ def _show(event: AgentEvent) -> None:
         err.print(f"{mark} [dim]{_short(event.tool_result)}[/]")
     elif event.type == "tool_blocked":
         err.print(f"[yellow]⊘ {event.tool_name} blocked:[/] {event.tool_result}")
-    elif event.type in ("error", "cancelled", "interruption", "max_turns"):
+    elif event.type in ("error", "cancelled", "interruption", "max_turns", "budget_exceeded"):
         err.print(f"\n[red]{event.type}:[/] {event.content}")
     elif event.type == "compact_end":
         err.print("[dim](history compacted)[/]")

@@ -118,7 +118,7 @@ def test_a_bad_budget_names_the_field(data: dict[str, Any], match: str) -> None:
 
 def test_windows_parse_and_bad_ones_say_how() -> None:
     assert parse_window("1d") == 86_400 and parse_window("90") == 90 and parse_window(None) is None
-    with pytest.raises(ConfigError, match="e.g. '1d'"):
+    with pytest.raises(ConfigError, match=r"e\.g\. '1d'"):
         parse_window("daily")
 
 

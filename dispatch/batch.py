@@ -4,8 +4,10 @@ A JSONL file has one entry per line; a YAML file is a list of entries, or a mapp
 ``config`` (defaults for every entry) and ``jobs`` (the list). An entry is a prompt string, or a
 mapping with ``prompt`` (or ``prompts`` for a multi-run in one session) and optionally
 ``session_id`` (continue that session), ``job_id``, ``labels``, ``timeout_s``, ``queue``,
-``priority``, ``config`` (a mapping of AgentConfig fields) or AgentConfig fields at top level
-(``model: gpt-5``), which override the batch's config for that entry.
+``priority``, ``max_cost_usd`` and ``max_tokens`` (that job's budget), ``config`` (a mapping of
+AgentConfig fields) or AgentConfig fields at top level (``model: gpt-5``), which override the
+batch's config for that entry. A YAML mapping may also hold ``budget`` (``max_cost_usd`` and/or
+``max_tokens`` for the whole batch) and ``rate_limits`` (the batch's own, see docs/budgets.md).
 
 ``run_batch`` is what ``rho-agent dispatch FILE`` calls: the CLI only parses flags and draws.
 """
@@ -20,11 +22,12 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import yaml
+from pydantic import ValidationError
 
 from dispatch.errors import JobSpecError
 from dispatch.info import JobInfo
 from dispatch.job import Job
-from dispatch.spec import JobSpec, build_spec
+from dispatch.spec import JobSpec, build_spec, describe, new_batch_id
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
 from rho_agent.events import RunResult
@@ -32,10 +35,9 @@ from rho_agent.events import RunResult
 if TYPE_CHECKING:
     from dispatch.dispatcher import Dispatcher
 
-_JOB_KEYS = frozenset(
-    {"prompt", "prompts", "session_id", "job_id", "labels", "timeout_s", "queue", "priority"}
-)
-_OPTION_KEYS = ("labels", "timeout_s", "queue", "priority")
+_OPTION_KEYS = ("labels", "timeout_s", "queue", "priority", "max_cost_usd", "max_tokens")
+_JOB_KEYS = frozenset({"prompt", "prompts", "session_id", "job_id", *_OPTION_KEYS})
+_BATCH_KEYS = frozenset({"config", "jobs", "budget", "rate_limits"})
 _CONFIG_KEYS = frozenset(item.name for item in fields(AgentConfig))
 
 
@@ -46,6 +48,8 @@ class BatchProgress:
     total: int
     completed: int = 0
     failed: int = 0
+    budget_exceeded: int = 0
+    """Of the failed: jobs a budget stopped."""
     running: int = 0
     queued: int = 0
     input_tokens: int = 0
@@ -87,15 +91,39 @@ def load_batch(path: str | Path, config: AgentConfig | None = None) -> list[JobS
     except OSError as exc:
         raise JobSpecError(f"cannot read batch file {file}: {exc.strerror}") from None
     base = config or AgentConfig()
+    batch: dict[str, Any] = {}
     if file.suffix.lower() == ".jsonl":
         entries = _jsonl_entries(text, file)
     elif file.suffix.lower() in (".yaml", ".yml"):
-        entries, base = _yaml_entries(text, file, base)
+        entries, base, batch = _yaml_entries(text, file, base)
     else:
         raise JobSpecError(f"batch file {file} must end in .jsonl, .yaml or .yml")
     if not entries:
         raise JobSpecError(f"batch file {file} has no entries")
-    return [_entry_spec(entry, base, f"{file}:{where}", file.parent) for where, entry in entries]
+    specs = [_entry_spec(entry, base, f"{file}:{where}", file.parent) for where, entry in entries]
+    return with_batch(specs, **batch)
+
+
+def with_batch(
+    specs: list[JobSpec],
+    *,
+    max_cost_usd: float | None = None,
+    max_tokens: int | None = None,
+    rate_limits: list[dict[str, Any]] | None = None,
+) -> list[JobSpec]:
+    """The specs as one batch: one batch id, the batch's shared budget and its rate limits."""
+    batch_id = next((spec.batch_id for spec in specs if spec.batch_id), None) or new_batch_id()
+    update: dict[str, Any] = {"batch_id": batch_id}
+    if max_cost_usd is not None:
+        update["batch_max_cost_usd"] = max_cost_usd
+    if max_tokens is not None:
+        update["batch_max_tokens"] = max_tokens
+    if rate_limits is not None:
+        update["rate_limits"] = rate_limits
+    try:
+        return [JobSpec.model_validate({**spec.model_dump(), **update}) for spec in specs]
+    except ValidationError as exc:
+        raise JobSpecError(describe(exc, "batch")) from None
 
 
 def _jsonl_entries(text: str, file: Path) -> list[tuple[str, Any]]:
@@ -112,23 +140,39 @@ def _jsonl_entries(text: str, file: Path) -> list[tuple[str, Any]]:
 
 def _yaml_entries(
     text: str, file: Path, base: AgentConfig
-) -> tuple[list[tuple[str, Any]], AgentConfig]:
+) -> tuple[list[tuple[str, Any]], AgentConfig, dict[str, Any]]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise JobSpecError(f"batch file {file} is not valid YAML: {exc}") from None
+    batch: dict[str, Any] = {}
     if isinstance(data, dict):
-        unknown = set(data) - {"config", "jobs"}
+        unknown = set(data) - _BATCH_KEYS
         if unknown or not isinstance(data.get("jobs"), list):
             raise JobSpecError(
-                f"batch file {file}: a mapping needs 'jobs' (a list) and optionally 'config' "
-                f"(unexpected: {sorted(unknown) or 'no jobs list'})"
+                f"batch file {file}: a mapping needs 'jobs' (a list) and optionally 'config', "
+                f"'budget', 'rate_limits' (unexpected: {sorted(unknown) or 'no jobs list'})"
             )
         base = _with_overrides(base, data.get("config") or {}, str(file), file.parent)
+        batch = _batch_options(data, file)
         data = data["jobs"]
     if not isinstance(data, list):
         raise JobSpecError(f"batch file {file} must hold a list of entries (or config + jobs)")
-    return [(f"entry {index}", entry) for index, entry in enumerate(data, start=1)], base
+    entries = [(f"entry {index}", entry) for index, entry in enumerate(data, start=1)]
+    return entries, base, batch
+
+
+def _batch_options(data: dict[str, Any], file: Path) -> dict[str, Any]:
+    budget = data.get("budget") or {}
+    if not isinstance(budget, dict) or set(budget) - {"max_cost_usd", "max_tokens"}:
+        raise JobSpecError(
+            f"batch file {file}: 'budget' takes max_cost_usd and/or max_tokens, e.g. "
+            "budget: {max_cost_usd: 5}"
+        )
+    options = dict(budget)
+    if "rate_limits" in data:
+        options["rate_limits"] = data["rate_limits"]
+    return options
 
 
 def _entry_spec(entry: Any, base: AgentConfig, where: str, folder: Path) -> JobSpec:
@@ -237,6 +281,7 @@ def _collect(
             progress.completed += 1
         else:
             progress.failed += 1
+            progress.budget_exceeded += result.status == "budget_exceeded"
         progress.add_usage(info)
         if output is not None:
             output.write(json.dumps(result_line(index, job, info, result), ensure_ascii=False))
@@ -255,6 +300,7 @@ def _report(
         total=progress.total,
         completed=progress.completed,
         failed=progress.failed,
+        budget_exceeded=progress.budget_exceeded,
         running=live.running,
         queued=live.queued,
         input_tokens=progress.input_tokens + live.input_tokens,

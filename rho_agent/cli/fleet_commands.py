@@ -1,4 +1,5 @@
-"""Fleet commands: ``dispatch FILE``, ``watch JOB_ID``, ``jobs``, ``worker`` and ``flower``.
+"""Fleet commands: ``dispatch FILE``, ``watch JOB_ID``, ``jobs``, ``budgets``, ``worker`` and
+``flower``.
 
 Thin wrappers: the logic lives in ``dispatch`` (batch files, jobs, events) and ``workers`` (the
 Celery app), imported lazily so the rest of the CLI works without the ``fleet`` extra.
@@ -6,6 +7,7 @@ Celery app), imported lazily so the rest of the CLI works without the ``fleet`` 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -24,6 +26,7 @@ from rho_agent.errors import RhoAgentError
 if TYPE_CHECKING:
     from dispatch import Dispatcher, JobInfo
     from dispatch.batch import BatchProgress
+    from rho_agent.budgets import BudgetStatus
     from rho_agent.events import AgentEvent
 
 commands = typer.Typer()
@@ -81,6 +84,12 @@ def dispatch_batch(
     offline: Annotated[
         bool, typer.Option(help="Use the built-in scripted model (no API key needed).")
     ] = False,
+    max_cost_usd: Annotated[
+        float | None, typer.Option("--max-cost-usd", help="Budget of the whole batch, in USD.")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Budget of the whole batch, in tokens.")
+    ] = None,
 ) -> None:
     """Run every entry of a batch file, with live progress; exit 1 if any job failed.
 
@@ -88,7 +97,7 @@ def dispatch_batch(
     project's scripted model server.
     """
     from dispatch import Dispatcher
-    from dispatch.batch import load_batch, run_batch
+    from dispatch.batch import load_batch, run_batch, with_batch
     from rho_agent.cli._offline import offline_model, should_go_offline
     from rho_agent.config import AgentConfig
 
@@ -100,7 +109,7 @@ def dispatch_batch(
             base.base_url = base_url
         if should_go_offline(offline=offline, base_url=base.base_url):
             base.base_url = stack.enter_context(offline_model(_err))
-        specs = load_batch(file, base)
+        specs = with_batch(load_batch(file, base), max_cost_usd=max_cost_usd, max_tokens=max_tokens)
         sink: IO[str] = output.open("w", encoding="utf-8") if output else sys.stdout
         try:
             with Dispatcher(broker, concurrency=concurrency) as dispatcher, _progress() as bar:
@@ -131,8 +140,9 @@ def _progress() -> Progress:
 
 
 def _stats(progress: BatchProgress) -> str:
+    stopped = f" ({progress.budget_exceeded} by budget)" if progress.budget_exceeded else ""
     return (
-        f"failed {progress.failed} · running {progress.running} · "
+        f"failed {progress.failed}{stopped} · running {progress.running} · "
         f"tokens {progress.input_tokens + progress.output_tokens:,} · "
         f"${progress.cost_usd:.4f}"
     )
@@ -202,7 +212,7 @@ def _job_row(info: JobInfo, now: float) -> list[str]:
     age = now - info.submitted_at if info.submitted_at else 0.0
     return [
         info.job_id,
-        info.status,
+        f"{info.status}: {info.waiting}" if info.waiting and not info.finished else info.status,
         info.model,
         info.profile,
         str(info.turns),
@@ -258,3 +268,84 @@ def _set_env(**values: str | None) -> None:
     for name, value in values.items():
         if value is not None:
             os.environ[name] = value
+
+
+# -- budgets -------------------------------------------------------------------------------------
+
+budgets_app = typer.Typer(help="Spending budgets of the fleet (see docs/budgets.md).")
+commands.add_typer(budgets_app, name="budgets")
+
+
+@budgets_app.callback(invoke_without_command=True)
+def list_budgets(
+    ctx: typer.Context,
+    broker: Broker = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per scope.")] = False,
+) -> None:
+    """List every budget scope: limit, spent and reserved in its current window."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+        statuses = dispatcher.budgets()
+    if as_json:
+        for status in statuses:
+            typer.echo(json.dumps(status.to_dict()))
+        return
+    table = Table("scope", "limit", "spent", "reserved", "window", "state")
+    for status in statuses:
+        table.add_row(*_budget_row(status))
+    Console().print(table)
+
+
+@budgets_app.command("set")
+def set_budget(
+    scope: Annotated[str, typer.Argument(help="'fleet' or 'label:KEY=VALUE', e.g. label:team=ops")],
+    usd: Annotated[float | None, typer.Option("--usd", help="Limit in USD.")] = None,
+    tokens: Annotated[int | None, typer.Option("--tokens", help="Limit in tokens.")] = None,
+    window: Annotated[
+        str | None, typer.Option("--window", help="'1d', '12h', '30m' (default: no window).")
+    ] = None,
+    broker: Broker = None,
+) -> None:
+    """Set (or change) a label or fleet-wide budget; running jobs see it at their next call."""
+    from rho_agent.budgets import Budget, parse_window
+
+    with _fleet_errors():
+        if scope != "fleet" and not scope.startswith("label:"):
+            raise typer.BadParameter(
+                "set budgets for 'fleet' or 'label:KEY=VALUE'; jobs and batches carry their own "
+                "(max_cost_usd, batch_max_cost_usd)",
+                param_hint="SCOPE",
+            )
+        budget = Budget(scope, max_cost_usd=usd, max_tokens=tokens, window_s=parse_window(window))
+        with _dispatcher(broker, need_fleet=True) as dispatcher:
+            dispatcher.set_budget(budget)
+    typer.echo(json.dumps(budget.to_dict()))
+
+
+def _budget_row(status: BudgetStatus) -> list[str]:
+    budget = status.budget
+    limits, spent, reserved = [], [], []
+    if budget.max_cost_usd is not None:
+        limits.append(f"${budget.max_cost_usd:,.4f}")
+        spent.append(f"${status.spent_usd:,.4f}")
+        reserved.append(f"${status.reserved_usd:,.4f}")
+    if budget.max_tokens is not None:
+        limits.append(f"{budget.max_tokens:,} tok")
+        spent.append(f"{status.spent_tokens:,} tok")
+        reserved.append(f"{status.reserved_tokens:,} tok")
+    return [
+        budget.scope,
+        " / ".join(limits),
+        " / ".join(spent),
+        " / ".join(reserved),
+        _budget_window(status),
+        "exhausted" if status.exhausted else "open",
+    ]
+
+
+def _budget_window(status: BudgetStatus) -> str:
+    if status.budget.window_s is None or status.window_start is None:
+        return "-"
+    start = time.strftime("%Y-%m-%d %H:%M", time.gmtime(status.window_start))
+    return f"{status.budget.window_s}s from {start} UTC"

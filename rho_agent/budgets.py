@@ -212,8 +212,12 @@ class MemorySpendLedger:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def set_budget(self, budget: Budget) -> None:
+        """Set or replace a scope's budget; a window the old limits had exhausted opens again."""
         with self._lock:
             self._budgets[budget.scope] = budget
+            counter = self._counters.get(self._counter_key(budget)[0])
+            if counter is not None:
+                counter.exhausted = None
 
     def guard(self, scopes: Sequence[str], own: Sequence[Budget] = ()) -> SpendGuard:
         with self._lock:

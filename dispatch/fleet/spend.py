@@ -102,11 +102,15 @@ def _limits(budget: Budget) -> list[str]:
 
 
 def set_budget(client: Any, keys: Keys, budget: Budget, *, retention_s: int) -> None:
-    """Store a label or fleet budget (replacing its limits; its spend so far is kept)."""
+    """Store a label or fleet budget, replacing its limits. The spend so far is kept; a window
+    the old limits had exhausted opens again (the new limits decide the next call)."""
     usd, tokens, window = _limits(budget)
     key = keys.budget(budget.scope)
+    seconds, _ = client.time()
+    bucket = "all" if budget.window_s is None else str(int(seconds) // budget.window_s)
     pipe = client.pipeline(transaction=True)
     pipe.hset(key, mapping={"max_cost_usd": usd, "max_tokens": tokens, "window_s": window})
+    pipe.hdel(f"{key}@{bucket}", "exhausted")
     pipe.persist(key)
     pipe.zadd(keys.budgets(), {budget.scope: 0}, nx=True)
     pipe.expire(keys.budgets(), max(retention_s, 86_400 * 366))

@@ -1,4 +1,4 @@
-"""Benchmark 8: what budgets cost each model call: one reservation and one settlement on Redis.
+"""Benchmark 9: what budgets cost each model call: one reservation and one settlement on Redis.
 
 A job in four budget scopes (its own, its batch's, a label's per day, the fleet's per day)
 reserves a call's estimate and settles it, ``CALLS`` times, against the real Redis on
@@ -39,7 +39,7 @@ def run(settings: Settings) -> list[Row]:
         times, trips = figures[name], figures[f"{name}_round_trips"]
         rows.append(
             Row(
-                name=f"8. budget {name} per model call",
+                name=f"9. budget {name} per model call",
                 figure=statistics.median(times),
                 unit="ms",
                 baseline=statistics.median(figures["ping"]),
@@ -127,7 +127,7 @@ def _p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
-BENCHMARK = Benchmark("8", "Budget reservation and settlement", run)
+BENCHMARK = Benchmark("9", "Budget reservation and settlement", run)
 
 
 def main() -> None:

@@ -111,6 +111,19 @@ async def test_an_exhausted_scope_refuses_every_other_job_of_it(ledger: Ledger) 
         await second.reserve(CallEstimate(1, 1, 0))
 
 
+async def test_a_raised_limit_opens_an_exhausted_window_again(ledger: Ledger) -> None:
+    ledger.set_budget(Budget("label:x=y", max_tokens=100, window_s=86_400))
+    guard = ledger.ledger.guard(["label:x=y"])
+    held = await guard.reserve(CallEstimate(40, 40, 0))
+    await guard.settle(held, tokens=80, cost_usd=0)
+    with pytest.raises(BudgetExceeded):
+        await guard.reserve(CallEstimate(20, 20, 0))
+    ledger.set_budget(Budget("label:x=y", max_tokens=200, window_s=86_400))
+    await guard.reserve(CallEstimate(20, 20, 0))
+    (status,) = [s for s in ledger.statuses() if s.budget.scope == "label:x=y"]
+    assert (status.spent_tokens, status.reserved_tokens, status.exhausted) == (80, 40, None)
+
+
 async def test_a_windowed_budget_starts_again_in_the_next_window(ledger: Ledger) -> None:
     ledger.set_budget(Budget("fleet", max_tokens=10, window_s=1))
     guard = ledger.ledger.guard(["fleet"])

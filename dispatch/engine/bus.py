@@ -163,6 +163,17 @@ def entry_event(entry: StreamEntry) -> AgentEvent | None:
     return None
 
 
+def stop_reason(result: RunResult) -> str:
+    """Why a run stopped short of an answer without failing (a budget refused its next model
+    call), for the job's ``error`` field; empty otherwise."""
+    if result.status != "budget_exceeded":
+        return ""
+    for event in reversed(result.events):
+        if event.type == "budget_exceeded" and event.content:
+            return event.content
+    return "a budget refused the next model call"
+
+
 def cancelled_before_start() -> RunResult:
     """The result of a job cancelled while it was still queued."""
     event = AgentEvent(type="cancelled", content="cancelled before it started")

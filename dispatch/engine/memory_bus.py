@@ -24,6 +24,7 @@ from dispatch.engine.bus import (
     lifecycle_entry,
     rejected,
     result_dict,
+    stop_reason,
 )
 from dispatch.info import TERMINAL_STATUSES, JobInfo, job_fields
 from dispatch.keys import Keys
@@ -215,7 +216,7 @@ class MemoryBus:
         fields.update(
             status=result.status if error is None else "error",
             result=json.dumps(result_dict(result)),
-            error=error or "",
+            error=error or stop_reason(result),
             finished_at=repr(time.time()),
         )
         self._stream(self._keys.events(job_id)).append(

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from dispatch.engine.bus import RunnerBus, cancelled_before_start, entry_event, event_entry
+from dispatch.engine.bus import (
+    RunnerBus,
+    cancelled_before_start,
+    entry_event,
+    event_entry,
+    stop_reason,
+)
 from dispatch.engine.ceiling import check_ceiling
 from dispatch.errors import FleetError
 from dispatch.spec import JobSpec
@@ -382,9 +388,6 @@ class JobRun:
                 text=result.text, events=result.events, status="error", usage=result.usage
             )
         owned = await self._bus.finish(self.spec, self._attempt, result, error)
-        reason = _stop_reason(result) if error is None else None
-        if owned and reason is not None:
-            await self._bus.set_fields(self.job_id, {"error": reason})  # says why it stopped
         outcome_status = status if owned else "superseded"
         if not owned:
             logger.warning(
@@ -395,17 +398,7 @@ class JobRun:
             outcome_status,
             attempt=self._attempt,
             worker=self._options.worker,
-            error=error or reason,
+            error=error or stop_reason(result) or None,
             usage=dict(result.usage),
             turns=self._turns,
         )
-
-
-def _stop_reason(result: RunResult) -> str | None:
-    """Why a run ended without an error but short of its answer (a budget refused a call)."""
-    if result.status != "budget_exceeded":
-        return None
-    for event in reversed(result.events):
-        if event.type == "budget_exceeded":
-            return event.content
-    return "a budget refused the next model call"

@@ -25,6 +25,7 @@ from dispatch.engine.bus import (
     event_entry,
     rejected,
     result_dict,
+    stop_reason,
 )
 from dispatch.fleet import lua
 from dispatch.fleet.writer import BatchWriter
@@ -249,7 +250,7 @@ class RedisBus:
                 attempt,
                 status,
                 json.dumps(result_dict(result), ensure_ascii=False),
-                error or "",
+                error or stop_reason(result),
                 self._retention,
                 self._maxlen,
                 self.keys.dispatcher_prefix(),

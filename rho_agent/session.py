@@ -65,9 +65,11 @@ class Session:
         self.max_turns = int(agent.config.extras.get("max_turns", DEFAULT_MAX_TURNS))
         self.spend_guard: SpendGuard | None = None
         self.rate_limiter: RateLimiter | None = None
-        self.output_allowance = int(
-            agent.config.extras.get("output_allowance", DEFAULT_OUTPUT_ALLOWANCE)
+        extras = agent.config.extras
+        self.output_allowance: int = (
+            _whole_tokens(extras, "output_allowance") or DEFAULT_OUTPUT_ALLOWANCE
         )
+        self._output_cap = _whole_tokens(extras, "max_output_tokens")
         self.wait_observer: Callable[[str | None], None] | None = None
         self._client = _spend_step.GuardedClient(self, agent.create_client())
         self._backend: ExecutionBackend | None = None
@@ -189,7 +191,7 @@ class Session:
             reasoning_effort=config.reasoning_effort,
             service_tier=config.service_tier,
             response_format=config.response_format,
-            max_output_tokens=_output_cap(config.extras),
+            max_output_tokens=self._output_cap,
         )
         run.streamed = []
         turn = await self._client.stream(request, on_text=lambda text: self._on_text(run, text))
@@ -407,16 +409,17 @@ class Session:
         await self.close()
 
 
-def _output_cap(extras: dict[str, Any]) -> int | None:
-    """``extras.max_output_tokens``: the output cap sent with every request (and reserved)."""
-    cap = extras.get("max_output_tokens")
-    if cap is None:
+def _whole_tokens(extras: dict[str, Any], name: str) -> int | None:
+    """``extras.max_output_tokens`` (the output cap sent with every request, and reserved) or
+    ``extras.output_allowance`` (what a call without a cap reserves for its output)."""
+    value = extras.get(name)
+    if value is None:
         return None
-    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(
-            f"AgentConfig.extras.max_output_tokens must be a whole number >= 1, got {cap!r}"
+            f"AgentConfig.extras.{name} must be a whole number of tokens >= 1, got {value!r}"
         )
-    return cap
+    return value
 
 
 def _prompt_not_yet_recorded(state: State) -> str | None:

@@ -168,3 +168,11 @@ def test_rate_limit_settings_are_checked() -> None:
         rate_limits_from_data([{"model": "m"}], source="X")
     with pytest.raises(ConfigError, match=r"X\[0\] is not a valid rate limit"):
         rate_limits_from_data([{"requests": 0}], source="X")
+
+
+@pytest.mark.parametrize("name", ["max_output_tokens", "output_allowance", "max_cost_usd"])
+def test_bad_budget_extras_fail_when_the_session_is_made(
+    model_server: ScriptedModelServer, tmp_path: Path, name: str
+) -> None:
+    with pytest.raises(ConfigError, match=name):
+        make_session(model_server, tmp_path, extras={name: "lots"})

@@ -22,6 +22,7 @@ from dispatch.engine.run import JobOutcome, RunnerOptions
 from dispatch.fleet.celery_broker import CeleryBroker
 from dispatch.fleet.ratelimit import RedisRateLimiter
 from dispatch.fleet.redis_bus import RedisBus
+from dispatch.fleet.script_batch import ScriptBatcher
 from dispatch.fleet.spend import RedisSpendLedger
 from dispatch.spec import JobSpec
 from workers.lease import LeaseKeeper, Sweeper
@@ -99,6 +100,7 @@ class SessionHost:
             logging.getLogger(name).setLevel(logging.WARNING)
         bus = RedisBus.from_settings(settings.fleet)
         await bus.client.ping()
+        keys, scripts = settings.fleet.keys, ScriptBatcher(bus.client)
         options = RunnerOptions(
             worker=settings.worker_name,
             lease_ms=settings.lease_ms,
@@ -107,9 +109,9 @@ class SessionHost:
             max_attempts=settings.max_attempts,
             agent_factory=settings.build_agent(),
             spend=RedisSpendLedger(
-                bus.client, settings.fleet.keys, retention_s=settings.fleet.retention_s
+                bus.client, keys, retention_s=settings.fleet.retention_s, batcher=scripts
             ),
-            rate_limiter=RedisRateLimiter(bus.client, settings.fleet.keys, settings.rate_limits),
+            rate_limiter=RedisRateLimiter(bus.client, keys, settings.rate_limits, scripts),
         )
         host = JobHost(bus, options)
         await host.start()

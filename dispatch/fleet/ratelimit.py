@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from dispatch.fleet import lua
+from dispatch.fleet.script_batch import ScriptBatcher
 from dispatch.keys import Keys
 from rho_agent.ratelimits import Admission, RateLimit
 
@@ -19,17 +20,24 @@ from rho_agent.ratelimits import Admission, RateLimit
 class RedisRateLimiter:
     """A RateLimiter shared through Redis. ``with_limits`` adds a batch's own limits."""
 
-    def __init__(self, client: Any, keys: Keys, limits: Sequence[RateLimit] = ()) -> None:
+    def __init__(
+        self,
+        client: Any,
+        keys: Keys,
+        limits: Sequence[RateLimit] = (),
+        batcher: ScriptBatcher | None = None,
+    ) -> None:
         self._client = client
         self._keys = keys
         self.limits = tuple(limits)
+        self._batcher = batcher or ScriptBatcher(client)
         self._acquire = client.register_script(lua.RATE_ACQUIRE)
         self._pause = client.register_script(lua.RATE_PAUSE)
 
     def with_limits(self, extra: Sequence[RateLimit], namespace: str) -> RedisRateLimiter:
         """This limiter plus ``extra`` limits counted apart under ``namespace`` (a batch)."""
         scoped = [replace(limit, namespace=namespace) for limit in extra]
-        return RedisRateLimiter(self._client, self._keys, [*self.limits, *scoped])
+        return RedisRateLimiter(self._client, self._keys, [*self.limits, *scoped], self._batcher)
 
     def limits_for(self, endpoint: str, model: str) -> Sequence[RateLimit]:
         return [limit for limit in self.limits if limit.matches(endpoint, model)]
@@ -47,7 +55,7 @@ class RedisRateLimiter:
             ]
         if not keys:
             return Admission(0.0)
-        wait_ms, paused = await self._acquire(keys=keys, args=args)
+        wait_ms, paused = await self._batcher.call(self._acquire, keys, args)
         return Admission(int(wait_ms) / 1000, paused=bool(int(paused)))
 
     async def pause(self, endpoint: str, model: str, seconds: float) -> None:

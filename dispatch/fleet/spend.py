@@ -1,7 +1,8 @@
 """Budgets on Redis: the fleet's SpendGuard, and reading and setting budgets.
 
 A reservation is one Lua step (``lua.RESERVE``) across every scope of the job, a settlement one
-more (``lua.SETTLE``): two round trips per model call. Budgets that travel with a job (its own,
+more (``lua.SETTLE``): two round trips per model call, shared with the other calls of the loop
+(``ScriptBatcher``). Budgets that travel with a job (its own,
 its batch's) are passed to the script; label and fleet budgets are stored in Redis with
 ``set_budget`` (``rho-agent budgets set``) and read by the script. Spend counters use the Redis
 server's clock for windows, so workers' clocks do not matter.
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dispatch.fleet import lua
+from dispatch.fleet.script_batch import ScriptBatcher
 from dispatch.keys import Keys
 from rho_agent.budgets import (
     Budget,
@@ -37,9 +39,12 @@ def refusal_message(scope: str, encoded: str) -> str:
 class RedisSpendLedger:
     """Budgets shared by the whole fleet; ``guard`` gives one job's SpendGuard."""
 
-    def __init__(self, client: Any, keys: Keys, *, retention_s: int) -> None:
+    def __init__(
+        self, client: Any, keys: Keys, *, retention_s: int, batcher: ScriptBatcher | None = None
+    ) -> None:
         self._reserve = client.register_script(lua.RESERVE)
         self._settle = client.register_script(lua.SETTLE)
+        self._batcher = batcher or ScriptBatcher(client)
         self._keys = keys
         self._retention = retention_s
 
@@ -54,9 +59,10 @@ class RedisSpendLedger:
         return _RedisGuard(self, args)
 
     async def reserve(self, args: list[str], estimate: CallEstimate) -> Reservation:
-        reply = await self._reserve(
-            keys=[self._keys.budgets()],
-            args=[
+        reply = await self._batcher.call(
+            self._reserve,
+            [self._keys.budgets()],
+            [
                 self._keys.budget_prefix(),
                 repr(estimate.cost_usd),
                 str(estimate.tokens),
@@ -72,9 +78,10 @@ class RedisSpendLedger:
         if not reservation.counters:
             return
         estimate = reservation.estimate
-        await self._settle(
-            keys=list(reservation.counters),
-            args=[repr(estimate.cost_usd), str(estimate.tokens), repr(cost_usd), str(tokens)],
+        await self._batcher.call(
+            self._settle,
+            list(reservation.counters),
+            [repr(estimate.cost_usd), str(estimate.tokens), repr(cost_usd), str(tokens)],
         )
 
 

@@ -51,7 +51,7 @@ class GuardedClient:
         if guard is None and not limited:
             return await self._inner.stream(request, on_text)
         estimate = _estimate(session, request)
-        reservation = None if guard is None else await guard.reserve(estimate)
+        reservation = None if guard is None else await _reserve(guard, estimate)
         sent = [False]
         try:
             if limiter is not None and limited:
@@ -148,6 +148,28 @@ def _estimate(session: Session, request: ModelRequest) -> CallEstimate:
         request.model, input_tokens=input_tokens, output_tokens=output
     )
     return CallEstimate(input_tokens, output, cost)
+
+
+_releasing: set[asyncio.Task[None]] = set()
+"""Settlements of reservations whose caller was cancelled while reserving (kept referenced)."""
+
+
+async def _reserve(guard: SpendGuard, estimate: CallEstimate) -> Reservation:
+    """Reserve; a caller cancelled meanwhile releases the reservation once it lands."""
+    task = asyncio.ensure_future(guard.reserve(estimate))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(lambda done: _release(guard, done))
+        raise
+
+
+def _release(guard: SpendGuard, done: asyncio.Future[Reservation]) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return
+    release = asyncio.ensure_future(_settle(guard, done.result(), 0, 0.0))
+    _releasing.add(release)
+    release.add_done_callback(_releasing.discard)
 
 
 async def _settle(guard: SpendGuard, reservation: Reservation, tokens: int, cost: float) -> None:

@@ -176,3 +176,31 @@ def test_bad_budget_extras_fail_when_the_session_is_made(
 ) -> None:
     with pytest.raises(ConfigError, match=name):
         make_session(model_server, tmp_path, extras={name: "lots"})
+
+
+async def test_a_reservation_landing_after_its_caller_was_cancelled_is_released() -> None:
+    ledger = MemorySpendLedger()
+    ledger.set_budget(Budget("b", max_tokens=1_000))
+    inner = ledger.guard(["b"])
+    gate = asyncio.Event()
+
+    class SlowGuard:
+        async def reserve(self, estimate: CallEstimate) -> Any:
+            await gate.wait()
+            return await inner.reserve(estimate)
+
+        async def settle(self, reservation: Any, *, tokens: int, cost_usd: float) -> None:
+            await inner.settle(reservation, tokens=tokens, cost_usd=cost_usd)
+
+    from rho_agent._loop.spend_step import _reserve
+
+    caller = asyncio.create_task(_reserve(SlowGuard(), CallEstimate(100, 100, 0)))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    gate.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    (status,) = ledger.statuses()
+    assert (status.reserved_tokens, status.spent_tokens) == (0, 0)

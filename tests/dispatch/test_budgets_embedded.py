@@ -98,3 +98,21 @@ def test_a_yaml_batch_carries_its_budget_and_a_bad_one_is_named(tmp_path: Path) 
     path.write_text("budget: {usd: 5}\njobs: [a]\n", encoding="utf-8")
     with pytest.raises(JobSpecError, match="'budget' takes max_cost_usd"):
         load_batch(path)
+
+
+async def test_the_task_result_flower_shows_says_why_a_budget_stopped_the_job(
+    config: AgentConfig,
+) -> None:
+    from dispatch.engine.host import JobHost
+    from dispatch.engine.memory_bus import MemoryBus
+    from dispatch.engine.run import RunnerOptions
+    from dispatch.spec import build_spec
+    from rho_agent.budgets import MemorySpendLedger
+
+    bus = MemoryBus()
+    host = JobHost(bus, RunnerOptions(spend=MemorySpendLedger()))
+    spec = build_spec("go", config, max_cost_usd=1.0)
+    await bus.submit([spec], "q")
+    summary = (await host.run(spec.encode())).compact()
+    assert summary["status"] == "budget_exceeded"
+    assert summary["error"].startswith(f"budget job:{spec.job_id} exhausted: limit $1, spent $0")

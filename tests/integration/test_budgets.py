@@ -168,3 +168,16 @@ def test_a_label_budget_per_day_is_shared_by_two_batches(
     assert rows["label:team=ops"]["max_cost_usd"] == limit
     assert rows["label:team=ops"]["spent_usd"] == pytest.approx(label.spent_usd)
     assert rows["label:team=ops"]["exhausted"].startswith("budget label:team=ops exhausted")
+
+    env = {"RHO_AGENT_KEY_PREFIX": dispatcher.settings.key_prefix}
+    broker = ["--broker", str(dispatcher.settings.broker_url)]
+    made = CliRunner().invoke(
+        app,
+        ["budgets", "set", "label:team=cli", "--tokens", "5000", "--window", "12h", *broker],
+        env=env,
+    )
+    assert made.exit_code == 0, made.output
+    (cli_set,) = [s for s in dispatcher.budgets() if s.budget.scope == "label:team=cli"]
+    assert (cli_set.budget.max_tokens, cli_set.budget.window_s) == (5000, 43_200)
+    refused = CliRunner().invoke(app, ["budgets", "set", "job:j1", "--usd", "1", *broker], env=env)
+    assert refused.exit_code == 2 and "'fleet' or 'label:KEY=VALUE'" in refused.output

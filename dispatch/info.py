@@ -16,7 +16,15 @@ from pydantic import BaseModel, ConfigDict
 from dispatch.spec import JobSpec
 
 TERMINAL_STATUSES = frozenset(
-    {"completed", "error", "cancelled", "interrupted", "max_turns", "budget_exceeded"}
+    {
+        "completed",
+        "error",
+        "cancelled",
+        "interrupted",
+        "max_turns",
+        "invalid_output",
+        "budget_exceeded",
+    }
 )
 ACTIVE_STATUSES = frozenset({"queued", "running"})
 PROMPT_EXCERPT = 200

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
-from dispatch.engine.bus import START, StreamEntry, entry_event, is_finished
+from dispatch.engine.bus import START, SeenEvents, StreamEntry, entry_event, is_finished
 from dispatch.errors import JobNotFound
 from dispatch.info import JobInfo
 from rho_agent.events import AgentEvent, RunResult
@@ -104,7 +104,11 @@ class Job:
 
 
 class EventStream:
-    """Iterates a job's events (sync or async), replaying from the first one."""
+    """Iterates a job's events (sync or async), replaying from the first one.
+
+    Each event is yielded once, even if a worker's writer stored it twice after a lost reply:
+    events carry a stable id (attempt, sequence) and copies are dropped.
+    """
 
     def __init__(self, job_id: str, core: _Core, *, from_start: bool = True) -> None:
         self._job_id = job_id
@@ -113,6 +117,7 @@ class EventStream:
         self._pending: list[AgentEvent] = []
         self._ended = False
         self._skip_existing = not from_start
+        self._seen = SeenEvents()
 
     def __iter__(self) -> Iterator[AgentEvent]:
         core = self._core
@@ -142,6 +147,8 @@ class EventStream:
     def _skip(self, page: tuple[list[StreamEntry], bool]) -> None:
         """Move past what the stream holds now (``from_start=False``), ending if it ended."""
         entries, job_over = page
+        for entry in entries:
+            self._seen.fresh(entry)  # a later copy of a skipped event is skipped too
         self._ended = job_over or any(is_finished(entry) for entry in entries)
         if entries:
             self._after = entries[-1].id
@@ -155,7 +162,7 @@ class EventStream:
             if is_finished(entry):
                 self._ended = True
                 return
-            event = entry_event(entry)
+            event = entry_event(entry) if self._seen.fresh(entry) else None
             if event is not None:
                 self._pending.append(event)
         if job_over and not entries:

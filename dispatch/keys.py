@@ -14,10 +14,11 @@ key                                    type         what
 ``{p}session:{id}``                    hash         session summary for ``RedisSessionStore.list``
 ``{p}sessions``                        sorted set   session ids by creation time
 ``{p}jobs``                            sorted set   job ids by submission time (``rho-agent jobs``)
-``{p}leases``                          sorted set   running job ids by lease expiry (ms)
+``{p}leases``                          sorted set   queued and running job ids by lease expiry (ms)
 ``{p}cancels``                         stream       cancel requests, read by every worker
 ``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in
 ``{p}sweeper``                         string       lock so one sweeper runs per interval
+``{p}batch:{id}``                      hash         a dispatch's job ids by entry index, ``total``
 ``{p}budget:{scope}``                  hash         a budget: max_cost_usd, max_tokens, window_s
 ``{p}budget:{scope}@{window}``         hash         its spend in one window: spent, reserved
 ``{p}budgets``                         sorted set   budget scopes by last use
@@ -82,6 +83,10 @@ class Keys:
 
     def done(self, dispatcher_id: str) -> str:
         return f"{self.prefix}dispatcher:{dispatcher_id}:done"
+
+    def batch(self, batch_id: str) -> str:
+        """The job ids of one ``rho-agent dispatch`` by entry index (``rho-agent results``)."""
+        return f"{self.prefix}batch:{batch_id}"
 
     def sweeper_lock(self) -> str:
         return f"{self.prefix}sweeper"

@@ -15,6 +15,7 @@ from dispatch.errors import SettingsError
 from dispatch.keys import DEFAULT_PREFIX, Keys
 
 BROKER_URL_ENV = "RHO_AGENT_BROKER_URL"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,20 @@ class FleetSettings:
     retention_s: int = 7 * 24 * 3600
     events_maxlen: int = 20_000
     embedded_concurrency: int = 64
+    queued_lease_s: int = 600
+    """How long a queued (or re-sent) job may wait for a worker to claim it before the sweeper
+    sends it again: a lost message or a worker that died before claiming it costs this long."""
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", Keys(self.key_prefix))
         if self.retention_s < 60:
             raise SettingsError(f"retention must be at least 60 s, got {self.retention_s}")
+        if self.queued_lease_s < 1:
+            raise SettingsError(
+                f"the queued lease must be at least 1 s (RHO_AGENT_QUEUED_LEASE), got "
+                f"{self.queued_lease_s}"
+            )
         if self.events_maxlen < 100:
             raise SettingsError(f"events maxlen must be at least 100, got {self.events_maxlen}")
         if self.embedded_concurrency < 1:
@@ -46,6 +55,8 @@ class FleetSettings:
             )
         if not self.queue.strip():
             raise SettingsError("the queue name must not be empty (RHO_AGENT_QUEUE)")
+        for what, url in (("broker URL", self.broker_url), ("Redis URL", self.redis_url)):
+            _check_redis_url(what, url)
 
     @property
     def bus_url(self) -> str | None:
@@ -58,6 +69,17 @@ class FleetSettings:
         values = fleet_values_from_env(os.environ if env is None else env)
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
+
+
+def _check_redis_url(what: str, url: str | None) -> None:
+    """The fleet speaks Redis only: an ``http://`` or ``amqp://`` URL is a usage error, said
+    before anything connects (the URL is not echoed: it may hold a password)."""
+    if url is not None and not url.startswith(REDIS_SCHEMES):
+        scheme = url.split("://", 1)[0] if "://" in url else "no scheme"
+        raise SettingsError(
+            f"the {what} must be a Redis URL starting with redis://, rediss:// or unix:// "
+            f"(got {scheme}); for example --broker redis://127.0.0.1:6379/0"
+        )
 
 
 def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -76,6 +98,7 @@ def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "RHO_AGENT_RETENTION": "retention_s",
         "RHO_AGENT_EVENTS_MAXLEN": "events_maxlen",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "embedded_concurrency",
+        "RHO_AGENT_QUEUED_LEASE": "queued_lease_s",
     }
     for name, attr in int_vars.items():
         if env.get(name):

@@ -24,6 +24,7 @@ from dispatch.errors import JobSpecError
 from rho_agent.budgets import Budget, label_scope
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
+from rho_agent.output import check_json_schema
 from rho_agent.permissions.profile import (
     BUILTIN_PROFILES,
     DEFAULT_PROFILE,
@@ -66,6 +67,8 @@ class JobSpec(BaseModel):
     priority: int | None = Field(default=None, ge=0, le=9)
     reply_to: str | None = None
     submitted_at: float = Field(default_factory=time.time)
+    output_schema: dict[str, Any] | None = None
+    """The JSON schema the last prompt's answer must match (content, never a path)."""
     max_cost_usd: float | None = Field(default=None, ge=0)
     max_tokens: int | None = Field(default=None, ge=0)
     batch_id: str | None = None
@@ -96,6 +99,16 @@ class JobSpec(BaseModel):
                 f"the config holds what looks like a secret at {', '.join(found)}; secrets never "
                 "travel in jobs: set API keys in the workers' environment instead"
             )
+        return value
+
+    @field_validator("output_schema")
+    @classmethod
+    def _check_output_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                check_json_schema(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("rate_limits")
@@ -183,11 +196,6 @@ class JobSpec(BaseModel):
         if isinstance(profile, dict):
             return str(profile.get("name") or "custom")
         return str(profile or DEFAULT_PROFILE)
-
-
-def new_batch_id() -> str:
-    """``b-`` and 12 hex digits: names one fan-out (its shared budget and rate limits)."""
-    return f"b-{secrets.token_hex(6)}"
 
 
 def build_spec(

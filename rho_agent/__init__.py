@@ -16,6 +16,7 @@ from rho_agent.errors import (
     BackendError,
     ConfigError,
     ModelError,
+    OutputInvalid,
     PermissionDenied,
     ProfileError,
     RhoAgentError,
@@ -25,7 +26,7 @@ from rho_agent.errors import (
     ToolError,
     TraceError,
 )
-from rho_agent.events import AgentEvent, CompactResult, RunResult
+from rho_agent.events import AgentEvent, CompactResult, RunError, RunResult
 from rho_agent.model.base import ModelClient, ModelRequest, ModelTurn, TokenUsage
 from rho_agent.permissions.profile import PermissionProfile
 from rho_agent.pricing import ModelPrice, PriceTable
@@ -57,11 +58,13 @@ __all__ = [
     "ModelPrice",
     "ModelRequest",
     "ModelTurn",
+    "OutputInvalid",
     "PermissionDenied",
     "PermissionProfile",
     "PriceTable",
     "ProfileError",
     "RhoAgentError",
+    "RunError",
     "RunResult",
     "Session",
     "SessionError",

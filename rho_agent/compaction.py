@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rho_agent.errors import ContextWindowExceeded
-from rho_agent.model._assemble import estimate_tokens
+from rho_agent.model._assemble import estimate_prompt_tokens
 from rho_agent.model.base import ModelClient, ModelRequest, ModelTurn
 
 SUMMARY_PREFIX = "Summary of the conversation so far (older messages were compacted):\n\n"
@@ -25,14 +25,10 @@ still open. Keep exact names, paths, numbers and error messages. Do not invent a
 AUTO_COMPACT_FRACTION = 0.8
 
 
-def count_tokens(messages: list[dict[str, Any]]) -> int:
-    """The history's size in tokens, estimated the same way before and after compaction."""
-    return estimate_tokens(json.dumps(messages, ensure_ascii=False))
-
-
-def request_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
-    """A request's size in tokens: the history plus the tool definitions sent with it."""
-    return count_tokens(messages) + (estimate_tokens(json.dumps(tools)) if tools else 0)
+def count_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+    """The context's size in tokens, tool definitions included (they are sent with every
+    request), estimated the same way before and after compaction."""
+    return estimate_prompt_tokens(messages, tools)
 
 
 def check_fits(
@@ -47,8 +43,8 @@ def check_fits(
 
     Called after auto compaction had its chance, so an error here means compacting did not help.
     """
-    history = count_tokens(messages)
-    needed = request_tokens(messages, tools)
+    history = count_tokens(messages, [])
+    needed = count_tokens(messages, tools)
     if needed <= window:
         return
     tried = "even after compaction" if auto_compact else "and auto compaction is off"

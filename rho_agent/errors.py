@@ -8,10 +8,13 @@
     ├── ApprovalInterrupt      a tool call needs a human decision; the run pauses ("interrupted")
     ├── ToolError              a tool failed; the model reads why (becomes a tool message)
     │   └── PermissionDenied   the profile forbids this call (becomes a ``tool_blocked`` event)
+    │       └── ConfinementUnavailable  the OS cannot enforce the profile here (fail closed)
     ├── BackendError           the execution backend (local or Daytona) failed
     ├── BudgetExceeded         a spending budget refused the next model call ("budget_exceeded")
     ├── ModelError             the model API failed after retries (becomes status "error")
     │   └── ContextWindowExceeded  the next request would not fit the model's window, even compacted
+    ├── OutputInvalid          an answer does not match its output schema (one corrective turn,
+    │                          then status "invalid_output")
     ├── SessionError           session store misuse: bad id, unknown session, already locked
     │   ├── SessionNotFound
     │   └── SessionLocked
@@ -56,6 +59,10 @@ class PermissionDenied(ToolError):
     """The permission profile does not allow this tool call."""
 
 
+class ConfinementUnavailable(PermissionDenied):
+    """This machine cannot confine a tool process as its profile requires, so it does not run."""
+
+
 class BackendError(RhoAgentError):
     """The execution backend failed (process spawn, sandbox API, file I/O)."""
 
@@ -96,6 +103,10 @@ class ContextWindowExceeded(ModelError):
         super().__init__(message)
         self.needed = needed
         self.window = window
+
+
+class OutputInvalid(RhoAgentError):
+    """A run's final answer does not match its ``output_schema``; the message says where."""
 
 
 class SessionError(RhoAgentError):

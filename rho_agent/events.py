@@ -1,4 +1,4 @@
-"""The values a run hands back: AgentEvent, RunResult, CompactResult."""
+"""The values a run hands back: AgentEvent, RunResult (with RunError), CompactResult."""
 
 from __future__ import annotations
 
@@ -18,11 +18,18 @@ EventType = Literal[
     "cancelled",
     "interruption",
     "max_turns",
+    "output_invalid",
     "budget_exceeded",
 ]
 
 RunStatus = Literal[
-    "completed", "error", "cancelled", "interrupted", "max_turns", "budget_exceeded"
+    "completed",
+    "error",
+    "cancelled",
+    "interrupted",
+    "max_turns",
+    "invalid_output",
+    "budget_exceeded",
 ]
 
 
@@ -52,14 +59,50 @@ class AgentEvent:
 _EVENT_FIELDS = tuple(item.name for item in fields(AgentEvent))
 
 
+@dataclass(frozen=True)
+class RunError:
+    """Why a run failed, for callers that only hold its result.
+
+    ``type`` is the exception's class name (``ModelError`` for a model API that failed after its
+    retries), ``max_turns``, ``invalid_output`` or ``budget_exceeded``; ``message`` says what
+    went wrong, as the run's ``error`` event does. ``partial`` says the run's text is an answer
+    this failure cut off mid-stream.
+    """
+
+    type: str
+    message: str
+    partial: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "partial": self.partial}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunError:
+        return cls(
+            type=str(data.get("type", "")),
+            message=str(data.get("message", "")),
+            partial=bool(data.get("partial", False)),
+        )
+
+
 @dataclass
 class RunResult:
-    """What ``Session.run`` returns."""
+    """What ``Session.run`` returns; ``error`` says why when ``status`` is "error",
+    "max_turns" or "invalid_output".
+
+    ``output`` is the validated answer of a run given an ``output_schema``: an instance of the
+    pydantic model named there, or JSON data for a dict schema (and in serialised results).
+    """
 
     text: str
     events: list[AgentEvent] = field(default_factory=list)
     status: str = "completed"
     usage: dict[str, int] = field(default_factory=dict)
+    error: RunError | None = None
+    output: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,16 +110,27 @@ class RunResult:
             "status": self.status,
             "usage": dict(self.usage),
             "events": [event.to_dict() for event in self.events],
+            "error": self.error.to_dict() if self.error is not None else None,
+            "output": output_data(self.output),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        error = data.get("error")
         return cls(
             text=str(data.get("text", "")),
             status=str(data.get("status", "completed")),
             usage=dict(data.get("usage") or {}),
             events=[AgentEvent.from_dict(event) for event in data.get("events") or []],
+            error=RunError.from_dict(error) if isinstance(error, dict) else None,
+            output=data.get("output"),
         )
+
+
+def output_data(output: Any) -> Any:
+    """A result's ``output`` as JSON data (a pydantic instance is dumped)."""
+    dump = getattr(output, "model_dump", None)
+    return dump(mode="json") if callable(dump) else output
 
 
 @dataclass

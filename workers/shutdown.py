@@ -29,12 +29,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dispatch.engine.host import JobHost
-from dispatch.errors import JobSpecError
 from dispatch.fleet import lua
 from dispatch.fleet.celery_broker import CeleryBroker
 from dispatch.fleet.redis_bus import RedisBus
 from dispatch.settings import env_float
-from dispatch.spec import JobSpec
+from workers.lease import requeued_jobs
 
 if TYPE_CHECKING:
     from workers.session_host import SessionHost
@@ -51,8 +50,6 @@ SHUTDOWN_SETTINGS: tuple[tuple[str, str, str], ...] = (
 """The variables this module reads (deploy/README.md lists them with the worker settings)."""
 
 DEFAULT_GRACE_S = 30.0
-REQUEUE_GRACE_MS = 600_000
-"""How long a handed-back job may wait in the queue before the sweeper sends it once more."""
 _CANCEL_WAIT_S = 10.0
 _POLL_S = 0.1
 
@@ -96,6 +93,7 @@ class GracefulShutdown:
         if self._started:
             return []
         self._started = True
+        self.host.closing = True
         self._on_begin()
         running = self.host.running_count
         if running and not cold:
@@ -128,15 +126,9 @@ class GracefulShutdown:
         broker = CeleryBroker(self.host.settings.fleet)
         sent = []
         try:
-            for index in range(0, len(flat), 3):
-                job_id, payload, attempt = flat[index : index + 3]
-                try:
-                    spec = JobSpec.decode(payload)
-                except JobSpecError as exc:
-                    logger.error("job %s cannot be handed back: %s", job_id, exc)
-                    continue
-                broker.send([spec], attempt_suffix=f"-h{attempt}")
-                sent.append(job_id)
+            for job in requeued_jobs(flat, "handed back"):
+                broker.send([job.spec], attempt_suffix=f"-h{job.attempt}")
+                sent.append(job.job_id)
         finally:
             broker.close()
         return sent
@@ -156,7 +148,7 @@ async def _stop_and_release(job_host: JobHost) -> list[str]:
         return []
     args: list[Any] = [
         bus.keys.job_prefix(),
-        REQUEUE_GRACE_MS,
+        bus.settings.queued_lease_s * 1000,
         bus.settings.events_maxlen,
         job_host.options.worker,
     ]

@@ -35,6 +35,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("RHO_AGENT_LEASE_TTL", "20", "seconds a job's lease lasts without a heartbeat"),
     ("RHO_AGENT_SWEEP_INTERVAL", "5", "seconds between sweeps for jobs whose lease lapsed"),
     ("RHO_AGENT_MAX_ATTEMPTS", "3", "attempts before a job whose workers keep dying fails"),
+    (
+        "RHO_AGENT_QUEUED_LEASE",
+        "600",
+        "seconds a queued or re-sent job may wait unclaimed before the sweeper sends it again",
+    ),
     ("RHO_AGENT_VISIBILITY_TIMEOUT", "3600", "Celery's redelivery time for unacked messages"),
     ("RHO_AGENT_WORKER_NAME", "host-pid", "name recorded on the jobs this worker runs"),
     (

@@ -1,12 +1,14 @@
-"""Where a Dispatcher's jobs go: in-process (embedded) or to Celery workers (fleet)."""
+"""Where a Dispatcher's jobs go: the ``Broker`` protocol, in-process (embedded) or to Celery
+workers (fleet). The dispatcher's core talks to either through the protocol alone."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from dispatch.engine.bus import EVENT_PAGE, DispatchBus, JobBus, StreamEntry
+from dispatch.engine.loop import LoopThread
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 from rho_agent.budgets import Budget, BudgetStatus, MemorySpendLedger
@@ -15,16 +17,65 @@ from rho_agent.ratelimits import MemoryRateLimiter
 logger = logging.getLogger("dispatch")
 
 
-class EmbeddedBackend:
+class Broker(Protocol):
+    """Sends a dispatcher's jobs and reads their events; ``bus`` holds what the jobs write."""
+
+    @property
+    def bus(self) -> DispatchBus: ...
+
+    def publish(self, specs: list[JobSpec]) -> None:
+        """Record the jobs as queued and send them (blocking; any thread but the loop's)."""
+        ...
+
+    async def apublish(self, specs: list[JobSpec]) -> None:
+        """``publish`` from an event loop other than the dispatcher's."""
+        ...
+
+    def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:
+        """A page of a job's events, read from the caller's thread (blocking up to ``block_s``)."""
+        ...
+
+    async def revoke(self, job_id: str) -> None:
+        """Take a job that will never run off the queue (on the dispatcher's loop)."""
+        ...
+
+    def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Store a batch's ``total`` and job id by entry index (blocking; any thread)."""
+        ...
+
+    def read_batch(self, batch_id: str) -> dict[str, str]:
+        """What ``record_batch`` stored for ``batch_id`` (empty if nothing)."""
+        ...
+
+    def set_budget(self, budget: Budget) -> None:
+        """Store a label or fleet budget (blocking; any thread)."""
+        ...
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        """Every budget scope with its spend in its current window (blocking; any thread)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def open_broker(settings: FleetSettings, loop: LoopThread) -> Broker:
+    """The fleet broker when a broker URL is set, else the embedded one on ``loop``."""
+    if settings.broker_url:
+        return FleetBroker(settings)
+    return EmbeddedBroker(settings, loop)
+
+
+class EmbeddedBroker:
     """Runs jobs on the dispatcher's loop through a JobHost over a MemoryBus."""
 
-    def __init__(self, settings: FleetSettings) -> None:
+    def __init__(self, settings: FleetSettings, loop: LoopThread) -> None:
         from dispatch.engine.host import JobHost
         from dispatch.engine.memory_bus import MemoryBus
         from dispatch.engine.run import RunnerOptions
 
         memory = MemoryBus(settings.keys, retention_s=settings.retention_s)
         self.bus: JobBus = memory
+        self._loop = loop
         self._queue = settings.queue
         self.ledger = MemorySpendLedger()
         options = RunnerOptions(
@@ -32,8 +83,25 @@ class EmbeddedBackend:
         )
         self._host = JobHost(memory, options, concurrency=settings.embedded_concurrency)
         self._tasks: set[asyncio.Task[object]] = set()
+        self._batches: dict[str, dict[str, str]] = {}
 
-    async def send(self, specs: list[JobSpec]) -> None:
+    def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Remember a batch's job ids (only this process can see an embedded batch)."""
+        self._batches.setdefault(batch_id, {}).update(fields)
+
+    def read_batch(self, batch_id: str) -> dict[str, str]:
+        return dict(self._batches.get(batch_id, {}))
+
+    def publish(self, specs: list[JobSpec]) -> None:
+        self._loop.call(self._send(specs))
+
+    async def apublish(self, specs: list[JobSpec]) -> None:
+        await self._loop.acall(self._send(specs))
+
+    def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:
+        return self._loop.call(self.bus.read_events(job_id, after, block_s))
+
+    async def _send(self, specs: list[JobSpec]) -> None:
         """Record the jobs, then start them (at most ``concurrency`` run at once)."""
         await self.bus.submit(specs, self._queue)
         await self._host.start()
@@ -62,7 +130,7 @@ class EmbeddedBackend:
         await self._host.stop()
 
 
-class FleetBackend:
+class FleetBroker:
     """Publishes jobs to Celery from the caller's thread; reads them back from Redis.
 
     Publishing is synchronous (a Redis pipeline, then the Celery messages) so a ``submit`` does
@@ -78,7 +146,7 @@ class FleetBackend:
 
         assert settings.bus_url is not None
         self._settings = settings
-        self._broker = CeleryBroker(settings)
+        self._celery = CeleryBroker(settings)
         self._redis: Any = redis.Redis.from_url(settings.bus_url, decode_responses=True)
         self.bus: DispatchBus = RedisBus.from_settings(settings)
 
@@ -95,6 +163,18 @@ class FleetBackend:
         block = int(block_s * 1000) if block_s > 0 else None
         return stream_entries(self._redis.xread({key: after}, count=EVENT_PAGE, block=block))
 
+    def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Store a batch's job ids in Redis (before its jobs are sent: a crash in between leaves
+        ids that ``--resume`` finds missing and sends again); kept as long as the jobs."""
+        key = self._settings.keys.batch(batch_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, self._settings.retention_s)
+        pipe.execute()
+
+    def read_batch(self, batch_id: str) -> dict[str, str]:
+        return dict(self._redis.hgetall(self._settings.keys.batch(batch_id)))
+
     def publish(self, specs: list[JobSpec]) -> None:
         """Record the jobs as queued, then send them (blocking; any thread)."""
         from dispatch.fleet.redis_bus import queue_submit
@@ -102,10 +182,13 @@ class FleetBackend:
         pipe = self._redis.pipeline(transaction=False)
         queue_submit(pipe, specs, self._settings, self._settings.queue)
         pipe.execute()
-        self._broker.send(specs)
+        self._celery.send(specs)
+
+    async def apublish(self, specs: list[JobSpec]) -> None:
+        await asyncio.to_thread(self.publish, specs)
 
     async def revoke(self, job_id: str) -> None:
-        await asyncio.to_thread(self._broker.revoke, job_id)
+        await asyncio.to_thread(self._celery.revoke, job_id)
 
     def set_budget(self, budget: Budget) -> None:
         from dispatch.fleet.spend import set_budget
@@ -122,5 +205,5 @@ class FleetBackend:
         await asyncio.to_thread(self._close_sync)
 
     def _close_sync(self) -> None:
-        self._broker.close()
+        self._celery.close()
         self._redis.close()

@@ -1,8 +1,8 @@
-"""The Dispatcher's engine: backend, fan-in, observers, on a private event loop.
+"""The Dispatcher's engine: broker, fan-in, observers, on a private event loop.
 
 Reads and waits run on ``_Core.loop`` (the async Redis connections and embedded jobs are bound to
 it); ``Dispatcher`` and ``Job`` reach it through ``loop.call`` / ``loop.acall``. Sending to the
-fleet happens in the caller's thread (see ``FleetBackend``).
+fleet happens in the caller's thread (see ``FleetBroker``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import contextlib
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from dispatch._client.brokers import EmbeddedBackend, FleetBackend
+from dispatch._client.brokers import Broker, open_broker
 from dispatch._client.fanin import FanIn
 from dispatch.engine.bus import START, DispatchBus, StreamEntry
 from dispatch.engine.loop import LoopThread
@@ -22,7 +23,9 @@ from dispatch.errors import JobNotFound
 from dispatch.info import JobInfo
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
-from rho_agent.events import RunResult
+from rho_agent.errors import OutputInvalid
+from rho_agent.events import RunError, RunResult
+from rho_agent.output import OutputSchema
 from rho_agent.state import State, StateObserver
 
 if TYPE_CHECKING:
@@ -32,52 +35,58 @@ logger = logging.getLogger("dispatch")
 
 
 class _Core:
-    """Owns the loop thread, the backend, the fan-in and the dispatcher-side observers."""
+    """Owns the loop thread, the broker, the fan-in and the dispatcher-side observers."""
 
     def __init__(self, settings: FleetSettings, dispatcher_id: str) -> None:
         self.settings = settings
         self.id = dispatcher_id
         self.loop = LoopThread(f"rho-dispatcher-{dispatcher_id}")
-        self._backend: EmbeddedBackend | FleetBackend | None = None
+        self._broker: Broker | None = None
         self._lock = threading.Lock()
         self.fan_in = FanIn(lambda: self.bus, dispatcher_id, self.read_events)
         self._followers: set[asyncio.Task[None]] = set()
+        self._models: dict[str, OutputSchema] = {}
+        """Jobs whose answers become instances of a pydantic model when read back."""
 
     @property
-    def backend(self) -> EmbeddedBackend | FleetBackend:
+    def broker(self) -> Broker:
         with self._lock:
-            if self._backend is None:
-                if self.settings.broker_url:
-                    self._backend = FleetBackend(self.settings)
-                else:
-                    self._backend = EmbeddedBackend(self.settings)
-            return self._backend
+            if self._broker is None:
+                self._broker = open_broker(self.settings, self.loop)
+            return self._broker
 
     @property
     def bus(self) -> DispatchBus:
-        return self.backend.bus
+        return self.broker.bus
 
     # -- submitting ---------------------------------------------------------------------------
 
-    def submit(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
+    def submit(
+        self,
+        specs: list[JobSpec],
+        observers: list[StateObserver],
+        schema: OutputSchema | None = None,
+    ) -> list[Job]:
         """Send jobs (from any thread but the loop's)."""
-        backend = self.backend
-        self.fan_in.expect(spec.job_id for spec in specs)
-        if isinstance(backend, FleetBackend):
-            backend.publish(specs)
-        else:
-            self.loop.call(backend.send(specs))
+        self._expect(specs, schema)
+        self.broker.publish(specs)
         return self._jobs(specs, observers)
 
-    async def asubmit(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
+    async def asubmit(
+        self,
+        specs: list[JobSpec],
+        observers: list[StateObserver],
+        schema: OutputSchema | None = None,
+    ) -> list[Job]:
         """Send jobs from an event loop."""
-        backend = self.backend
-        self.fan_in.expect(spec.job_id for spec in specs)
-        if isinstance(backend, FleetBackend):
-            await asyncio.to_thread(backend.publish, specs)
-        else:
-            await self.loop.acall(backend.send(specs))
+        self._expect(specs, schema)
+        await self.broker.apublish(specs)
         return self._jobs(specs, observers)
+
+    def _expect(self, specs: list[JobSpec], schema: OutputSchema | None) -> None:
+        self.fan_in.expect(spec.job_id for spec in specs)
+        if schema is not None and schema.model is not None:
+            self._models.update((spec.job_id, schema) for spec in specs)
 
     def _jobs(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
         from dispatch.job import Job
@@ -116,11 +125,8 @@ class _Core:
         self, job_id: str, after: str, block_s: float
     ) -> tuple[list[StreamEntry], bool]:
         """``read_events`` for a caller's thread; in fleet mode it reads Redis from that thread."""
-        backend = self.backend
-        if not isinstance(backend, FleetBackend):
-            return self.loop.call(self.read_events(job_id, after, block_s))
         self.loop.refuse_blocking_call_in_loop()
-        entries = backend.read_events_blocking(job_id, after, block_s)
+        entries = self.broker.read_events_blocking(job_id, after, block_s)
         if entries:
             return entries, False
         return entries, self.loop.call(self.require_info(job_id)).finished
@@ -134,7 +140,7 @@ class _Core:
         if outcome == "unknown":
             raise JobNotFound(f"job {job_id} does not exist (never submitted, or expired)")
         if outcome == "cancelled":
-            await self.backend.revoke(job_id)
+            await self.broker.revoke(job_id)
         return outcome
 
     # -- waiting ------------------------------------------------------------------------------
@@ -144,7 +150,26 @@ class _Core:
 
     async def gather(self, job_ids: list[str], wait_s: float | None) -> list[RunResult]:
         deadline = None if wait_s is None else time.monotonic() + wait_s
-        return await self.fan_in.results(job_ids, deadline)
+        results = await self.fan_in.results(job_ids, deadline)
+        typed = zip(job_ids, results, strict=True)
+        return [self._typed(job_id, result) for job_id, result in typed]
+
+    def _typed(self, job_id: str, result: RunResult) -> RunResult:
+        """The result with its JSON ``output`` turned into the model the job was submitted with.
+
+        The worker validated the JSON against the model's JSON schema; the model's own
+        validators run here, and an answer they refuse makes the result ``invalid_output``.
+        """
+        schema = self._models.get(job_id)
+        if schema is None or result.output is None or result.status != "completed":
+            return result
+        try:
+            return replace(result, output=schema.from_data(result.output))
+        except OutputInvalid as exc:
+            message = f"the answer did not pass {schema.name}'s validation here: {exc}"
+            return replace(
+                result, status="invalid_output", error=RunError("invalid_output", message)
+            )
 
     # -- observers ----------------------------------------------------------------------------
 
@@ -186,10 +211,10 @@ class _Core:
     # -- closing ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._backend is not None:
+        if self._broker is not None:
             with contextlib.suppress(Exception):
-                self.loop.call(self._backend.close(), timeout=10)
-            self._backend = None
+                self.loop.call(self._broker.close(), timeout=10)
+            self._broker = None
         self.loop.stop()
 
 

@@ -142,7 +142,7 @@ async def _admitted(
 
 def _estimate(session: Session, request: ModelRequest) -> CallEstimate:
     """Input tokens (tool definitions included) plus the output cap, or the allowance."""
-    input_tokens = compaction.request_tokens(request.messages, request.tools)
+    input_tokens = compaction.count_tokens(request.messages, request.tools)
     output = request.max_output_tokens or session.output_allowance
     cost = session.agent.price_table.cost(
         request.model, input_tokens=input_tokens, output_tokens=output

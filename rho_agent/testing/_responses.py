@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, Unpack
+
+from rho_agent.output import FINAL_ANSWER_TOOL
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,20 @@ class ScriptedResponse:
     ``stream_options.include_usage``. Text and each tool call's arguments are streamed in pieces of
     ``text_chunk_size`` / ``arguments_chunk_size`` characters. ``delay`` is waited before the
     first byte, ``chunk_delay`` between chunks. ``error_status`` answers an OpenAI-shaped error
-    instead; ``disconnect_after_chunks`` drops the connection after that many stream chunks.
-    ``headers`` are added to the HTTP response (e.g. ``{"retry-after-ms": "10"}``).
+    instead; ``disconnect_after_chunks`` drops the connection after that many stream chunks (a
+    reset: the client sees a broken body). ``headers`` are added to the HTTP response (e.g.
+    ``{"retry-after-ms": "10"}``).
+
+    Quirks of real servers, to test against: ``end_after_chunks`` ends the body cleanly after that
+    many chunks, with no ``finish_reason`` and no ``[DONE]`` (a server closing the connection
+    mid-answer); ``usage_in_last_choice`` sends usage in the chunk carrying the ``finish_reason``
+    instead of a ``choices: []`` chunk (llama.cpp); ``null_first_delta`` starts with a delta of
+    only ``{"role": "assistant", "content": null}``. Tool-call ids of any shape are set with
+    ``ScriptedToolCall.id``.
+
+    ``output`` is a structured answer (JSON text, see ``structured``), sent the way the request
+    asked for it: as a call of the ``final_answer`` tool when the request offers that tool, else
+    as the text (structured output through ``response_format``).
     """
 
     text: str = ""
@@ -57,6 +73,10 @@ class ScriptedResponse:
     error_code: str | None = None
     disconnect_after_chunks: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    end_after_chunks: int | None = None
+    usage_in_last_choice: bool = False
+    null_first_delta: bool = False
+    output: str | None = None
 
     def __post_init__(self) -> None:
         if self.delay < 0 or self.chunk_delay < 0:
@@ -79,6 +99,16 @@ class ScriptedResponse:
             raise ValueError(
                 "ScriptedResponse.disconnect_after_chunks must be >= 0 or None, "
                 f"got {self.disconnect_after_chunks!r}"
+            )
+        if self.end_after_chunks is not None and self.end_after_chunks < 0:
+            raise ValueError(
+                f"ScriptedResponse.end_after_chunks must be >= 0 or None, "
+                f"got {self.end_after_chunks!r}"
+            )
+        if self.end_after_chunks is not None and self.disconnect_after_chunks is not None:
+            raise ValueError(
+                "ScriptedResponse takes end_after_chunks (a clean end) or "
+                "disconnect_after_chunks (a reset), not both"
             )
 
 
@@ -107,6 +137,9 @@ class ResponseOptions(TypedDict, total=False):
     arguments_chunk_size: int
     disconnect_after_chunks: int | None
     headers: dict[str, str]
+    end_after_chunks: int | None
+    usage_in_last_choice: bool
+    null_first_delta: bool
 
 
 def text(content: str, **options: Unpack[ResponseOptions]) -> ScriptedResponse:
@@ -127,6 +160,41 @@ def tool_call(
     """
     call = ScriptedToolCall(name=name, arguments={} if arguments is None else arguments, id=id)
     return ScriptedResponse(tool_calls=[call], **options)
+
+
+def structured(data: Any, **options: Unpack[ResponseOptions]) -> ScriptedResponse:
+    """A structured answer, e.g. ``structured({"severity": 3})``: JSON data, or a ``str`` sent
+    as it is (to send JSON that is invalid, or does not match the schema)."""
+    output = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return ScriptedResponse(output=output, **options)
+
+
+def shaped_for(response: ScriptedResponse, body: dict[str, Any]) -> ScriptedResponse:
+    """A structured answer as text or as a ``final_answer`` call, as ``body`` asked for it."""
+    if response.output is None:
+        return response
+    if _offers_final_answer(body):
+        call = ScriptedToolCall(name=FINAL_ANSWER_TOOL, arguments=response.output)
+        return dataclasses.replace(response, output=None, text="", tool_calls=[call])
+    return dataclasses.replace(response, output=None, text=response.output)
+
+
+def asks_json_schema(body: dict[str, Any]) -> bool:
+    """The request asks for structured output (``response_format`` of type ``json_schema``)."""
+    response_format = body.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") == "json_schema"
+
+
+def _offers_final_answer(body: dict[str, Any]) -> bool:
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return False
+    return any(
+        isinstance(tool, dict)
+        and isinstance(tool.get("function"), dict)
+        and tool["function"].get("name") == FINAL_ANSWER_TOOL
+        for tool in tools
+    )
 
 
 def error(

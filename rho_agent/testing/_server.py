@@ -12,7 +12,13 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from rho_agent.testing._responses import RecordedRequest, Responder, ScriptedResponse
+from rho_agent.testing._responses import (
+    RecordedRequest,
+    Responder,
+    ScriptedResponse,
+    asks_json_schema,
+    shaped_for,
+)
 from rho_agent.testing._spawn import SpawnedModelServer, spawn_model_server
 from rho_agent.testing._threaded import ThreadedAiohttpServer
 from rho_agent.testing._wire import Completion, completion_body, error_body, stream_events
@@ -28,6 +34,10 @@ class ScriptedModelServer(ThreadedAiohttpServer):
     sync or async); when neither has an answer it fails loudly with HTTP 500. Point a real
     ``openai`` client at ``base_url``. Every request is kept in ``requests`` unless
     ``record=False`` (long benchmarks). Thread-safe: script and read it from any thread.
+
+    Structured answers (``structured(...)``) come back as the request asks for them (see
+    ``ScriptedResponse.output``). With ``json_schema_support=False`` the server behaves like
+    one without structured output: a request with a ``json_schema`` response format gets a 400.
     """
 
     _thread_name = "scripted-model-server"
@@ -41,9 +51,11 @@ class ScriptedModelServer(ThreadedAiohttpServer):
         model: str = "scripted-model",
         record: bool = True,
         backlog: int = 8192,
+        json_schema_support: bool = True,
     ) -> None:
         super().__init__(host=host, port=port, backlog=backlog)
         self.responder = responder
+        self.json_schema_support = json_schema_support
         self._model = model
         self._record = record
         self._lock = threading.Lock()
@@ -110,10 +122,14 @@ class ScriptedModelServer(ThreadedAiohttpServer):
             return _error_response(400, f"request body is not valid JSON: {exc}")
         if not isinstance(body, dict):
             return _error_response(400, "request body must be a JSON object")
+        if not self.json_schema_support and asks_json_schema(body):
+            message = "response_format of type json_schema is not supported by this server"
+            return _error_response(400, message, _NO_RETRY)
         seq, scripted = self._take(body, request)
         response = scripted if scripted is not None else await self._ask_responder(body, seq)
         if not isinstance(response, ScriptedResponse):
             return response
+        response = shaped_for(response, body)
         if response.delay:
             await asyncio.sleep(response.delay)
         if response.error_status is not None:
@@ -186,9 +202,16 @@ async def _send_stream(
     """Send SSE events: in one write when nothing is paced or dropped, else one by one."""
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **response.headers}
     drop_after = response.disconnect_after_chunks
+    if response.end_after_chunks is not None:
+        events = events[: response.end_after_chunks]
     if not response.chunk_delay and drop_after is None:
-        return web.Response(body=b"".join(events), headers=headers)
+        whole = web.Response(body=b"".join(events), headers=headers)
+        if response.end_after_chunks is not None:
+            whole.force_close()  # the connection ends with the body, as a server that hangs up
+        return whole
     stream = web.StreamResponse(headers=headers)
+    if response.end_after_chunks is not None:
+        stream.force_close()
     try:
         await stream.prepare(request)
         for index, event in enumerate(events):

@@ -1,4 +1,4 @@
-"""Benchmark 9: what budgets cost each model call: one reservation and one settlement on Redis.
+"""Benchmark 10: what budgets cost each model call: one reservation and one settlement on Redis.
 
 A job in four budget scopes (its own, its batch's, a label's per day, the fleet's per day)
 reserves a call's estimate and settles it, ``CALLS`` times, against the real Redis on
@@ -57,7 +57,7 @@ def _round_trip_rows(figures: dict[str, Any], calls: int) -> list[Row]:
         times, trips = figures[name], figures[f"{name}_round_trips"]
         rows.append(
             Row(
-                name=f"9. budget {name} per model call",
+                name=f"10. budget {name} per model call",
                 figure=statistics.median(times),
                 unit="ms",
                 baseline=statistics.median(figures["ping"]),
@@ -95,7 +95,7 @@ def _fan_out_row(settings: Settings) -> Row:
             off.append(_fan_out(fleet, count, limited=False))
     ours, baseline = median(on), median(bare_rates)
     return Row(
-        name=f"9. fan-out of {count:,} jobs with budgets and rate limits on",
+        name=f"10. fan-out of {count:,} jobs with budgets and rate limits on",
         figure=ours,
         unit="jobs/s",
         baseline=baseline,
@@ -112,9 +112,10 @@ def _fan_out_row(settings: Settings) -> Row:
 def _fan_out(fleet: RunningFleet, count: int, *, limited: bool) -> float:
     config = fleet.config
     config.model = LIMITED_MODEL if limited else FREE_MODEL
-    budget = {"batch_max_cost_usd": 1e9} if limited else {}
+    budget = 1e9 if limited else None
     with Stopwatch() as watch:
-        jobs = fleet.dispatcher.map([f"fan {n}" for n in range(count)], config, **budget)
+        prompts = [f"fan {n}" for n in range(count)]
+        jobs = fleet.dispatcher.map(prompts, config, batch_max_cost_usd=budget)
         results = fleet.dispatcher.gather(jobs, timeout=600)
     failed = [r.status for r in results if r.status != "completed"]
     if failed:
@@ -199,7 +200,7 @@ def _p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
-BENCHMARK = Benchmark("9", "Budget reservation and settlement", run)
+BENCHMARK = Benchmark("10", "Budget reservation and settlement", run)
 
 
 def main() -> None:

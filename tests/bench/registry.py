@@ -9,6 +9,7 @@ from tests.bench import (
     bench_events,
     bench_model_cpu,
     bench_overhead,
+    bench_reduce,
     bench_spend,
     bench_trace,
 )
@@ -22,5 +23,6 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     bench_events.BENCHMARK,
     bench_trace.BENCHMARK,
     bench_model_cpu.BENCHMARK,
+    bench_reduce.BENCHMARK,
     bench_spend.BENCHMARK,
 )

@@ -57,7 +57,7 @@ def test_a_batch_budget_stops_the_fan_out_and_each_stopped_job_says_why(
             info = job.info()
             assert info.status == "budget_exceeded"
             assert info.error is not None and info.error.startswith(
-                f"budget {status.budget.scope} exhausted: limit $20000, spent $"
+                f"budget_exceeded: budget {status.budget.scope} exhausted: limit $20000, spent $"
             )
 
 
@@ -70,7 +70,9 @@ def test_a_job_budget_from_submit_and_a_fleet_budget_set_on_the_dispatcher(
     dispatcher.set_budget(Budget("fleet", max_cost_usd=0.5, window_s=86_400))
     other = dispatcher.submit("go", config)
     assert other.result(timeout=30).status == "budget_exceeded"
-    assert str(other.info().error).startswith("budget fleet exhausted: limit $0.5, spent $0")
+    assert str(other.info().error).startswith(
+        "budget_exceeded: budget fleet exhausted: limit $0.5, spent $0"
+    )
 
 
 def test_a_batch_rate_limit_spaces_its_own_calls(
@@ -115,4 +117,6 @@ async def test_the_task_result_flower_shows_says_why_a_budget_stopped_the_job(
     await bus.submit([spec], "q")
     summary = (await host.run(spec.encode())).compact()
     assert summary["status"] == "budget_exceeded"
-    assert summary["error"].startswith(f"budget job:{spec.job_id} exhausted: limit $1, spent $0")
+    assert summary["error"].startswith(
+        f"budget_exceeded: budget job:{spec.job_id} exhausted: limit $1, spent $0"
+    )

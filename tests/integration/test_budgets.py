@@ -67,7 +67,7 @@ def priced_config(server: ScriptedModelServer, tmp_path: Path) -> AgentConfig:
 def _respond(body: dict[str, Any]) -> ScriptedResponse:
     messages = body["messages"]
     usage = ScriptedUsage(
-        prompt_tokens=compaction.request_tokens(messages, body.get("tools") or []),
+        prompt_tokens=compaction.count_tokens(messages, body.get("tools") or []),
         completion_tokens=OUTPUT,
     )
     done, prompt = 0, ""
@@ -86,7 +86,7 @@ def _served_usd(server: ScriptedModelServer) -> float:
     total = 0
     for request in server.requests:
         messages, tools = request.body["messages"], request.body.get("tools") or []
-        total += compaction.request_tokens(messages, tools) + OUTPUT
+        total += compaction.count_tokens(messages, tools) + OUTPUT
     return float(total)
 
 
@@ -109,7 +109,7 @@ def test_200_jobs_under_one_batch_budget_stop_within_the_bound(
     scope = f"batch:{batch_id}"
     for info in stopped:
         assert info.error is not None and info.error.startswith(
-            f"budget {scope} exhausted: limit ${limit:.0f}, spent $"
+            f"budget_exceeded: budget {scope} exhausted: limit ${limit:.0f}, spent $"
         )
     never_called = [info for info in stopped if info.turns == 0]
 
@@ -164,7 +164,7 @@ def test_a_label_budget_per_day_is_shared_by_two_batches(
         env={"RHO_AGENT_KEY_PREFIX": dispatcher.settings.key_prefix},
     )
     assert listed.exit_code == 0, listed.output
-    rows = {row["scope"]: row for row in map(json.loads, listed.stdout.splitlines())}
+    rows = {row["scope"]: row for row in json.loads(listed.stdout)}
     assert rows["label:team=ops"]["max_cost_usd"] == limit
     assert rows["label:team=ops"]["spent_usd"] == pytest.approx(label.spent_usd)
     assert rows["label:team=ops"]["exhausted"].startswith("budget label:team=ops exhausted")

@@ -71,7 +71,7 @@ async def test_reservations_count_tool_definitions_and_the_output_allowance(
 
     tools = session.agent.registry.schemas()
     assert tools, "the developer profile offers tools"
-    with_tools = compaction.request_tokens(model_server.requests[0].body["messages"], tools)
+    with_tools = compaction.count_tokens(model_server.requests[0].body["messages"], tools)
     assert estimate.input_tokens == with_tools
     (status,) = ledger.statuses()
     assert status.spent_tokens == 6 and status.reserved_tokens == 0

@@ -44,9 +44,9 @@ async def test_a_request_that_cannot_fit_fails_before_it_is_sent(
         model_server, tmp_path, model="my-llama", extras={"context_window": 2000}
     )
     schemas = session.agent.registry.schemas()
-    tools = compaction.request_tokens([], schemas) - compaction.count_tokens([])
+    tools = compaction.count_tokens([], schemas) - compaction.count_tokens([], [])
     prompt = "x" * 4000  # ~1000 tokens: the history alone fits 2000, not with the tools
-    assert compaction.count_tokens([{"role": "user", "content": prompt}]) < 2000 < tools + 1000
+    assert compaction.count_tokens([{"role": "user", "content": prompt}], []) < 2000 < tools + 1000
 
     result = await session.run(prompt=prompt)
 
@@ -54,9 +54,10 @@ async def test_a_request_that_cannot_fit_fails_before_it_is_sent(
     assert model_server.requests == []
     errors = [event.content or "" for event in result.events if event.type == "error"]
     assert len(errors) == 1
-    needed = compaction.request_tokens(session.state.messages, schemas)
+    needed = compaction.count_tokens(session.state.messages, schemas)
+    history = compaction.count_tokens(session.state.messages, [])
     assert f"needs about {needed} tokens" in errors[0]
-    assert f"tool definitions {tools}" in errors[0]
+    assert f"(history {history}, tool definitions {needed - history})" in errors[0]
     assert "context window is 2000 tokens" in errors[0]
     assert "extras.context_window" in errors[0] and "--context-window" in errors[0]
     assert session.state.status == "error"
@@ -77,8 +78,8 @@ async def test_compaction_runs_first_when_it_makes_the_request_fit(
     tools = session.agent.registry.schemas()
     next_request = [*session.state.messages, {"role": "user", "content": "q4"}]
     # Too big only with the tool definitions counted, and below the 80% mark without them.
-    session.context_window = compaction.request_tokens(next_request, tools) - 50
-    assert compaction.count_tokens(next_request) < 0.8 * session.context_window
+    session.context_window = compaction.count_tokens(next_request, tools) - 50
+    assert compaction.count_tokens(next_request, []) < 0.8 * session.context_window
     sent_before = len(model_server.requests)
 
     result = await session.run(prompt="q4")
@@ -88,7 +89,7 @@ async def test_compaction_runs_first_when_it_makes_the_request_fit(
     sent = model_server.requests[sent_before:]
     assert "compress" in sent[0].body["messages"][0]["content"]
     request = sent[-1].body
-    assert compaction.request_tokens(request["messages"], request["tools"]) <= (
+    assert compaction.count_tokens(request["messages"], request["tools"]) <= (
         session.context_window
     )
 

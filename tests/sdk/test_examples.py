@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, text, tool_call
+from rho_agent.testing import (
+    ScriptedModelServer,
+    ScriptedResponse,
+    behaviour,
+    error,
+    text,
+    tool_call,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -37,6 +44,19 @@ def test_basic_usage(model_server: ScriptedModelServer, tmp_path: Path) -> None:
     assert (
         model_server.requests[0].body["messages"][0]["content"] == "You are a research assistant."
     )
+
+
+def test_basic_usage_says_why_a_run_failed(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = lambda body: error(401, "Incorrect API key provided")
+    env = {**os.environ, "OPENAI_BASE_URL": model_server.base_url, "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "basic_usage.py")],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    assert "the run failed: ModelError: model API error 401: Incorrect API key" in done.stderr
 
 
 def test_multi_run_conversation_keeps_context(
@@ -89,5 +109,27 @@ def test_observing_events(model_server: ScriptedModelServer, tmp_path: Path) -> 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
 def test_every_example_is_covered(name: str) -> None:
     covered = {"basic_usage.py", "multi_run.py", "parallel_dispatch.py", "custom_tools.py",
-               "observe_events.py"}  # fmt: skip
+               "observe_events.py", "fan_out_analysis.py"}  # fmt: skip
     assert name in covered or name.startswith("fleet_"), f"{name} has no test"
+
+
+def test_fan_out_analysis_runs_offline(tmp_path: Path) -> None:
+    """With no API key and no endpoint, the analysis runs against its scripted reviewer."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OPENAI_")}
+    env.pop("RHO_AGENT_BROKER_URL", None)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "fan_out_analysis.py")],
+        env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "offline mode" in done.stderr
+    table, report = done.stdout.split("\n\n")
+    rows = table.splitlines()
+    assert rows[0] == "job_id,status,error,path,risk,uses_eval,bare_except,evidence"
+    assert len(rows) == 6 and all(",completed,," in row for row in rows[1:])
+    assert report.splitlines()[1:] == [
+        "risk 5  app/both.py: x = eval(input())",
+        "risk 4  app/calc.py: return eval(expr)",
+        "risk 1  app/io.py: except:",
+    ]

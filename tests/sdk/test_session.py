@@ -440,7 +440,7 @@ async def test_auto_compaction_fires_once_and_keeps_recent_exchange(
 
     model_server.responder = respond
     session = make_session(model_server, tmp_path)
-    tools = compaction.request_tokens([], session.agent.registry.schemas())
+    tools = compaction.count_tokens([], session.agent.registry.schemas())
     # the history may reach 1200 tokens before compaction: 80% of the window, tools included
     session.context_window = int((1200 + tools) / compaction.AUTO_COMPACT_FRACTION)
     for prompt in ["q1", "q2", "q3"]:

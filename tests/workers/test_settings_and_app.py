@@ -45,6 +45,7 @@ def test_every_variable_is_read() -> None:
         "RHO_AGENT_LEASE_TTL": "5",
         "RHO_AGENT_SWEEP_INTERVAL": "1.5",
         "RHO_AGENT_MAX_ATTEMPTS": "2",
+        "RHO_AGENT_QUEUED_LEASE": "90",
         "RHO_AGENT_VISIBILITY_TIMEOUT": "7200",
         "RHO_AGENT_WORKER_NAME": "w9",
         "RHO_AGENT_AGENT_FACTORY": "tests.integration.fleet:agent_with_mark_tool",
@@ -64,6 +65,7 @@ def test_every_variable_is_read() -> None:
         "jobs",
     )
     assert (fleet.retention_s, fleet.events_maxlen, fleet.embedded_concurrency) == (3600, 500, 3)
+    assert fleet.queued_lease_s == 90
     assert (settings.concurrency, settings.max_profile, settings.job_time_limit_s) == (
         40,
         "readonly",

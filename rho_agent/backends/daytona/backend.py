@@ -17,6 +17,7 @@ The ``daytona`` package is imported only when a sandbox is first needed.
 from __future__ import annotations
 
 import asyncio
+import os
 import posixpath
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Self
@@ -33,9 +34,12 @@ from rho_agent.backends.daytona.settings import (
     parse_uploads,
 )
 from rho_agent.errors import BackendError, ConfigError
+from rho_agent.sandbox import looks_secret
 
 if TYPE_CHECKING:
     from daytona import AsyncDaytona, AsyncSandbox, DaytonaConfig, Image, Resources
+
+    from rho_agent.permissions import PermissionProfile
 
 __all__ = ["DaytonaBackend"]
 
@@ -296,14 +300,23 @@ class DaytonaBackend:
         *,
         timeout: float,  # noqa: ASYNC109 - the ExecutionBackend protocol's signature
         cwd: str | None = None,
+        profile: PermissionProfile | None = None,
     ) -> CommandResult:
+        # The sandbox is the confinement; ``profile`` needs nothing more here. The command's
+        # environment is the allowlist plus the configured names that do not look secret.
         sandbox = await self._started()
+        settings = self._settings
+        configured = {
+            **settings.env_vars,
+            **{n: os.environ.get(n, "") for n in settings.forward_env},
+        }
         return await run_in_sandbox(
             sandbox,
             command,
             cwd=cwd or self.working_dir,
             time_limit=timeout,
-            auto_stop_interval=self._settings.auto_stop_interval,
+            auto_stop_interval=settings.auto_stop_interval,
+            env_names=[name for name, value in configured.items() if not looks_secret(name, value)],
         )
 
     async def read_file(self, path: str) -> bytes:

@@ -15,11 +15,15 @@ from rho_agent.output import structured_output_mode
 from rho_agent.permissions import PermissionProfile
 from rho_agent.pricing import ModelPrice, prices_from_data
 from rho_agent.prompts import DEFAULT_SYSTEM_PROMPT, load_template, render
+from rho_agent.redact import redact
 
 if TYPE_CHECKING:
     from rho_agent.backends.daytona.backend import DaytonaBackend
 
 BACKEND_NAMES = ("local", "daytona")
+INLINE_PROMPT = "_inline_prompt"
+"""``extras`` flag: ``system_prompt`` is the text itself, never a file to read (a fleet job's
+prompt arrives inline; reading a path named by a job would read the worker's own files)."""
 
 
 @dataclass
@@ -69,8 +73,11 @@ class AgentConfig:
         ``working_dir`` and ``model`` are always available as variables.
         """
         template = DEFAULT_SYSTEM_PROMPT if self.system_prompt is None else self.system_prompt
-        base_dir = self.extras.get("_config_dir")
-        text = load_template(template, Path(base_dir) if isinstance(base_dir, str) else None)
+        if self.extras.get(INLINE_PROMPT):
+            text = template
+        else:
+            base_dir = self.extras.get("_config_dir")
+            text = load_template(template, Path(base_dir) if isinstance(base_dir, str) else None)
         variables = {
             "working_dir": self.working_dir or os.getcwd(),
             "model": self.model,
@@ -192,5 +199,6 @@ def _describe_validation_error(exc: ValidationError, source: str) -> str:
             known = ", ".join(_ConfigData.model_fields)
             problems.append(f"unknown field {location!r} (known fields: {known})")
         else:
-            problems.append(f"field {location!r}: {error['msg']} (got {error.get('input')!r})")
+            given = redact(repr(error.get("input")))
+            problems.append(f"field {location!r}: {error['msg']} (got {given})")
     return f"invalid AgentConfig in {source}: " + "; ".join(problems)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from rho_agent.errors import TraceError
+from rho_agent.redact import redact_data
 from rho_agent.trace import (
     RECORD_META_KEYS,
     TRACE_FORMAT_VERSION,
@@ -116,8 +117,17 @@ class State:
     # -- changing -------------------------------------------------------------------------------
 
     def append(self, record_type: str, **fields: Any) -> Record:
-        """Record one change: apply it, persist it to every sink, then tell every observer."""
-        record: Record = {"v": TRACE_FORMAT_VERSION, "type": record_type, "ts": now_iso(), **fields}
+        """Record one change: apply it, persist it to every sink, then tell every observer.
+
+        Secrets are redacted first (``rho_agent.redact``): a key a tool printed reaches neither
+        the trace nor the model's next request.
+        """
+        record: Record = {
+            "v": TRACE_FORMAT_VERSION,
+            "type": record_type,
+            "ts": now_iso(),
+            **redact_data(fields),
+        }
         self.apply(record)
         self.records.append(record)
         for sink in self._sinks:

@@ -110,6 +110,7 @@ class SessionHost:
             default_timeout_s=settings.job_time_limit_s,
             max_attempts=settings.max_attempts,
             agent_factory=settings.build_agent(),
+            allowed_base_urls=settings.allowed_base_urls,
             spend=RedisSpendLedger(
                 bus.client, keys, retention_s=settings.fleet.retention_s, batcher=scripts
             ),

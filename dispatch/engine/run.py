@@ -28,6 +28,7 @@ from dispatch.engine.bus import (
     event_entry,
 )
 from dispatch.engine.ceiling import check_ceiling
+from dispatch.engine.endpoints import check_endpoint
 from dispatch.errors import FleetError
 from dispatch.spec import JobSpec
 from rho_agent.agent import Agent
@@ -37,6 +38,7 @@ from rho_agent.errors import RhoAgentError, SessionNotFound
 from rho_agent.events import AgentEvent, RunResult
 from rho_agent.permissions.profile import PermissionProfile
 from rho_agent.ratelimits import RateLimiter
+from rho_agent.redact import redact
 from rho_agent.session import Session
 from rho_agent.state import USAGE_KEYS, State, empty_usage
 
@@ -46,7 +48,10 @@ logger = logging.getLogger("dispatch.engine.run")
 @dataclass(frozen=True)
 class RunnerOptions:
     """How a host runs jobs: its name, lease length, profile ceiling, time limit, attempts, and
-    the budgets (``spend``) and rate limits every model call of its jobs goes through."""
+    the budgets (``spend``) and rate limits every model call of its jobs goes through.
+
+    ``allowed_base_urls``: the model endpoints jobs may name (normalised; None: any).
+    """
 
     worker: str = "embedded"
     lease_ms: int = 30_000
@@ -54,6 +59,7 @@ class RunnerOptions:
     default_timeout_s: float | None = None
     max_attempts: int = 3
     agent_factory: Callable[[AgentConfig], Agent] = Agent
+    allowed_base_urls: tuple[str, ...] | None = None
     spend: SpendLedger | None = None
     rate_limiter: RateLimiter | None = None
 
@@ -204,6 +210,12 @@ class JobRun:
                 f"session {self.spec.session_id} is in use by job {decision.detail}; wait for "
                 "that job's result before submitting another job on the same session"
             )
+        if decision.action == "exists":
+            return await self._fail(
+                f"session {self.spec.session_id} already exists; a job starting a new session "
+                "needs an unused id: continue the session (submit with session_id=...) or "
+                "leave the id out"
+            )
         if self._attempt - decision.handbacks > options.max_attempts:
             return await self._fail(
                 f"gave up after {options.max_attempts} attempts: the workers running this job "
@@ -237,6 +249,7 @@ class JobRun:
         spec = self.spec
         agent = self._agents.get(spec)
         check_ceiling(agent.profile, self._options.max_profile)
+        check_endpoint(agent.config.base_url, self._options.allowed_base_urls)
         records: list[dict[str, Any]] = []
         if spec.continue_session or self._attempt > 1:
             entries = await self._bus.read_trace(spec.session_id)
@@ -417,6 +430,7 @@ class JobRun:
 
     async def _fail(self, message: str) -> JobOutcome:
         """Fail the job before or around its run (refused, busy session, crash loop, bug)."""
+        message = redact(message)  # error texts quote configs and outputs: never a secret
         event = AgentEvent(type="error", content=message)
         self._emit(event)
         return await self._finish(RunResult(text="", events=[event], status="error"), message)

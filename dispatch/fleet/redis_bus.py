@@ -36,6 +36,7 @@ from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
+from rho_agent.redact import redact, redact_data
 
 _INFO_FIELDS = list(JobInfo.model_fields)
 _MAX_CONNECTIONS = 64
@@ -163,12 +164,12 @@ class RedisBus:
                 job_id,
                 self._retention,
                 self._maxlen,
-                json.dumps(result_dict(result)),
-                json.dumps(event_entry(result.events[0])),
+                json.dumps(redact_data(result_dict(result))),
+                json.dumps(redact_data(event_entry(result.events[0]))),
                 self.keys.dispatcher_prefix(),
                 self.keys.session_prefix(),
                 mode,
-                error,
+                redact(error),
             ],
         )
         return outcome
@@ -209,6 +210,8 @@ class RedisBus:
                 self.keys.cancel(spec.job_id),
                 self.keys.session_owner(spec.session_id),
                 self.keys.leases(),
+                self.keys.trace(spec.session_id),
+                self.keys.session(spec.session_id),
             ],
             args=[
                 spec.job_id,
@@ -217,6 +220,7 @@ class RedisBus:
                 self._retention,
                 self._maxlen,
                 self.keys.job_prefix(),
+                "0" if spec.continue_session else "1",
             ],
         )
         decided: StartAction = action
@@ -277,8 +281,8 @@ class RedisBus:
                 spec.job_id,
                 attempt,
                 status,
-                json.dumps(result_dict(result), ensure_ascii=False),
-                error or "",
+                json.dumps(redact_data(result_dict(result)), ensure_ascii=False),
+                redact(error or ""),
                 self._retention,
                 self._maxlen,
                 self.keys.dispatcher_prefix(),

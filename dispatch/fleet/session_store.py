@@ -24,7 +24,7 @@ from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import find_secrets, portable_config
 from rho_agent.agent import Agent
-from rho_agent.config import AgentConfig
+from rho_agent.config import INLINE_PROMPT, AgentConfig
 from rho_agent.errors import SessionError, SessionLocked, SessionNotFound
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.session import Session
@@ -50,17 +50,24 @@ class RedisSessionStore:
     def create_session(self, agent: Agent, *, session_id: str | None = None) -> Session:
         """A new Session whose every trace record goes to Redis as it happens."""
         chosen = validate_session_id(session_id) if session_id else new_session_id()
-        if self._r.exists(self.keys.trace(chosen)):
-            raise SessionError(f"session {chosen} already exists; resume it instead")
         config = portable_config(agent.config)
-        if find_secrets(config):
-            raise SessionError("the agent config holds a secret; keep API keys in the environment")
+        found = find_secrets(config)
+        if found:
+            raise SessionError(
+                f"the agent config holds what looks like a secret at {', '.join(found)}; keep "
+                "API keys in the environment"
+            )
         now = datetime.now(UTC)
+        # The id is claimed atomically (HSETNX): two processes creating it at once get one each.
+        taken = self._r.exists(self.keys.trace(chosen)) or not self._r.hsetnx(
+            self.keys.session(chosen), "created_at", now.isoformat()
+        )
+        if taken:
+            raise SessionError(f"session {chosen} already exists; resume it instead")
         pipe = self._r.pipeline(transaction=False)
         pipe.hset(
             self.keys.session(chosen),
             mapping={
-                "created_at": now.isoformat(),
                 "model": agent.config.model,
                 "profile": agent.profile.name,
                 "status": "idle",
@@ -116,7 +123,9 @@ class RedisSessionStore:
         raw = self._r.hget(self.keys.session(validate_session_id(session_id)), "config")
         if not raw:
             raise SessionNotFound(f"session {session_id} has no saved config; pass an agent")
-        return AgentConfig.from_dict(json.loads(raw), source=f"session {session_id}")
+        config = AgentConfig.from_dict(json.loads(raw), source=f"session {session_id}")
+        config.extras[INLINE_PROMPT] = True  # stored as text: never a file on this machine
+        return config
 
     def close(self) -> None:
         self._r.close()

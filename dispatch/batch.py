@@ -230,8 +230,7 @@ def _with_overrides(
         config = AgentConfig.from_dict({**base.to_dict(), **overrides}, source=where)
     except ConfigError as exc:
         raise JobSpecError(str(exc)) from None
-    base_dir = base.extras.get("_config_dir")
-    config.extras["_config_dir"] = (
-        str(folder) if "system_prompt" in overrides or not base_dir else base_dir
+    config.config_dir = (
+        str(folder) if "system_prompt" in overrides or not base.config_dir else base.config_dir
     )
     return config

@@ -24,6 +24,7 @@ from dispatch.info import JobInfo
 from dispatch.job import Job
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult, output_data
+from rho_agent.state import round_cost
 
 if TYPE_CHECKING:
     from dispatch.dispatcher import Dispatcher
@@ -68,7 +69,7 @@ class BatchProgress:
         """Count a job's tokens and cost (finished jobs, or running ones for a live view)."""
         self.input_tokens += info.input_tokens
         self.output_tokens += info.output_tokens
-        self.cost_usd += info.cost_usd
+        self.cost_usd = round_cost(self.cost_usd + info.cost_usd)
 
 
 @dataclass
@@ -256,7 +257,7 @@ class BatchRun:
             queued=live.queued,
             input_tokens=done.input_tokens + live.input_tokens,
             output_tokens=done.output_tokens + live.output_tokens,
-            cost_usd=done.cost_usd + live.cost_usd,
+            cost_usd=round_cost(done.cost_usd + live.cost_usd),
         )
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dispatch.errors import JobSpecError
 from rho_agent.budgets import Budget, label_scope
-from rho_agent.config import INLINE_PROMPT, AgentConfig
+from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
 from rho_agent.output import check_json_schema
 from rho_agent.permissions.profile import (
@@ -164,7 +164,7 @@ class JobSpec(BaseModel):
             config = AgentConfig.from_dict(dict(self.config), source=f"job {self.job_id}")
         except ConfigError as exc:
             raise JobSpecError(redact(str(exc))) from None
-        config.extras[INLINE_PROMPT] = True  # never a file on the machine that runs the job
+        config.prompt_is_text = True  # never a file on the machine that runs the job
         return config
 
     def budgets(self) -> list[Budget]:
@@ -250,11 +250,9 @@ def portable_config(config: AgentConfig) -> dict[str, Any]:
         raise JobSpecError(f"config must be an AgentConfig, got {type(config).__name__}")
     data = config.to_dict()
     prompt = config.system_prompt
-    if prompt is not None and not config.extras.get(INLINE_PROMPT):
-        base_dir = config.extras.get("_config_dir")
-        data["system_prompt"] = load_template(
-            prompt, Path(base_dir) if isinstance(base_dir, str) else None
-        )
+    if prompt is not None and not config.prompt_is_text:
+        base_dir = Path(config.config_dir) if config.config_dir is not None else None
+        data["system_prompt"] = load_template(prompt, base_dir)
     profile = data.get("profile")
     if isinstance(profile, str) and profile not in BUILTIN_PROFILES:
         data["profile"] = profile_to_dict(load_profile(profile))

@@ -118,7 +118,7 @@ class SessionNotFound(SessionError):
 
 
 class SessionLocked(SessionError):
-    """Another process is running this session right now."""
+    """Another process has this session open, or a Session of this process is running it."""
 
 
 class TraceError(RhoAgentError):

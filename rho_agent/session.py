@@ -27,7 +27,7 @@ from rho_agent.model.base import ModelRequest
 from rho_agent.output import FINAL_ANSWER_TOOL, OutputSchema, SchemaLike, structured_output_mode
 from rho_agent.pricing import context_window
 from rho_agent.ratelimits import RateLimiter
-from rho_agent.state import State
+from rho_agent.state import State, round_cost
 from rho_agent.tools.base import ToolHandler, ToolInvocation
 from rho_agent.tools.registry import ToolRegistry
 from rho_agent.trace import TraceSink
@@ -285,11 +285,13 @@ class Session:
 
     def _record_model_call(self, run: RunContext, usage: dict[str, int], estimated: bool) -> None:
         model = self.agent.config.model
-        cost = self.agent.price_table.cost(
-            model,
-            input_tokens=usage["input_tokens"],
-            output_tokens=usage["output_tokens"],
-            cached_tokens=usage["cached_tokens"],
+        cost = round_cost(
+            self.agent.price_table.cost(
+                model,
+                input_tokens=usage["input_tokens"],
+                output_tokens=usage["output_tokens"],
+                cached_tokens=usage["cached_tokens"],
+            )
         )
         self.state.append(
             "model_call", model=model, usage=usage, cost_usd=cost, estimated=estimated

@@ -88,6 +88,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
         if getattr(sender, "app", None) is app:
             install_log_redaction()  # Celery's handlers exist by now
             host.task_events_on = lambda: _task_events_on(sender)
+            host.node_name = str(sender.hostname)
             host.start()
             start_pool_threads(getattr(sender, "pool", None))
             tune_interpreter()

@@ -40,7 +40,7 @@ from rho_agent.permissions.profile import PermissionProfile
 from rho_agent.ratelimits import RateLimiter
 from rho_agent.redact import redact
 from rho_agent.session import Session
-from rho_agent.state import USAGE_KEYS, State, empty_usage
+from rho_agent.state import USAGE_KEYS, State, empty_usage, round_cost
 
 logger = logging.getLogger("dispatch.engine.run")
 
@@ -388,8 +388,8 @@ class JobRun:
         usage: dict[str, Any] = {
             key: int(state.usage[key]) - int(self._base_usage.get(key, 0)) for key in USAGE_KEYS
         }
-        usage["cost_usd"] = float(state.usage["cost_usd"]) - float(
-            self._base_usage.get("cost_usd", 0.0)
+        usage["cost_usd"] = round_cost(
+            float(state.usage["cost_usd"]) - float(self._base_usage.get("cost_usd", 0.0))
         )
         return usage
 

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import builtins
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
+from dispatch.errors import FleetUnavailable
 from dispatch.fleet.redis_bus import decode_entry
 from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import find_secrets, portable_config
 from rho_agent.agent import Agent
-from rho_agent.config import INLINE_PROMPT, AgentConfig
+from rho_agent.config import AgentConfig
 from rho_agent.errors import SessionError, SessionLocked, SessionNotFound
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.session import Session
@@ -93,11 +96,12 @@ class RedisSessionStore:
 
     def list(self) -> builtins.list[SessionInfo]:
         """Every session in the index, newest first."""
-        ids: builtins.list[str] = self._r.zrevrange(self.keys.sessions(), 0, -1)
-        pipe = self._r.pipeline(transaction=False)
-        for session_id in ids:
-            pipe.hgetall(self.keys.session(session_id))
-        rows: builtins.list[dict[str, str]] = pipe.execute()
+        with _reachable():
+            ids: builtins.list[str] = self._r.zrevrange(self.keys.sessions(), 0, -1)
+            pipe = self._r.pipeline(transaction=False)
+            for session_id in ids:
+                pipe.hgetall(self.keys.session(session_id))
+            rows: builtins.list[dict[str, str]] = pipe.execute()
         return [_info(sid, row) for sid, row in zip(ids, rows, strict=True) if row]
 
     def get_latest_id(self) -> str | None:
@@ -105,7 +109,8 @@ class RedisSessionStore:
         return latest[0] if latest else None
 
     def info(self, session_id: str) -> SessionInfo:
-        row = self._r.hgetall(self.keys.session(validate_session_id(session_id)))
+        with _reachable():
+            row = self._r.hgetall(self.keys.session(validate_session_id(session_id)))
         if not row:
             raise SessionNotFound(f"no session {session_id} in Redis (or it expired)")
         return _info(session_id, row)
@@ -113,7 +118,8 @@ class RedisSessionStore:
     def load_state(self, session_id: str) -> State:
         """The session's State from its trace (read-only)."""
         key = self.keys.trace(validate_session_id(session_id))
-        entries = self._r.xrange(key)
+        with _reachable():
+            entries = self._r.xrange(key)
         if not entries:
             raise SessionNotFound(f"no session {session_id} in Redis (or it expired)")
         items = [item for _, fields in entries for item in decode_entry(fields["d"])]
@@ -124,7 +130,7 @@ class RedisSessionStore:
         if not raw:
             raise SessionNotFound(f"session {session_id} has no saved config; pass an agent")
         config = AgentConfig.from_dict(json.loads(raw), source=f"session {session_id}")
-        config.extras[INLINE_PROMPT] = True  # stored as text: never a file on this machine
+        config.prompt_is_text = True  # stored as text: never a file on this machine
         return config
 
     def close(self) -> None:
@@ -159,6 +165,18 @@ class RedisTraceSink:
 
     def close(self) -> None:
         return None
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """Redis unreachable (refused, timed out, gone mid-read): ``FleetUnavailable``, one line."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise FleetUnavailable(
+            f"cannot read the fleet's sessions: Redis is unreachable ({exc}); check --broker or "
+            "RHO_AGENT_BROKER_URL and that Redis is running"
+        ) from None
 
 
 def _info(session_id: str, row: dict[str, str]) -> SessionInfo:

@@ -10,7 +10,7 @@ from typing import Any
 
 from rho_agent.events import AgentEvent, RunError, RunResult
 from rho_agent.redact import default_redactor
-from rho_agent.state import USAGE_KEYS, empty_usage
+from rho_agent.state import USAGE_KEYS, empty_usage, round_cost
 
 logger = logging.getLogger("rho_agent.session")
 
@@ -50,7 +50,7 @@ class RunContext:
     def add_usage(self, usage: dict[str, int], cost_usd: float) -> None:
         for key in USAGE_KEYS:
             self.usage[key] += usage.get(key, 0)
-        self.usage["cost_usd"] += cost_usd
+        self.usage["cost_usd"] = round_cost(self.usage["cost_usd"] + cost_usd)
 
     def result(self, status: str) -> RunResult:
         redactor = default_redactor()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -167,8 +168,12 @@ def dispatch_batch(
             done=done if resume else {},
         )
         _err.print(
-            f"batch [bold]{batch_id}[/] · {dispatcher.mode} · {len(specs)} jobs"
-            + (f" ({len(done)} already completed in {output})" if resume and done else ""),
+            f"batch [bold]{escape(batch_id)}[/] · {dispatcher.mode} · {len(specs)} jobs"
+            + (
+                f" ({len(done)} already completed in {escape(str(output))})"
+                if resume and done
+                else ""
+            ),
             highlight=False,
         )
         reduced = None
@@ -200,12 +205,14 @@ def dispatch_batch(
         raise typer.Exit(_exit.INTERRUPTED)
     done_progress = outcome.progress
     _err.print(
-        f"batch {batch_id}: {done_progress.completed} completed, {done_progress.failed} failed; "
-        f"{_stats(done_progress)}",
-        highlight=False,
+        Text(
+            f"batch {batch_id}: {done_progress.completed} completed, {done_progress.failed} "
+            f"failed · tokens {done_progress.input_tokens + done_progress.output_tokens:,} · "
+            f"${done_progress.cost_usd:.4f}"
+        )
     )
     if reduced is not None:
-        _err.print(f"reduce {batch_id}: {reduced.status}", highlight=False)
+        _err.print(Text(f"reduce {batch_id}: {reduced.status}"))
     results_all = outcome.results + ([reduced] if reduced is not None else [])
     raise typer.Exit(_batch_exit_code(results_all))
 
@@ -265,7 +272,7 @@ def _lost_contact(
     """The batch stopped on an error: keep the old results file, say where the batch stands."""
     kept = results.abandon() if results is not None else None
     if kept is not None:
-        _err.print(f"{output} left as it was; the results collected so far are in {kept}")
+        _err.print(Text(f"{output} left as it was; the results collected so far are in {kept}"))
     sent = batch.jobs or batch.results
     if sent and isinstance(exc, Exception) and _exit.classify(exc)[0] == _exit.INFRASTRUCTURE:
         out = f" -o {output}" if output else ""
@@ -364,6 +371,7 @@ def collect_results(
         f"{len(batch.pending)} still queued or running, {len(batch.unsent)} never sent or "
         "expired" + (f"; written to {output}" if output else ""),
         highlight=False,
+        markup=False,
     )
     if batch.unsent:
         _err.print(
@@ -411,7 +419,7 @@ def watch(
     out.print(
         f"[bold]{info.status}[/] · {info.turns} turns · "
         f"{info.input_tokens + info.output_tokens:,} tokens · ${info.cost_usd:.4f} · "
-        f"worker {info.worker or '-'} · attempt {info.attempt}"
+        f"worker {escape(info.worker or '-')} · attempt {info.attempt}"
     )
     if info.error:  # why it did not complete, whole on one line (as text: it may hold brackets)
         out.print(Text(info.error, style="red"), soft_wrap=True)
@@ -421,14 +429,17 @@ def _show_event(out: Console, event: AgentEvent) -> None:
     if event.type == "text":
         out.print(event.content or "", end="", highlight=False, markup=False)
     elif event.type == "tool_start":
-        out.print(f"\n[cyan]→ {event.tool_name}[/] {event.tool_args or {}}", highlight=False)
+        out.print(
+            f"\n[cyan]→ {escape(event.tool_name or '')}[/] {escape(str(event.tool_args or {}))}",
+            highlight=False,
+        )
     elif event.type == "tool_end":
         result = (event.tool_result or "").strip().splitlines()
-        out.print(f"[dim]  ← {result[0][:120] if result else '(no output)'}[/]", highlight=False)
+        out.print(Text(f"  ← {result[0][:120] if result else '(no output)'}", style="dim"))
     elif event.type in ("error", "cancelled", "tool_blocked", "max_turns", "interruption"):
-        out.print(f"\n[yellow]{event.type}[/] {event.content or event.tool_name or ''}")
+        out.print(f"\n[yellow]{event.type}[/] {escape(event.content or event.tool_name or '')}")
     elif event.type == "job_restarted":
-        out.print(f"\n[magenta]↻ {event.content}[/]")
+        out.print(Text(f"\n↻ {event.content}", style="magenta"))
 
 
 @commands.command("jobs")

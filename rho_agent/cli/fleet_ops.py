@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -128,7 +129,7 @@ def up(
     if dead is not None:
         _err.print(
             f"[red]error:[/] {dead.name} exited with code {dead.process.returncode}; "
-            f"the end of {dead.log}:\n{dead.tail()}"
+            f"the end of {escape(str(dead.log))}:\n{escape(dead.tail())}"
         )
         raise typer.Exit(1)
 
@@ -188,7 +189,8 @@ def _print_status(report: FleetStatus) -> None:
     out = Console()
     silent = sum(worker.silent for worker in report.workers)
     out.print(
-        f"[bold]{report.broker}[/] · queue [bold]{report.queue}[/]: {report.queued} waiting · "
+        f"[bold]{escape(report.broker)}[/] · queue [bold]{escape(report.queue)}[/]: "
+        f"{report.queued} waiting · "
         f"{len(report.in_flight)} in flight · {len(report.workers) - silent} workers live"
         + (f" · [red]{silent} silent[/]" if silent else "")
     )
@@ -212,7 +214,7 @@ def _print_status(report: FleetStatus) -> None:
         jobs = Table("job", "status", "worker", "attempt", "turns", "age", "prompt", title="jobs")
         for job in report.in_flight:
             jobs.add_row(
-                job.job_id,
+                Text(job.job_id),
                 job.status,
                 Text(job.worker or "-"),
                 str(job.attempt),

@@ -11,6 +11,10 @@ from collections.abc import Sequence
 
 from workers.worker_settings import WorkerSettings
 
+FLOWER_TASK_COLUMNS = "name,args,state,result,worker,received,runtime,uuid"
+"""Flower's task list shows each job's prompt and labels (args) and its progress (result), which
+Flower's default columns leave out."""
+
 
 def run_worker(extra_args: Sequence[str] = (), *, loglevel: str = "INFO") -> None:
     """Run a fleet worker in this process until it is stopped (blocks)."""
@@ -34,4 +38,5 @@ def run_flower(
     from workers.celery_app import create_app
 
     app = create_app(WorkerSettings.from_env())  # the broker comes from the app, never a default
-    app.start(["flower", f"--port={port}", f"--address={address}", *extra_args])
+    columns = f"--tasks_columns={FLOWER_TASK_COLUMNS}"
+    app.start(["flower", f"--port={port}", f"--address={address}", columns, *extra_args])

@@ -6,7 +6,6 @@ Celery app), imported lazily so the rest of the CLI works without the ``fleet`` 
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -486,14 +485,14 @@ def worker(
     """Start a fleet worker (the same as `celery -A workers worker`)."""
     from workers.ops.launch import run_worker
 
-    _set_env(
+    overrides = _given(
         RHO_AGENT_BROKER_URL=broker,
         RHO_AGENT_WORKER_CONCURRENCY=None if concurrency is None else str(concurrency),
         RHO_AGENT_MAX_PROFILE=max_profile,
         RHO_AGENT_QUEUE=queue,
     )
     with _fleet_errors():
-        run_worker(loglevel=loglevel)
+        run_worker(loglevel=loglevel, overrides=overrides)
 
 
 @commands.command("flower")
@@ -505,12 +504,10 @@ def flower(
     """Open Flower on the fleet (the same as `celery -A workers flower`)."""
     from workers.ops.launch import run_flower
 
-    _set_env(RHO_AGENT_BROKER_URL=broker)
     with _fleet_errors():
-        run_flower(port=port, address=address)
+        run_flower(port=port, address=address, overrides=_given(RHO_AGENT_BROKER_URL=broker))
 
 
-def _set_env(**values: str | None) -> None:
-    for name, value in values.items():
-        if value is not None:
-            os.environ[name] = value
+def _given(**flags: str | None) -> dict[str, str]:
+    """The settings the command line gave, as variable name to value (unset flags left out)."""
+    return {name: value for name, value in flags.items() if value is not None}

@@ -37,6 +37,7 @@ from dispatch.errors import JobSpecError
 from dispatch.spec import JobSpec, build_spec, describe
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
+from rho_agent.output import load_schema_file
 
 __all__ = [
     "BatchOutcome",
@@ -127,16 +128,10 @@ def load_schema(value: Any, folder: Path, where: str) -> dict[str, Any]:
         return value
     if not isinstance(value, str):
         raise JobSpecError(f"{where}: output_schema must be a JSON schema or a .json file path")
-    file = (folder / value).expanduser()
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise JobSpecError(f"{where}: cannot read output schema {file}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise JobSpecError(f"{where}: output schema {file} is not valid JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise JobSpecError(f"{where}: output schema {file} must hold a JSON object")
-    return data
+        return load_schema_file((folder / value).expanduser())
+    except ConfigError as exc:
+        raise JobSpecError(f"{where}: {exc}") from None
 
 
 def _jsonl_entries(text: str, file: Path) -> list[tuple[str, Any]]:

@@ -7,7 +7,6 @@ Celery app), imported lazily so the rest of the CLI works without the ``fleet`` 
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -28,7 +27,7 @@ from rho_agent.cli import _exit
 from rho_agent.cli._results_file import ResultsFile
 from rho_agent.cli._tables import JsonFlag, print_json, print_table
 from rho_agent.config import AgentConfig
-from rho_agent.errors import ConfigError, RhoAgentError
+from rho_agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from dispatch import Dispatcher, JobInfo
@@ -39,22 +38,7 @@ if TYPE_CHECKING:
 commands = typer.Typer()
 """This module's commands, merged into the ``rho-agent`` app by ``rho_agent.cli.app``."""
 
-Broker = Annotated[
-    str | None,
-    typer.Option("--broker", help="Redis URL of the fleet (default: $RHO_AGENT_BROKER_URL)."),
-]
 _err = Console(stderr=True)
-
-
-@contextmanager
-def _fleet_errors() -> Iterator[None]:
-    """Show rho-agent's own errors as one red line and their exit code, without a traceback."""
-    try:
-        yield
-    except RhoAgentError as exc:
-        code, message = _exit.classify(exc)
-        _exit.report(message)
-        raise typer.Exit(code) from None
 
 
 def _dispatcher(broker: str | None, *, need_fleet: bool = False) -> Dispatcher:
@@ -85,7 +69,7 @@ def dispatch_batch(
             help="JSONL results file, replaced only once results exist (default: stdout).",
         ),
     ] = None,
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     concurrency: Annotated[
         int | None, typer.Option(help="Embedded mode: jobs run at once in this process.")
     ] = None,
@@ -139,10 +123,11 @@ def dispatch_batch(
     from dispatch.batch import load_batch, with_batch
     from dispatch.batch_run import BatchRun, line_result, new_batch_id
     from dispatch.settings import FleetSettings
-    from rho_agent.cli._analysis import Analysis, read_schema
+    from rho_agent.cli._analysis import Analysis
     from rho_agent.cli._offline import offline_model, should_go_offline
+    from rho_agent.output import load_schema_file
 
-    with _fleet_errors(), ExitStack() as stack:
+    with _exit.one_line_errors(), ExitStack() as stack:
         settings = FleetSettings.from_env(broker_url=broker, embedded_concurrency=concurrency)
         fleet = settings.broker_url is not None
         _check_dispatch_options(fleet=fleet, offline=offline, resume=resume, output=output)
@@ -151,7 +136,7 @@ def dispatch_batch(
             base.base_url = stack.enter_context(offline_model(_err))
         batch_id = resume or new_batch_id()
         analysis = Analysis.from_options(fmt, reduce, reduce_schema, batch_id)
-        specs = load_batch(file, base, output_schema=read_schema(schema) if schema else None)
+        specs = load_batch(file, base, output_schema=load_schema_file(schema) if schema else None)
         specs = analysis.label(specs)
         specs = with_batch(
             specs, batch_id=batch_id, max_cost_usd=max_cost_usd, max_tokens=max_tokens
@@ -333,7 +318,7 @@ def collect_results(
         Path | None,
         typer.Option("--output", "-o", help="JSONL results file (default: stdout)."),
     ] = None,
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     wait: Annotated[bool, typer.Option(help="Wait for the jobs still running.")] = False,
 ) -> None:
     """Collect the results of a fleet batch, now or later; exit 0 only if all completed.
@@ -342,7 +327,7 @@ def collect_results(
     """
     from dispatch.batch_run import BatchRun, line_result
 
-    with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+    with _exit.one_line_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
         total, _ = dispatcher.batch_jobs(batch_id)
         results = ResultsFile(output, batch_id) if output else None
         done = {i: line_result(line) for i, line in results.completed.items()} if results else {}
@@ -406,10 +391,10 @@ def _stats(progress: BatchProgress) -> str:
 @commands.command("watch")
 def watch(
     job_id: Annotated[str, typer.Argument(help="Job id, as `rho-agent jobs` lists it.")],
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
 ) -> None:
     """Follow a fleet job's events live, from its first event to its end."""
-    with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+    with _exit.one_line_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
         job = dispatcher.job(job_id)
         out = Console()
         for event in job.events():
@@ -444,13 +429,13 @@ def _show_event(out: Console, event: AgentEvent) -> None:
 
 @commands.command("jobs")
 def jobs(
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many.")] = 20,
     as_json: JsonFlag = False,
 ) -> None:
     """List the fleet's most recent jobs with live progress (turns, tokens, cost) and, for a
     job that failed, why."""
-    with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+    with _exit.one_line_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
         infos = dispatcher.jobs(limit)
     if as_json:
         print_json([info.model_dump() for info in infos])
@@ -484,7 +469,7 @@ def _job_row(info: JobInfo, now: float) -> list[str]:
 
 @commands.command("worker")
 def worker(
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     concurrency: Annotated[
         int | None,
         typer.Option(help="Jobs at once ($RHO_AGENT_WORKER_CONCURRENCY, 500)."),
@@ -498,34 +483,32 @@ def worker(
     """Start a fleet worker (the same as `celery -A workers worker`)."""
     from workers.ops.launch import run_worker
 
-    _set_env(
+    overrides = _given(
         RHO_AGENT_BROKER_URL=broker,
         RHO_AGENT_WORKER_CONCURRENCY=None if concurrency is None else str(concurrency),
         RHO_AGENT_MAX_PROFILE=max_profile,
         RHO_AGENT_QUEUE=queue,
     )
-    with _fleet_errors():
-        run_worker(loglevel=loglevel)
+    with _exit.one_line_errors():
+        run_worker(loglevel=loglevel, overrides=overrides)
 
 
 @commands.command("flower")
 def flower(
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     port: Annotated[int, typer.Option(help="Port of the web UI.")] = 5555,
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Open Flower on the fleet (the same as `celery -A workers flower`)."""
     from workers.ops.launch import run_flower
 
-    _set_env(RHO_AGENT_BROKER_URL=broker)
-    with _fleet_errors():
-        run_flower(port=port, address=address)
+    with _exit.one_line_errors():
+        run_flower(port=port, address=address, overrides=_given(RHO_AGENT_BROKER_URL=broker))
 
 
-def _set_env(**values: str | None) -> None:
-    for name, value in values.items():
-        if value is not None:
-            os.environ[name] = value
+def _given(**flags: str | None) -> dict[str, str]:
+    """The settings the command line gave, as variable name to value (unset flags left out)."""
+    return {name: value for name, value in flags.items() if value is not None}
 
 
 # -- budgets -------------------------------------------------------------------------------------
@@ -535,11 +518,13 @@ commands.add_typer(budgets_app, name="budgets")
 
 
 @budgets_app.callback(invoke_without_command=True)
-def list_budgets(ctx: typer.Context, broker: Broker = None, as_json: JsonFlag = False) -> None:
+def list_budgets(
+    ctx: typer.Context, broker: _exit.BrokerOption = None, as_json: JsonFlag = False
+) -> None:
     """List every budget scope: limit, spent and reserved in its current window."""
     if ctx.invoked_subcommand is not None:
         return
-    with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+    with _exit.one_line_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
         statuses = dispatcher.budgets()
     if as_json:
         print_json([status.to_dict() for status in statuses])
@@ -558,18 +543,18 @@ def set_budget(
     window: Annotated[
         str | None, typer.Option("--window", help="'1d', '12h', '30m' (default: no window).")
     ] = None,
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
 ) -> None:
     """Set (or change) a label or fleet-wide budget; running jobs see it at their next call."""
     from rho_agent.budgets import Budget, parse_window
 
-    with _fleet_errors():
+    with _exit.one_line_errors():
         if scope != "fleet" and not scope.startswith("label:"):
-            raise typer.BadParameter(
-                "set budgets for 'fleet' or 'label:KEY=VALUE'; jobs and batches carry their own "
-                "(max_cost_usd, batch_max_cost_usd)",
-                param_hint="SCOPE",
+            _exit.report(
+                f"budget scope {scope!r}: set budgets for 'fleet' or 'label:KEY=VALUE'; jobs and "
+                "batches carry their own (max_cost_usd, --max-cost-usd, batch_max_cost_usd)"
             )
+            raise typer.Exit(_exit.USAGE)
         budget = Budget(scope, max_cost_usd=usd, max_tokens=tokens, window_s=parse_window(window))
         with _dispatcher(broker, need_fleet=True) as dispatcher:
             dispatcher.set_budget(budget)

@@ -124,13 +124,6 @@ def set_budget(client: Any, keys: Keys, budget: Budget, *, retention_s: int) -> 
     pipe.execute()
 
 
-def remove_budget(client: Any, keys: Keys, scope: str) -> bool:
-    """Forget a stored budget; True if there was one."""
-    removed = client.delete(keys.budget(scope))
-    client.zrem(keys.budgets(), scope)
-    return bool(removed)
-
-
 def budget_statuses(client: Any, keys: Keys, limit: int = 1000) -> list[BudgetStatus]:
     """Every budget scope used or set recently, with its spend in the current window."""
     scopes = list(client.zrevrange(keys.budgets(), 0, limit - 1))

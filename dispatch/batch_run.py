@@ -23,7 +23,7 @@ from dispatch.errors import JobSpecError
 from dispatch.info import JobInfo
 from dispatch.job import Job
 from dispatch.spec import JobSpec
-from rho_agent.events import RunResult, output_data
+from rho_agent.events import RunResult, output_data, run_status
 from rho_agent.state import round_cost
 
 if TYPE_CHECKING:
@@ -303,7 +303,7 @@ def line_result(line: Mapping[str, Any]) -> RunResult:
     """The RunResult a results-file line stands for (a resumed batch's completed entries)."""
     return RunResult(
         text=str(line.get("text") or ""),
-        status=str(line.get("status") or "error"),
+        status=run_status(line.get("status") or "error"),
         usage=dict(line.get("usage") or {}),
     )
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from rho_agent import compaction
 from rho_agent._loop import spend_step as _spend_step
@@ -21,7 +21,7 @@ from rho_agent.agent import Agent
 from rho_agent.backends.base import ExecutionBackend
 from rho_agent.budgets import DEFAULT_OUTPUT_ALLOWANCE, MemorySpendLedger, SpendGuard, job_budget
 from rho_agent.errors import BudgetExceeded, ConfigError, ModelError, OutputInvalid, SessionError
-from rho_agent.events import AgentEvent, CompactResult, RunError, RunResult
+from rho_agent.events import AgentEvent, CompactResult, RunError, RunResult, RunStatus
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.model.base import ModelRequest
 from rho_agent.output import FINAL_ANSWER_TOOL, OutputSchema, SchemaLike, structured_output_mode
@@ -192,7 +192,9 @@ class Session:
         self.state.append("run_end", **end)
         return run.result(status)
 
-    async def _loop(self, run: RunContext, prompt: str | None, schema: OutputSchema | None) -> str:
+    async def _loop(
+        self, run: RunContext, prompt: str | None, schema: OutputSchema | None
+    ) -> RunStatus:
         if not self.state.messages:
             self.state.append("message", role="system", content=self.agent.system_prompt)
         if self.state.pending_turn is not None:
@@ -260,7 +262,9 @@ class Session:
             tools = [*tools, schema.final_answer_tool()]
         return tools
 
-    def _check_output(self, run: RunContext, schema: OutputSchema) -> str | None:
+    def _check_output(
+        self, run: RunContext, schema: OutputSchema
+    ) -> RunStatus | Literal["retry"] | None:
         """Validate the answer: None if it is valid, "retry" after adding the one corrective
         message, else "invalid_output" (with the error recorded)."""
         try:
@@ -303,7 +307,7 @@ class Session:
             )
         )
 
-    async def _continue_pending_turn(self, run: RunContext) -> str | None:
+    async def _continue_pending_turn(self, run: RunContext) -> RunStatus | None:
         """Run the pending turn's unanswered tool calls; "interrupted" if some await approval."""
         calls = [_tool_step.prepare(self, call) for call in self.state.unanswered_tool_calls()]
         self.check_cancelled()
@@ -348,7 +352,7 @@ class Session:
                 self._task.cancel()
                 return
 
-    def _record_cancelled(self, run: RunContext) -> str:
+    def _record_cancelled(self, run: RunContext) -> RunStatus:
         self._record_partial_text(run)
         _tool_step.answer_unfinished(
             self, "Cancelled: the run was cancelled before this call finished."
@@ -357,7 +361,7 @@ class Session:
         run.emit(AgentEvent("cancelled", content="run cancelled"))
         return "cancelled"
 
-    def _record_budget_exceeded(self, run: RunContext, exc: BudgetExceeded) -> str:
+    def _record_budget_exceeded(self, run: RunContext, exc: BudgetExceeded) -> RunStatus:
         _tool_step.answer_unfinished(self, f"Stopped: {exc}")
         run.error = RunError("budget_exceeded", str(exc))
         self.state.append("error", message=str(exc))
@@ -372,7 +376,7 @@ class Session:
             except Exception:
                 logger.exception("wait_observer raised; the run goes on")
 
-    def _record_error(self, run: RunContext, exc: Exception, message: str) -> str:
+    def _record_error(self, run: RunContext, exc: Exception, message: str) -> RunStatus:
         partial = self._record_partial_text(run)
         _tool_step.answer_unfinished(
             self, f"Error: the run failed before this call finished: {message}"

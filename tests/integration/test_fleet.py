@@ -7,6 +7,7 @@ the broker (quorum queues, publisher confirms) and Redis as the job bus only.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -39,6 +40,7 @@ from tests.integration.fleet import (
     running_fleet,
     wait_until,
 )
+from workers.ops.status import read_status
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +109,10 @@ def test_on_rabbitmq_every_job_queue_is_a_quorum_queue(
     job_queues = [fleet.queue, fleet.queue_of("wa"), fleet.queue_of("wb")]
     assert {name: queues.get(name) for name in job_queues} == dict.fromkeys(job_queues, "quorum")
     assert not fleet.redis().exists(fleet.queue), "no job went through Redis"
+    waiting = [dispatcher.submit(f"wait {n}", config, queue="unconsumed-amqp") for n in range(2)]
+    status = read_status(dataclasses.replace(fleet.settings, queue="unconsumed-amqp"))
+    assert status.queued == 2 and "guest:***@" in status.broker, "fleet status reads RabbitMQ"
+    assert [job.cancel() for job in waiting] == ["cancelled", "cancelled"]
 
 
 @on_both_brokers

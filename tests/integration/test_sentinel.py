@@ -8,9 +8,11 @@ and runs another job: workers and dispatcher find the new master through the Sen
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatch.fleet.redis_clients import sync_client
+from dispatch.fleet.redis_clients import async_client, sync_client
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer, behaviour
 from tests.integration.fleet import Fleet, free_port, wait_until
@@ -88,6 +90,18 @@ def sentinel_set(tmp: Path) -> Iterator[SentinelSet]:
             process.wait(10)
 
 
+async def _two_waits_on_one_connection(url: str) -> float:
+    """How long two 0.5 s BLPOPs take on a bus pool of one connection: they queue for it (a
+    pool that did not wait would fail the second with "Too many connections")."""
+    client = async_client(url, master_name=MASTER, max_connections=1, timeout=5)
+    started = time.monotonic()
+    try:
+        await asyncio.gather(client.blpop(["nothing"], 0.5), client.blpop(["nothing"], 0.5))
+    finally:
+        await client.aclose()
+    return time.monotonic() - started
+
+
 def _answers(client: Any) -> bool:
     try:
         return bool(client.ping())
@@ -134,6 +148,7 @@ def test_a_job_runs_through_sentinel_urls_and_after_a_failover(
                 before = dispatcher.submit("before the failover", config)
                 assert before.result(timeout=20).text == "Echo: before the failover"
                 assert fleet.redis().hget(fleet.settings.keys.job(before.id), "status")
+                assert asyncio.run(_two_waits_on_one_connection(sentinels.url)) >= 0.9
                 sentinels.sentinel().sentinel_failover(MASTER)
                 wait_until(
                     lambda: sentinels.master_port_now() == sentinels.replica_port,

@@ -15,6 +15,7 @@ Nothing here imports Redis or Celery.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -40,6 +41,11 @@ URL_FORMS = (
 
 class UrlError(ValueError):
     """A URL the fleet cannot use; the message names the setting and never echoes a password."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and status output)."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
 
 
 def scheme_of(url: str) -> str:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dispatch.errors import SettingsError
@@ -11,6 +13,7 @@ from dispatch.fleet.transport import TRANSPORT_PATH
 from dispatch.settings import FleetSettings
 from dispatch.urls import parse_sentinel_url, url_kind
 from workers.celery_app import worker_config
+from workers.ops.local_fleet import LocalFleet, LocalFleetError, LocalFleetOptions
 from workers.worker_settings import WorkerSettings
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/jobs"
@@ -109,3 +112,18 @@ def test_a_sentinel_url_is_read_as_kombu_reads_it() -> None:
 def test_a_bad_sentinel_url_names_what_is_wrong(url: str, complaint: str) -> None:
     with pytest.raises(SettingsError, match=complaint):
         FleetSettings(broker_url="redis://127.0.0.1:6379/0", redis_url=url)
+
+
+def test_fleet_up_on_amqp_checks_the_redis_bus_and_never_prints_a_password(tmp_path: Path) -> None:
+    options = LocalFleetOptions(
+        broker_url="amqp://rho:s3cret@127.0.0.1:5672/jobs",
+        flower_port=None,
+        run_dir=tmp_path,
+        env={"RHO_AGENT_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"},
+    )
+    with pytest.raises(LocalFleetError) as raised:
+        LocalFleet(options).start()
+    assert str(raised.value) == "no Redis answers at redis://:***@127.0.0.1:1/0"
+    without_bus = LocalFleetOptions(broker_url=AMQP, flower_port=None, run_dir=tmp_path, env={})
+    with pytest.raises(SettingsError, match="RHO_AGENT_REDIS_URL"):
+        LocalFleet(without_bus).start()

@@ -11,12 +11,12 @@ Ages are measured on the Redis server's clock, as the leases are.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from dispatch.errors import FleetUnavailable, SettingsError
 from dispatch.settings import FleetSettings
+from dispatch.urls import redact_url
 
 _PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: "{queue}\x06\x16{step}" per priority step
 _PRIORITY_STEPS = (3, 6, 9)
@@ -105,9 +105,9 @@ def read_status(settings: FleetSettings, *, limit: int = 100) -> FleetStatus:
                 queued = _queue_depth(broker, settings.queue)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise FleetUnavailable(
-            f"cannot reach the fleet's Redis at {_redact(bus_url)} ({exc}); is it running?"
+            f"cannot reach the fleet's Redis at {redact_url(bus_url)} ({exc}); is it running?"
         ) from None
-    return FleetStatus(_redact(settings.broker_url), settings.queue, queued, workers, in_flight)
+    return FleetStatus(redact_url(settings.broker_url), settings.queue, queued, workers, in_flight)
 
 
 def _workers(client: Any, settings: FleetSettings, now_ms: int) -> list[WorkerView]:
@@ -184,11 +184,6 @@ def _amqp_queue_depth(broker_url: str, queue: str) -> int:
         return 0
     except connection.connection_errors as exc:
         raise FleetUnavailable(
-            f"cannot reach the fleet's broker at {_redact(broker_url)} ({exc}); is it running?"
+            f"cannot reach the fleet's broker at {redact_url(broker_url)} ({exc}); is it running?"
         ) from None
     return int(declared.message_count)
-
-
-def _redact(url: str) -> str:
-    """The URL without its password."""
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)

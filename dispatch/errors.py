@@ -8,8 +8,10 @@
         ├── JobSpecError              a job payload is malformed (names the field and the fix)
         ├── JobRefused                a worker will not run this job (profile above its ceiling)
         ├── JobNotFound               no job with that id (never submitted, or expired)
+        ├── BatchNotFound             no batch with that id (never dispatched, or expired)
         ├── JobTimeout                ``Job.result(timeout=...)`` ran out of time (a TimeoutError)
-        └── FleetUnavailable          the fleet extra is not installed or the broker is unreachable
+        ├── FleetUnavailable          the fleet extra is not installed or the broker is unreachable
+        └── ReduceError               a reduce cannot be planned (a result too big for any reducer)
 
 Run-time failures of the agent itself are not exceptions here: they are a job status plus an
 ``error`` event, exactly as for a local ``Session.run``.
@@ -43,9 +45,20 @@ class JobNotFound(FleetError, KeyError):
         return str(self.args[0]) if self.args else "job not found"
 
 
+class BatchNotFound(FleetError, KeyError):
+    """No batch with that id is recorded (never dispatched to this fleet, or expired)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "batch not found"
+
+
 class JobTimeout(FleetError, TimeoutError):
     """A job did not finish within the time the caller was willing to wait."""
 
 
 class FleetUnavailable(FleetError):
     """The fleet cannot be reached or its optional dependencies are missing."""
+
+
+class ReduceError(FleetError):
+    """A reduce cannot be planned: one result alone is larger than a reducer's context."""

@@ -18,6 +18,7 @@ key                                    type         what
 ``{p}cancels``                         stream       cancel requests, read by every worker
 ``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in
 ``{p}sweeper``                         string       lock so one sweeper runs per interval
+``{p}batch:{id}``                      hash         a dispatch's job ids by entry index, ``total``
 =====================================  ===========  ==============================================
 """
 
@@ -77,6 +78,10 @@ class Keys:
 
     def done(self, dispatcher_id: str) -> str:
         return f"{self.prefix}dispatcher:{dispatcher_id}:done"
+
+    def batch(self, batch_id: str) -> str:
+        """The job ids of one ``rho-agent dispatch`` by entry index (``rho-agent results``)."""
+        return f"{self.prefix}batch:{batch_id}"
 
     def sweeper_lock(self) -> str:
         return f"{self.prefix}sweeper"

@@ -12,6 +12,8 @@
     ├── BackendError           the execution backend (local or Daytona) failed
     ├── ModelError             the model API failed after retries (becomes status "error")
     │   └── ContextWindowExceeded  the next request would not fit the model's window, even compacted
+    ├── OutputInvalid          an answer does not match its output schema (one corrective turn,
+    │                          then status "invalid_output")
     ├── SessionError           session store misuse: bad id, unknown session, already locked
     │   ├── SessionNotFound
     │   └── SessionLocked
@@ -85,6 +87,10 @@ class ContextWindowExceeded(ModelError):
         self.window = window
 
 
+class OutputInvalid(RhoAgentError):
+    """A run's final answer does not match its ``output_schema``; the message says where."""
+
+
 class SessionError(RhoAgentError):
     """A session store operation was misused."""
 
@@ -94,7 +100,7 @@ class SessionNotFound(SessionError):
 
 
 class SessionLocked(SessionError):
-    """Another process is running this session right now."""
+    """Another process has this session open, or a Session of this process is running it."""
 
 
 class TraceError(RhoAgentError):

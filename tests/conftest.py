@@ -35,6 +35,22 @@ def _shared_model_server() -> Iterator[ScriptedModelServer]:
         yield server
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _workers_allow_the_model_server(
+    _shared_model_server: ScriptedModelServer,
+) -> Iterator[None]:
+    """Fleet workers started by tests send their key to the scripted server (and nowhere else).
+
+    Session-scoped, so it is in the environment before module-scoped fleets start their workers.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(
+            "RHO_AGENT_ALLOWED_BASE_URLS",
+            f"{_shared_model_server.base_url},{UNREACHABLE_MODEL_URL}",
+        )
+        yield
+
+
 @pytest.fixture
 def model_server(_shared_model_server: ScriptedModelServer) -> Iterator[ScriptedModelServer]:
     """The scripted OpenAI-compatible server, emptied before each test."""

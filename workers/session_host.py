@@ -39,13 +39,15 @@ class SessionHost:
         self._app = app
         self.task_ids = TaskIds()
         self.task_events_on: Callable[[], bool] = lambda: False
+        """Set by the worker when it is ready: whether task events are being sent."""
+        self.node_name: str | None = None
+        """Set by the worker when it is ready: its Celery node name (``rho@host``)."""
         self.closing = False
         """Set when the graceful shutdown begins: a job delivered from then on is not run here
         (the consumer may still hold one it fetched, even the job this worker just handed back)
         but given back to the queue for another worker."""
         self.handing_back = False
         """Set by the graceful shutdown before it cancels the jobs it hands back to the queue."""
-        """Set by the worker when it is ready: whether task events are being sent."""
         self._thread = LoopThread(f"rho-session-host-{settings.worker_name}")
         self._lock = threading.Lock()
         self._host: JobHost | None = None
@@ -106,6 +108,7 @@ class SessionHost:
             default_timeout_s=settings.job_time_limit_s,
             max_attempts=settings.max_attempts,
             agent_factory=settings.build_agent(),
+            allowed_base_urls=settings.allowed_base_urls,
         )
         host = JobHost(bus, options)
         await host.start()
@@ -125,7 +128,11 @@ class SessionHost:
         ]
         if self._app is not None:
             progress = FlowerProgress(
-                self._app, host, self.task_ids, settings.worker_name, lambda: self.task_events_on()
+                self._app,
+                host,
+                self.task_ids,
+                lambda: self.node_name,
+                lambda: self.task_events_on(),
             )
             self._tasks.append(asyncio.create_task(progress.run(), name="rho-progress"))
         logger.info(

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from dispatch.engine.endpoints import ALLOWED_BASE_URLS_ENV, allowed_base_urls
 from dispatch.errors import SettingsError
 from dispatch.settings import BROKER_URL_ENV, FleetSettings, env_float, env_int
 from rho_agent.agent import Agent
@@ -71,6 +72,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "where the worker's health file is written",
     ),
     (
+        ALLOWED_BASE_URLS_ENV,
+        "OPENAI_BASE_URL",
+        "model endpoints (comma-separated) jobs may name; the API key goes only to these",
+    ),
+    (
         "RHO_AGENT_PRICES",
         "(none)",
         "prices for models genai-prices lacks or misprices: a YAML/JSON file or inline JSON",
@@ -93,6 +99,8 @@ class WorkerSettings:
     visibility_timeout_s: int = 3600
     worker_name: str = ""
     agent_factory: str = ""
+    allowed_base_urls: tuple[str, ...] = ()
+    """Normalised; empty means the worker's own endpoint (``OPENAI_BASE_URL``, else OpenAI)."""
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     """USD per million tokens by model; they win over the catalogue's and a job config's."""
 
@@ -112,6 +120,8 @@ class WorkerSettings:
             )
         if self.max_attempts < 1:
             raise SettingsError(f"RHO_AGENT_MAX_ATTEMPTS must be >= 1, got {self.max_attempts}")
+        if not self.allowed_base_urls:
+            object.__setattr__(self, "allowed_base_urls", allowed_base_urls(os.environ))
         if not self.worker_name:
             object.__setattr__(self, "worker_name", f"{socket.gethostname()}-{os.getpid()}")
         self.ceiling()  # fail at start-up, not on the first job
@@ -148,6 +158,7 @@ class WorkerSettings:
         ):
             if env.get(name):
                 values[attr] = env[name]
+        values["allowed_base_urls"] = allowed_base_urls(env)
         if env.get("RHO_AGENT_PRICES"):
             try:
                 values["prices"] = load_prices(env["RHO_AGENT_PRICES"], source="RHO_AGENT_PRICES")

@@ -37,6 +37,14 @@ class Broker(Protocol):
         """Take a job that will never run off the queue (on the dispatcher's loop)."""
         ...
 
+    def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Store a batch's ``total`` and job id by entry index (blocking; any thread)."""
+        ...
+
+    def read_batch(self, batch_id: str) -> dict[str, str]:
+        """What ``record_batch`` stored for ``batch_id`` (empty if nothing)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -63,6 +71,14 @@ class EmbeddedBroker:
             memory, RunnerOptions(worker="embedded"), concurrency=settings.embedded_concurrency
         )
         self._tasks: set[asyncio.Task[object]] = set()
+        self._batches: dict[str, dict[str, str]] = {}
+
+    def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Remember a batch's job ids (only this process can see an embedded batch)."""
+        self._batches.setdefault(batch_id, {}).update(fields)
+
+    def read_batch(self, batch_id: str) -> dict[str, str]:
+        return dict(self._batches.get(batch_id, {}))
 
     def publish(self, specs: list[JobSpec]) -> None:
         self._loop.call(self._send(specs))
@@ -129,6 +145,18 @@ class FleetBroker:
         key = self._settings.keys.events(job_id)
         block = int(block_s * 1000) if block_s > 0 else None
         return stream_entries(self._redis.xread({key: after}, count=EVENT_PAGE, block=block))
+
+    def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Store a batch's job ids in Redis (before its jobs are sent: a crash in between leaves
+        ids that ``--resume`` finds missing and sends again); kept as long as the jobs."""
+        key = self._settings.keys.batch(batch_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, self._settings.retention_s)
+        pipe.execute()
+
+    def read_batch(self, batch_id: str) -> dict[str, str]:
+        return dict(self._redis.hgetall(self._settings.keys.batch(batch_id)))
 
     def publish(self, specs: list[JobSpec]) -> None:
         """Record the jobs as queued, then send them (blocking; any thread)."""

@@ -20,13 +20,13 @@ from typing import Any, Literal, Protocol
 
 from dispatch.info import JobInfo
 from dispatch.spec import JobSpec
-from rho_agent.events import AgentEvent, RunResult
+from rho_agent.events import AgentEvent, RunResult, output_data
 
 START = "0"
 EVENT_PAGE = 1000
 """How many events one read returns at most."""
 
-StartAction = Literal["run", "skip", "cancelled", "busy"]
+StartAction = Literal["run", "skip", "cancelled", "busy", "exists"]
 CancelOutcome = Literal["cancelled", "requested", "finished", "unknown"]
 
 
@@ -62,7 +62,8 @@ class StartDecision:
 
     ``run``: it owns attempt ``attempt``. ``cancelled``: it owns the attempt but the job was
     cancelled before it started. ``busy``: it owns the attempt but another live job (``detail``)
-    is running the same session. ``skip``: someone else runs or ran it (``detail`` says why).
+    is running the same session. ``exists``: it owns the attempt but the job starts a new
+    session whose id is taken. ``skip``: someone else runs or ran it (``detail`` says why).
     ``handbacks``: how many earlier attempts ended by a graceful hand-back at shutdown (those are
     not failures, so they do not count against the attempt limit).
     """
@@ -110,7 +111,10 @@ class RunnerBus(Protocol):
 
     async def finish(
         self, spec: JobSpec, attempt: int, result: RunResult, error: str | None
-    ) -> bool: ...
+    ) -> bool:
+        """Store the job's end with ``result.status`` and ``error``, why it did not complete
+        (JobInfo.error); False if another attempt owns the job now."""
+        ...
 
     async def cancel_requested(self, job_id: str) -> bool: ...
 
@@ -164,6 +168,7 @@ def result_dict(result: RunResult) -> dict[str, Any]:
         "usage": dict(result.usage),
         "events": [event_dict(event) for event in result.events],
         "error": result.error.to_dict() if result.error is not None else None,
+        "output": output_data(result.output),
     }
 
 

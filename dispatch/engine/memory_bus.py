@@ -135,6 +135,8 @@ class MemoryBus:
         owner = self._owners.get(spec.session_id)
         if owner and owner != spec.job_id and self._active(owner):
             return StartDecision("busy", attempt, owner)
+        if not spec.continue_session and attempt == 1 and self._session_exists(spec.session_id):
+            return StartDecision("exists", attempt)
         self._owners[spec.session_id] = spec.job_id
         return StartDecision("run", attempt)
 
@@ -214,6 +216,10 @@ class MemoryBus:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    def _session_exists(self, session_id: str) -> bool:
+        stream = self._streams.get(self._keys.trace(session_id))
+        return session_id in self._sessions or (stream is not None and bool(stream.entries))
+
     def _stream(self, key: str) -> _Stream:
         stream = self._streams.get(key)
         if stream is None:
@@ -235,7 +241,7 @@ class MemoryBus:
         self, job_id: str, fields: dict[str, str], result: RunResult, error: str | None
     ) -> None:
         fields.update(
-            status=result.status if error is None else "error",
+            status=result.status,
             result=json.dumps(result_dict(result)),
             error=error or "",
             finished_at=repr(time.time()),

@@ -28,6 +28,7 @@ from dispatch.engine.bus import (
     event_entry,
 )
 from dispatch.engine.ceiling import check_ceiling
+from dispatch.engine.endpoints import check_endpoint
 from dispatch.errors import FleetError
 from dispatch.spec import JobSpec
 from rho_agent.agent import Agent
@@ -35,15 +36,19 @@ from rho_agent.config import AgentConfig
 from rho_agent.errors import RhoAgentError, SessionNotFound
 from rho_agent.events import AgentEvent, RunResult
 from rho_agent.permissions.profile import PermissionProfile
+from rho_agent.redact import redact
 from rho_agent.session import Session
-from rho_agent.state import USAGE_KEYS, State, empty_usage
+from rho_agent.state import USAGE_KEYS, State, empty_usage, round_cost
 
 logger = logging.getLogger("dispatch.engine.run")
 
 
 @dataclass(frozen=True)
 class RunnerOptions:
-    """How a host runs jobs: its name, lease length, profile ceiling, time limit, attempts."""
+    """How a host runs jobs: its name, lease length, profile ceiling, time limit, attempts.
+
+    ``allowed_base_urls``: the model endpoints jobs may name (normalised; None: any).
+    """
 
     worker: str = "embedded"
     lease_ms: int = 30_000
@@ -51,6 +56,7 @@ class RunnerOptions:
     default_timeout_s: float | None = None
     max_attempts: int = 3
     agent_factory: Callable[[AgentConfig], Agent] = Agent
+    allowed_base_urls: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -199,6 +205,12 @@ class JobRun:
                 f"session {self.spec.session_id} is in use by job {decision.detail}; wait for "
                 "that job's result before submitting another job on the same session"
             )
+        if decision.action == "exists":
+            return await self._fail(
+                f"session {self.spec.session_id} already exists; a job starting a new session "
+                "needs an unused id: continue the session (submit with session_id=...) or "
+                "leave the id out"
+            )
         if self._attempt - decision.handbacks > options.max_attempts:
             return await self._fail(
                 f"gave up after {options.max_attempts} attempts: the workers running this job "
@@ -224,8 +236,7 @@ class JobRun:
         if self._timed_out:
             limit = self.spec.timeout_s or self._options.default_timeout_s
             return await self._finish(result, f"job timed out after {limit:g} s")
-        failed = result.status == "error" and result.error is not None
-        return await self._finish(result, str(result.error) if failed else None)
+        return await self._finish(result, None)
 
     # -- session ------------------------------------------------------------------------------
 
@@ -233,6 +244,7 @@ class JobRun:
         spec = self.spec
         agent = self._agents.get(spec)
         check_ceiling(agent.profile, self._options.max_profile)
+        check_endpoint(agent.config.base_url, self._options.allowed_base_urls)
         records: list[dict[str, Any]] = []
         if spec.continue_session or self._attempt > 1:
             entries = await self._bus.read_trace(spec.session_id)
@@ -299,15 +311,21 @@ class JobRun:
     # -- running ------------------------------------------------------------------------------
 
     async def _run_prompts(self, session: Session) -> RunResult:
+        """Run the prompts not run yet; the last one's answer must match the output schema."""
+        prompts = self.spec.prompts
         done = session.state.run_count - self._base_runs
         results: list[RunResult] = []
         if session.state.has_unfinished_run:
-            results.append(await session.resume_run(on_event=self._on_event))
+            schema = self.spec.output_schema if done == len(prompts) - 1 else None
+            results.append(await session.resume_run(on_event=self._on_event, output_schema=schema))
             done += 1
-        for prompt in self.spec.prompts[done:]:
+        for index in range(done, len(prompts)):
             if results and results[-1].status != "completed":
                 break
-            results.append(await session.run(prompt, on_event=self._on_event))
+            schema = self.spec.output_schema if index == len(prompts) - 1 else None
+            results.append(
+                await session.run(prompts[index], on_event=self._on_event, output_schema=schema)
+            )
         prior = await self._prior_events() if self._attempt > 1 else []
         return self._combine(session.state, prior, results)
 
@@ -347,8 +365,8 @@ class JobRun:
         usage: dict[str, Any] = {
             key: int(state.usage[key]) - int(self._base_usage.get(key, 0)) for key in USAGE_KEYS
         }
-        usage["cost_usd"] = float(state.usage["cost_usd"]) - float(
-            self._base_usage.get("cost_usd", 0.0)
+        usage["cost_usd"] = round_cost(
+            float(state.usage["cost_usd"]) - float(self._base_usage.get("cost_usd", 0.0))
         )
         return usage
 
@@ -362,6 +380,7 @@ class JobRun:
                 events=prior,
                 status=str(last_end.get("status") or state.status),
                 usage=self._job_usage(state),
+                output=last_end.get("output"),
             )
         events = prior + [event for result in results for event in result.events]
         last = results[-1]
@@ -371,6 +390,7 @@ class JobRun:
             status=last.status,
             usage=self._job_usage(state),
             error=last.error,
+            output=last.output,
         )
 
     def _start_timer(self) -> asyncio.TimerHandle | None:
@@ -386,13 +406,19 @@ class JobRun:
     # -- finishing ----------------------------------------------------------------------------
 
     async def _fail(self, message: str) -> JobOutcome:
+        """Fail the job before or around its run (refused, busy session, crash loop, bug)."""
+        message = redact(message)  # error texts quote configs and outputs: never a secret
         event = AgentEvent(type="error", content=message)
         self._emit(event)
         return await self._finish(RunResult(text="", events=[event], status="error"), message)
 
     async def _finish(self, result: RunResult, error: str | None) -> JobOutcome:
+        """End the job. ``error`` makes it an ``error`` whatever the run said; without one, a run
+        that ended badly on its own (model down, max_turns, cancelled) is explained by its
+        events, so every failure carries its reason."""
         self._finished = True
         status = result.status if error is None else "error"
+        reason = error or failure_reason(result)
         if self._session is not None:
             state_status = self._session.state.status
             self._bus.emit_session(
@@ -403,7 +429,9 @@ class JobRun:
                 text=result.text, events=result.events, status="error", usage=result.usage
             )
         # A refused write already proved that a newer attempt owns the job.
-        owned = not self._fenced and await self._bus.finish(self.spec, self._attempt, result, error)
+        owned = not self._fenced and await self._bus.finish(
+            self.spec, self._attempt, result, reason
+        )
         outcome_status = status if owned else "superseded"
         if not owned:
             logger.warning(
@@ -414,7 +442,24 @@ class JobRun:
             outcome_status,
             attempt=self._attempt,
             worker=self._options.worker,
-            error=error,
+            error=reason,
             usage=dict(result.usage),
             turns=self._turns,
         )
+
+
+_FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption")
+
+
+def failure_reason(result: RunResult) -> str | None:
+    """Why a run that did not complete ended, so JobInfo.error, the results file and Flower can
+    say it: its RunError (``ModelError: ...``), else its last error, max_turns, cancelled or
+    interruption event's text."""
+    if result.status == "completed":
+        return None
+    if result.error is not None:
+        return str(result.error)
+    for event in reversed(result.events):
+        if event.type in _FAILURE_EVENTS and event.content:
+            return event.content
+    return f"the run ended with status {result.status}"

@@ -8,6 +8,7 @@ embedded mode work without the ``fleet`` extra.
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,6 +22,9 @@ RUN_JOB_TASK = "rho_agent.run_job"
 """The name of the Celery task that runs a JobSpec (registered by ``workers``)."""
 
 _REPR_PROMPT = 80
+_ARGS_PROMPT = 60
+_KEY_IN_TEXT = re.compile(r"\b(sk-|dtn_)[A-Za-z0-9_-]{16,}")
+"""An API key pasted into a prompt: masked in what Flower shows (and stores in Redis)."""
 _CHUNK = 100
 _SEND_THREADS = 8
 
@@ -106,13 +110,20 @@ def transport_options(
     return options
 
 
+def task_argsrepr(spec: JobSpec) -> str:
+    """Flower's args column, to scan the task list by: the prompt's start and the labels.
+
+    ``'Summarise README.md' team=docs``; the task name stays ``rho_agent.run_job``.
+    """
+    shown = repr(_excerpt(" ".join(spec.prompts[0].split()), _ARGS_PROMPT))
+    labels = " ".join(f"{key}={_excerpt(value, 40)}" for key, value in sorted(spec.labels.items()))
+    return f"{shown} {labels}" if labels else shown
+
+
 def task_kwargsrepr(spec: JobSpec) -> str:
     """What Flower shows as the job's arguments: readable, short, never a secret."""
-    prompt = spec.prompts[0]
-    if len(prompt) > _REPR_PROMPT:
-        prompt = prompt[: _REPR_PROMPT - 1] + "…"
     shown: dict[str, Any] = {
-        "prompt": prompt,
+        "prompt": _excerpt(spec.prompts[0], _REPR_PROMPT),
         "model": spec.model,
         "profile": spec.profile_label,
         "session_id": spec.session_id,
@@ -120,8 +131,14 @@ def task_kwargsrepr(spec: JobSpec) -> str:
     if len(spec.prompts) > 1:
         shown["runs"] = len(spec.prompts)
     if spec.labels:
-        shown["labels"] = spec.labels
+        shown["labels"] = {key: _excerpt(value, 40) for key, value in spec.labels.items()}
     return repr(shown)
+
+
+def _excerpt(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with API-key-shaped words masked."""
+    text = _KEY_IN_TEXT.sub(r"\1***", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class CeleryBroker:
@@ -162,7 +179,7 @@ class CeleryBroker:
                     queue=spec.queue or self.settings.queue,
                     priority=spec.priority,
                     producer=producer,
-                    argsrepr="()",
+                    argsrepr=task_argsrepr(spec),
                     kwargsrepr=task_kwargsrepr(spec),
                 )
 

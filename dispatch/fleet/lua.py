@@ -24,8 +24,9 @@ local function done_entry(job_id, result_json)
 end
 """
 
-# KEYS: job, events, cancel flag, session owner, leases
-# ARGV: job_id, worker, lease_ms, retention_s, events maxlen, job key prefix
+# KEYS: job, events, cancel flag, session owner, leases, session trace, session hash
+# ARGV: job_id, worker, lease_ms, retention_s, events maxlen, job key prefix,
+#       '1' if the job starts a new session
 # Returns action, attempt, detail, and how many earlier attempts were handed back (not failures).
 # A queued job holds a lease too (from submission, or from the sweeper's re-send), so a delivery
 # that is never claimed (its worker died first, or the broker lost the message) is re-sent.
@@ -59,6 +60,10 @@ if owner and owner ~= ARGV[1] then
   if owner_status == 'queued' or owner_status == 'running' then
     return {'busy', attempt, owner, handbacks}
   end
+end
+if ARGV[7] == '1' and attempt == 1
+   and (redis.call('EXISTS', KEYS[6]) == 1 or redis.call('EXISTS', KEYS[7]) == 1) then
+  return {'exists', attempt, '', handbacks}
 end
 redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4])
 return {'run', attempt, '', handbacks}

@@ -37,6 +37,7 @@ from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
+from rho_agent.redact import redact, redact_data
 
 _INFO_FIELDS = list(JobInfo.model_fields)
 _MAX_CONNECTIONS = 64
@@ -165,12 +166,12 @@ class RedisBus:
                 job_id,
                 self._retention,
                 self._maxlen,
-                json.dumps(result_dict(result)),
-                json.dumps(event_entry(result.events[0])),
+                json.dumps(redact_data(result_dict(result))),
+                json.dumps(redact_data(event_entry(result.events[0]))),
                 self.keys.dispatcher_prefix(),
                 self.keys.session_prefix(),
                 mode,
-                error,
+                redact(error),
             ],
         )
         return outcome
@@ -211,6 +212,8 @@ class RedisBus:
                 self.keys.cancel(spec.job_id),
                 self.keys.session_owner(spec.session_id),
                 self.keys.leases(),
+                self.keys.trace(spec.session_id),
+                self.keys.session(spec.session_id),
             ],
             args=[
                 spec.job_id,
@@ -219,6 +222,7 @@ class RedisBus:
                 self._retention,
                 self._maxlen,
                 self.keys.job_prefix(),
+                "0" if spec.continue_session else "1",
             ],
         )
         decided: StartAction = action
@@ -266,7 +270,7 @@ class RedisBus:
         self, spec: JobSpec, attempt: int, result: RunResult, error: str | None
     ) -> bool:
         await self._writer.flush()
-        status = result.status if error is None else "error"
+        status = result.status
         done = await self._finish(
             keys=[
                 self.keys.job(spec.job_id),
@@ -279,8 +283,8 @@ class RedisBus:
                 spec.job_id,
                 attempt,
                 status,
-                json.dumps(result_dict(result), ensure_ascii=False),
-                error or "",
+                json.dumps(redact_data(result_dict(result)), ensure_ascii=False),
+                redact(error or ""),
                 self._retention,
                 self._maxlen,
                 self.keys.dispatcher_prefix(),

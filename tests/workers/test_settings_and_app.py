@@ -50,6 +50,7 @@ def test_every_variable_is_read() -> None:
         "RHO_AGENT_WORKER_NAME": "w9",
         "RHO_AGENT_AGENT_FACTORY": "tests.integration.fleet:agent_with_mark_tool",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "3",
+        "RHO_AGENT_ALLOWED_BASE_URLS": "http://127.0.0.1:9/v1/, https://Models.Example/v1",
         "RHO_AGENT_PRICES": '{"my-llama": {"input": 1, "output": 2}}',
     }
     read_elsewhere = {  # by workers.shutdown and workers.health, at worker start
@@ -72,6 +73,7 @@ def test_every_variable_is_read() -> None:
     )
     assert (settings.lease_ttl_s, settings.sweep_interval_s, settings.max_attempts) == (5, 1.5, 2)
     assert (settings.visibility_timeout_s, settings.worker_name) == (7200, "w9")
+    assert settings.allowed_base_urls == ("http://127.0.0.1:9/v1", "https://models.example/v1")
     agent = settings.build_agent()(AgentConfig(model="my-llama"))
     assert "mark" in agent.registry.names  # the factory built it
     assert agent.price_table.price("my-llama") == ModelPrice(1, 1, 2)

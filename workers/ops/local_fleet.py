@@ -27,6 +27,7 @@ from typing import Any
 from dispatch.errors import FleetUnavailable, SettingsError
 from dispatch.settings import FleetSettings
 from dispatch.urls import redact_url
+from workers.ops.launch import FLOWER_TASK_COLUMNS
 from workers.shutdown import grace_from_env
 
 _POLL_S = 0.2
@@ -120,9 +121,13 @@ class LocalFleet:
         flower_url = None
         if self.options.flower_port is not None:
             port = self.options.flower_port or _free_port()
-            self._spawn(
-                "flower", "flower", _celery("flower", "--address=127.0.0.1", f"--port={port}")
+            flower = _celery(
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={port}",
+                f"--tasks_columns={FLOWER_TASK_COLUMNS}",
             )
+            self._spawn("flower", "flower", flower)
             flower_url = f"http://127.0.0.1:{port}"
         self._await_workers(broker_url, names)
         if flower_url:

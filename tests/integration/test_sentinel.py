@@ -63,7 +63,8 @@ class SentinelSet:
 @contextlib.contextmanager
 def sentinel_set(tmp: Path) -> Iterator[SentinelSet]:
     ports = SentinelSet(free_port(), free_port(), free_port())
-    base = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    base = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--repl-diskless-sync-delay", "0"]  # fmt: skip
     config = tmp / "sentinel.conf"
     config.write_text(
         f"port {ports.sentinel_port}\nbind 127.0.0.1\ndir {tmp}\n"
@@ -87,6 +88,12 @@ def sentinel_set(tmp: Path) -> Iterator[SentinelSet]:
             lambda: any(r.get("flags") == "slave" for r in sentinel.sentinel_slaves(MASTER)),
             15,
             "the Sentinel to discover the replica",
+        )
+        replica = redis.Redis(port=ports.replica_port, decode_responses=True)
+        wait_until(
+            lambda: replica.info("replication").get("master_link_status") == "up",
+            15,
+            "the replica's first sync",
         )
         yield ports
     finally:
@@ -154,6 +161,9 @@ def test_a_job_runs_through_sentinel_urls_and_after_a_failover(
                 assert before.result(timeout=20).text == "Echo: before the failover"
                 assert fleet.redis().hget(fleet.settings.keys.job(before.id), "status")
                 assert asyncio.run(_two_waits_on_one_connection(sentinels.url)) >= 0.9
+                # Replication is asynchronous: wait until the replica has everything so far.
+                master = redis.Redis(port=sentinels.master_port)
+                assert master.execute_command("WAIT", 1, 5000) == 1
                 sentinels.kill_master()
                 wait_until(
                     lambda: sentinels.master_port_now() == sentinels.replica_port,

@@ -24,8 +24,17 @@ from rho_agent.pricing import ModelPrice, load_prices
 from rho_agent.ratelimits import RateLimit, load_rate_limits
 
 SETTINGS: tuple[tuple[str, str, str], ...] = (
-    (BROKER_URL_ENV, "(required)", "Redis URL of the Celery broker, e.g. redis://127.0.0.1:6379/0"),
-    ("RHO_AGENT_REDIS_URL", "broker URL", "Redis URL for job events, traces and metadata"),
+    (
+        BROKER_URL_ENV,
+        "(required)",
+        "Celery broker: redis://, sentinel://host:26379;sentinel://... or amqp:// (RabbitMQ)",
+    ),
+    (
+        "RHO_AGENT_REDIS_URL",
+        "broker URL",
+        "Redis (redis:// or sentinel://) for job events, traces and leases; required with amqp://",
+    ),
+    ("RHO_AGENT_SENTINEL_MASTER", "mymaster", "master name the Sentinels of sentinel:// URLs know"),
     ("RHO_AGENT_KEY_PREFIX", "rho:", "prefix of every Redis key the fleet writes"),
     ("RHO_AGENT_QUEUE", "rho-agent", "Celery queue the worker consumes and dispatchers send to"),
     ("RHO_AGENT_RETENTION", "604800", "seconds job metadata, events and traces are kept"),

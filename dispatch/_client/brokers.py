@@ -139,15 +139,16 @@ class FleetBroker:
     """
 
     def __init__(self, settings: FleetSettings) -> None:
-        import redis
-
         from dispatch.fleet.celery_broker import CeleryBroker
         from dispatch.fleet.redis_bus import RedisBus
+        from dispatch.fleet.redis_clients import sync_client
 
         assert settings.bus_url is not None
         self._settings = settings
         self._celery = CeleryBroker(settings)
-        self._redis: Any = redis.Redis.from_url(settings.bus_url, decode_responses=True)
+        self._redis: Any = sync_client(
+            settings.bus_url, master_name=settings.sentinel_master, decode_responses=True
+        )
         self.bus: DispatchBus = RedisBus.from_settings(settings)
 
     def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:

@@ -30,6 +30,7 @@ from dispatch.engine.bus import (
     result_dict,
 )
 from dispatch.fleet import lua
+from dispatch.fleet.redis_clients import async_client
 from dispatch.fleet.writer import BatchWriter, Fence
 from dispatch.info import JobInfo, job_fields
 from dispatch.keys import Keys
@@ -107,14 +108,15 @@ class RedisBus:
         """
         if not settings.bus_url:
             raise ValueError("RedisBus needs a Redis URL (RHO_AGENT_BROKER_URL or REDIS_URL)")
-        pool = aioredis.BlockingConnectionPool.from_url(
+        client = async_client(
             settings.bus_url,
+            master_name=settings.sentinel_master,
             decode_responses=True,
             max_connections=_MAX_CONNECTIONS,
             timeout=60,
             health_check_interval=30,
         )
-        return cls(aioredis.Redis(connection_pool=pool), settings)
+        return cls(client, settings)
 
     # -- dispatcher side ----------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ def test_every_variable_is_read() -> None:
         "RHO_AGENT_REDIS_URL": "redis://127.0.0.1:6379/1",
         "RHO_AGENT_KEY_PREFIX": "p:",
         "RHO_AGENT_QUEUE": "jobs",
+        "RHO_AGENT_SENTINEL_MASTER": "m1",
         "RHO_AGENT_RETENTION": "3600",
         "RHO_AGENT_EVENTS_MAXLEN": "500",
         "RHO_AGENT_WORKER_CONCURRENCY": "40",
@@ -66,7 +67,7 @@ def test_every_variable_is_read() -> None:
         "jobs",
     )
     assert (fleet.retention_s, fleet.events_maxlen, fleet.embedded_concurrency) == (3600, 500, 3)
-    assert fleet.queued_lease_s == 90
+    assert (fleet.queued_lease_s, fleet.sentinel_master) == (90, "m1")
     assert (settings.concurrency, settings.max_profile, settings.job_time_limit_s) == (
         40,
         "readonly",

@@ -203,9 +203,6 @@ class MemoryBus:
         self._write_finish(job_id, fields, result, error)
         return True
 
-    async def cancel_requested(self, job_id: str) -> bool:
-        return job_id in self._cancel_flags
-
     async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]:
         stream = self._stream(self._keys.cancels())
         if after == "$":

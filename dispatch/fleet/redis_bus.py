@@ -292,9 +292,6 @@ class RedisBus:
         )
         return bool(done)
 
-    async def cancel_requested(self, job_id: str) -> bool:
-        return bool(await self._r.exists(self.keys.cancel(job_id)))
-
     async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]:
         key = self.keys.cancels()
         if after == "$":

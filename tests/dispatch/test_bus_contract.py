@@ -140,9 +140,7 @@ async def test_cancelling_a_running_job_asks_its_worker(bus: JobBus) -> None:
     await bus.submit([job], "q")
     await bus.start(job, "w1", 60_000)
     position, _ = await bus.next_cancels("$", 0.0)
-    assert not await bus.cancel_requested(job.job_id)
     assert await bus.request_cancel(job.job_id) == "requested"
-    assert await bus.cancel_requested(job.job_id)
     _, job_ids = await bus.next_cancels(position, 1.0)
     assert job_ids == [job.job_id]
 

@@ -9,33 +9,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
 from dispatch.spec import JobSpec
+from rho_agent.events import RUN_STATUSES, RunStatus
 
-JobStatus = Literal[
-    "queued",
-    "running",
-    "awaiting_approval",
-    "completed",
-    "error",
-    "cancelled",
-    "interrupted",
-    "max_turns",
-    "invalid_output",
-]
-AWAITING_APPROVAL: JobStatus = "awaiting_approval"
+ActiveStatus = Literal["queued", "running"]
+JobStatus = ActiveStatus | RunStatus
+"""A job is queued or running until its run ends with a run status (``completed``...)."""
+
+AWAITING_APPROVAL: RunStatus = "awaiting_approval"
 Decision = Literal["approved", "denied"]
-TERMINAL_STATUSES = frozenset(
-    {"completed", "error", "cancelled", "interrupted", "max_turns", "invalid_output"}
-    | {AWAITING_APPROVAL}
-)
+
+TERMINAL_STATUSES = RUN_STATUSES
 """Statuses in which nothing more happens by itself: ``gather``, ``result`` and ``events`` end
 there. ``awaiting_approval`` is one of them (a batch must not hang on a person), though the job
 is not over: ``Job.approve``/``deny`` continue it as a new attempt (docs/approvals.md)."""
-ACTIVE_STATUSES = frozenset({"queued", "running"})
+ACTIVE_STATUSES: frozenset[str] = frozenset(get_args(ActiveStatus))
 PROMPT_EXCERPT = 200
 _JSON_FIELDS = frozenset({"labels", "pending_approvals"})
 
@@ -63,7 +55,7 @@ class JobInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     job_id: str
-    status: str
+    status: JobStatus
     session_id: str
     prompt: str = ""
     model: str = ""
@@ -81,6 +73,8 @@ class JobInfo(BaseModel):
     output_tokens: int = 0
     cost_usd: float = 0.0
     error: str | None = None
+    waiting: str = ""
+    """What a running job waits for right now (``waiting for rate limit (...)``), else empty."""
     pending_approvals: list[PendingCall] = []
     """The tool calls waiting for a decision while ``status`` is ``awaiting_approval``."""
     approval_deadline: float | None = None

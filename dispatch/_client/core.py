@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from dispatch._client.brokers import Broker, open_broker
 from dispatch._client.fanin import FanIn
 from dispatch.engine.approval import DENIED_REASON, MAX_REASON, DecideOutcome, decision_value
-from dispatch.engine.bus import START, DispatchBus, StreamEntry
+from dispatch.engine.bus import START, CancelOutcome, DispatchBus, StreamEntry
 from dispatch.engine.loop import LoopThread
 from dispatch.errors import ApprovalRefused, JobNotFound
 from dispatch.info import JobInfo
@@ -156,7 +156,7 @@ class _Core:
     async def awaiting(self, limit: int) -> list[JobInfo]:
         return await self.bus.awaiting(limit)
 
-    async def cancel(self, job_id: str) -> str:
+    async def cancel(self, job_id: str) -> CancelOutcome:
         outcome = await self.bus.request_cancel(job_id)
         if outcome == "unknown":
             raise JobNotFound(f"job {job_id} does not exist (never submitted, or expired)")

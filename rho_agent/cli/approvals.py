@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from rho_agent.cli import _exit
 from rho_agent.cli._tables import JsonFlag, print_json, print_table
-from rho_agent.cli.fleet_commands import Broker, _dispatcher, _fleet_errors
+from rho_agent.cli.fleet_commands import _dispatcher
 
 if TYPE_CHECKING:
     from dispatch import JobInfo
@@ -33,12 +34,12 @@ _ARGUMENTS_SHOWN = 60
 
 @commands.command("approvals")
 def approvals(
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many jobs.")] = 100,
     as_json: JsonFlag = False,
 ) -> None:
     """List the tool calls waiting for a decision across the fleet, soonest to expire first."""
-    with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+    with _exit.one_line_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
         infos = dispatcher.approvals(limit)
     now = time.time()
     rows = [row for info in infos for row in _rows(info, now)]
@@ -98,11 +99,11 @@ def approve(
     reason: Annotated[
         str, typer.Option("--reason", help="Why the denied calls were denied (the model reads it).")
     ] = "",
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
 ) -> None:
     """Decide a job's pending tool calls: approve them all but the ``--deny`` ones; the job then
     continues on any worker. Exits 2, changing nothing, if the decision cannot apply."""
-    with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+    with _exit.one_line_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
         job = dispatcher.job(job_id)
         denied = list(dict.fromkeys(deny or []))
         outcome = job.deny(denied, reason=reason) if denied else job.approve()

@@ -23,7 +23,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from rho_agent.backends._local_search import glob_files, grep_files
 from rho_agent.backends.base import CommandResult, FileEntry, GrepMatch
@@ -33,6 +33,7 @@ from rho_agent.sandbox import (
     UNCONFINED,
     Sandbox,
     SandboxPolicy,
+    SessionLauncher,
     check_extra_names,
     tool_environment,
 )
@@ -68,6 +69,8 @@ class LocalBackend:
         self._leftover_groups: set[int] = set()
         self._sandbox = sandbox if sandbox is not None else Sandbox.from_env()
         self._env_names = check_extra_names(env_names)
+        self._launchers: dict[SandboxPolicy, SessionLauncher] = {}
+        self._launchers_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LocalBackend(working_dir={self._working_dir!r})"
@@ -81,10 +84,15 @@ class LocalBackend:
         os.makedirs(self._working_dir, exist_ok=True)
 
     async def close(self) -> None:
-        """Kill the background processes commands left running."""
+        """Kill the background processes commands left running; stop the confined launchers."""
         for group in sorted(self._leftover_groups):
             _kill_group(group)
         self._leftover_groups.clear()
+        with self._launchers_lock:
+            launchers = list(self._launchers.values())
+            self._launchers.clear()
+        for launcher in launchers:
+            await asyncio.to_thread(launcher.close)
 
     async def realpath(self, path: str) -> str:
         return await asyncio.to_thread(os.path.realpath, path)
@@ -101,16 +109,11 @@ class LocalBackend:
         if not await asyncio.to_thread(os.path.isdir, directory):
             raise BackendError(f"cannot run the command: directory {directory} does not exist")
         policy = UNCONFINED if profile is None else SandboxPolicy.for_profile(profile)
-        launch = self._sandbox.launch(
-            policy,
-            [self._shell, "-c", command],
-            working_dir=self._working_dir,
-            env=tool_environment(os.environ, self._env_names),
-        )
-        try:
-            return await self._run(launch.argv, launch.env, directory, timeout)
-        finally:
-            await asyncio.to_thread(launch.cleanup)
+        argv = [self._shell, "-c", command]
+        env = tool_environment(os.environ, self._env_names)
+        if self._sandbox.confines(policy):
+            return await self._run_confined(policy, argv, env, directory, timeout)
+        return await self._run(argv, env, directory, timeout)
 
     async def _run(
         self, argv: list[str], env: dict[str, str], directory: str, limit: float
@@ -133,9 +136,44 @@ class LocalBackend:
             os.close(write_fd)
         return await self._supervise(process, read_fd, limit)
 
-    async def _supervise(
-        self, process: asyncio.subprocess.Process, read_fd: int, limit: float
+    async def _run_confined(
+        self,
+        policy: SandboxPolicy,
+        argv: list[str],
+        env: dict[str, str],
+        directory: str,
+        limit: float,
     ) -> CommandResult:
+        read_fd, write_fd = os.pipe()
+        try:
+            launcher = self._launchers.get(policy)
+            if launcher is None or not launcher.alive:  # start it without blocking the loop
+                launcher = await asyncio.to_thread(self._launcher, policy)
+            process = await launcher.spawn(argv, env, directory, write_fd)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        try:
+            return await self._supervise(process, read_fd, limit)
+        finally:
+            if not process.close():
+                await asyncio.to_thread(process.remove_scratch)
+
+    def _launcher(self, policy: SandboxPolicy) -> SessionLauncher:
+        """This backend's launcher for ``policy``, started now if there is none (or it died)."""
+        with self._launchers_lock:
+            launcher = self._launchers.get(policy)
+            if launcher is None or not launcher.alive:
+                if launcher is not None:
+                    launcher.close()
+                env = tool_environment(os.environ)
+                launcher = SessionLauncher(policy, self._working_dir, env)
+                self._launchers[policy] = launcher
+            return launcher
+
+    async def _supervise(self, process: _Process, read_fd: int, limit: float) -> CommandResult:
         loop = asyncio.get_running_loop()
         capture = _Capture(self._max_output_bytes, loop.create_future())
         transport: asyncio.BaseTransport | None = None
@@ -197,6 +235,18 @@ class LocalBackend:
         return await _in_thread_stoppable(
             lambda stop: grep_files(pattern, path, include, limit, stop)
         )
+
+
+class _Process(Protocol):
+    """What ``_supervise`` needs of a command: an asyncio subprocess or a ``ConfinedProcess``."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
 
 
 class _Capture(asyncio.Protocol):

@@ -1,10 +1,9 @@
-"""Confine this process with Landlock, seccomp and a reduced capability set, then exec a command.
+"""Confine this process with Landlock, seccomp and a reduced capability set.
 
-Run as ``python -I -S _confine.py [--write DIR]... [--no-network] [--no-metadata] -- PROG ARGS``
-by ``rho_agent.sandbox``. It is a script on purpose: it confines itself after its own start and
-before ``execve``, in a fresh single-threaded process, so nothing is done between ``fork`` and
-``exec`` of the (threaded) worker. It imports only the standard library (``-S`` keeps
-site-packages out) to start in a few milliseconds; the package imports it too, for the ABI probe.
+Used by the launcher (``_launcher_server.py``, run as ``python -I -S``), which confines itself
+with ``confine`` and adds a narrower Landlock layer in each command's child with
+``apply_landlock``. It imports only the standard library, so that the launcher can start without
+site-packages; the package imports it too, for the ABI probe.
 
 What each layer stops:
 
@@ -261,31 +260,3 @@ def confine(writable: list[str], *, no_network: bool, no_metadata: bool) -> None
     drop_capabilities()
     apply_landlock(abi, writable, no_network=no_network)
     apply_seccomp(no_network=no_network, no_metadata=no_metadata)
-
-
-def main(argv: list[str]) -> None:
-    """Parse the launcher's arguments, confine, exec; exit 126 with a message on failure."""
-    writable: list[str] = []
-    flags = set()
-    index = 0
-    while index < len(argv) and argv[index] != "--":
-        if argv[index] == "--write":
-            writable.append(argv[index + 1])
-            index += 2
-        else:
-            flags.add(argv[index])
-            index += 1
-    command = argv[index + 1 :]
-    if not command or not flags <= {"--no-network", "--no-metadata"}:
-        sys.stderr.write(f"rho-agent sandbox: bad launcher arguments {argv!r}\n")
-        sys.exit(2)
-    try:
-        confine(writable, no_network="--no-network" in flags, no_metadata="--no-metadata" in flags)
-    except (ConfineError, OSError) as exc:
-        sys.stderr.write(f"rho-agent sandbox: refusing to run the command unconfined: {exc}\n")
-        sys.exit(126)
-    os.execv(command[0], command)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -50,7 +50,8 @@ class LocalBackend:
     ``working_dir`` defaults to the current directory. ``max_output_bytes`` bounds the output
     kept per command (head and tail); ``max_file_bytes`` the size of a file ``read_file`` loads.
     ``sandbox`` confines commands (default: probe this machine, see ``Sandbox.from_env``);
-    ``env_names`` adds variable names to the environment allowlist of commands.
+    ``env_names`` adds variable names to the environment allowlist of commands (a profile's
+    ``env`` adds more for the commands run for it).
     """
 
     def __init__(
@@ -110,7 +111,8 @@ class LocalBackend:
             raise BackendError(f"cannot run the command: directory {directory} does not exist")
         policy = UNCONFINED if profile is None else SandboxPolicy.for_profile(profile)
         argv = [self._shell, "-c", command]
-        env = tool_environment(os.environ, self._env_names)
+        names = self._env_names if profile is None else (*self._env_names, *profile.env)
+        env = tool_environment(os.environ, names)
         if self._sandbox.confines(policy):
             return await self._run_confined(policy, argv, env, directory, timeout)
         return await self._run(argv, env, directory, timeout)

@@ -1,11 +1,11 @@
 """The per-session launcher: confine this process once, then fork a confined bash per request.
 
-Run as ``python -I -S _launcher_server.py [--write DIR]... [--no-network] [--no-metadata]
---control FD`` by ``rho_agent.sandbox.session_launcher``. It confines itself at the session's
-broad level (writes beneath the session's scratch root, the devices and, for ``developer``, the
-working directory; the network and metadata rules of the profile), says ``ready`` on the
-control socket, and then serves requests. It is a fresh single-threaded process started by
-exec, so forking it is safe, unlike forking the threaded worker.
+Run as ``python -I -S _launcher_server.py [--write DIR]... --network none|inet|all
+[--no-metadata] --control FD`` by ``rho_agent.sandbox.session_launcher``. It confines itself at
+the session's broad level (writes beneath the session's scratch root, the devices and, for
+``developer``, the working directory; the network and metadata rules of the profile), says
+``ready`` on the control socket, and then serves requests. It is a fresh single-threaded process
+started by exec, so forking it is safe, unlike forking the threaded worker.
 
 Protocol (``SOCK_SEQPACKET``, one message per datagram):
 
@@ -91,7 +91,7 @@ def _exec_child(request: _Request, output: int, status: int, abi: int) -> None:
         for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
             signal.signal(number, signal.SIG_DFL)
         os.chdir(request.cwd)
-        _confine.apply_landlock(abi, [*request.write, *DEVICES], no_network=False)
+        _confine.apply_landlock(abi, [*request.write, *DEVICES], no_tcp=False)
         os.execve(request.argv[0], request.argv, request.env)
     except BaseException as exc:
         os.write(status, f"{type(exc).__name__}: {exc}".encode()[:4000])
@@ -191,30 +191,29 @@ class _Server:
 def main(argv: list[str]) -> None:
     """Parse the arguments, confine this process, say ``ready``, serve until the worker goes."""
     writable: list[str] = []
-    flags: set[str] = set()
-    control_fd = -1
+    options = {"--network": "", "--control": "-1"}
+    no_metadata = False
     index = 0
     while index < len(argv):
-        if argv[index] in ("--write", "--control"):
-            if argv[index] == "--write":
-                writable.append(argv[index + 1])
-            else:
-                control_fd = int(argv[index + 1])
-            index += 2
+        if argv[index] == "--write" and index + 1 < len(argv):
+            writable.append(argv[index + 1])
+        elif argv[index] in options and index + 1 < len(argv):
+            options[argv[index]] = argv[index + 1]
+        elif argv[index] == "--no-metadata":
+            no_metadata = True
+            index -= 1
         else:
-            flags.add(argv[index])
-            index += 1
-    if control_fd < 0 or not flags <= {"--no-network", "--no-metadata"}:
+            break
+        index += 2
+    if index < len(argv) or not options["--control"].isdigit():
         sys.stderr.write(f"rho-agent launcher: bad arguments {argv!r}\n")
         sys.exit(2)
-    control = socket.socket(fileno=control_fd)
+    control = socket.socket(fileno=int(options["--control"]))
     control.set_inheritable(False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
     try:
         _confine.confine(
-            [*writable, *DEVICES],
-            no_network="--no-network" in flags,
-            no_metadata="--no-metadata" in flags,
+            [*writable, *DEVICES], network=options["--network"], no_metadata=no_metadata
         )
     except (_confine.ConfineError, OSError) as exc:
         _send(control, f"fail {exc}")

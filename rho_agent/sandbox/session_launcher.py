@@ -86,9 +86,8 @@ class SessionLauncher:
         self._root = tempfile.mkdtemp(prefix="rho-scratch-")
         self._send_lock = threading.Lock()
         control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        flags = ["--write", self._root]
-        flags += ["--write", working_dir] if policy.write_working_dir else []
-        flags += ["--no-network"] if policy.network == "none" else []
+        flags = ["--network", policy.network]
+        flags += [flag for path in self._writable(self._root) for flag in ("--write", path)]
         flags += [] if policy.metadata else ["--no-metadata"]
         with theirs:
             self._process = subprocess.Popen(
@@ -102,6 +101,15 @@ class SessionLauncher:
             )
         self._control = control
         self._await_ready()
+
+    def _writable(self, scratch: str) -> list[str]:
+        """Where the policy lets a command write, given its scratch directory (or the root of
+        them all, for the launcher's own layer)."""
+        if self.policy.writes == "anywhere":
+            return ["/"]
+        if self.policy.writes == "working_dir":
+            return [scratch, self.working_dir]
+        return [scratch]
 
     def _await_ready(self) -> None:
         self._control.settimeout(_START_TIMEOUT)
@@ -134,7 +142,7 @@ class SessionLauncher:
         besides the working directory when the policy allows that.
         """
         scratch = tempfile.mkdtemp(dir=self._root)
-        write = [scratch, self.working_dir] if self.policy.write_working_dir else [scratch]
+        write = self._writable(scratch)
         request = {"argv": argv, "env": {**env, "TMPDIR": scratch}, "cwd": cwd, "write": write}
         reply, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:

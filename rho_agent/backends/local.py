@@ -31,9 +31,9 @@ from rho_agent.errors import BackendError
 from rho_agent.permissions import PermissionProfile
 from rho_agent.sandbox import (
     UNCONFINED,
+    LauncherPool,
     Sandbox,
     SandboxPolicy,
-    SessionLauncher,
     check_extra_names,
     tool_environment,
 )
@@ -51,7 +51,8 @@ class LocalBackend:
     kept per command (head and tail); ``max_file_bytes`` the size of a file ``read_file`` loads.
     ``sandbox`` confines commands (default: probe this machine, see ``Sandbox.from_env``);
     ``env_names`` adds variable names to the environment allowlist of commands (a profile's
-    ``env`` adds more for the commands run for it).
+    ``env`` adds more for the commands run for it). ``launchers`` starts confined commands
+    (default: the process's shared ``LauncherPool``).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class LocalBackend:
         max_file_bytes: int = 64 * 1024 * 1024,
         sandbox: Sandbox | None = None,
         env_names: Iterable[str] = (),
+        launchers: LauncherPool | None = None,
     ) -> None:
         self._working_dir = os.path.abspath(working_dir if working_dir is not None else os.getcwd())
         self._max_output_bytes = max_output_bytes
@@ -70,8 +72,8 @@ class LocalBackend:
         self._leftover_groups: set[int] = set()
         self._sandbox = sandbox if sandbox is not None else Sandbox.from_env()
         self._env_names = check_extra_names(env_names)
-        self._launchers: dict[SandboxPolicy, SessionLauncher] = {}
-        self._launchers_lock = threading.Lock()
+        self._pool = launchers if launchers is not None else LauncherPool.shared()
+        self._joined: set[SandboxPolicy] = set()
 
     def __repr__(self) -> str:
         return f"LocalBackend(working_dir={self._working_dir!r})"
@@ -85,15 +87,14 @@ class LocalBackend:
         os.makedirs(self._working_dir, exist_ok=True)
 
     async def close(self) -> None:
-        """Kill the background processes commands left running; stop the confined launchers."""
+        """Kill the background processes commands left running; leave the confined launchers
+        (the last backend to leave one stops it)."""
         for group in sorted(self._leftover_groups):
             _kill_group(group)
         self._leftover_groups.clear()
-        with self._launchers_lock:
-            launchers = list(self._launchers.values())
-            self._launchers.clear()
-        for launcher in launchers:
-            await asyncio.to_thread(launcher.close)
+        joined, self._joined = self._joined, set()
+        for policy in joined:
+            await asyncio.to_thread(self._pool.leave, policy, self._working_dir)
 
     async def realpath(self, path: str) -> str:
         return await asyncio.to_thread(os.path.realpath, path)
@@ -148,9 +149,12 @@ class LocalBackend:
     ) -> CommandResult:
         read_fd, write_fd = os.pipe()
         try:
-            launcher = self._launchers.get(policy)
-            if launcher is None or not launcher.alive:  # start it without blocking the loop
-                launcher = await asyncio.to_thread(self._launcher, policy)
+            if policy not in self._joined:  # before using it, so no other backend stops it
+                self._pool.join(policy, self._working_dir)
+                self._joined.add(policy)
+            launcher = self._pool.current(policy, self._working_dir)
+            if launcher is None:  # start it without blocking the loop
+                launcher = await asyncio.to_thread(self._pool.start, policy, self._working_dir)
             process = await launcher.spawn(argv, env, directory, write_fd)
         except BaseException:
             os.close(read_fd)
@@ -162,18 +166,6 @@ class LocalBackend:
         finally:
             if not process.close():
                 await asyncio.to_thread(process.remove_scratch)
-
-    def _launcher(self, policy: SandboxPolicy) -> SessionLauncher:
-        """This backend's launcher for ``policy``, started now if there is none (or it died)."""
-        with self._launchers_lock:
-            launcher = self._launchers.get(policy)
-            if launcher is None or not launcher.alive:
-                if launcher is not None:
-                    launcher.close()
-                env = tool_environment(os.environ)
-                launcher = SessionLauncher(policy, self._working_dir, env)
-                self._launchers[policy] = launcher
-            return launcher
 
     async def _supervise(self, process: _Process, read_fd: int, limit: float) -> CommandResult:
         loop = asyncio.get_running_loop()

@@ -2,7 +2,8 @@
 
 ``SandboxPolicy.for_profile`` says what a profile allows; ``Sandbox`` says whether a command
 under it is confined (Landlock, seccomp and dropped capabilities on Linux; fail closed
-elsewhere); a ``SessionLauncher`` per backend and policy starts the confined commands;
+elsewhere); a ``SessionLauncher`` per policy and working directory, shared through a
+``LauncherPool``, starts the confined commands;
 ``tool_environment`` gives them an allowlisted environment without the worker's secrets.
 The local backend uses all three; docs/security.md says what each profile enforces, and where.
 """
@@ -20,6 +21,7 @@ from rho_agent.sandbox.launcher import (
     Support,
     probe,
 )
+from rho_agent.sandbox.launcher_pool import LauncherPool
 from rho_agent.sandbox.policy import UNCONFINED, SandboxPolicy
 from rho_agent.sandbox.session_launcher import ConfinedProcess, SessionLauncher
 
@@ -27,6 +29,7 @@ __all__ = [
     "ALLOW_UNCONFINED_ENV",
     "UNCONFINED",
     "ConfinedProcess",
+    "LauncherPool",
     "Sandbox",
     "SandboxPolicy",
     "SessionLauncher",

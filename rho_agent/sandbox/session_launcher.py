@@ -1,4 +1,4 @@
-"""SessionLauncher: one confined launcher process per (backend, policy), forking each command.
+"""SessionLauncher: a confined launcher process for one policy and working directory.
 
 Why: starting ``python`` to confine every bash call cost 20-30 ms per call on a loaded machine.
 A launcher (``_launcher_server.py``) started once, by exec and so single-threaded, confines
@@ -6,11 +6,11 @@ itself at the session's broad level and then forks one child per command, which 
 writes to its own scratch directory (plus the working directory under ``developer``) with a
 further Landlock layer before it execs bash. Measured in docs/security.md.
 
-A ``LocalBackend`` owns its launchers, one per policy, so a launcher is never shared between
-sessions, working directories or profiles. It dies with its backend: ``close()`` closes the
-control socket, and so does the kernel if the worker dies, and the launcher then kills the
-commands still running and exits. (``PR_SET_PDEATHSIG`` would not do: it fires when the
-*thread* that started the launcher exits, and a worker's threads come and go.)
+The sessions of a process with the same policy and working directory share one launcher
+(``launcher_pool`` says why that is safe). It dies when the last of them closes: ``close()``
+closes the control socket, and so does the kernel if the worker dies, and the launcher then
+kills the commands still running and exits. (``PR_SET_PDEATHSIG`` would not do: it fires when
+the *thread* that started the launcher exits, and a worker's threads come and go.)
 """
 
 from __future__ import annotations
@@ -146,10 +146,8 @@ class SessionLauncher:
         request = {"argv": argv, "env": {**env, "TMPDIR": scratch}, "cwd": cwd, "write": write}
         reply, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            with theirs, self._send_lock:
-                socket.send_fds(
-                    self._control, [json.dumps(request).encode()], [output, theirs.fileno()]
-                )
+            with theirs:
+                await self._send(json.dumps(request).encode(), [output, theirs.fileno()])
             reply.setblocking(False)
             message = await asyncio.get_running_loop().sock_recv(reply, 65536)
         except BaseException as exc:
@@ -164,6 +162,26 @@ class SessionLauncher:
             reason = message.removeprefix(b"fail ").decode(errors="replace") or "it stopped"
             raise BackendError(f"cannot start {argv[0]}: {reason}")
         return ConfinedProcess(reply, int(message[4:]), scratch)
+
+    async def _send(self, data: bytes, fds: list[int]) -> None:
+        """Send a request without blocking the loop: in a thread when the launcher's queue is
+        full (many sessions starting commands at once)."""
+        with self._send_lock:
+            try:
+                socket.send_fds(self._control, [data], fds, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            else:
+                return
+        await asyncio.to_thread(self._send_blocking, data, fds)
+
+    def _send_blocking(self, data: bytes, fds: list[int]) -> None:
+        with self._send_lock:
+            socket.send_fds(self._control, [data], fds)
+
+    def abandon(self) -> None:
+        """In a forked child of the worker: let go of the launcher, which is the parent's."""
+        self._control.close()
 
     def close(self) -> None:
         """Stop the launcher (it kills the commands still running) and remove the scratch root."""

@@ -1,5 +1,6 @@
-"""The per-session launcher: each command narrows its own writes, and the launcher dies with its
-session (backend closed, or worker killed), never shared between policies or backends."""
+"""The confined launcher: each command narrows its own writes and signals, and the launcher is
+shared only by sessions with the same policy and working directory, dying with the last of them
+(or with the worker)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from rho_agent.backends.local import LocalBackend
 from rho_agent.errors import BackendError
 from rho_agent.permissions import load_profile
-from rho_agent.sandbox import probe
+from rho_agent.sandbox import LauncherPool, probe
 
 pytestmark = pytest.mark.skipif(
     probe().problem is not None, reason=f"no OS confinement here: {probe().problem}"
@@ -30,7 +31,7 @@ DEVELOPER = load_profile("developer")
 
 @pytest.fixture
 async def backend(tmp_path: Path) -> AsyncIterator[LocalBackend]:
-    local = LocalBackend(str(tmp_path / "work"))
+    local = LocalBackend(str(tmp_path / "work"), launchers=LauncherPool())
     await local.start()
     try:
         yield local
@@ -61,7 +62,7 @@ async def _eventually(check: Callable[[], bool]) -> None:
 
 
 def _launcher_pids(backend: LocalBackend) -> list[int]:
-    return [launcher.pid for launcher in backend._launchers.values()]
+    return [launcher.pid for launcher in backend._pool._launchers.values()]
 
 
 async def test_a_command_cannot_write_beside_its_scratch_dir(backend: LocalBackend) -> None:
@@ -130,18 +131,28 @@ async def test_cancelling_kills_the_command(backend: LocalBackend) -> None:
     assert await asyncio.to_thread(_dead_within, pid, 3.0)
 
 
-async def test_one_launcher_per_policy_never_shared(tmp_path: Path) -> None:
-    first, second = LocalBackend(str(tmp_path / "a")), LocalBackend(str(tmp_path / "b"))
-    for backend in (first, second):
+async def test_shared_only_by_the_same_policy_and_working_dir(tmp_path: Path) -> None:
+    pool = LauncherPool()
+    first, same_dir, other_dir = (
+        LocalBackend(str(tmp_path / name), launchers=pool) for name in ("a", "a", "b")
+    )
+    for backend in (first, same_dir, other_dir):
         await backend.start()
         for profile in (READONLY, DEVELOPER, READONLY):
             result = await backend.run_command("true", timeout=10, profile=profile)
             assert result.exit_code == 0
-    pids = _launcher_pids(first) + _launcher_pids(second)
-    assert len(pids) == len(set(pids)) == 4
+    launchers = {key: launcher.pid for key, launcher in pool._launchers.items()}
+    assert len(launchers) == len(set(launchers.values())) == 4
+    in_a = [pid for (_, directory), pid in launchers.items() if directory.endswith("a")]
+    in_b = [pid for (_, directory), pid in launchers.items() if directory.endswith("b")]
     await first.close()
-    await second.close()
-    assert all(not _alive(pid) for pid in pids)
+    assert all(_alive(pid) for pid in launchers.values())
+    assert (await same_dir.run_command("echo still", timeout=10, profile=READONLY)).exit_code == 0
+    await same_dir.close()
+    assert await asyncio.to_thread(lambda: all(_dead_within(pid, 5.0) for pid in in_a))
+    assert all(_alive(pid) for pid in in_b)
+    await other_dir.close()
+    assert await asyncio.to_thread(lambda: all(_dead_within(pid, 5.0) for pid in in_b))
 
 
 async def test_close_kills_the_launcher_and_its_running_commands(
@@ -177,13 +188,14 @@ _OWNER = textwrap.dedent(
 
     async def main():
         backend = LocalBackend(sys.argv[1])
+        pool = backend._pool
         asyncio.create_task(
             backend.run_command("sleep 300; true", timeout=600,
                                 profile=load_profile("readonly"))
         )
-        while not backend._launchers:
+        while not pool._launchers:
             await asyncio.sleep(0.02)
-        print(next(iter(backend._launchers.values())).pid, flush=True)
+        print(next(iter(pool._launchers.values())).pid, flush=True)
         await asyncio.sleep(600)
 
     asyncio.run(main())
@@ -212,3 +224,40 @@ def test_the_launcher_and_its_commands_die_with_the_worker(tmp_path: Path) -> No
         owner.wait()
     assert _dead_within(launcher, 5.0)
     assert _dead_within(command, 5.0)
+
+
+_FORKER = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from rho_agent.backends.local import LocalBackend
+    from rho_agent.permissions import load_profile
+    from rho_agent.sandbox import LauncherPool
+
+    async def main():
+        backend = LocalBackend(sys.argv[1])
+        await backend.run_command("true", timeout=10, profile=load_profile("readonly"))
+        (launcher,) = LauncherPool.shared()._launchers.values()
+        child = os.fork()
+        if child == 0:
+            empty = not LauncherPool.shared()._launchers and launcher._control.fileno() == -1
+            os._exit(0 if empty else 1)
+        _, status = os.waitpid(child, 0)
+        print(os.waitstatus_to_exitcode(status), launcher.alive, flush=True)
+        await backend.close()
+        print(launcher.alive, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_forked_child_lets_go_of_the_parents_launchers(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKER, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert done.stdout.split() == ["0", "True", "False"], done.stderr

@@ -8,7 +8,10 @@ whatever those background processes are still running.
 
 A command run for a permission profile (``profile=``) is confined by the operating system as
 ``rho_agent.sandbox`` derives from it, and every command gets an allowlisted environment without
-the worker's secrets (``rho_agent.sandbox.tool_environment``).
+the worker's secrets (``rho_agent.sandbox.tool_environment``). Confined commands are forked by a
+confined launcher that backends of this process with the same policy and working directory share
+(``rho_agent.sandbox.LauncherPool``); exit codes, timeouts, cancellation, output limits and
+background processes behave as for the others.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The per-session launcher: confine this process once, then fork a confined bash per request.
+"""The confined launcher: confine this process once, then fork a confined bash per request.
 
 Run as ``python -I -S _launcher_server.py [--write DIR]... --network none|inet|all
 [--no-metadata] --control FD`` by ``rho_agent.sandbox.session_launcher``. It confines itself at
-the session's broad level (writes beneath the session's scratch root, the devices and, for
+the broad level of its policy (writes beneath its scratch root, the devices and, for
 ``developer``, the working directory; the network and metadata rules of the profile), says
 ``ready`` on the control socket, and then serves requests. It is a fresh single-threaded process
 started by exec, so forking it is safe, unlike forking the threaded worker.
@@ -20,10 +20,10 @@ Each child adds a Landlock layer of its own before ``execve``: writes only benea
 devices, and Landlock scopes, so a command cannot signal or trace the launcher or another
 call's processes. Layers only narrow what the launcher's own layer allows.
 
-The launcher never outlives its session: when the worker closes the control socket (the backend
-closed, or the worker died and the kernel closed it) it kills the process group of every command
-still running and exits. When the worker closes a call's socket (the call was cancelled), it
-kills that call's group.
+The launcher never outlives its sessions: when the worker closes the control socket (the last
+backend using it closed, or the worker died and the kernel closed it) it kills the process group
+of every command still running and exits. When the worker closes a call's socket (the call was
+cancelled), it kills that call's group.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ the *thread* that started the launcher exits, and a worker's threads come and go
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import json
@@ -24,7 +25,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 from rho_agent.errors import BackendError, ConfinementUnavailable
@@ -84,7 +84,6 @@ class SessionLauncher:
         self.policy = policy
         self.working_dir = working_dir
         self._root = tempfile.mkdtemp(prefix="rho-scratch-")
-        self._send_lock = threading.Lock()
         control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         flags = ["--network", policy.network]
         flags += [flag for path in self._writable(self._root) for flag in ("--write", path)]
@@ -164,20 +163,15 @@ class SessionLauncher:
         return ConfinedProcess(reply, int(message[4:]), scratch)
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
-        """Send a request without blocking the loop: in a thread when the launcher's queue is
-        full (many sessions starting commands at once)."""
-        with self._send_lock:
-            try:
-                socket.send_fds(self._control, [data], fds, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                pass
-            else:
-                return
-        await asyncio.to_thread(self._send_blocking, data, fds)
-
-    def _send_blocking(self, data: bytes, fds: list[int]) -> None:
-        with self._send_lock:
-            socket.send_fds(self._control, [data], fds)
+        """Send a request without blocking the loop: in a thread when the launcher's buffer is
+        full (a launcher that is slow, or many large requests at once). Each send is one whole
+        message, so concurrent senders need no lock. (``socket.send_fds`` before Python 3.12
+        drops its ``flags``, hence ``sendmsg``.)"""
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        try:
+            self._control.sendmsg([data], rights, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            await asyncio.to_thread(self._control.sendmsg, [data], rights)
 
     def abandon(self) -> None:
         """In a forked child of the worker: let go of the launcher, which is the parent's."""

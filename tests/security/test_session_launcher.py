@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -261,3 +262,27 @@ def test_a_forked_child_lets_go_of_the_parents_launchers(tmp_path: Path) -> None
         check=False,
     )
     assert done.stdout.split() == ["0", "True", "False"], done.stderr
+
+
+async def test_a_launcher_that_stops_reading_does_not_block_the_loop(
+    backend: LocalBackend,
+) -> None:
+    """Requests that fill the launcher's socket buffer wait in a thread, not in the loop."""
+    await backend.run_command("true", timeout=10, profile=READONLY)
+    (launcher,) = _launcher_pids(backend)
+    os.kill(launcher, signal.SIGSTOP)
+    resume = threading.Timer(3.0, os.kill, (launcher, signal.SIGCONT))
+    resume.start()
+    try:
+        large = "echo x; : " + "y" * 20000
+        tasks = [
+            asyncio.create_task(backend.run_command(large, timeout=60, profile=READONLY))
+            for _ in range(40)
+        ]
+        started = time.monotonic()
+        await asyncio.sleep(0.2)
+        assert time.monotonic() - started < 2.0, "the event loop was blocked"
+        results = await asyncio.gather(*tasks)
+    finally:
+        resume.join()
+    assert [result.output for result in results] == ["x\n"] * 40

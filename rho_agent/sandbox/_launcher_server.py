@@ -28,6 +28,7 @@ cancelled), it kills that call's group.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import os
@@ -80,14 +81,32 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _receive(control: socket.socket) -> tuple[bytes, list[int]]:
+    """One request and its descriptors, close-on-exec from the start (``socket.recv_fds``
+    before Python 3.12 drops its flags), so that no command inherits another call's socket."""
+    size = socket.CMSG_LEN(2 * array.array("i").itemsize)
+    data, ancillary, _, _ = control.recvmsg(_MAX_REQUEST, size, socket.MSG_CMSG_CLOEXEC)
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
+
+
 def _exec_child(request: _Request, output: int, status: int, abi: int) -> None:
-    """In the forked child: own session, output on the pipe, its own Landlock layer, exec."""
+    """In the forked child: own session, output on the pipe, its own Landlock layer, exec.
+
+    Every descriptor but 0-2 and the status pipe (close-on-exec) is closed first: the
+    launcher holds other calls' sockets, which a command must never reach.
+    """
     try:
         os.setsid()
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(output, 1)
         os.dup2(output, 2)
+        os.closerange(3, status)
+        os.closerange(status + 1, os.sysconf("SC_OPEN_MAX"))
         for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
             signal.signal(number, signal.SIG_DFL)
         os.chdir(request.cwd)
@@ -121,9 +140,7 @@ class _Server:
 
     def _accept(self) -> bool:
         try:
-            data, fds, _, _ = socket.recv_fds(
-                self.control, _MAX_REQUEST, 2, socket.MSG_CMSG_CLOEXEC
-            )
+            data, fds = _receive(self.control)
         except OSError:
             return False
         if not data:

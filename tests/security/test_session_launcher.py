@@ -286,3 +286,15 @@ async def test_a_launcher_that_stops_reading_does_not_block_the_loop(
     finally:
         resume.join()
     assert [result.output for result in results] == ["x\n"] * 40
+
+
+async def test_a_command_holds_no_descriptor_of_the_launcher_or_another_call(
+    backend: LocalBackend,
+) -> None:
+    """Another call's socket would let a command forge that call's exit code, and another
+    call's output pipe would let it write into that call's output."""
+    running = asyncio.create_task(backend.run_command("sleep 2", timeout=10, profile=READONLY))
+    await asyncio.sleep(0.5)
+    result = await backend.run_command("ls /proc/$$/fd; true", timeout=10, profile=READONLY)
+    await running
+    assert result.output.split() == ["0", "1", "2"]

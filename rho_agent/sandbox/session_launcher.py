@@ -88,16 +88,31 @@ class SessionLauncher:
         flags = ["--network", policy.network]
         flags += [flag for path in self._writable(self._root) for flag in ("--write", path)]
         flags += [] if policy.metadata else ["--no-metadata"]
-        with theirs:
-            self._process = subprocess.Popen(
-                [sys.executable, "-I", "-S", _SERVER, *flags, "--control", str(theirs.fileno())],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                pass_fds=[theirs.fileno()],
-                cwd="/",
-                start_new_session=True,
-            )
+        try:
+            with theirs:
+                self._process = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-I",
+                        "-S",
+                        _SERVER,
+                        *flags,
+                        "--control",
+                        str(theirs.fileno()),
+                    ],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    pass_fds=[theirs.fileno()],
+                    cwd="/",
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            control.close()
+            shutil.rmtree(self._root, ignore_errors=True)
+            raise BackendError(
+                f"cannot start the confined launcher ({sys.executable}): {exc}"
+            ) from exc
         self._control = control
         self._await_ready()
 

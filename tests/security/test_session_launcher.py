@@ -298,3 +298,13 @@ async def test_a_command_holds_no_descriptor_of_the_launcher_or_another_call(
     result = await backend.run_command("ls /proc/$$/fd; true", timeout=10, profile=READONLY)
     await running
     assert result.output.split() == ["0", "1", "2"]
+
+
+async def test_a_launcher_that_cannot_start_is_a_backend_error(
+    backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    with pytest.raises(BackendError, match="cannot start the confined launcher"):
+        await backend.run_command("true", timeout=10, profile=READONLY)
+    monkeypatch.undo()
+    assert (await backend.run_command("echo ok", timeout=10, profile=READONLY)).output == "ok\n"

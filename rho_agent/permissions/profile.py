@@ -264,8 +264,12 @@ def profile_from_dict(data: Mapping[str, Any], *, source: str = "profile") -> Pe
 
 
 def profile_to_dict(profile: PermissionProfile) -> dict[str, Any]:
-    """The profile as JSON/YAML-ready data; ``profile_from_dict`` reads it back."""
-    return {
+    """The profile as JSON/YAML-ready data; ``profile_from_dict`` reads it back.
+
+    ``network`` and ``env`` appear only when set, so that a job a new dispatcher sends without
+    them still runs on a worker that predates them.
+    """
+    data: dict[str, Any] = {
         "name": profile.name,
         "shell": profile.shell,
         "write": profile.write,
@@ -273,9 +277,12 @@ def profile_to_dict(profile: PermissionProfile) -> dict[str, Any]:
         "approval": sorted(profile.approval),
         "shell_timeout": profile.shell_timeout,
         "tools": None if profile.tools is None else sorted(profile.tools),
-        "network": profile.network,
-        "env": list(profile.env),
     }
+    if profile.network is not None:
+        data["network"] = profile.network
+    if profile.env:
+        data["env"] = list(profile.env)
+    return data
 
 
 BUILTIN_PROFILES: Mapping[str, PermissionProfile] = MappingProxyType(

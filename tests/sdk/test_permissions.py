@@ -182,6 +182,8 @@ def test_yaml_network_and_env(tmp_path: Path) -> None:
     profile = load_profile(str(path))
     assert (profile.network, profile.env) == ("inet", ("DEBUG", "PGHOST"))
     assert profile_from_dict(profile_to_dict(profile)) == profile
+    assert "network" not in profile_to_dict(BUILTIN_PROFILES["readonly"])
+    assert "env" not in profile_to_dict(BUILTIN_PROFILES["readonly"])
 
 
 @pytest.mark.parametrize(

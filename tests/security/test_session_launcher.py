@@ -308,3 +308,12 @@ async def test_a_launcher_that_cannot_start_is_a_backend_error(
         await backend.run_command("true", timeout=10, profile=READONLY)
     monkeypatch.undo()
     assert (await backend.run_command("echo ok", timeout=10, profile=READONLY)).output == "ok\n"
+
+
+async def test_close_kills_a_confined_background_process(tmp_path: Path) -> None:
+    local = LocalBackend(str(tmp_path), launchers=LauncherPool())
+    result = await local.run_command("sleep 60 & echo $!", timeout=10, profile=READONLY)
+    pid = int(result.output)
+    assert result.exit_code == 0 and _alive(pid)
+    await local.close()
+    assert await asyncio.to_thread(_dead_within, pid, 3.0)

@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dispatch.errors import JobSpecError
+from rho_agent.budgets import Budget, label_scope
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
 from rho_agent.output import check_json_schema
@@ -30,6 +31,7 @@ from rho_agent.permissions.profile import (
     profile_to_dict,
 )
 from rho_agent.prompts import load_template, looks_like_path
+from rho_agent.ratelimits import RateLimit, rate_limits_from_data
 from rho_agent.redact import SECRET_NAME, default_redactor, redact
 
 SPEC_VERSION: Final = 1
@@ -67,8 +69,14 @@ class JobSpec(BaseModel):
     submitted_at: float = Field(default_factory=time.time)
     output_schema: dict[str, Any] | None = None
     """The JSON schema the last prompt's answer must match (content, never a path)."""
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=0)
+    batch_id: str | None = None
+    batch_max_cost_usd: float | None = Field(default=None, ge=0)
+    batch_max_tokens: int | None = Field(default=None, ge=0)
+    rate_limits: list[dict[str, Any]] = Field(default_factory=list)
 
-    @field_validator("job_id", "session_id", "reply_to")
+    @field_validator("job_id", "session_id", "reply_to", "batch_id")
     @classmethod
     def _check_id(cls, value: str | None) -> str | None:
         if value is not None and not ID_PATTERN.match(value):
@@ -116,6 +124,15 @@ class JobSpec(BaseModel):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            rate_limits_from_data(value, source="rate_limits")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @classmethod
     def decode(cls, payload: Any) -> JobSpec:
         """Parse an untrusted payload (dict or JSON); raise JobSpecError saying what is wrong."""
@@ -149,6 +166,39 @@ class JobSpec(BaseModel):
             raise JobSpecError(redact(str(exc))) from None
         config.prompt_is_text = True  # never a file on the machine that runs the job
         return config
+
+    def budgets(self) -> list[Budget]:
+        """The budgets that travel with this job: its own (here or in ``config.extras``) and
+        its batch's. Label and fleet budgets are the fleet's, stored apart."""
+        found = []
+        extras = self.config.get("extras") or {}
+        usd = self.max_cost_usd if self.max_cost_usd is not None else extras.get("max_cost_usd")
+        tokens = self.max_tokens if self.max_tokens is not None else extras.get("max_tokens")
+        try:
+            if usd is not None or tokens is not None:
+                found.append(Budget(f"job:{self.job_id}", max_cost_usd=usd, max_tokens=tokens))
+            if self.batch_id and (
+                self.batch_max_cost_usd is not None or self.batch_max_tokens is not None
+            ):
+                found.append(
+                    Budget(
+                        f"batch:{self.batch_id}",
+                        max_cost_usd=self.batch_max_cost_usd,
+                        max_tokens=self.batch_max_tokens,
+                    )
+                )
+        except ConfigError as exc:
+            raise JobSpecError(f"job {self.job_id}: {exc}") from None
+        return found
+
+    def budget_scopes(self) -> list[str]:
+        """Every scope whose budget this job's model calls count against (where one is set)."""
+        scopes = [budget.scope for budget in self.budgets()]
+        scopes += [label_scope(key, value) for key, value in sorted(self.labels.items())]
+        return [*scopes, "fleet"]
+
+    def batch_rate_limits(self) -> list[RateLimit]:
+        return rate_limits_from_data(self.rate_limits, source=f"job {self.job_id} rate_limits")
 
     @property
     def model(self) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatch.engine.approval import EXPIRED_REASON
+from dispatch.engine.bus import Claim
 from dispatch.engine.host import JobHost
 from dispatch.engine.loop import still_running
 from dispatch.errors import JobSpecError
@@ -77,17 +78,22 @@ class LeaseKeeper:
             except Exception as exc:
                 logger.warning("renewing job leases failed (%s); retrying", exc)
 
-    async def renew_once(self) -> list[str]:
+    async def renew_once(self) -> list[Claim]:
         active = self._host.active()
         if not active:
             return []
         args: list[Any] = [self._keys.job_prefix(), self._lease_ms]
         for job_id, attempt in active:
             args += [job_id, attempt]
-        lost: list[str] = await self._renew(keys=[self._keys.leases()], args=args)
-        for job_id in lost:
-            logger.warning("job %s was taken over by another worker; stopping it here", job_id)
-            self._host.cancel_local(job_id)
+        flat: list[str] = await self._renew(keys=[self._keys.leases()], args=args)
+        lost = [Claim(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        for claim in lost:
+            logger.warning(
+                "job %s attempt %d was taken over by another attempt; stopping it here",
+                claim.job_id,
+                claim.attempt,
+            )
+            self._host.stop_attempt(claim)  # not cancel_local: that stops every attempt here
         return lost
 
 

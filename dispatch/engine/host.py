@@ -96,6 +96,11 @@ class JobHost:
 
     def _fence_lost(self, claim: Claim) -> None:
         """The bus refused a write of ``claim``: stop that attempt here (not a newer one)."""
+        self.stop_attempt(claim)
+
+    def stop_attempt(self, claim: Claim) -> None:
+        """Another attempt owns the job: stop attempt ``claim.attempt`` here, and only it (the
+        sweeper may have sent the job back to this very worker, which then runs both)."""
         for run in self._runs.get(claim.job_id, []):
             if run.attempt == claim.attempt:
                 run.fence_lost()

@@ -147,7 +147,8 @@ return final
 )
 
 # KEYS: leases. ARGV: job key prefix, lease_ms, then job id / attempt pairs.
-# Renews the jobs this worker still owns; returns the ids it no longer owns (taken over).
+# Renews the jobs this worker still owns; returns job id / attempt of each attempt it no longer
+# owns (taken over), flattened: one worker may run a stale and the current attempt of a job.
 RENEW = (
     _NOW
     + """
@@ -159,6 +160,7 @@ for i = 3, #ARGV, 2 do
     redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[i])
   elseif status == 'running' or status == 'queued' then
     table.insert(lost, ARGV[i])
+    table.insert(lost, ARGV[i + 1])
   end
 end
 return lost

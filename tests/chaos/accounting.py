@@ -27,6 +27,12 @@ def account(
     for job, result in zip(jobs, results, strict=True):
         seen = list(job.events())
         count_job(counts, client, keys, job.id, result, seen)
+        if result is None or result.status != "completed":
+            info = job.info()
+            print(
+                f"[chaos] job {job.id} ended {info.status} (attempt {info.attempt}, worker "
+                f"{info.worker}): {info.error}; its events: {[e.type for e in seen]}"
+            )
     book = read_ledger(ledger)
     counts.reexecuted_side_effects = book.rerun_calls
     return counts, book

@@ -7,6 +7,7 @@ supervisor would. The quick forms run by default; the 100-job forms are ``chaos_
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatch import Dispatcher
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer
 from tests.chaos.accounting import account, broken_histories, print_ledger
@@ -24,6 +26,10 @@ from tests.integration.fleet import Fleet, running_fleet, wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(240)]
 
 TURNS = 4
+QUEUED_LEASE_S = 5
+"""A message a killed worker received and never claimed waits in Celery's ``unacked`` for the
+visibility timeout (1 h); the job is sent again when its queued lease lapses. The default lease
+(600 s) would make one such job hold the test for 10 minutes: a short one here."""
 SIZES = [
     pytest.param(30, 2, id="quick"),
     pytest.param(100, 6, id="full", marks=pytest.mark.chaos_full),
@@ -45,7 +51,8 @@ def fan_out_under(
     ledger = tmp_path / "ledger"
     model_server.responder = ledger_turns(ledger, TURNS, delay=0.3)
     config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
-    with fleet.dispatcher() as dispatcher:
+    settings = dataclasses.replace(fleet.settings, queued_lease_s=QUEUED_LEASE_S)
+    with Dispatcher(settings=settings) as dispatcher:
         started = time.monotonic()
         jobs = dispatcher.map([f"job{index}" for index in range(jobs_count)], config)
         steps = jobs_count * TURNS
@@ -79,7 +86,7 @@ def test_random_sigkills_during_a_multi_turn_fan_out(
     model_server: ScriptedModelServer, tmp_path: Path, jobs_count: int, kills: int
 ) -> None:
     names = ("w0", "w1", "w2")
-    env = {"RHO_AGENT_AGENT_FACTORY": FACTORY}
+    env = {"RHO_AGENT_AGENT_FACTORY": FACTORY, "RHO_AGENT_QUEUED_LEASE": str(QUEUED_LEASE_S)}
     chooser = random.Random(jobs_count)
     with running_fleet(tmp_path, dict.fromkeys(names, env)) as fleet:
 
@@ -106,12 +113,16 @@ def test_rolling_sigterm_restarts_during_a_fan_out(
     model_server: ScriptedModelServer, tmp_path: Path, jobs_count: int, rounds: int
 ) -> None:
     names = ("w0", "w1")
-    env = {"RHO_AGENT_AGENT_FACTORY": FACTORY, "RHO_AGENT_SHUTDOWN_GRACE": "0"}
+    env = {
+        "RHO_AGENT_AGENT_FACTORY": FACTORY,
+        "RHO_AGENT_SHUTDOWN_GRACE": "0",
+        "RHO_AGENT_QUEUED_LEASE": str(QUEUED_LEASE_S),
+    }
     with running_fleet(tmp_path, dict.fromkeys(names, env)) as fleet:
 
         def roll(reach: Callable[[float], None]) -> None:
             for index in range(rounds):
-                reach(index / (rounds + 1))
+                reach((index + 1) / (rounds + 2))
                 name = names[index % len(names)]
                 fleet.workers[name].stop()  # SIGTERM: running jobs are handed back
                 fleet.add_worker(name, **env).wait_ready()

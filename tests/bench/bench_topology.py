@@ -38,7 +38,7 @@ from tests.bench.bench_dispatch import (
     _latency_row,
 )
 from tests.bench.fleet_support import WORKER_START_TIMEOUT, RunningFleet, _stop_group
-from tests.bench.harness import REPO_ROOT, Row, machine, median, spawned_server
+from tests.bench.harness import REPO_ROOT, Row, machine, spawned_server
 from tests.chaos.topology import Topology, TopologyFleet, available, topology
 
 WORKERS = ("w0", "w1")
@@ -52,7 +52,7 @@ def fleet_in(net: Topology, tmp: Path, base_url: str) -> Iterator[RunningFleet]:
     fleet = TopologyFleet(FLEET_DB, tmp, net=net)
     try:
         for name in WORKERS:
-            fleet.add_worker(name, "WARNING", RHO_AGENT_ALLOWED_BASE_URLS=base_url)
+            fleet.add_worker(name, RHO_AGENT_ALLOWED_BASE_URLS=base_url)  # INFO: see add_worker
         for worker in fleet.workers.values():
             worker.wait_ready(WORKER_START_TIMEOUT)
         config = AgentConfig(base_url=base_url, working_dir=str(tmp))
@@ -80,16 +80,11 @@ def bare_in(net: Topology, tmp: Path) -> Iterator[Celery]:
             "--without-gossip", f"--hostname=bare-{name}@%h",
         ]  # fmt: skip
         with (tmp / f"bare-{name}.log").open("ab") as log:
-            processes.append(
-                subprocess.Popen(
-                    command,
-                    env=env,
-                    cwd=REPO_ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )  # fmt: skip
-            )
+            process = subprocess.Popen(
+                command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        processes.append(process)
     app = bare_celery.client_app(net.url(BARE_DB))
     try:
         for index in range(len(WORKERS) * 4):  # both workers up and their connections warm

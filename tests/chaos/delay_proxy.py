@@ -125,7 +125,10 @@ class DelayProxy:
         sock = await self._in(route.listen.namespace, listening)
 
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._serve(route, reader, writer)
+            # Cancelled at close; the task ends here (Python 3.11's stream callback would log
+            # the cancellation of a connection task as an error).
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._serve(route, reader, writer)
 
         route.server = await asyncio.start_server(accept, sock=sock)
 

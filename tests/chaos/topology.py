@@ -31,7 +31,7 @@ from pathlib import Path
 import redis
 
 from tests.chaos.delay_proxy import DelayProxy, Endpoint
-from tests.integration.fleet import Fleet, free_port
+from tests.integration.fleet import Fleet, WorkerProcess, free_port
 
 PREFIX = "rhoch-"
 REDIS_PORT = 6390
@@ -210,6 +210,14 @@ class TopologyFleet(Fleet):
     def url(self) -> str:
         assert self.net is not None
         return self.net.url(self.db)
+
+    def add_worker(
+        self, name: str, loglevel: str = "INFO", app: str = "workers", **env: str
+    ) -> WorkerProcess:
+        """As ``Fleet.add_worker``, always at log level INFO: a quieter worker is found ready by
+        a Celery ping through its broker URL, an address only its namespace reaches (from the
+        host namespace the ping would leave through the default route)."""
+        return super().add_worker(name, "INFO", app, **env)
 
     def worker_env(self, name: str) -> dict[str, str]:
         assert self.net is not None

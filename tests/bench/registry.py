@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.bench import (
     bench_capacity,
+    bench_celery_peers,
     bench_concurrency,
     bench_dispatch,
     bench_events,
@@ -23,4 +24,5 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     bench_trace.BENCHMARK,
     bench_model_cpu.BENCHMARK,
     bench_reduce.BENCHMARK,
+    bench_celery_peers.BENCHMARK,
 )

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dispatch.errors import JobSpecError
+from rho_agent import jsoncodec
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
 from rho_agent.output import check_json_schema
@@ -108,7 +109,7 @@ class JobSpec(BaseModel):
         """Parse an untrusted payload (dict or JSON); raise JobSpecError saying what is wrong."""
         if isinstance(payload, str | bytes):
             try:
-                payload = json.loads(payload)
+                payload = jsoncodec.loads(payload)
             except json.JSONDecodeError as exc:
                 raise JobSpecError(f"job payload is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):

@@ -8,7 +8,6 @@ one event loop (redis.asyncio connections are bound to the loop that made them).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,6 +34,7 @@ from dispatch.info import JobInfo, job_fields
 from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
+from rho_agent import jsoncodec
 from rho_agent.events import RunResult
 
 _INFO_FIELDS = list(JobInfo.model_fields)
@@ -43,7 +43,7 @@ _MAX_CONNECTIONS = 64
 
 def decode_entry(raw: str) -> list[dict[str, Any]]:
     """The items of one stream entry: one JSON object, or a list of them written together."""
-    data = json.loads(raw)
+    data = jsoncodec.loads(raw)
     return data if isinstance(data, list) else [data]
 
 
@@ -138,7 +138,7 @@ class RedisBus:
         for job_id in job_ids:
             pipe.hget(self.keys.job(job_id), "result")
         raws: list[str | None] = await pipe.execute()
-        return [RunResult.from_dict(json.loads(raw)) if raw else None for raw in raws]
+        return [RunResult.from_dict(jsoncodec.loads(raw)) if raw else None for raw in raws]
 
     async def recent_jobs(self, limit: int) -> list[str]:
         return list(await self._r.zrevrange(self.keys.jobs(), 0, limit - 1))
@@ -163,8 +163,8 @@ class RedisBus:
                 job_id,
                 self._retention,
                 self._maxlen,
-                json.dumps(result_dict(result)),
-                json.dumps(event_entry(result.events[0])),
+                jsoncodec.dumps(result_dict(result)),
+                jsoncodec.dumps(event_entry(result.events[0])),
                 self.keys.dispatcher_prefix(),
                 self.keys.session_prefix(),
                 mode,
@@ -277,7 +277,7 @@ class RedisBus:
                 spec.job_id,
                 attempt,
                 status,
-                json.dumps(result_dict(result), ensure_ascii=False),
+                jsoncodec.dumps(result_dict(result)),
                 error or "",
                 self._retention,
                 self._maxlen,

@@ -11,7 +11,7 @@ from rho_agent import jsoncodec
 
 STDLIB = {"ensure_ascii": False, "separators": (",", ":")}
 RECORDS: list[Any] = [
-    {"v": 1, "type": "message", "ts": "2026-12-07T07:00:00+00:00", "role": "user", "content": "é ✓"},
+    {"v": 1, "type": "message", "ts": "2026-12-07T07:00:00+00:00", "role": "user", "content": "é"},
     {"kind": "event", "attempt": 1, "seq": 7, "event": {"type": "tool_end", "tool_result": "ok"}},
     {"usage": {"input_tokens": 1400, "cost": 0.0012, "nothing": None, "flags": [True, False]}},
     ["a list", 1, 2.5, {"nested": {"deep": []}}],

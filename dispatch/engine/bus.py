@@ -16,17 +16,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from dispatch.info import JobInfo
+from dispatch.info import Decision, JobInfo, PendingCall
 from dispatch.spec import JobSpec
 from rho_agent.events import AgentEvent, RunResult, output_data
+
+if TYPE_CHECKING:
+    from dispatch.engine.approval import DecideOutcome
 
 START = "0"
 EVENT_PAGE = 1000
 """How many events one read returns at most."""
 
-StartAction = Literal["run", "skip", "cancelled", "busy"]
+StartAction = Literal["run", "skip", "cancelled", "busy", "exists"]
 CancelOutcome = Literal["cancelled", "requested", "finished", "unknown"]
 
 
@@ -62,7 +65,8 @@ class StartDecision:
 
     ``run``: it owns attempt ``attempt``. ``cancelled``: it owns the attempt but the job was
     cancelled before it started. ``busy``: it owns the attempt but another live job (``detail``)
-    is running the same session. ``skip``: someone else runs or ran it (``detail`` says why).
+    is running the same session. ``exists``: it owns the attempt but the job starts a new
+    session whose id is taken. ``skip``: someone else runs or ran it (``detail`` says why).
     ``handbacks``: how many earlier attempts ended by a graceful hand-back at shutdown (those are
     not failures, so they do not count against the attempt limit).
     """
@@ -115,7 +119,18 @@ class RunnerBus(Protocol):
         (JobInfo.error); False if another attempt owns the job now."""
         ...
 
-    async def cancel_requested(self, job_id: str) -> bool: ...
+    async def await_approval(
+        self,
+        spec: JobSpec,
+        attempt: int,
+        result: RunResult,
+        error: str | None,
+        pending: list[PendingCall],
+        ttl_s: float,
+    ) -> bool:
+        """Park the job as ``awaiting_approval`` with its ``pending`` calls (they expire after
+        ``ttl_s``); its waiters get ``result``. False if another attempt owns the job now."""
+        ...
 
     async def reject(self, job_id: str, error: str) -> bool: ...
 
@@ -134,6 +149,23 @@ class DispatchBus(Protocol):
     async def recent_jobs(self, limit: int) -> list[str]: ...
 
     async def request_cancel(self, job_id: str) -> CancelOutcome: ...
+
+    async def decide(
+        self, job_id: str, decision: Decision, call_ids: Sequence[str] | None, reason: str
+    ) -> DecideOutcome:
+        """Record ``decision`` for ``call_ids`` (None: every undecided call) of a job awaiting
+        approval, atomically; queue the job again once every call is decided. Raises
+        ApprovalRefused (changing nothing) or JobNotFound."""
+        ...
+
+    async def awaiting(self, limit: int) -> list[JobInfo]:
+        """Jobs awaiting approval, the soonest to expire first."""
+        ...
+
+    async def expire_approvals(self, reason: str) -> list[tuple[JobSpec, int]]:
+        """Deny, with ``reason``, the undecided calls of jobs whose approval time is over and
+        queue them again; returns each spec with its last attempt, to be sent."""
+        ...
 
     async def read_done(
         self, dispatcher_id: str, after: str, block_s: float

@@ -1,4 +1,4 @@
-"""Benchmark 10: the fleet against the Celery app a user writes by hand for the same work.
+"""Benchmark 11: the fleet against the Celery app a user writes by hand for the same work.
 
 N one-turn jobs (the scripted server answers at once, ``echo``) on WORKERS worker processes with
 CONCURRENCY slots each, on the same Redis server: the fleet's ``map`` then ``gather`` against
@@ -51,7 +51,7 @@ def run(settings: Settings) -> list[Row]:
     details = {"jobs": sizes.jobs, "workers": WORKERS, "slots_per_worker": CONCURRENCY}
     return [
         Row(
-            name=f"10. {sizes.jobs:,} one-turn jobs vs hand-rolled Celery, {form}",
+            name=f"11. {sizes.jobs:,} one-turn jobs vs hand-rolled Celery, {form}",
             figure=median(rates["fleet"]),
             unit="jobs/s",
             baseline=median(rates[key]),
@@ -90,4 +90,4 @@ def _handrolled(app: Celery, task: str, base_url: str, count: int) -> float:
     return count / watch.seconds
 
 
-BENCHMARK = Benchmark("10", "Fleet vs a hand-rolled Celery app", run)
+BENCHMARK = Benchmark("11", "Fleet vs a hand-rolled Celery app", run)

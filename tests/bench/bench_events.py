@@ -56,17 +56,18 @@ def run(settings: Settings) -> list[Row]:
     sizes = Sizes(9) if settings.quick else Sizes(60)
     count = REPETITIONS * sizes.jobs
     with (
+        spawned_server(
+            f"noop-tools:{BACKGROUND_TURNS}", settings.workdir, BACKGROUND_DELAY
+        ) as background_server,
         running_fleet(
             settings.workdir,
             1,
             f"noop-tools:{TOOL_TURNS}",
             factory=STAMP_FACTORY,
             redis=settings.redis,
+            also_allow=(background_server.base_url,),
             RHO_AGENT_WORKER_CONCURRENCY=str(BACKGROUND_JOBS + 50),
         ) as fleet,
-        spawned_server(
-            f"noop-tools:{BACKGROUND_TURNS}", settings.workdir, BACKGROUND_DELAY
-        ) as background_server,
     ):
         _fleet_latencies(fleet, 1)  # warm up
         idle = [_fleet_latencies(fleet, sizes.jobs) for _ in range(REPETITIONS)]

@@ -53,6 +53,7 @@ def running_fleet(
     delay: float = 0.0,
     factory: str = "",
     redis: str = DEFAULT_REDIS,
+    also_allow: tuple[str, ...] = (),
     **env: str,
 ) -> Iterator[RunningFleet]:
     """``workers`` fleet worker processes on a claimed database of ``redis``, with a model
@@ -66,6 +67,7 @@ def running_fleet(
                     f"w{index}",
                     "WARNING",
                     RHO_AGENT_AGENT_FACTORY=factory,
+                    RHO_AGENT_ALLOWED_BASE_URLS=",".join((server.base_url, *also_allow)),
                     **{**PRODUCTION_LEASES, **env},
                 )
             for worker in fleet.workers.values():

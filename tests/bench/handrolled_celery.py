@@ -1,4 +1,4 @@
-"""Benchmark 10's peer: the Celery app a user writes by hand to run one model call per task.
+"""Benchmark 11's peer: the Celery app a user writes by hand to run one model call per task.
 
 Two forms, both streaming one chat completion with the stock ``openai`` client and returning its
 text, on the bare Celery configuration (``bare_celery.client_app``: JSON, late acks, prefetch 1):

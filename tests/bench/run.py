@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         "--redis",
         default=DEFAULT_REDIS,
         metavar="URL",
-        help="the Redis server for benchmarks 3-6 and 10 (no database: each claims a free "
+        help="the Redis server for benchmarks 3-6 and 11 (no database: each claims a free "
         "database 1-15 on it and flushes it afterwards)",
     )
     return parser

@@ -14,7 +14,9 @@ import pytest
 
 from dispatch.engine.bus import Claim, JobBus, entry_event, event_entry, is_finished
 from dispatch.engine.memory_bus import MemoryBus
+from dispatch.errors import ApprovalRefused, JobNotFound
 from dispatch.fleet.redis_bus import RedisBus
+from dispatch.info import PendingCall
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec, build_spec
 from rho_agent import AgentConfig, AgentEvent, RunResult
@@ -140,9 +142,7 @@ async def test_cancelling_a_running_job_asks_its_worker(bus: JobBus) -> None:
     await bus.submit([job], "q")
     await bus.start(job, "w1", 60_000)
     position, _ = await bus.next_cancels("$", 0.0)
-    assert not await bus.cancel_requested(job.job_id)
     assert await bus.request_cancel(job.job_id) == "requested"
-    assert await bus.cancel_requested(job.job_id)
     _, job_ids = await bus.next_cancels(position, 1.0)
     assert job_ids == [job.job_id]
 
@@ -217,3 +217,134 @@ async def test_writes_after_the_job_finished_are_refused(bus: JobBus) -> None:
     await bus.flush()
     assert not any(entry_event(entry) for entry in await bus.read_events(job.job_id))
     assert refused == [Claim(job.job_id, 1)]
+
+
+async def test_a_new_session_job_cannot_take_an_existing_sessions_id(bus: JobBus) -> None:
+    first = spec()
+    await bus.submit([first], "q")
+    assert (await bus.start(first, "w1", 60_000)).action == "run"
+    bus.emit_trace(Claim(first.job_id, 1), first.session_id, {"type": "session_start"})
+    bus.emit_session(Claim(first.job_id, 1), first.session_id, {"created_at": "now"}, new=True)
+    await bus.finish(first, 1, RunResult(text="ok"), None)
+    taker = spec(session_id=first.session_id)
+    await bus.submit([taker], "q")
+    decision = await bus.start(taker, "w1", 60_000)
+    assert (decision.action, decision.attempt) == ("exists", 1)
+    continuing = spec(session_id=first.session_id, continue_session=True)
+    await bus.submit([continuing], "q")
+    assert (await bus.start(continuing, "w1", 60_000)).action == "run"
+
+
+async def test_a_new_session_redelivered_after_a_crash_is_not_refused(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    assert (await bus.start(job, "w1", 1)).action == "run"
+    bus.emit_trace(Claim(job.job_id, 1), job.session_id, {"type": "session_start"})
+    bus.emit_session(Claim(job.job_id, 1), job.session_id, {"created_at": "now"}, new=True)
+    await bus.flush()
+    await asyncio.sleep(0.01)  # the 1 ms lease has lapsed: the job may be claimed again
+    if isinstance(bus, MemoryBus):
+        await bus.set_fields(job.job_id, {"status": "queued"})  # what its sweeper does
+    decision = await bus.start(job, "w2", 60_000)
+    assert (decision.action, decision.attempt) == ("run", 2)
+
+
+# -- approvals --------------------------------------------------------------------------------
+
+
+async def parked_job(bus: JobBus, ttl_s: float = 60.0, session_id: str | None = None) -> JobSpec:
+    """A started job parked with two pending calls, ``c1`` and ``c2``."""
+    job = spec(session_id)
+    await bus.submit([job], "q")
+    await bus.start(job, "w1", 60_000)
+    pending = [
+        PendingCall(call_id="c1", tool_name="bash", arguments={"command": "ls", "list": []}),
+        PendingCall(call_id="c2", tool_name="write", arguments={}),
+    ]
+    paused = RunResult(text="", events=[], status="awaiting_approval", usage={})
+    assert await bus.await_approval(job, 1, paused, "approval required", pending, ttl_s)
+    return job
+
+
+async def test_a_parked_job_lists_its_calls_and_ends_waiters(bus: JobBus) -> None:
+    job = await parked_job(bus)
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and info.status == "awaiting_approval" and info.finished
+    assert [(c.call_id, c.arguments, c.decision) for c in info.pending_approvals] == [
+        ("c1", {"command": "ls", "list": []}, None),
+        ("c2", {}, None),
+    ]
+    assert [i.job_id for i in await bus.awaiting(10)] == [job.job_id]
+    [done] = await bus.read_done("d1", "0", 0.0)
+    assert done.data["result"]["status"] == "awaiting_approval", "gather returns the pause"
+    entries = await bus.read_events(job.job_id)
+    assert not any(is_finished(entry) for entry in entries), "events() may go on after it"
+    assert not await bus.await_approval(job, 1, RunResult(text=""), None, [], 60), "not running"
+
+
+async def test_decisions_are_atomic_and_refused_whole(bus: JobBus) -> None:
+    job = await parked_job(bus)
+    with pytest.raises(ApprovalRefused) as refused:
+        await bus.decide(job.job_id, "approved", ["c1", "nope"], "")
+    assert refused.value.reason == "unknown_call"
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and [c.decision for c in info.pending_approvals] == [None, None]
+    assert (await bus.decide(job.job_id, "denied", ["c2"], "no writes")).action == "waiting"
+    with pytest.raises(ApprovalRefused, match="already denied") as refused:
+        await bus.decide(job.job_id, "approved", ["c2"], "")
+    assert refused.value.reason == "already_decided"
+    decided = await bus.decide(job.job_id, "approved", None, "")
+    assert (decided.action, decided.spec, decided.attempt) == ("queued", job, 1)
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and info.status == "queued" and not info.finished
+    assert [(c.decision, c.reason) for c in info.pending_approvals] == [
+        ("approved", None),
+        ("denied", "no writes"),
+    ]
+    assert await bus.awaiting(10) == []
+    with pytest.raises(ApprovalRefused, match="it is queued") as refused:
+        await bus.decide(job.job_id, "approved", None, "")
+    assert refused.value.reason == "not_awaiting"
+    again = await bus.start(job, "w2", 60_000)
+    assert (again.action, again.attempt, again.handbacks) == ("run", 2, 1), "not a failure"
+    kinds = [e.data.get("type") for e in await bus.read_events(job.job_id)]
+    assert kinds[-2:] == ["approval_decided", "continued"]
+    with pytest.raises(JobNotFound):
+        await bus.decide("j-nope", "approved", None, "")
+
+
+async def test_concurrent_decisions_exactly_one_wins(bus: JobBus) -> None:
+    job = await parked_job(bus)
+    outcomes = await asyncio.gather(
+        *(bus.decide(job.job_id, "approved", None, "") for _ in range(5)),
+        return_exceptions=True,
+    )
+    wins = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert [w.action for w in wins] == ["queued"]
+    assert all(isinstance(o, ApprovalRefused) for o in outcomes if o not in wins)
+
+
+async def test_expired_approvals_are_denied_and_queued(bus: JobBus) -> None:
+    job = await parked_job(bus, ttl_s=0.3)
+    await bus.decide(job.job_id, "approved", ["c1"], "")
+    assert await bus.expire_approvals("too late") == []
+    await asyncio.sleep(0.4)
+    assert await bus.expire_approvals("too late") == [(job, 1)]
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and info.status == "queued"
+    assert [(c.decision, c.reason) for c in info.pending_approvals] == [
+        ("approved", None),
+        ("denied", "too late"),
+    ]
+    assert await bus.expire_approvals("too late") == []
+
+
+async def test_a_parked_job_keeps_its_session_until_cancelled(bus: JobBus) -> None:
+    job = await parked_job(bus)
+    other = spec(job.session_id)
+    await bus.submit([other], "q")
+    busy = await bus.start(other, "w2", 60_000)
+    assert (busy.action, busy.detail) == ("busy", job.job_id)
+    assert await bus.request_cancel(job.job_id) == "cancelled"
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and info.status == "cancelled" and await bus.awaiting(10) == []

@@ -23,6 +23,8 @@ class FleetSettings:
 
     ``broker_url`` ``None`` means embedded mode: jobs run in this process, no Redis needed.
     ``redis_url`` holds the job bus (events, traces, metadata) and defaults to the broker URL.
+    ``redis_outage_s`` is how long workers and dispatchers ride out an unreachable Redis (and
+    how long a dispatcher lets a job's record stay missing) before giving up on it.
     """
 
     broker_url: str | None = None
@@ -32,6 +34,7 @@ class FleetSettings:
     retention_s: int = 7 * 24 * 3600
     events_maxlen: int = 20_000
     embedded_concurrency: int = 64
+    redis_outage_s: float = 60.0
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -43,6 +46,10 @@ class FleetSettings:
         if self.embedded_concurrency < 1:
             raise SettingsError(
                 f"embedded concurrency must be at least 1, got {self.embedded_concurrency}"
+            )
+        if self.redis_outage_s <= 0:
+            raise SettingsError(
+                f"RHO_AGENT_REDIS_OUTAGE_LIMIT must be > 0 s, got {self.redis_outage_s}"
             )
         if not self.queue.strip():
             raise SettingsError("the queue name must not be empty (RHO_AGENT_QUEUE)")
@@ -80,6 +87,8 @@ def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     for name, attr in int_vars.items():
         if env.get(name):
             values[attr] = env_int(env, name)
+    if env.get("RHO_AGENT_REDIS_OUTAGE_LIMIT"):
+        values["redis_outage_s"] = env_float(env, "RHO_AGENT_REDIS_OUTAGE_LIMIT")
     return values
 
 

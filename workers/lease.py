@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from dispatch.engine.loop import still_running
 from dispatch.errors import JobSpecError
 from dispatch.fleet import lua
 from dispatch.fleet.keys import Keys
+from dispatch.info import job_fields
+from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 
 logger = logging.getLogger("workers.lease")
@@ -29,13 +32,26 @@ Resend = Callable[[JobSpec, int], None]
 
 
 class LeaseKeeper:
-    """Renews the leases of every job this host runs; cancels the ones another worker took."""
+    """Renews the leases of every job this host runs; cancels the ones another worker took.
 
-    def __init__(self, client: Any, keys: Keys, host: JobHost, lease_ms: int) -> None:
+    A renewal that fails (Redis restarting or unreachable) is retried at the next one: the jobs
+    keep running in memory, and the sweeper waits a whole lease after an outage before it takes
+    any lease as lapsed (``Sweeper``). A job whose record Redis lost (restarted without
+    persistence) gets it back from this worker's copy of the spec, so its dispatcher sees it
+    running instead of missing, and its result has a record to land in.
+    """
+
+    def __init__(
+        self, client: Any, settings: FleetSettings, host: JobHost, lease_ms: int, worker: str
+    ) -> None:
+        self._client = client
         self._renew = client.register_script(lua.RENEW)
-        self._keys = keys
+        self._restore = client.register_script(lua.RESTORE_RUNNING)
+        self._settings = settings
+        self._keys = settings.keys
         self._host = host
         self._lease_ms = lease_ms
+        self._worker = worker
 
     async def run(self) -> None:
         while still_running():
@@ -58,14 +74,61 @@ class LeaseKeeper:
         for job_id in lost:
             logger.warning("job %s was taken over by another worker; stopping it here", job_id)
             self._host.cancel_local(job_id)
+        await self.restore_vanished([item for item in active if item[0] not in lost])
         return lost
+
+    async def restore_vanished(self, active: list[tuple[str, int]]) -> list[str]:
+        """Re-create the records of running jobs that Redis no longer has; their ids."""
+        pipe = self._client.pipeline(transaction=False)
+        for job_id, _ in active:
+            pipe.hexists(self._keys.job(job_id), "spec")
+        present = await pipe.execute()
+        restored = []
+        for (job_id, attempt), exists in zip(active, present, strict=True):
+            spec = None if exists else self._host.spec_of(job_id)
+            if spec is None:
+                continue
+            fields = job_fields(spec, queue=self._settings.queue)
+            del fields["status"], fields["attempt"]
+            args: list[Any] = [
+                job_id,
+                attempt,
+                self._worker,
+                self._lease_ms,
+                self._settings.retention_s,
+                spec.submitted_at,
+            ]
+            for name, value in fields.items():
+                args += [name, value]
+            keys = [
+                self._keys.job(job_id),
+                self._keys.leases(),
+                self._keys.jobs(),
+                self._keys.session_owner(spec.session_id),
+            ]
+            if await self._restore(keys=keys, args=args):
+                logger.warning("job %s: Redis lost its record; re-created it from here", job_id)
+                restored.append(job_id)
+        return restored
 
 
 class Sweeper:
-    """Every ``interval_s``, re-sends jobs whose lease lapsed (at most one sweeper at a time)."""
+    """Every ``interval_s``, re-sends jobs whose lease lapsed (at most one sweeper at a time).
+
+    Leases lapse for everyone while Redis is unreachable or restarting, although their workers
+    still run the jobs: so the sweeper takes a lease as lapsed only once Redis has been up, and
+    reachable from here without a gap, for a whole lease (every live worker renewed since).
+    """
 
     def __init__(
-        self, client: Any, keys: Keys, resend: Resend, *, interval_s: float, grace_ms: int
+        self,
+        client: Any,
+        keys: Keys,
+        resend: Resend,
+        *,
+        interval_s: float,
+        grace_ms: int,
+        lease_ms: int,
     ) -> None:
         self._client = client
         self._claim = client.register_script(lua.CLAIM_LAPSED)
@@ -73,6 +136,9 @@ class Sweeper:
         self._resend = resend
         self._interval_s = interval_s
         self._grace_ms = grace_ms
+        self._lease_s = lease_ms / 1000
+        self._steady_since: float | None = None
+        self._last_answer = 0.0
 
     async def run(self) -> None:
         while still_running():
@@ -82,9 +148,24 @@ class Sweeper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._steady_since = None
                 logger.warning("sweeping for stopped jobs failed (%s); retrying", exc)
 
+    async def redis_steady(self) -> bool:
+        """Whether Redis has been up and answering here for at least one lease."""
+        asked = time.monotonic()
+        info = await self._client.info("server")
+        answered = time.monotonic()
+        gap = max(2 * self._interval_s, self._lease_s / 3)
+        if self._steady_since is None or answered - self._last_answer > gap or answered - asked > 1:
+            self._steady_since = answered  # an outage, a pause, or our first look
+        self._last_answer = answered
+        uptime_s = float(info.get("uptime_in_seconds", 0))
+        return uptime_s >= self._lease_s and answered - self._steady_since >= self._lease_s
+
     async def sweep_once(self) -> list[str]:
+        if not await self.redis_steady():
+            return []
         lock_ms = max(1, int(self._interval_s * 900))
         if not await self._client.set(self._keys.sweeper_lock(), "1", nx=True, px=lock_ms):
             return []

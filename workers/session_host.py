@@ -104,13 +104,16 @@ class SessionHost:
         await host.start()
         self._bus = bus
         self._broker = CeleryBroker(settings.fleet)
-        keeper = LeaseKeeper(bus.client, settings.fleet.keys, host, settings.lease_ms)
+        keeper = LeaseKeeper(
+            bus.client, settings.fleet, host, settings.lease_ms, settings.worker_name
+        )
         sweeper = Sweeper(
             bus.client,
             settings.fleet.keys,
             self._resend,
             interval_s=settings.sweep_interval_s,
             grace_ms=_REQUEUE_GRACE_MS,
+            lease_ms=settings.lease_ms,
         )
         self._tasks = [
             asyncio.create_task(keeper.run(), name="rho-leases"),

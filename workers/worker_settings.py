@@ -54,6 +54,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "$TMPDIR/rho-agent-health",
         "where the worker's health file is written",
     ),
+    (
+        "RHO_AGENT_REDIS_OUTAGE_LIMIT",
+        "60",
+        "seconds Redis may be unreachable (or a job's record missing) before giving up on it",
+    ),
     ("RHO_AGENT_EMBEDDED_CONCURRENCY", "64", "(dispatchers only) jobs run at once in-process"),
 )
 

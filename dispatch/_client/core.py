@@ -40,7 +40,13 @@ class _Core:
         self.loop = LoopThread(f"rho-dispatcher-{dispatcher_id}")
         self._backend: EmbeddedBackend | FleetBackend | None = None
         self._lock = threading.Lock()
-        self.fan_in = FanIn(lambda: self.bus, dispatcher_id, self.read_events)
+        self.fan_in = FanIn(
+            lambda: self.bus,
+            dispatcher_id,
+            self.read_events,
+            self._resend,
+            missing_limit_s=settings.redis_outage_s,
+        )
         self._followers: set[asyncio.Task[None]] = set()
 
     @property
@@ -62,7 +68,7 @@ class _Core:
     def submit(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
         """Send jobs (from any thread but the loop's)."""
         backend = self.backend
-        self.fan_in.expect(spec.job_id for spec in specs)
+        self.fan_in.expect(specs)
         if isinstance(backend, FleetBackend):
             backend.publish(specs)
         else:
@@ -72,12 +78,20 @@ class _Core:
     async def asubmit(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
         """Send jobs from an event loop."""
         backend = self.backend
-        self.fan_in.expect(spec.job_id for spec in specs)
+        self.fan_in.expect(specs)
         if isinstance(backend, FleetBackend):
             await asyncio.to_thread(backend.publish, specs)
         else:
             await self.loop.acall(backend.send(specs))
         return self._jobs(specs, observers)
+
+    async def _resend(self, specs: list[JobSpec]) -> None:
+        """Send jobs again whose records Redis lost (the fan-in found them missing)."""
+        backend = self.backend
+        if isinstance(backend, FleetBackend):
+            await asyncio.to_thread(backend.publish, specs)
+        else:
+            await backend.send(specs)
 
     def _jobs(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
         from dispatch.job import Job
@@ -119,8 +133,14 @@ class _Core:
         backend = self.backend
         if not isinstance(backend, FleetBackend):
             return self.loop.call(self.read_events(job_id, after, block_s))
+        from dispatch.fleet.outage import survive_sync
+
         self.loop.refuse_blocking_call_in_loop()
-        entries = backend.read_events_blocking(job_id, after, block_s)
+        entries = survive_sync(
+            lambda: backend.read_events_blocking(job_id, after, block_s),
+            limit_s=self.settings.redis_outage_s,
+            what=f"reading the events of job {job_id}",
+        )
         if entries:
             return entries, False
         return entries, self.loop.call(self.require_info(job_id)).finished

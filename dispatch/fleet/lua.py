@@ -208,3 +208,23 @@ redis.call('EXPIRE', KEYS[2], ARGV[1])
 return now_ms
 """
 )
+
+# KEYS: job, leases, jobs index, session owner.
+# ARGV: job_id, attempt, worker, lease_ms, retention_s, submitted_at, then hash field / value
+# pairs (the submitted job's fields). Re-creates the record of a job this worker is running
+# when Redis lost it (a restart without persistence); does nothing if the record exists.
+RESTORE_RUNNING = (
+    _NOW
+    + """
+if redis.call('HEXISTS', KEYS[1], 'spec') == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', ARGV[2], 'worker', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'started_at', now_s)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[4]), ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[5])
+return 1
+"""
+)

@@ -7,10 +7,11 @@ one event loop (redis.asyncio connections are bound to the loop that made them).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -28,12 +29,14 @@ from dispatch.engine.bus import (
 )
 from dispatch.fleet import lua
 from dispatch.fleet.keys import Keys
+from dispatch.fleet.outage import RedisOutage, survive
 from dispatch.fleet.writer import BatchWriter
 from dispatch.info import JobInfo, job_fields
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
 
+T = TypeVar("T")
 _INFO_FIELDS = list(JobInfo.model_fields)
 _MAX_CONNECTIONS = 64
 
@@ -109,10 +112,14 @@ class RedisBus:
         await pipe.execute()
 
     async def get_info(self, job_ids: Sequence[str]) -> list[JobInfo | None]:
-        pipe: Any = self.client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hmget(self.keys.job(job_id), _INFO_FIELDS)
-        rows: list[list[str | None]] = await pipe.execute()
+        async def read() -> list[list[str | None]]:
+            pipe: Any = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hmget(self.keys.job(job_id), _INFO_FIELDS)
+            rows: list[list[str | None]] = await pipe.execute()
+            return rows
+
+        rows = await self._survive(read, "reading job metadata")
         infos: list[JobInfo | None] = []
         for job_id, row in zip(job_ids, rows, strict=True):
             fields = {name: value for name, value in zip(_INFO_FIELDS, row, strict=True) if value}
@@ -120,10 +127,14 @@ class RedisBus:
         return infos
 
     async def get_results(self, job_ids: Sequence[str]) -> list[RunResult | None]:
-        pipe: Any = self.client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hget(self.keys.job(job_id), "result")
-        raws: list[str | None] = await pipe.execute()
+        async def read() -> list[str | None]:
+            pipe: Any = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), "result")
+            raws: list[str | None] = await pipe.execute()
+            return raws
+
+        raws = await self._survive(read, "reading job results")
         return [RunResult.from_dict(json.loads(raw)) if raw else None for raw in raws]
 
     async def recent_jobs(self, limit: int) -> list[str]:
@@ -188,31 +199,36 @@ class RedisBus:
     # -- runner side --------------------------------------------------------------------------
 
     async def start(self, spec: JobSpec, worker: str, lease_ms: int) -> StartDecision:
-        action, attempt, detail = await self._start(
-            keys=[
-                self.keys.job(spec.job_id),
-                self.keys.events(spec.job_id),
-                self.keys.cancel(spec.job_id),
-                self.keys.session_owner(spec.session_id),
-                self.keys.leases(),
-            ],
-            args=[
-                spec.job_id,
-                worker,
-                lease_ms,
-                self._retention,
-                self._maxlen,
-                self.keys.job_prefix(),
-            ],
+        action, attempt, detail = await self._survive(
+            lambda: self._start(
+                keys=[
+                    self.keys.job(spec.job_id),
+                    self.keys.events(spec.job_id),
+                    self.keys.cancel(spec.job_id),
+                    self.keys.session_owner(spec.session_id),
+                    self.keys.leases(),
+                ],
+                args=[
+                    spec.job_id,
+                    worker,
+                    lease_ms,
+                    self._retention,
+                    self._maxlen,
+                    self.keys.job_prefix(),
+                ],
+            ),
+            f"claiming job {spec.job_id}",
         )
         decided: StartAction = action
         return StartDecision(decided, int(attempt), str(detail))
 
     async def get_fields(self, job_id: str) -> dict[str, str]:
-        return dict(await self._r.hgetall(self.keys.job(job_id)))
+        key = self.keys.job(job_id)
+        return dict(await self._survive(lambda: self._r.hgetall(key), f"reading job {job_id}"))
 
     async def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
-        await self._r.hset(self.keys.job(job_id), mapping=dict(fields))
+        key, mapping = self.keys.job(job_id), dict(fields)
+        await self._survive(lambda: self._r.hset(key, mapping=mapping), f"updating job {job_id}")
 
     def emit_event(self, job_id: str, entry: dict[str, Any]) -> None:
         self._writer.xadd(self.keys.events(job_id), entry, self._maxlen)
@@ -229,31 +245,41 @@ class RedisBus:
             self._writer.zadd(self.keys.sessions(), {session_id: time.time()})
 
     async def flush(self) -> None:
-        await self._writer.flush()
+        """Wait until Redis stored every queued write; ``RedisOutage`` past the outage limit."""
+        try:
+            await asyncio.wait_for(self._writer.flush(), self.settings.redis_outage_s)
+        except TimeoutError:
+            raise RedisOutage(
+                f"Redis did not store this worker's writes within {self.settings.redis_outage_s:g}"
+                " s (RHO_AGENT_REDIS_OUTAGE_LIMIT); they stay queued and are resent when it is back"
+            ) from None
 
     async def finish(
         self, spec: JobSpec, attempt: int, result: RunResult, error: str | None
     ) -> bool:
-        await self._writer.flush()
+        await self.flush()
         status = result.status if error is None else "error"
-        done = await self._finish(
-            keys=[
-                self.keys.job(spec.job_id),
-                self.keys.events(spec.job_id),
-                self.keys.leases(),
-                self.keys.session_owner(spec.session_id),
-                self.keys.cancel(spec.job_id),
-            ],
-            args=[
-                spec.job_id,
-                attempt,
-                status,
-                json.dumps(result_dict(result), ensure_ascii=False),
-                error or "",
-                self._retention,
-                self._maxlen,
-                self.keys.dispatcher_prefix(),
-            ],
+        done = await self._survive(
+            lambda: self._finish(
+                keys=[
+                    self.keys.job(spec.job_id),
+                    self.keys.events(spec.job_id),
+                    self.keys.leases(),
+                    self.keys.session_owner(spec.session_id),
+                    self.keys.cancel(spec.job_id),
+                ],
+                args=[
+                    spec.job_id,
+                    attempt,
+                    status,
+                    json.dumps(result_dict(result), ensure_ascii=False),
+                    error or "",
+                    self._retention,
+                    self._maxlen,
+                    self.keys.dispatcher_prefix(),
+                ],
+            ),
+            f"finishing job {spec.job_id}",
         )
         return bool(done)
 
@@ -273,4 +299,10 @@ class RedisBus:
 
     async def _read(self, key: str, after: str, block_s: float, count: int) -> list[StreamEntry]:
         block = int(block_s * 1000) if block_s > 0 else None
-        return stream_entries(await self._r.xread({key: after}, count=count, block=block))
+        reply = await self._survive(
+            lambda: self._r.xread({key: after}, count=count, block=block), f"reading {key}"
+        )
+        return stream_entries(reply)
+
+    async def _survive(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        return await survive(call, limit_s=self.settings.redis_outage_s, what=what)

@@ -17,10 +17,17 @@ from ``transport.client``, which is now ``None``, and ``restore_unacked`` raises
 so it escapes Celery's handler and ends the consumer; the worker finishes its jobs and exits 0.
 The same rebuild breaks every later ack of those running messages. Our channel keeps the
 connection settings it was opened with, so it can always rebuild its pool.
+
+Nor does our transport give a lost connection's delivered messages back to the queue, as
+kombu's does: Celery keeps running every message it received (late acks), so a copy back on the
+queue only runs the job a second time. The worker acknowledges each one when its job ends, through
+the rebuilt pool. A worker that dies instead leaves them in kombu's ``unacked`` set, and its jobs
+come back through their leases (docs/fleet.md, Crash safety).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -30,14 +37,32 @@ TRANSPORT_PATH = "dispatch.fleet.transport:Transport"
 """What ``broker_transport`` names for ``redis://`` broker URLs."""
 
 _REBUILD = threading.Lock()
+logger = logging.getLogger("dispatch.transport")
+
+
+class QoS(kombu_redis.QoS):
+    def restore_unacked(self, client: Any = None) -> Any:
+        """Kombu's, except after a lost connection (see the module docstring)."""
+        if not getattr(self.channel, "connection_lost", False):
+            return super().restore_unacked(client)  # type: ignore[no-untyped-call]
+        if self._delivered:
+            logger.info(
+                "broker connection lost: %d received job(s) keep running here and are "
+                "acknowledged when they end",
+                len(self._delivered),
+            )
+        self._delivered.clear()
+        return None
 
 
 class Channel(kombu_redis.Channel):
+    QoS = QoS
     _shared_client: Any = None
+    connection_lost = False
 
     def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
         self._conninfo = connection.client  # the kombu Connection, before a close forgets it
-        super().__init__(connection, *args, **kwargs)
+        super().__init__(connection, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -63,3 +88,10 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def _collect(self, connection: Any) -> None:
+        """What ``Connection.collect()`` runs when Celery's consumer lost the broker: mark the
+        channels so closing them keeps their delivered messages (kombu's default path closes
+        and restores them here, while Redis is unreachable)."""
+        for channel in self.channels:
+            channel.connection_lost = True

@@ -40,7 +40,7 @@ class EventReader(threading.Thread):
         try:
             for event in self.job.events():
                 self.events.append(event)
-        except BaseException as exc:  # noqa: BLE001 - the test asserts there was none
+        except BaseException as exc:
             self.error = exc
 
 
@@ -100,6 +100,7 @@ def test_aof_restart_with_20_jobs_running_loses_nothing(
         run_through(server, fleet, config, down_s=0.0, label="AOF restart")
 
 
+@pytest.mark.chaos
 def test_redis_down_10s_everything_resumes(
     model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
@@ -112,6 +113,7 @@ def test_redis_down_10s_everything_resumes(
         run_through(server, fleet, config, down_s=10.0, label="Redis down 10 s (AOF)")
 
 
+@pytest.mark.chaos
 def test_restart_without_persistence_running_jobs_complete(
     model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
@@ -164,7 +166,7 @@ def test_restart_without_persistence_queued_jobs_rerun_or_lost(
             results = submitter.gather(jobs, timeout=40)
             rerun_s = clock()
             waiter.join(30)
-            resent = submitter._core.fan_in.resent  # noqa: SLF001 - the count under test
+            resent = submitter._core.fan_in.resent
             lost_at = clock()
             print(
                 f"\nqueued jobs forgotten by Redis: {resent}/5 sent again, "

@@ -22,6 +22,7 @@ from dispatch.engine.run import JobOutcome, RunnerOptions
 from dispatch.fleet.celery_broker import CeleryBroker
 from dispatch.fleet.redis_bus import RedisBus
 from dispatch.spec import JobSpec
+from workers.janitor import Janitor
 from workers.lease import LeaseKeeper, Sweeper
 from workers.progress import FlowerProgress, TaskIds
 from workers.worker_settings import WorkerSettings
@@ -118,6 +119,7 @@ class SessionHost:
         self._tasks = [
             asyncio.create_task(keeper.run(), name="rho-leases"),
             asyncio.create_task(sweeper.run(), name="rho-sweeper"),
+            asyncio.create_task(Janitor(bus.client, settings.fleet).run(), name="rho-janitor"),
         ]
         if self._app is not None:
             progress = FlowerProgress(

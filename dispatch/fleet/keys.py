@@ -18,6 +18,7 @@ key                                    type         what
 ``{p}cancels``                         stream       cancel requests, read by every worker
 ``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in
 ``{p}sweeper``                         string       lock so one sweeper runs per interval
+``{p}janitor``                         string       lock so one janitor tidies the indexes at a time
 =====================================  ===========  ==============================================
 """
 
@@ -80,6 +81,9 @@ class Keys:
 
     def sweeper_lock(self) -> str:
         return f"{self.prefix}sweeper"
+
+    def janitor_lock(self) -> str:
+        return f"{self.prefix}janitor"
 
     def worker(self, name: str) -> str:
         """The last heartbeat of one worker (hash)."""

@@ -68,6 +68,7 @@ def queue_submit(pipe: Any, specs: Sequence[JobSpec], settings: FleetSettings, q
     if specs:
         pipe.zadd(keys.jobs(), {spec.job_id: spec.submitted_at for spec in specs})
         pipe.zremrangebyscore(keys.jobs(), "-inf", specs[-1].submitted_at - settings.retention_s)
+        pipe.expire(keys.jobs(), settings.retention_s)
 
 
 class RedisBus:

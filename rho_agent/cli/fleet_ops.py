@@ -129,10 +129,11 @@ def up(
 
 
 def _run(fleet: LocalFleet) -> Child | None:
-    """Start, say where to look, and wait: the child that died, or None after Ctrl+C."""
+    """Start, say where to look, and supervise: restart workers that exit (with backoff, up to
+    a limit); the child that could not be kept running, or None after Ctrl+C."""
     try:
         _print_endpoints(fleet.start(), fleet)
-        while (dead := fleet.dead()) is None:
+        while (dead := fleet.supervise(lambda line: print(line, flush=True))) is None:
             time.sleep(0.5)
         return dead
     except KeyboardInterrupt:
@@ -187,7 +188,9 @@ def _print_status(report: FleetStatus) -> None:
         f"{len(report.in_flight)} in flight · {len(report.workers) - silent} workers live"
         + (f" · [red]{silent} silent[/]" if silent else "")
     )
-    workers = Table("worker", "host", "pid", "jobs", "last beat", "health", title="workers")
+    workers = Table(
+        "worker", "host", "pid", "jobs", "last beat", "restarts", "health", title="workers"
+    )
     for worker in report.workers:
         health = worker.health
         style = "red" if worker.silent or health.startswith("not") else ""
@@ -197,6 +200,7 @@ def _print_status(report: FleetStatus) -> None:
             str(worker.pid),
             str(worker.jobs),
             f"{worker.beat_age_s:.0f}s ago",
+            str(worker.restarts),
             f"[{style}]{health}[/]" if style else health,
         )
     out.print(workers if report.workers else "no worker has sent a heartbeat")

@@ -33,7 +33,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else [
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.aof else [
             "--appendonly", "no"
         ]
         command = [

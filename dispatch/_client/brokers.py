@@ -86,13 +86,29 @@ class FleetBackend:
         return stream_entries(self._redis.xread({key: after}, count=EVENT_PAGE, block=block))
 
     def publish(self, specs: list[JobSpec]) -> None:
-        """Record the jobs as queued, then send them (blocking; any thread)."""
+        """Record the jobs as queued, then send them (blocking; any thread).
+
+        Both ride out a Redis outage of up to ``RHO_AGENT_REDIS_OUTAGE_LIMIT``; a send retried
+        after a failure may deliver some jobs twice, and the second copy is skipped.
+        """
+        from kombu.exceptions import OperationalError
+
+        from dispatch.fleet.outage import RETRYABLE, survive_sync
         from dispatch.fleet.redis_bus import queue_submit
 
-        pipe = self._redis.pipeline(transaction=False)
-        queue_submit(pipe, specs, self._settings, self._settings.queue)
-        pipe.execute()
-        self._broker.send(specs)
+        def record() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            queue_submit(pipe, specs, self._settings, self._settings.queue)
+            pipe.execute()
+
+        limit = self._settings.redis_outage_s
+        survive_sync(record, limit_s=limit, what="recording the jobs")
+        survive_sync(
+            lambda: self._broker.send(specs),
+            limit_s=limit,
+            what="sending the jobs",
+            retry_on=(*RETRYABLE, OperationalError),
+        )
 
     async def revoke(self, job_id: str) -> None:
         await asyncio.to_thread(self._broker.revoke, job_id)

@@ -72,11 +72,18 @@ async def survive(call: Callable[[], Awaitable[T]], *, limit_s: float, what: str
             await asyncio.sleep(backoff.next_delay(exc))
 
 
-def survive_sync(call: Callable[[], T], *, limit_s: float, what: str) -> T:
-    """``call()`` on the caller's thread, retried through an outage of up to ``limit_s``."""
+def survive_sync(
+    call: Callable[[], T],
+    *,
+    limit_s: float,
+    what: str,
+    retry_on: tuple[type[Exception], ...] = RETRYABLE,
+) -> T:
+    """``call()`` on the caller's thread, retried through an outage of up to ``limit_s``
+    (on ``retry_on`` errors: kombu wraps Redis's in its own ``OperationalError``)."""
     backoff = Backoff(limit_s, what)
     while True:
         try:
             return call()
-        except RETRYABLE as exc:
+        except retry_on as exc:
             time.sleep(backoff.next_delay(exc))

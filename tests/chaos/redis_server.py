@@ -33,9 +33,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.aof else [
-            "--appendonly", "no"
-        ]
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "everysec"]
+            if self.aof
+            else ["--appendonly", "no"]
+        )
         command = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--dir", str(self.directory), *persistence,

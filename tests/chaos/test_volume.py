@@ -95,8 +95,9 @@ def test_1000_jobs_leave_redis_memory_and_worker_rss_flat(tmp_path: Path) -> Non
         memory_100, members_100, rss_100, _ = measured[FIRST]
         memory_1000, members_1000, rss_1000, no_ttl = measured[TOTAL]
         print(
-            f"\n{TOTAL} jobs in {took:.0f} s: Redis used_memory_dataset {memory_100 / 1024:.0f} KiB after "
-            f"{FIRST}, {memory_1000 / 1024:.0f} KiB after {TOTAL} "
+            f"\n{TOTAL} jobs in {took:.0f} s: Redis used_memory_dataset "
+            f"{memory_100 / 1024:.0f} KiB after {FIRST}, "
+            f"{memory_1000 / 1024:.0f} KiB after {TOTAL} "
             f"({(memory_1000 / memory_100 - 1) * 100:+.1f} %); worker RSS {rss_100 / 1024:.0f} MiB"
             f" -> {rss_1000 / 1024:.0f} MiB ({(rss_1000 / rss_100 - 1) * 100:+.1f} %); "
             f"index members left: {members_100} -> {members_1000}; "

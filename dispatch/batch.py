@@ -17,11 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import yaml
 
-from dispatch.dispatcher import Dispatcher
 from dispatch.errors import JobSpecError
 from dispatch.info import JobInfo
 from dispatch.job import Job
@@ -29,6 +28,9 @@ from dispatch.spec import JobSpec, build_spec
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
 from rho_agent.events import RunResult
+
+if TYPE_CHECKING:
+    from dispatch.dispatcher import Dispatcher
 
 _JOB_KEYS = frozenset(
     {"prompt", "prompts", "session_id", "job_id", "labels", "timeout_s", "queue", "priority"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
-from dispatch.engine.bus import START, StreamEntry, entry_event, is_finished
+from dispatch.engine.bus import START, SeenEvents, StreamEntry, entry_event, is_finished
 from dispatch.errors import JobNotFound
 from dispatch.info import JobInfo
 from rho_agent.events import AgentEvent, RunResult
@@ -71,7 +71,7 @@ class Job:
         Works with ``for`` and ``async for``; a late reader still sees every event. With
         ``from_start=False`` only events emitted after this call are yielded.
         """
-        return EventStream(self, from_start=from_start)
+        return EventStream(self.id, self._core, from_start=from_start)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -104,43 +104,51 @@ class Job:
 
 
 class EventStream:
-    """Iterates a job's events (sync or async), replaying from the first one."""
+    """Iterates a job's events (sync or async), replaying from the first one.
 
-    def __init__(self, job: Job, *, from_start: bool = True) -> None:
-        self._job = job
+    Each event is yielded once, even if a worker's writer stored it twice after a lost reply:
+    events carry a stable id (attempt, sequence) and copies are dropped.
+    """
+
+    def __init__(self, job_id: str, core: _Core, *, from_start: bool = True) -> None:
+        self._job_id = job_id
+        self._core = core
         self._after = START
         self._pending: list[AgentEvent] = []
         self._ended = False
         self._skip_existing = not from_start
+        self._seen = SeenEvents()
 
     def __iter__(self) -> Iterator[AgentEvent]:
-        core = self._job._core
+        core = self._core
         while self._skip_existing:
-            self._skip(core.read_events_blocking(self._job.id, self._after, 0.0))
+            self._skip(core.read_events_blocking(self._job_id, self._after, 0.0))
         while True:
             if self._pending:
                 yield self._pending.pop(0)
                 continue
             if self._ended:
                 return
-            self._take(core.read_events_blocking(self._job.id, self._after, _PAGE_BLOCK_S))
+            self._take(core.read_events_blocking(self._job_id, self._after, _PAGE_BLOCK_S))
 
     async def __aiter__(self) -> AsyncIterator[AgentEvent]:
-        core = self._job._core
+        core = self._core
         while self._skip_existing:
-            self._skip(await core.loop.acall(core.read_events(self._job.id, self._after, 0.0)))
+            self._skip(await core.loop.acall(core.read_events(self._job_id, self._after, 0.0)))
         while True:
             if self._pending:
                 yield self._pending.pop(0)
                 continue
             if self._ended:
                 return
-            page = await core.loop.acall(core.read_events(self._job.id, self._after, _PAGE_BLOCK_S))
+            page = await core.loop.acall(core.read_events(self._job_id, self._after, _PAGE_BLOCK_S))
             self._take(page)
 
     def _skip(self, page: tuple[list[StreamEntry], bool]) -> None:
         """Move past what the stream holds now (``from_start=False``), ending if it ended."""
         entries, job_over = page
+        for entry in entries:
+            self._seen.fresh(entry)  # a later copy of a skipped event is skipped too
         self._ended = job_over or any(is_finished(entry) for entry in entries)
         if entries:
             self._after = entries[-1].id
@@ -154,7 +162,7 @@ class EventStream:
             if is_finished(entry):
                 self._ended = True
                 return
-            event = entry_event(entry)
+            event = entry_event(entry) if self._seen.fresh(entry) else None
             if event is not None:
                 self._pending.append(event)
         if job_over and not entries:

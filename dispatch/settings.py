@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dispatch.errors import SettingsError
-from dispatch.fleet.keys import DEFAULT_PREFIX, Keys
+from dispatch.keys import DEFAULT_PREFIX, Keys
 
 BROKER_URL_ENV = "RHO_AGENT_BROKER_URL"
 
@@ -34,6 +34,9 @@ class FleetSettings:
     retention_s: int = 7 * 24 * 3600
     events_maxlen: int = 20_000
     embedded_concurrency: int = 64
+    queued_lease_s: int = 600
+    """How long a queued (or re-sent) job may wait for a worker to claim it before the sweeper
+    sends it again: a lost message or a worker that died before claiming it costs this long."""
     redis_outage_s: float = 60.0
     keys: Keys = field(init=False, repr=False, compare=False)
 
@@ -41,6 +44,11 @@ class FleetSettings:
         object.__setattr__(self, "keys", Keys(self.key_prefix))
         if self.retention_s < 60:
             raise SettingsError(f"retention must be at least 60 s, got {self.retention_s}")
+        if self.queued_lease_s < 1:
+            raise SettingsError(
+                f"the queued lease must be at least 1 s (RHO_AGENT_QUEUED_LEASE), got "
+                f"{self.queued_lease_s}"
+            )
         if self.events_maxlen < 100:
             raise SettingsError(f"events maxlen must be at least 100, got {self.events_maxlen}")
         if self.embedded_concurrency < 1:
@@ -83,6 +91,7 @@ def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "RHO_AGENT_RETENTION": "retention_s",
         "RHO_AGENT_EVENTS_MAXLEN": "events_maxlen",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "embedded_concurrency",
+        "RHO_AGENT_QUEUED_LEASE": "queued_lease_s",
     }
     for name, attr in int_vars.items():
         if env.get(name):

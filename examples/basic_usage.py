@@ -22,6 +22,8 @@ session = Session(agent)
 
 async def main() -> None:
     result = await session.run(prompt="Analyze recent failures and summarize root causes.")
+    if result.error is not None:
+        raise SystemExit(f"the run failed: {result.error}")
     print(result.text)
 
 

@@ -25,7 +25,7 @@ from rho_agent.errors import (
     ToolError,
     TraceError,
 )
-from rho_agent.events import AgentEvent, CompactResult, RunResult
+from rho_agent.events import AgentEvent, CompactResult, RunError, RunResult
 from rho_agent.model.base import ModelClient, ModelRequest, ModelTurn, TokenUsage
 from rho_agent.permissions.profile import PermissionProfile
 from rho_agent.pricing import ModelPrice, PriceTable
@@ -62,6 +62,7 @@ __all__ = [
     "PriceTable",
     "ProfileError",
     "RhoAgentError",
+    "RunError",
     "RunResult",
     "Session",
     "SessionError",

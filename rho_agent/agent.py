@@ -20,6 +20,7 @@ class Agent:
 
     An Agent keeps no run state, so many Sessions (even concurrent ones) can share one.
     ``model_client`` replaces the OpenAI client (any ``ModelClient``); ``price_table`` the prices.
+    The config's ``extras.prices`` are added on top of ``price_table``.
     """
 
     def __init__(
@@ -35,7 +36,7 @@ class Agent:
         self.profile: PermissionProfile = load_profile(config.profile)
         self.registry: ToolRegistry = build_registry(self.profile)
         self.system_prompt: str = config.resolve_system_prompt()
-        self.price_table = price_table or PriceTable()
+        self.price_table = (price_table or PriceTable()).with_prices(config.prices())
         self._model_client = model_client
 
     def create_client(self) -> ModelClient:

@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rho_agent.model._assemble import estimate_tokens
+from rho_agent.errors import ContextWindowExceeded
+from rho_agent.model._assemble import estimate_prompt_tokens
 from rho_agent.model.base import ModelClient, ModelRequest, ModelTurn
 
 SUMMARY_PREFIX = "Summary of the conversation so far (older messages were compacted):\n\n"
@@ -24,9 +25,38 @@ still open. Keep exact names, paths, numbers and error messages. Do not invent a
 AUTO_COMPACT_FRACTION = 0.8
 
 
-def count_tokens(messages: list[dict[str, Any]]) -> int:
-    """The history's size in tokens, estimated the same way before and after compaction."""
-    return estimate_tokens(json.dumps(messages, ensure_ascii=False))
+def count_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+    """The context's size in tokens, tool definitions included (they are sent with every
+    request), estimated the same way before and after compaction."""
+    return estimate_prompt_tokens(messages, tools)
+
+
+def check_fits(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    *,
+    model: str,
+    window: int,
+    auto_compact: bool,
+) -> None:
+    """Raise ContextWindowExceeded, saying by how much and what to do, if the request is too big.
+
+    Called after auto compaction had its chance, so an error here means compacting did not help.
+    """
+    history = count_tokens(messages, [])
+    needed = count_tokens(messages, tools)
+    if needed <= window:
+        return
+    tried = "even after compaction" if auto_compact else "and auto compaction is off"
+    raise ContextWindowExceeded(
+        f"the next request to {model} needs about {needed} tokens (history {history}, tool "
+        f"definitions {needed - history}) but its context window is {window} tokens, {tried}. "
+        "Fix: shorten the prompt or the tool outputs, start a new session, or use a model with a "
+        "larger window; for a self-hosted model with a larger window, set it with "
+        "extras.context_window (rho-agent run --context-window N)",
+        needed=needed,
+        window=window,
+    )
 
 
 @dataclass

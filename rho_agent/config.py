@@ -11,7 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rho_agent.errors import ConfigError
-from rho_agent.permissions.profile import PermissionProfile
+from rho_agent.permissions import PermissionProfile
+from rho_agent.pricing import ModelPrice, prices_from_data
 from rho_agent.prompts import DEFAULT_SYSTEM_PROMPT, load_template, render
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class AgentConfig:
             )
         if not isinstance(self.vars, dict) or not all(isinstance(key, str) for key in self.vars):
             raise ConfigError("AgentConfig.vars must be a dict of variable name -> value")
+        self.context_window()
+        self.prices()
 
     # -- prompt ---------------------------------------------------------------------------------
 
@@ -72,6 +75,29 @@ class AgentConfig:
             **{key: str(value) for key, value in self.vars.items()},
         }
         return render(text, variables)
+
+    # -- model limits and prices -----------------------------------------------------------------
+
+    def context_window(self) -> int | None:
+        """``extras.context_window``: the window of a model the price catalogue does not know
+        (a self-hosted one), in tokens; None leaves it to the catalogue."""
+        window = self.extras.get("context_window")
+        if window is not None and (
+            not isinstance(window, int) or isinstance(window, bool) or window < 1
+        ):
+            raise ConfigError(
+                f"AgentConfig.extras.context_window must be a whole number of tokens >= 1, "
+                f"got {window!r}; e.g. extras: {{context_window: 32768}}"
+            )
+        return window
+
+    def prices(self) -> dict[str, ModelPrice]:
+        """``extras.prices``: USD per million tokens for models the catalogue lacks or misprices,
+        ``{model: {input, output, cached_input?}}``."""
+        data = self.extras.get("prices")
+        if data is None:
+            return {}
+        return prices_from_data(data, source="AgentConfig.extras.prices")
 
     # -- data -----------------------------------------------------------------------------------
 

@@ -8,8 +8,10 @@
     ├── ApprovalInterrupt      a tool call needs a human decision; the run pauses ("interrupted")
     ├── ToolError              a tool failed; the model reads why (becomes a tool message)
     │   └── PermissionDenied   the profile forbids this call (becomes a ``tool_blocked`` event)
+    │       └── ConfinementUnavailable  the OS cannot enforce the profile here (fail closed)
     ├── BackendError           the execution backend (local or Daytona) failed
     ├── ModelError             the model API failed after retries (becomes status "error")
+    │   └── ContextWindowExceeded  the next request would not fit the model's window, even compacted
     ├── SessionError           session store misuse: bad id, unknown session, already locked
     │   ├── SessionNotFound
     │   └── SessionLocked
@@ -54,6 +56,10 @@ class PermissionDenied(ToolError):
     """The permission profile does not allow this tool call."""
 
 
+class ConfinementUnavailable(PermissionDenied):
+    """This machine cannot confine a tool process as its profile requires, so it does not run."""
+
+
 class BackendError(RhoAgentError):
     """The execution backend failed (process spawn, sandbox API, file I/O)."""
 
@@ -64,6 +70,19 @@ class ModelError(RhoAgentError):
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class ContextWindowExceeded(ModelError):
+    """The next request would not fit the model's context window, even after compaction.
+
+    Raised before the request is sent: a provider would refuse it, and a self-hosted server might
+    silently cut the history instead.
+    """
+
+    def __init__(self, message: str, *, needed: int, window: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.window = window
 
 
 class SessionError(RhoAgentError):

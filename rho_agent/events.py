@@ -1,4 +1,4 @@
-"""The values a run hands back: AgentEvent, RunResult, CompactResult."""
+"""The values a run hands back: AgentEvent, RunResult (with RunError), CompactResult."""
 
 from __future__ import annotations
 
@@ -49,14 +49,44 @@ class AgentEvent:
 _EVENT_FIELDS = tuple(item.name for item in fields(AgentEvent))
 
 
+@dataclass(frozen=True)
+class RunError:
+    """Why a run failed, for callers that only hold its result.
+
+    ``type`` is the exception's class name (``ModelError`` for a model API that failed after its
+    retries), or ``max_turns``; ``message`` says what went wrong, as the run's ``error`` event
+    does. ``partial`` says the run's text is an answer this failure cut off mid-stream.
+    """
+
+    type: str
+    message: str
+    partial: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "partial": self.partial}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunError:
+        return cls(
+            type=str(data.get("type", "")),
+            message=str(data.get("message", "")),
+            partial=bool(data.get("partial", False)),
+        )
+
+
 @dataclass
 class RunResult:
-    """What ``Session.run`` returns."""
+    """What ``Session.run`` returns; ``error`` says why when ``status`` is "error" or
+    "max_turns"."""
 
     text: str
     events: list[AgentEvent] = field(default_factory=list)
     status: str = "completed"
     usage: dict[str, int] = field(default_factory=dict)
+    error: RunError | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,15 +94,18 @@ class RunResult:
             "status": self.status,
             "usage": dict(self.usage),
             "events": [event.to_dict() for event in self.events],
+            "error": self.error.to_dict() if self.error is not None else None,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        error = data.get("error")
         return cls(
             text=str(data.get("text", "")),
             status=str(data.get("status", "completed")),
             usage=dict(data.get("usage") or {}),
             events=[AgentEvent.from_dict(event) for event in data.get("events") or []],
+            error=RunError.from_dict(error) if isinstance(error, dict) else None,
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rho_agent import compaction
@@ -19,12 +19,13 @@ from rho_agent._loop.run import EventCallback, RunContext
 from rho_agent.agent import Agent
 from rho_agent.backends.base import ExecutionBackend
 from rho_agent.errors import ConfigError, ModelError, SessionError
-from rho_agent.events import AgentEvent, CompactResult, RunResult
+from rho_agent.events import AgentEvent, CompactResult, RunError, RunResult
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.model.base import ModelRequest
 from rho_agent.pricing import context_window
 from rho_agent.state import State
-from rho_agent.tools.base import ToolInvocation
+from rho_agent.tools.base import ToolHandler, ToolInvocation
+from rho_agent.tools.registry import ToolRegistry
 from rho_agent.trace import TraceSink
 
 logger = logging.getLogger("rho_agent.session")
@@ -37,7 +38,13 @@ class Session:
     """The execution context for running prompts with one Agent; owns the State.
 
     Settable: ``approval_callback(tool_name, tool_args) -> bool`` (sync or async),
-    ``cancel_check() -> bool``, ``auto_compact``, ``context_window``, ``max_turns``.
+    ``cancel_check() -> bool``, ``before_tool() -> Awaitable[None]``, ``auto_compact``,
+    ``context_window``, ``max_turns``.
+
+    ``before_tool`` is awaited after a tool call's ``tool_start`` is recorded and before the tool
+    runs (``cancel_check`` is asked right after it). The fleet makes the record durable there and
+    learns whether its job was taken over, so a side effect never runs for an attempt that lost
+    its job, and a resumed job knows which calls may have run.
     """
 
     def __init__(
@@ -53,8 +60,9 @@ class Session:
         self.agent = agent
         self.approval_callback: _tool_step.ApprovalCallback | None = None
         self.cancel_check: Callable[[], bool] | None = None
+        self.before_tool: Callable[[], Awaitable[None]] | None = None
         self.auto_compact = True
-        self.context_window = context_window(agent.config.model)
+        self.context_window = context_window(agent.config.model, agent.config.context_window())
         self.max_turns = int(agent.config.extras.get("max_turns", DEFAULT_MAX_TURNS))
         self._client = agent.create_client()
         self._backend: ExecutionBackend | None = None
@@ -127,10 +135,10 @@ class Session:
                 raise  # cancelled from outside (shutdown): leave the run resumable
             status = self._record_cancelled(run)
         except ModelError as exc:
-            status = self._record_error(run, str(exc))
+            status = self._record_error(run, exc, str(exc))
         except Exception as exc:
             logger.exception("run of session %s failed", self.state.session_id)
-            status = self._record_error(run, f"{type(exc).__name__}: {exc}")
+            status = self._record_error(run, exc, f"{type(exc).__name__}: {exc}")
         finally:
             if poller is not None:
                 poller.cancel()
@@ -148,7 +156,7 @@ class Session:
             self.state.append("message", role="user", content=prompt)
         for _ in range(self.max_turns):
             self.check_cancelled()
-            await self._maybe_auto_compact(run)
+            await self._fit_context(run)
             turn_has_tools = await self._call_model(run)
             if not turn_has_tools:
                 run.emit(AgentEvent("turn_complete", content=run.text, usage=dict(run.usage)))
@@ -158,6 +166,7 @@ class Session:
                 return outcome
         message = f"stopped after max_turns={self.max_turns} model calls without a final answer"
         self.state.append("error", message=message)
+        run.error = RunError("max_turns", message)
         run.emit(AgentEvent("max_turns", content=message))
         return "max_turns"
 
@@ -250,9 +259,7 @@ class Session:
                 return
 
     def _record_cancelled(self, run: RunContext) -> str:
-        if run.streamed:
-            self.state.append("message", role="assistant", content="".join(run.streamed))
-            run.streamed = []
+        self._record_partial_text(run)
         _tool_step.answer_unfinished(
             self, "Cancelled: the run was cancelled before this call finished."
         )
@@ -260,14 +267,24 @@ class Session:
         run.emit(AgentEvent("cancelled", content="run cancelled"))
         return "cancelled"
 
-    def _record_error(self, run: RunContext, message: str) -> str:
+    def _record_error(self, run: RunContext, exc: Exception, message: str) -> str:
+        partial = self._record_partial_text(run)
         _tool_step.answer_unfinished(
             self, f"Error: the run failed before this call finished: {message}"
         )
-        run.error = message
+        run.error = RunError(type(exc).__name__, str(exc), partial=partial)
         self.state.append("error", message=message)
         run.emit(AgentEvent("error", content=message))
         return "error"
+
+    def _record_partial_text(self, run: RunContext) -> bool:
+        """Keep the text of a model call that was cut off, marked partial; True if any."""
+        if not run.streamed:
+            return False
+        run.text = "".join(run.streamed)
+        run.streamed = []
+        self.state.append("message", role="assistant", content=run.text, partial=True)
+        return True
 
     # -- compaction -----------------------------------------------------------------------------
 
@@ -276,11 +293,23 @@ class Session:
         (the history is left untouched)."""
         return await self._compact("manual", RunContext())
 
-    async def _maybe_auto_compact(self, run: RunContext) -> None:
+    async def _fit_context(self, run: RunContext) -> None:
+        """Compact if the next request nears the window; fail before sending one that can't fit."""
+        tools = self.agent.registry.schemas()
+        await self._maybe_auto_compact(run, tools)
+        compaction.check_fits(
+            self.state.messages,
+            tools,
+            model=self.agent.config.model,
+            window=self.context_window,
+            auto_compact=self.auto_compact,
+        )
+
+    async def _maybe_auto_compact(self, run: RunContext, tools: list[dict[str, Any]]) -> None:
         if not self.auto_compact or self._compacted_last:
             return
         limit = compaction.AUTO_COMPACT_FRACTION * self.context_window
-        if compaction.count_tokens(self.state.messages) < limit:
+        if compaction.count_tokens(self.state.messages, tools) < limit:
             return
         try:
             await self._compact("auto", run)
@@ -292,7 +321,8 @@ class Session:
 
     async def _compact(self, trigger: str, run: RunContext) -> CompactResult:
         messages = self.state.messages
-        before = compaction.count_tokens(messages)
+        tools = self.agent.registry.schemas()
+        before = compaction.count_tokens(messages, tools)
         split = compaction.plan(messages) or compaction.plan(messages, keep_exchanges=1)
         if split is None:
             return CompactResult(
@@ -302,7 +332,7 @@ class Session:
         turn = await compaction.summarise(self._client, self.agent.config.model, split.older)
         self._record_model_call(run, turn.usage.as_dict(), turn.usage.estimated)
         new_messages = compaction.compacted_messages(split, turn.text)
-        after = compaction.count_tokens(new_messages)
+        after = compaction.count_tokens(new_messages, tools)
         self.state.append(
             "compaction",
             trigger=trigger,
@@ -317,6 +347,17 @@ class Session:
         )
 
     # -- tools and backend ----------------------------------------------------------------------
+
+    @property
+    def registry(self) -> ToolRegistry:
+        """The tools this session's agent offers the model."""
+        return self.agent.registry
+
+    def needs_approval(self, handler: ToolHandler) -> bool:
+        """A call needs approval unless the config auto-approves, per the agent's profile."""
+        if self.agent.config.auto_approve:
+            return False
+        return bool(self.agent.profile.needs_approval(handler))
 
     async def invocation(self, call: _tool_step.PreparedCall) -> ToolInvocation:
         return ToolInvocation(

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from rho_agent.errors import TraceError
 from rho_agent.trace import (
     RECORD_META_KEYS,
     TRACE_FORMAT_VERSION,
@@ -77,8 +80,13 @@ class State:
         return state
 
     @classmethod
-    def from_jsonl(cls, data: bytes | str) -> State:
-        """Rebuild a State from ``trace.jsonl`` content, with no Session needed."""
+    def from_jsonl(cls, trace: bytes | str | os.PathLike[str]) -> State:
+        """Rebuild a State, with no Session needed, from a ``trace.jsonl`` file's path or its
+        content (bytes, or a str of records, which starts with ``{``).
+
+        A missing file raises ``TraceError``: an empty State would look like a session that never
+        ran."""
+        data = _trace_data(trace)
         with _gc_paused():
             return cls.from_records(decode_records(data))
 
@@ -158,6 +166,19 @@ class State:
         ]
 
 
+def _trace_data(trace: bytes | str | os.PathLike[str]) -> bytes | str:
+    """The records themselves, read from the file when ``trace`` is a path."""
+    if isinstance(trace, bytes) or (isinstance(trace, str) and trace.lstrip().startswith("{")):
+        return trace
+    try:
+        return Path(trace).read_bytes()
+    except OSError as exc:
+        raise TraceError(
+            f"cannot read the trace file {os.fspath(trace)!r}: {exc.strerror or exc}; "
+            "pass the path of a session's trace.jsonl (or its content as bytes)"
+        ) from None
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic GC: loading creates millions of acyclic objects, and the collections
@@ -208,6 +229,10 @@ def _on_run_start(state: State, record: Record) -> None:
 
 def _on_message(state: State, record: Record) -> None:
     message = message_from_record(record)
+    message.pop("partial", None)  # marks a cut-off answer in the trace; not a chat-protocol key
+    if message.get("role") == "assistant" and not message.get("tool_calls"):
+        # Older traces hold null here; some servers render a null as the word "None".
+        message["content"] = message.get("content") or ""
     if message.get("role") == "assistant" and message.get("tool_calls"):
         state.pending_turn = message
         state.pending_results = {}

@@ -26,6 +26,7 @@ from workers.worker_settings import WorkerSettings
 logger = logging.getLogger("workers")
 
 HANDED_BACK = "handed back to the queue at shutdown; another worker resumes the job"
+NOT_TAKEN = "delivered to a worker that is shutting down; back on the queue for another worker"
 
 
 def worker_config(settings: WorkerSettings) -> dict[str, Any]:
@@ -64,6 +65,8 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
 
     def run_job(task: Task, spec: Any) -> dict[str, Any]:
         """Run one rho-agent job (a JobSpec as JSON) and return its summary."""
+        if host.closing:
+            raise Reject(NOT_TAKEN, requeue=True)
         try:
             outcome = host.run(spec, task.request.id)
         except JobSpecError as exc:

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from typing import Any
 
 from dispatch.fleet import lua
-from dispatch.fleet.keys import Keys
+from dispatch.keys import Keys
 from workers.health import Beat, HealthSettings
 
 logger = logging.getLogger("workers.heartbeat")

@@ -20,8 +20,8 @@ from dispatch.engine.host import JobHost
 from dispatch.engine.loop import still_running
 from dispatch.errors import JobSpecError
 from dispatch.fleet import lua
-from dispatch.fleet.keys import Keys
 from dispatch.info import job_fields
+from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 

@@ -68,7 +68,7 @@ class Lifecycle:
         bus = self.host.start().bus
         if not isinstance(bus, RedisBus):
             raise TypeError(f"a worker's session host needs a RedisBus, got {type(bus).__name__}")
-        self._beating = self.host._thread.submit(self.heartbeat.run(bus.client))
+        self._beating = self.host.loop.submit(self.heartbeat.run(bus.client))
 
     def on_shutting_down(self, how: str = "Warm", **_: Any) -> None:
         self.shutdown.drain(cold=how != "Warm")
@@ -80,7 +80,7 @@ class Lifecycle:
         if beating is not None and not beating.done():
             beating.cancel()  # cancels the task on the loop; wait so no beat lands after close
             with contextlib.suppress(Exception):
-                self.host._thread.call(_settle(), timeout=_STOP_BEAT_S)
+                self.host.loop.call(_settle(), timeout=_STOP_BEAT_S)
         self.heartbeat.close(self.settings.fleet.bus_url)
 
 

@@ -30,8 +30,6 @@ from workers.worker_settings import WorkerSettings
 logger = logging.getLogger("workers.session_host")
 
 _CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
-_REQUEUE_GRACE_MS = 600_000
-"""How long a re-sent job may wait in the queue before the sweeper sends it once more."""
 
 
 class SessionHost:
@@ -42,6 +40,10 @@ class SessionHost:
         self._app = app
         self.task_ids = TaskIds()
         self.task_events_on: Callable[[], bool] = lambda: False
+        self.closing = False
+        """Set when the graceful shutdown begins: a job delivered from then on is not run here
+        (the consumer may still hold one it fetched, even the job this worker just handed back)
+        but given back to the queue for another worker."""
         self.handing_back = False
         """Set by the graceful shutdown before it cancels the jobs it hands back to the queue."""
         """Set by the worker when it is ready: whether task events are being sent."""
@@ -84,6 +86,11 @@ class SessionHost:
                 self._broker = None
 
     @property
+    def loop(self) -> LoopThread:
+        """The loop every job of this process runs on (for the lifecycle and shutdown hooks)."""
+        return self._thread
+
+    @property
     def running_count(self) -> int:
         return 0 if self._host is None else self._host.running_count
 
@@ -113,7 +120,7 @@ class SessionHost:
             settings.fleet.keys,
             self._resend,
             interval_s=settings.sweep_interval_s,
-            grace_ms=_REQUEUE_GRACE_MS,
+            grace_ms=settings.fleet.queued_lease_s * 1000,
             lease_ms=settings.lease_ms,
         )
         self._tasks = [

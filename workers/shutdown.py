@@ -51,8 +51,6 @@ SHUTDOWN_SETTINGS: tuple[tuple[str, str, str], ...] = (
 """The variables this module reads (deploy/README.md lists them with the worker settings)."""
 
 DEFAULT_GRACE_S = 30.0
-REQUEUE_GRACE_MS = 600_000
-"""How long a handed-back job may wait in the queue before the sweeper sends it once more."""
 _CANCEL_WAIT_S = 10.0
 _POLL_S = 0.1
 
@@ -96,6 +94,7 @@ class GracefulShutdown:
         if self._started:
             return []
         self._started = True
+        self.host.closing = True
         self._on_begin()
         running = self.host.running_count
         if running and not cold:
@@ -123,7 +122,7 @@ class GracefulShutdown:
     def _hand_back(self) -> list[str]:
         job_host = self.host.start()  # already started: it runs jobs
         self.host.handing_back = True
-        loop = self.host._thread  # SessionHost has no public handle on its loop yet
+        loop = self.host.loop
         flat = loop.call(_stop_and_release(job_host), timeout=_CANCEL_WAIT_S + 30)
         broker = CeleryBroker(self.host.settings.fleet)
         sent = []
@@ -156,7 +155,7 @@ async def _stop_and_release(job_host: JobHost) -> list[str]:
         return []
     args: list[Any] = [
         bus.keys.job_prefix(),
-        REQUEUE_GRACE_MS,
+        bus.settings.queued_lease_s * 1000,
         bus.settings.events_maxlen,
         job_host.options.worker,
     ]

@@ -6,18 +6,20 @@ docs/fleet.md shows the same table (a test keeps the two in step).
 
 from __future__ import annotations
 
+import functools
 import os
 import pkgutil
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dispatch.errors import SettingsError
 from dispatch.settings import BROKER_URL_ENV, FleetSettings, env_float, env_int
 from rho_agent.agent import Agent
 from rho_agent.config import AgentConfig
-from rho_agent.errors import ProfileError
-from rho_agent.permissions.profile import PermissionProfile, load_profile
+from rho_agent.errors import ConfigError, ProfileError
+from rho_agent.permissions import PermissionProfile, load_profile
+from rho_agent.pricing import ModelPrice, load_prices
 
 SETTINGS: tuple[tuple[str, str, str], ...] = (
     (BROKER_URL_ENV, "(required)", "Redis URL of the Celery broker, e.g. redis://127.0.0.1:6379/0"),
@@ -32,6 +34,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("RHO_AGENT_LEASE_TTL", "20", "seconds a job's lease lasts without a heartbeat"),
     ("RHO_AGENT_SWEEP_INTERVAL", "5", "seconds between sweeps for jobs whose lease lapsed"),
     ("RHO_AGENT_MAX_ATTEMPTS", "3", "attempts before a job whose workers keep dying fails"),
+    (
+        "RHO_AGENT_QUEUED_LEASE",
+        "600",
+        "seconds a queued or re-sent job may wait unclaimed before the sweeper sends it again",
+    ),
     ("RHO_AGENT_VISIBILITY_TIMEOUT", "3600", "Celery's redelivery time for unacked messages"),
     ("RHO_AGENT_WORKER_NAME", "host-pid", "name recorded on the jobs this worker runs"),
     (
@@ -64,6 +71,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "60",
         "seconds Redis may be unreachable (or a job's record missing) before giving up on it",
     ),
+    (
+        "RHO_AGENT_PRICES",
+        "(none)",
+        "prices for models genai-prices lacks or misprices: a YAML/JSON file or inline JSON",
+    ),
     ("RHO_AGENT_EMBEDDED_CONCURRENCY", "64", "(dispatchers only) jobs run at once in-process"),
 )
 
@@ -82,6 +94,8 @@ class WorkerSettings:
     visibility_timeout_s: int = 3600
     worker_name: str = ""
     agent_factory: str = ""
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    """USD per million tokens by model; they win over the catalogue's and a job config's."""
 
     def __post_init__(self) -> None:
         if not self.fleet.broker_url:
@@ -135,6 +149,11 @@ class WorkerSettings:
         ):
             if env.get(name):
                 values[attr] = env[name]
+        if env.get("RHO_AGENT_PRICES"):
+            try:
+                values["prices"] = load_prices(env["RHO_AGENT_PRICES"], source="RHO_AGENT_PRICES")
+            except ConfigError as exc:
+                raise SettingsError(str(exc)) from None
         return cls(**values)  # type: ignore[arg-type]
 
     def ceiling(self) -> PermissionProfile:
@@ -145,7 +164,17 @@ class WorkerSettings:
             raise SettingsError(f"RHO_AGENT_MAX_PROFILE={self.max_profile!r}: {exc}") from None
 
     def build_agent(self) -> Callable[[AgentConfig], Agent]:
-        """What turns a job's AgentConfig into an Agent (``Agent`` unless a factory is set)."""
+        """What turns a job's AgentConfig into an Agent, priced with this worker's ``prices``.
+
+        The fleet's prices are applied last: whoever runs the workers decides what a model costs.
+        """
+        factory = self._factory()
+        if not self.prices:
+            return factory
+        return functools.partial(_with_prices, factory, dict(self.prices))
+
+    def _factory(self) -> Callable[[AgentConfig], Agent]:
+        """``Agent`` unless ``agent_factory`` names another builder."""
         if not self.agent_factory:
             return Agent
         try:
@@ -162,3 +191,11 @@ class WorkerSettings:
     @property
     def lease_ms(self) -> int:
         return int(self.lease_ttl_s * 1000)
+
+
+def _with_prices(
+    factory: Callable[[AgentConfig], Agent], prices: dict[str, ModelPrice], config: AgentConfig
+) -> Agent:
+    agent = factory(config)
+    agent.price_table = agent.price_table.with_prices(prices)
+    return agent

@@ -1,35 +1,79 @@
-"""Where a Dispatcher's jobs go: in-process (embedded) or to Celery workers (fleet)."""
+"""Where a Dispatcher's jobs go: the ``Broker`` protocol, in-process (embedded) or to Celery
+workers (fleet). The dispatcher's core talks to either through the protocol alone."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from dispatch.engine.bus import EVENT_PAGE, DispatchBus, JobBus, StreamEntry
+from dispatch.engine.loop import LoopThread
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 
 logger = logging.getLogger("dispatch")
 
 
-class EmbeddedBackend:
+class Broker(Protocol):
+    """Sends a dispatcher's jobs and reads their events; ``bus`` holds what the jobs write."""
+
+    @property
+    def bus(self) -> DispatchBus: ...
+
+    def publish(self, specs: list[JobSpec]) -> None:
+        """Record the jobs as queued and send them (blocking; any thread but the loop's)."""
+        ...
+
+    async def apublish(self, specs: list[JobSpec]) -> None:
+        """``publish`` from an event loop other than the dispatcher's."""
+        ...
+
+    def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:
+        """A page of a job's events, read from the caller's thread (blocking up to ``block_s``)."""
+        ...
+
+    async def revoke(self, job_id: str) -> None:
+        """Take a job that will never run off the queue (on the dispatcher's loop)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def open_broker(settings: FleetSettings, loop: LoopThread) -> Broker:
+    """The fleet broker when a broker URL is set, else the embedded one on ``loop``."""
+    if settings.broker_url:
+        return FleetBroker(settings)
+    return EmbeddedBroker(settings, loop)
+
+
+class EmbeddedBroker:
     """Runs jobs on the dispatcher's loop through a JobHost over a MemoryBus."""
 
-    def __init__(self, settings: FleetSettings) -> None:
+    def __init__(self, settings: FleetSettings, loop: LoopThread) -> None:
         from dispatch.engine.host import JobHost
         from dispatch.engine.memory_bus import MemoryBus
         from dispatch.engine.run import RunnerOptions
 
         memory = MemoryBus(settings.keys, retention_s=settings.retention_s)
         self.bus: JobBus = memory
+        self._loop = loop
         self._queue = settings.queue
         self._host = JobHost(
             memory, RunnerOptions(worker="embedded"), concurrency=settings.embedded_concurrency
         )
         self._tasks: set[asyncio.Task[object]] = set()
 
-    async def send(self, specs: list[JobSpec]) -> None:
+    def publish(self, specs: list[JobSpec]) -> None:
+        self._loop.call(self._send(specs))
+
+    async def apublish(self, specs: list[JobSpec]) -> None:
+        await self._loop.acall(self._send(specs))
+
+    def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:
+        return self._loop.call(self.bus.read_events(job_id, after, block_s))
+
+    async def _send(self, specs: list[JobSpec]) -> None:
         """Record the jobs, then start them (at most ``concurrency`` run at once)."""
         await self.bus.submit(specs, self._queue)
         await self._host.start()
@@ -52,7 +96,7 @@ class EmbeddedBackend:
         await self._host.stop()
 
 
-class FleetBackend:
+class FleetBroker:
     """Publishes jobs to Celery from the caller's thread; reads them back from Redis.
 
     Publishing is synchronous (a Redis pipeline, then the Celery messages) so a ``submit`` does
@@ -68,7 +112,7 @@ class FleetBackend:
 
         assert settings.bus_url is not None
         self._settings = settings
-        self._broker = CeleryBroker(settings)
+        self._celery = CeleryBroker(settings)
         self._redis: Any = redis.Redis.from_url(settings.bus_url, decode_responses=True)
         self.bus: DispatchBus = RedisBus.from_settings(settings)
 
@@ -77,13 +121,20 @@ class FleetBackend:
 
         ``for event in job.events()`` reads here rather than through the dispatcher's loop: one
         thread wakes when an event arrives instead of two (the loop's, then the caller's), which
-        on a busy machine is most of an event's delivery time (docs/benchmarks.md).
+        on a busy machine is most of an event's delivery time (docs/benchmarks.md). A Redis
+        restart or outage shorter than ``RHO_AGENT_REDIS_OUTAGE_LIMIT`` is ridden out.
         """
+        from dispatch.fleet.outage import survive_sync
         from dispatch.fleet.redis_bus import stream_entries
 
         key = self._settings.keys.events(job_id)
         block = int(block_s * 1000) if block_s > 0 else None
-        return stream_entries(self._redis.xread({key: after}, count=EVENT_PAGE, block=block))
+        reply = survive_sync(
+            lambda: self._redis.xread({key: after}, count=EVENT_PAGE, block=block),
+            limit_s=self._settings.redis_outage_s,
+            what=f"reading the events of job {job_id}",
+        )
+        return stream_entries(reply)
 
     def publish(self, specs: list[JobSpec]) -> None:
         """Record the jobs as queued, then send them (blocking; any thread).
@@ -104,19 +155,22 @@ class FleetBackend:
         limit = self._settings.redis_outage_s
         survive_sync(record, limit_s=limit, what="recording the jobs")
         survive_sync(
-            lambda: self._broker.send(specs),
+            lambda: self._celery.send(specs),
             limit_s=limit,
             what="sending the jobs",
             retry_on=(*RETRYABLE, OperationalError),
         )
 
+    async def apublish(self, specs: list[JobSpec]) -> None:
+        await asyncio.to_thread(self.publish, specs)
+
     async def revoke(self, job_id: str) -> None:
-        await asyncio.to_thread(self._broker.revoke, job_id)
+        await asyncio.to_thread(self._celery.revoke, job_id)
 
     async def close(self) -> None:
         await self.bus.close()
         await asyncio.to_thread(self._close_sync)
 
     def _close_sync(self) -> None:
-        self._broker.close()
+        self._celery.close()
         self._redis.close()

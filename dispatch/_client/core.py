@@ -1,8 +1,8 @@
-"""The Dispatcher's engine: backend, fan-in, observers, on a private event loop.
+"""The Dispatcher's engine: broker, fan-in, observers, on a private event loop.
 
 Reads and waits run on ``_Core.loop`` (the async Redis connections and embedded jobs are bound to
 it); ``Dispatcher`` and ``Job`` reach it through ``loop.call`` / ``loop.acall``. Sending to the
-fleet happens in the caller's thread (see ``FleetBackend``).
+fleet happens in the caller's thread (see ``FleetBroker``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from dispatch._client.brokers import EmbeddedBackend, FleetBackend
+from dispatch._client.brokers import Broker, open_broker
 from dispatch._client.fanin import FanIn
 from dispatch.engine.bus import START, DispatchBus, StreamEntry
 from dispatch.engine.loop import LoopThread
@@ -32,13 +32,13 @@ logger = logging.getLogger("dispatch")
 
 
 class _Core:
-    """Owns the loop thread, the backend, the fan-in and the dispatcher-side observers."""
+    """Owns the loop thread, the broker, the fan-in and the dispatcher-side observers."""
 
     def __init__(self, settings: FleetSettings, dispatcher_id: str) -> None:
         self.settings = settings
         self.id = dispatcher_id
         self.loop = LoopThread(f"rho-dispatcher-{dispatcher_id}")
-        self._backend: EmbeddedBackend | FleetBackend | None = None
+        self._broker: Broker | None = None
         self._lock = threading.Lock()
         self.fan_in = FanIn(
             lambda: self.bus,
@@ -50,48 +50,33 @@ class _Core:
         self._followers: set[asyncio.Task[None]] = set()
 
     @property
-    def backend(self) -> EmbeddedBackend | FleetBackend:
+    def broker(self) -> Broker:
         with self._lock:
-            if self._backend is None:
-                if self.settings.broker_url:
-                    self._backend = FleetBackend(self.settings)
-                else:
-                    self._backend = EmbeddedBackend(self.settings)
-            return self._backend
+            if self._broker is None:
+                self._broker = open_broker(self.settings, self.loop)
+            return self._broker
 
     @property
     def bus(self) -> DispatchBus:
-        return self.backend.bus
+        return self.broker.bus
 
     # -- submitting ---------------------------------------------------------------------------
 
     def submit(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
         """Send jobs (from any thread but the loop's)."""
-        backend = self.backend
         self.fan_in.expect(specs)
-        if isinstance(backend, FleetBackend):
-            backend.publish(specs)
-        else:
-            self.loop.call(backend.send(specs))
+        self.broker.publish(specs)
         return self._jobs(specs, observers)
 
     async def asubmit(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
         """Send jobs from an event loop."""
-        backend = self.backend
         self.fan_in.expect(specs)
-        if isinstance(backend, FleetBackend):
-            await asyncio.to_thread(backend.publish, specs)
-        else:
-            await self.loop.acall(backend.send(specs))
+        await self.broker.apublish(specs)
         return self._jobs(specs, observers)
 
     async def _resend(self, specs: list[JobSpec]) -> None:
         """Send jobs again whose records Redis lost (the fan-in found them missing)."""
-        backend = self.backend
-        if isinstance(backend, FleetBackend):
-            await asyncio.to_thread(backend.publish, specs)
-        else:
-            await backend.send(specs)
+        await self.broker.apublish(specs)
 
     def _jobs(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
         from dispatch.job import Job
@@ -130,17 +115,8 @@ class _Core:
         self, job_id: str, after: str, block_s: float
     ) -> tuple[list[StreamEntry], bool]:
         """``read_events`` for a caller's thread; in fleet mode it reads Redis from that thread."""
-        backend = self.backend
-        if not isinstance(backend, FleetBackend):
-            return self.loop.call(self.read_events(job_id, after, block_s))
-        from dispatch.fleet.outage import survive_sync
-
         self.loop.refuse_blocking_call_in_loop()
-        entries = survive_sync(
-            lambda: backend.read_events_blocking(job_id, after, block_s),
-            limit_s=self.settings.redis_outage_s,
-            what=f"reading the events of job {job_id}",
-        )
+        entries = self.broker.read_events_blocking(job_id, after, block_s)
         if entries:
             return entries, False
         return entries, self.loop.call(self.require_info(job_id)).finished
@@ -154,7 +130,7 @@ class _Core:
         if outcome == "unknown":
             raise JobNotFound(f"job {job_id} does not exist (never submitted, or expired)")
         if outcome == "cancelled":
-            await self.backend.revoke(job_id)
+            await self.broker.revoke(job_id)
         return outcome
 
     # -- waiting ------------------------------------------------------------------------------
@@ -206,10 +182,10 @@ class _Core:
     # -- closing ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._backend is not None:
+        if self._broker is not None:
             with contextlib.suppress(Exception):
-                self.loop.call(self._backend.close(), timeout=10)
-            self._backend = None
+                self.loop.call(self._broker.close(), timeout=10)
+            self._broker = None
         self.loop.stop()
 
 

@@ -4,15 +4,17 @@ Two implementations with one contract (tests/dispatch/test_bus_contract.py runs 
 ``MemoryBus`` for embedded mode and ``RedisBus`` for the fleet. A running job writes through
 ``RunnerBus``; a dispatcher (or ``rho-agent watch``) reads through ``DispatchBus``.
 
-A job's events stream holds two kinds of entries, in order: ``{"kind": "event", "event": {...}}``
-(an ``AgentEvent.to_dict()``) and lifecycle entries ``{"kind": "job", "type": "started" |
-"restarted" | "finished", ...}``. ``finished`` is always last, so a reader knows when to stop.
-Stream positions are opaque strings; ``"0"`` means "from the first entry".
+A job's events stream holds two kinds of entries, in order: ``{"kind": "event", "attempt": 2,
+"seq": 7, "event": {...}}`` (an ``AgentEvent.to_dict()`` with its stable id: the job, the attempt
+that emitted it and its place in that attempt) and lifecycle entries ``{"kind": "job", "type":
+"started" | "restarted" | "handed_back" | "finished", ...}``. ``finished`` is always last, so a
+reader knows when to stop. Stream positions are opaque strings; ``"0"`` means "from the first
+entry".
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -37,21 +39,45 @@ class StreamEntry:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """One attempt at one job, owned by the runner that started it: the fencing token.
+
+    Every write a running job makes carries its claim, and the bus refuses it atomically once the
+    job is no longer ``running`` under this attempt (the lease lapsed and the sweeper or a newer
+    attempt took the job over, or it was handed back or finished). A runner whose write was
+    refused has lost the job and must stop at once.
+    """
+
+    job_id: str
+    attempt: int
+
+
+Refused = Callable[[Claim], None]
+"""Told (on the bus's event loop) that a write under this claim was refused."""
+
+
+@dataclass(frozen=True)
 class StartDecision:
     """What a runner may do with a job it received.
 
     ``run``: it owns attempt ``attempt``. ``cancelled``: it owns the attempt but the job was
     cancelled before it started. ``busy``: it owns the attempt but another live job (``detail``)
     is running the same session. ``skip``: someone else runs or ran it (``detail`` says why).
+    ``handbacks``: how many earlier attempts ended by a graceful hand-back at shutdown (those are
+    not failures, so they do not count against the attempt limit).
     """
 
     action: StartAction
     attempt: int = 0
     detail: str = ""
+    handbacks: int = 0
 
 
 class RunnerBus(Protocol):
-    """What a running job needs. ``emit_*`` never block; ``flush`` makes them durable."""
+    """What a running job needs. ``emit_*`` never block; ``flush`` makes them durable.
+
+    ``emit_*`` writes are fenced by their ``Claim``: applied only while that attempt owns the job.
+    """
 
     async def start(self, spec: JobSpec, worker: str, lease_ms: int) -> StartDecision: ...
 
@@ -67,13 +93,18 @@ class RunnerBus(Protocol):
         self, job_id: str, after: str = START, block_s: float = 0.0, count: int = EVENT_PAGE
     ) -> list[StreamEntry]: ...
 
-    def emit_event(self, job_id: str, entry: dict[str, Any]) -> None: ...
+    def emit_event(self, claim: Claim, entry: dict[str, Any]) -> None: ...
 
-    def emit_trace(self, session_id: str, job_id: str, record: dict[str, Any]) -> None: ...
+    def emit_trace(self, claim: Claim, session_id: str, record: dict[str, Any]) -> None: ...
 
-    def emit_progress(self, job_id: str, fields: Mapping[str, str]) -> None: ...
+    def emit_progress(self, claim: Claim, fields: Mapping[str, str]) -> None: ...
 
-    def emit_session(self, session_id: str, fields: Mapping[str, str], *, new: bool) -> None: ...
+    def emit_session(
+        self, claim: Claim, session_id: str, fields: Mapping[str, str], *, new: bool
+    ) -> None: ...
+
+    def on_refused(self, callback: Refused) -> None:
+        """Call ``callback`` whenever an ``emit_*`` under a stale claim is refused."""
 
     async def flush(self) -> None: ...
 
@@ -132,10 +163,14 @@ def result_dict(result: RunResult) -> dict[str, Any]:
         "status": result.status,
         "usage": dict(result.usage),
         "events": [event_dict(event) for event in result.events],
+        "error": result.error.to_dict() if result.error is not None else None,
     }
 
 
-def event_entry(event: AgentEvent) -> dict[str, Any]:
+def event_entry(event: AgentEvent, attempt: int = 0, seq: int = 0) -> dict[str, Any]:
+    """An events-stream entry; ``attempt`` and ``seq`` (from 1) identify a running job's events."""
+    if seq:
+        return {"kind": "event", "attempt": attempt, "seq": seq, "event": event_dict(event)}
     return {"kind": "event", "event": event_dict(event)}
 
 
@@ -161,6 +196,28 @@ def entry_event(entry: StreamEntry) -> AgentEvent | None:
             ),
         )
     return None
+
+
+class SeenEvents:
+    """Drops event entries a resend wrote twice, by their stable id (attempt, seq).
+
+    One attempt's events reach the stream in the order it emitted them (its writer resends
+    unconfirmed writes in order), so an entry whose ``seq`` is not above the highest already seen
+    for its attempt is a copy. Memory: one number per attempt.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, int] = {}
+
+    def fresh(self, entry: StreamEntry) -> bool:
+        seq = entry.data.get("seq")
+        if entry.data.get("kind") != "event" or not isinstance(seq, int):
+            return True
+        attempt = int(entry.data.get("attempt") or 0)
+        if seq <= self._last.get(attempt, 0):
+            return False
+        self._last[attempt] = seq
+        return True
 
 
 def cancelled_before_start() -> RunResult:

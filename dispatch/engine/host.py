@@ -11,7 +11,7 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from dispatch.engine.bus import RunnerBus
+from dispatch.engine.bus import Claim, RunnerBus
 from dispatch.engine.loop import still_running, stop_tasks
 from dispatch.engine.run import AgentCache, JobOutcome, JobRun, RunnerOptions
 from dispatch.errors import JobSpecError
@@ -34,6 +34,7 @@ class JobHost:
         self._runs: defaultdict[str, list[JobRun]] = defaultdict(list)
         self._watcher: asyncio.Task[None] | None = None
         self._agents = AgentCache(options.agent_factory)
+        bus.on_refused(self._fence_lost)
 
     async def start(self) -> None:
         """Start following cancel requests (idempotent)."""
@@ -91,6 +92,12 @@ class JobHost:
                 if numbers is not None:
                     found.append((job_id, numbers))
         return found
+
+    def _fence_lost(self, claim: Claim) -> None:
+        """The bus refused a write of ``claim``: stop that attempt here (not a newer one)."""
+        for run in self._runs.get(claim.job_id, []):
+            if run.attempt == claim.attempt:
+                run.fence_lost()
 
     def cancel_local(self, job_id: str) -> bool:
         """Cancel the job here if this host runs it; True if it did."""

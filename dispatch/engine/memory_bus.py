@@ -17,6 +17,8 @@ from dispatch.engine.bus import (
     EVENT_PAGE,
     START,
     CancelOutcome,
+    Claim,
+    Refused,
     StartDecision,
     StreamEntry,
     cancelled_before_start,
@@ -25,8 +27,8 @@ from dispatch.engine.bus import (
     rejected,
     result_dict,
 )
-from dispatch.fleet.keys import Keys
 from dispatch.info import TERMINAL_STATUSES, JobInfo, job_fields
+from dispatch.keys import Keys
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
 
@@ -59,6 +61,7 @@ class MemoryBus:
         self._cancel_flags: set[str] = set()
         self._owners: dict[str, str] = {}
         self._sessions: dict[str, dict[str, str]] = {}
+        self._refused_callbacks: list[Refused] = []
 
     # -- dispatcher side ----------------------------------------------------------------------
 
@@ -141,17 +144,36 @@ class MemoryBus:
     async def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
         self._jobs.setdefault(job_id, {}).update(fields)
 
-    def emit_event(self, job_id: str, entry: dict[str, Any]) -> None:
-        self._stream(self._keys.events(job_id)).append(entry)
+    def emit_event(self, claim: Claim, entry: dict[str, Any]) -> None:
+        if self._owns(claim):
+            self._stream(self._keys.events(claim.job_id)).append(entry)
 
-    def emit_trace(self, session_id: str, job_id: str, record: dict[str, Any]) -> None:
-        self._stream(self._keys.trace(session_id)).append({"job_id": job_id, "record": record})
+    def emit_trace(self, claim: Claim, session_id: str, record: dict[str, Any]) -> None:
+        if self._owns(claim):
+            entry = {"job_id": claim.job_id, "record": record}
+            self._stream(self._keys.trace(session_id)).append(entry)
 
-    def emit_progress(self, job_id: str, fields: Mapping[str, str]) -> None:
-        self._jobs.setdefault(job_id, {}).update(fields)
+    def emit_progress(self, claim: Claim, fields: Mapping[str, str]) -> None:
+        if self._owns(claim):
+            self._jobs[claim.job_id].update(fields)
 
-    def emit_session(self, session_id: str, fields: Mapping[str, str], *, new: bool) -> None:
-        self._sessions.setdefault(session_id, {}).update(fields)
+    def emit_session(
+        self, claim: Claim, session_id: str, fields: Mapping[str, str], *, new: bool
+    ) -> None:
+        if self._owns(claim):
+            self._sessions.setdefault(session_id, {}).update(fields)
+
+    def on_refused(self, callback: Refused) -> None:
+        self._refused_callbacks.append(callback)
+
+    def _owns(self, claim: Claim) -> bool:
+        """The fence: only the attempt running the job may write for it."""
+        fields = self._jobs.get(claim.job_id, {})
+        if fields.get("status") == "running" and fields.get("attempt") == str(claim.attempt):
+            return True
+        for callback in self._refused_callbacks:
+            callback(claim)
+        return False
 
     async def flush(self) -> None:
         return None

@@ -2,9 +2,10 @@
 
 A run claims the job (``bus.start``), rebuilds the session from its trace when it continues one or
 resumes after a crash, runs the remaining prompts with every event and trace record going to the
-bus as it happens, and finishes the job exactly once. Failures become a job status and an
-``error`` event; only an outside cancellation (worker shutdown) escapes, leaving the job to be
-resumed elsewhere.
+bus as it happens, and finishes the job exactly once. Every write carries the run's ``Claim``;
+when the bus refuses one (another attempt owns the job now) the run stops at once and its
+result is dropped. Failures become a job status and an ``error`` event; only an outside
+cancellation (worker shutdown) escapes, leaving the job to be resumed elsewhere.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from dispatch.engine.bus import RunnerBus, cancelled_before_start, entry_event, event_entry
+from dispatch.engine.bus import (
+    Claim,
+    RunnerBus,
+    SeenEvents,
+    cancelled_before_start,
+    entry_event,
+    event_entry,
+)
 from dispatch.engine.ceiling import check_ceiling
 from dispatch.errors import FleetError
 from dispatch.spec import JobSpec
@@ -101,11 +109,11 @@ class AgentCache:
 class _BusSink:
     """A TraceSink that sends each record to the job bus (queued, never blocking)."""
 
-    def __init__(self, bus: RunnerBus, session_id: str, job_id: str) -> None:
-        self._bus, self._session_id, self._job_id = bus, session_id, job_id
+    def __init__(self, bus: RunnerBus, claim: Claim, session_id: str) -> None:
+        self._bus, self._claim, self._session_id = bus, claim, session_id
 
     def write(self, record: dict[str, Any]) -> None:
-        self._bus.emit_trace(self._session_id, self._job_id, record)
+        self._bus.emit_trace(self._claim, self._session_id, record)
 
     def close(self) -> None:
         return None
@@ -126,7 +134,9 @@ class JobRun:
         self._options = options
         self._agents = agents or AgentCache(options.agent_factory, size=1)
         self._attempt = 0
+        self._events = 0
         self._cancelled = False
+        self._fenced = False
         self._timed_out = False
         self._turns = 0
         self._base_runs = 0
@@ -155,9 +165,25 @@ class JobRun:
             "cost_usd": round(float(usage["cost_usd"]), 6),
         }
 
+    @property
+    def claim(self) -> Claim:
+        return Claim(self.job_id, self._attempt)
+
     def cancel(self) -> None:
         """Stop the job soon (the session polls this flag; model streams and tools are cut)."""
         self._cancelled = True
+
+    def fence_lost(self) -> None:
+        """The bus refused a write of this attempt: another one owns the job. Stop now; no
+        further step or tool call runs, and whatever this run still writes is refused too."""
+        if not self._fenced:
+            logger.warning(
+                "job %s attempt %s: a newer attempt owns the job; stopping here",
+                self.job_id,
+                self._attempt,
+            )
+        self._fenced = True
+        self._cancelled = True  # the session checks before every step and tool call
 
     async def run(self) -> JobOutcome:
         """Claim, run and finish the job; returns a ``skipped`` outcome if it is not ours."""
@@ -173,10 +199,11 @@ class JobRun:
                 f"session {self.spec.session_id} is in use by job {decision.detail}; wait for "
                 "that job's result before submitting another job on the same session"
             )
-        if self._attempt > options.max_attempts:
+        if self._attempt - decision.handbacks > options.max_attempts:
             return await self._fail(
                 f"gave up after {options.max_attempts} attempts: the workers running this job "
-                "stopped each time (see the worker logs)"
+                "stopped each time (see the worker logs); graceful hand-backs at shutdown are "
+                f"not counted ({decision.handbacks} here)"
             )
         return await self._run_claimed()
 
@@ -197,7 +224,8 @@ class JobRun:
         if self._timed_out:
             limit = self.spec.timeout_s or self._options.default_timeout_s
             return await self._finish(result, f"job timed out after {limit:g} s")
-        return await self._finish(result, None)
+        failed = result.status == "error" and result.error is not None
+        return await self._finish(result, str(result.error) if failed else None)
 
     # -- session ------------------------------------------------------------------------------
 
@@ -214,11 +242,12 @@ class JobRun:
                     f"session {spec.session_id} has no trace in the job store (never created, or "
                     "expired after the retention period); start a new session instead"
                 )
-        sink = _BusSink(self._bus, spec.session_id, self.job_id)
+        sink = _BusSink(self._bus, self.claim, spec.session_id)
         if records:
             session = Session(agent, state=State.from_records(records), sinks=[sink])
         else:
             self._bus.emit_session(
+                self.claim,
                 spec.session_id,
                 {
                     "created_at": datetime.now(UTC).isoformat(),
@@ -231,6 +260,9 @@ class JobRun:
             )
             session = Session(agent, session_id=spec.session_id, sinks=[sink])
         session.cancel_check = lambda: self._cancelled
+        # Before a tool runs, its tool_start is confirmed in Redis: a refused write (a newer
+        # attempt owns the job) stops this run before the side effect, not after.
+        session.before_tool = self._bus.flush
         self._session = session
         await self._load_baseline(session.state)
         return session
@@ -279,13 +311,18 @@ class JobRun:
         prior = await self._prior_events() if self._attempt > 1 else []
         return self._combine(session.state, prior, results)
 
+    def _emit(self, event: AgentEvent) -> None:
+        """Send ``event`` with its stable id: this attempt and its place in it."""
+        self._events += 1
+        self._bus.emit_event(self.claim, event_entry(event, self._attempt, self._events))
+
     def _on_event(self, event: AgentEvent) -> None:
-        self._bus.emit_event(self.job_id, event_entry(event))
+        self._emit(event)
         if event.type == "api_call_complete" and self._session is not None:
             self._turns += 1
             usage = self._job_usage(self._session.state)
             self._bus.emit_progress(
-                self.job_id,
+                self.claim,
                 {
                     "turns": str(self._turns),
                     "input_tokens": str(usage["input_tokens"]),
@@ -297,8 +334,9 @@ class JobRun:
     async def _prior_events(self) -> list[AgentEvent]:
         """Events earlier attempts streamed, up to this attempt's restart marker (included)."""
         events: list[AgentEvent] = []
+        seen = SeenEvents()
         for entry in await self._bus.read_events(self.job_id, count=1_000_000):
-            event = entry_event(entry)
+            event = entry_event(entry) if seen.fresh(entry) else None
             if event is not None:
                 events.append(event)
             if entry.data.get("kind") == "job" and entry.data.get("attempt") == self._attempt:
@@ -328,7 +366,11 @@ class JobRun:
         events = prior + [event for result in results for event in result.events]
         last = results[-1]
         return RunResult(
-            text=last.text, events=events, status=last.status, usage=self._job_usage(state)
+            text=last.text,
+            events=events,
+            status=last.status,
+            usage=self._job_usage(state),
+            error=last.error,
         )
 
     def _start_timer(self) -> asyncio.TimerHandle | None:
@@ -345,7 +387,7 @@ class JobRun:
 
     async def _fail(self, message: str) -> JobOutcome:
         event = AgentEvent(type="error", content=message)
-        self._bus.emit_event(self.job_id, event_entry(event))
+        self._emit(event)
         return await self._finish(RunResult(text="", events=[event], status="error"), message)
 
     async def _finish(self, result: RunResult, error: str | None) -> JobOutcome:
@@ -353,12 +395,15 @@ class JobRun:
         status = result.status if error is None else "error"
         if self._session is not None:
             state_status = self._session.state.status
-            self._bus.emit_session(self.spec.session_id, {"status": state_status}, new=False)
+            self._bus.emit_session(
+                self.claim, self.spec.session_id, {"status": state_status}, new=False
+            )
         if error is not None and result.status != "error":
             result = RunResult(
                 text=result.text, events=result.events, status="error", usage=result.usage
             )
-        owned = await self._bus.finish(self.spec, self._attempt, result, error)
+        # A refused write already proved that a newer attempt owns the job.
+        owned = not self._fenced and await self._bus.finish(self.spec, self._attempt, result, error)
         outcome_status = status if owned else "superseded"
         if not owned:
             logger.warning(

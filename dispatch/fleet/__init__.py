@@ -1,6 +1,6 @@
 """The fleet's Redis and Celery side, imported only when a broker URL is set.
 
-- ``keys``: every Redis key; ``lua``: every Lua script, with one shared prelude;
+- ``lua``: every Lua script, with one shared prelude (key names: ``dispatch.keys``);
 - ``redis_bus`` and ``writer``: the job bus on Redis and its pipelined writer;
 - ``celery_broker`` and ``transport``: sending jobs through Celery/kombu;
 - ``session_store``: sessions kept in Redis.

@@ -26,19 +26,24 @@ end
 
 # KEYS: job, events, cancel flag, session owner, leases
 # ARGV: job_id, worker, lease_ms, retention_s, events maxlen, job key prefix
+# Returns action, attempt, detail, and how many earlier attempts were handed back (not failures).
+# A queued job holds a lease too (from submission, or from the sweeper's re-send), so a delivery
+# that is never claimed (its worker died first, or the broker lost the message) is re-sent.
 START = (
     _NOW
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'skip', 0, 'unknown job (expired or never submitted)'} end
+if not status then return {'skip', 0, 'unknown job (expired or never submitted)', 0} end
 if status == 'running' then
   local lease = redis.call('ZSCORE', KEYS[5], ARGV[1])
-  if lease and tonumber(lease) > now_ms then return {'skip', 0, 'running elsewhere'} end
+  if lease and tonumber(lease) > now_ms then return {'skip', 0, 'running elsewhere', 0} end
 elseif status ~= 'queued' then
-  return {'skip', 0, 'already ' .. status}
+  return {'skip', 0, 'already ' .. status, 0}
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+local handbacks = tonumber(redis.call('HGET', KEYS[1], 'handbacks') or '0')
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2])
+redis.call('HDEL', KEYS[1], 'wseq')
 redis.call('HSETNX', KEYS[1], 'started_at', now_s)
 redis.call('ZADD', KEYS[5], now_ms + tonumber(ARGV[3]), ARGV[1])
 local kind = 'started'
@@ -47,16 +52,16 @@ local entry = cjson.encode({kind = 'job', type = kind, attempt = attempt, worker
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'd', entry)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'cancelled', attempt, ''} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'cancelled', attempt, '', handbacks} end
 local owner = redis.call('GET', KEYS[4])
 if owner and owner ~= ARGV[1] then
   local owner_status = redis.call('HGET', ARGV[6] .. owner, 'status')
   if owner_status == 'queued' or owner_status == 'running' then
-    return {'busy', attempt, owner}
+    return {'busy', attempt, owner, handbacks}
   end
 end
 redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4])
-return {'run', attempt, ''}
+return {'run', attempt, '', handbacks}
 """
 )
 
@@ -171,8 +176,9 @@ return out
 )
 
 # KEYS: leases. ARGV: job key prefix, requeue grace ms, events maxlen, worker, then job id /
-# attempt pairs. Marks this worker's running jobs queued again (a hand-back at shutdown) and
-# returns job id, spec json and attempt for each, flattened.
+# attempt pairs. Marks this worker's running jobs queued again (a hand-back at shutdown, counted
+# in ``handbacks`` so it is not taken for a failed attempt) and returns job id, spec json and
+# attempt for each, flattened.
 HAND_BACK = (
     _NOW
     + """
@@ -183,6 +189,7 @@ for i = 5, #ARGV, 2 do
   local status = redis.call('HGET', key, 'status')
   if status == 'running' and redis.call('HGET', key, 'attempt') == attempt then
     redis.call('HSET', key, 'status', 'queued')
+    redis.call('HINCRBY', key, 'handbacks', 1)
     redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), job)
     local entry = cjson.encode({kind = 'job', type = 'handed_back', attempt = tonumber(attempt),
       worker = ARGV[4]})
@@ -208,6 +215,67 @@ redis.call('EXPIRE', KEYS[2], ARGV[1])
 return now_ms
 """
 )
+
+# The fenced writes of one BatchWriter batch: every write a running job makes (events, trace,
+# progress, session summary), grouped by the job attempt that made it. A group is applied only
+# while its job is ``running`` under that attempt (the fencing token); a stale worker's group is
+# refused whole. ``wseq`` in the job hash is the writer sequence of the last write applied for the
+# attempt, so writes resent after a lost reply are skipped, not stored twice. One attempt's
+# appends to one stream become one entry (a JSON list when there are several).
+# KEYS: every key the batch writes (each once).
+# ARGV: groups of: job key index, attempt, op count, then per op: kind ('x' stream append,
+#   'h' hash set, 'z' sorted-set add), key index, writer sequence, arg count, args
+#   (x: maxlen or '', payload; h: field, value...; z: score, member...).
+# Returns the 1-based numbers of the refused groups.
+FENCED_WRITES = """
+local refused = {}
+local i, group = 1, 0
+while i <= #ARGV do
+  group = group + 1
+  local job = KEYS[tonumber(ARGV[i])]
+  local state = redis.call('HMGET', job, 'attempt', 'status', 'wseq')
+  local owned = state[1] == ARGV[i + 1] and state[2] == 'running'
+  local applied = tonumber(state[3] or '0') or 0
+  local last = applied
+  local ops = tonumber(ARGV[i + 2])
+  if not owned then table.insert(refused, group) end
+  i = i + 3
+  local streams, order = {}, {}
+  for _ = 1, ops do
+    local kind, key, seq, n = ARGV[i], KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2]),
+      tonumber(ARGV[i + 3])
+    if owned and seq > applied then
+      if kind == 'x' then
+        local stream = streams[key]
+        if not stream then
+          stream = {maxlen = ARGV[i + 4], items = {}}
+          streams[key] = stream
+          table.insert(order, key)
+        end
+        table.insert(stream.items, ARGV[i + 5])
+      elseif kind == 'h' then
+        redis.pcall('HSET', key, unpack(ARGV, i + 4, i + 3 + n))
+      else
+        redis.pcall('ZADD', key, unpack(ARGV, i + 4, i + 3 + n))
+      end
+      last = seq
+    end
+    i = i + 4 + n
+  end
+  for _, key in ipairs(order) do
+    local stream = streams[key]
+    local data = stream.items[1]
+    if #stream.items > 1 then data = '[' .. table.concat(stream.items, ',') .. ']' end
+    if stream.maxlen == '' then
+      redis.pcall('XADD', key, '*', 'd', data)
+    else
+      redis.pcall('XADD', key, 'MAXLEN', '~', stream.maxlen, '*', 'd', data)
+    end
+  end
+  if last > applied then redis.call('HSET', job, 'wseq', last) end
+end
+return refused
+"""
 
 # KEYS: job, leases, jobs index, session owner.
 # ARGV: job_id, attempt, worker, lease_ms, retention_s, submitted_at, then hash field / value

@@ -1,6 +1,7 @@
 """RedisBus: the job bus on Redis (hash per job, streams for events and traces).
 
-Writes from running jobs go through a BatchWriter (never blocking the event loop, never lost);
+Writes from running jobs go through a BatchWriter (never blocking the event loop, never lost),
+fenced by the job attempt that made them (a stale worker's writes are refused atomically);
 state changes that must be atomic (start, finish, cancel) are Lua scripts. One instance belongs to
 one event loop (redis.asyncio connections are bound to the loop that made them).
 """
@@ -19,6 +20,8 @@ from dispatch.engine.bus import (
     EVENT_PAGE,
     START,
     CancelOutcome,
+    Claim,
+    Refused,
     StartAction,
     StartDecision,
     StreamEntry,
@@ -28,10 +31,10 @@ from dispatch.engine.bus import (
     result_dict,
 )
 from dispatch.fleet import lua
-from dispatch.fleet.keys import Keys
 from dispatch.fleet.outage import RedisOutage, survive
-from dispatch.fleet.writer import BatchWriter
+from dispatch.fleet.writer import BatchWriter, Fence
 from dispatch.info import JobInfo, job_fields
+from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
@@ -59,7 +62,13 @@ def stream_entries(reply: Any) -> list[StreamEntry]:
 
 
 def queue_submit(pipe: Any, specs: Sequence[JobSpec], settings: FleetSettings, queue: str) -> None:
-    """Queue on ``pipe`` (sync or async) the writes that record ``specs`` as queued jobs."""
+    """Queue on ``pipe`` (sync or async) the writes that record ``specs`` as queued jobs.
+
+    Each job gets a lease of ``queued_lease_s`` at once: a message the broker lost, or one whose
+    worker died before claiming it, is re-sent by the sweeper instead of waiting forever. (The
+    deadline is this machine's clock, where running leases use Redis's: a skew of seconds does
+    not matter against minutes.)
+    """
     keys = settings.keys
     for spec in specs:
         key = keys.job(spec.job_id)
@@ -69,6 +78,8 @@ def queue_submit(pipe: Any, specs: Sequence[JobSpec], settings: FleetSettings, q
         pipe.zadd(keys.jobs(), {spec.job_id: spec.submitted_at for spec in specs})
         pipe.zremrangebyscore(keys.jobs(), "-inf", specs[-1].submitted_at - settings.retention_s)
         pipe.expire(keys.jobs(), settings.retention_s)
+        deadline_ms = int((time.time() + settings.queued_lease_s) * 1000)
+        pipe.zadd(keys.leases(), {spec.job_id: deadline_ms for spec in specs})
 
 
 class RedisBus:
@@ -82,7 +93,10 @@ class RedisBus:
         self.keys: Keys = settings.keys
         self._retention = settings.retention_s
         self._maxlen = settings.events_maxlen
-        self._writer = BatchWriter(client, retention_s=settings.retention_s)
+        self._writer = BatchWriter(
+            client, retention_s=settings.retention_s, on_refused=self._writes_refused
+        )
+        self._refused_callbacks: list[Refused] = []
         self._start = client.register_script(lua.START)
         self._finish = client.register_script(lua.FINISH)
         self._cancel = client.register_script(lua.CANCEL)
@@ -200,7 +214,7 @@ class RedisBus:
     # -- runner side --------------------------------------------------------------------------
 
     async def start(self, spec: JobSpec, worker: str, lease_ms: int) -> StartDecision:
-        action, attempt, detail = await self._survive(
+        action, attempt, detail, handbacks = await self._survive(
             lambda: self._start(
                 keys=[
                     self.keys.job(spec.job_id),
@@ -221,7 +235,7 @@ class RedisBus:
             f"claiming job {spec.job_id}",
         )
         decided: StartAction = action
-        return StartDecision(decided, int(attempt), str(detail))
+        return StartDecision(decided, int(attempt), str(detail), int(handbacks))
 
     async def get_fields(self, job_id: str) -> dict[str, str]:
         key = self.keys.job(job_id)
@@ -231,19 +245,34 @@ class RedisBus:
         key, mapping = self.keys.job(job_id), dict(fields)
         await self._survive(lambda: self._r.hset(key, mapping=mapping), f"updating job {job_id}")
 
-    def emit_event(self, job_id: str, entry: dict[str, Any]) -> None:
-        self._writer.xadd(self.keys.events(job_id), entry, self._maxlen)
+    def emit_event(self, claim: Claim, entry: dict[str, Any]) -> None:
+        self._writer.xadd(self.keys.events(claim.job_id), entry, self._maxlen, self._fence(claim))
 
-    def emit_trace(self, session_id: str, job_id: str, record: dict[str, Any]) -> None:
-        self._writer.xadd(self.keys.trace(session_id), {"job_id": job_id, "record": record})
+    def emit_trace(self, claim: Claim, session_id: str, record: dict[str, Any]) -> None:
+        entry = {"job_id": claim.job_id, "record": record}
+        self._writer.xadd(self.keys.trace(session_id), entry, None, self._fence(claim))
 
-    def emit_progress(self, job_id: str, fields: Mapping[str, str]) -> None:
-        self._writer.hset(self.keys.job(job_id), dict(fields))
+    def emit_progress(self, claim: Claim, fields: Mapping[str, str]) -> None:
+        self._writer.hset(self.keys.job(claim.job_id), dict(fields), self._fence(claim))
 
-    def emit_session(self, session_id: str, fields: Mapping[str, str], *, new: bool) -> None:
-        self._writer.hset(self.keys.session(session_id), dict(fields))
+    def emit_session(
+        self, claim: Claim, session_id: str, fields: Mapping[str, str], *, new: bool
+    ) -> None:
+        fence = self._fence(claim)
+        self._writer.hset(self.keys.session(session_id), dict(fields), fence)
         if new:
-            self._writer.zadd(self.keys.sessions(), {session_id: time.time()})
+            self._writer.zadd(self.keys.sessions(), {session_id: time.time()}, fence)
+
+    def on_refused(self, callback: Refused) -> None:
+        self._refused_callbacks.append(callback)
+
+    def _fence(self, claim: Claim) -> Fence:
+        return Fence(self.keys.job(claim.job_id), claim.attempt)
+
+    def _writes_refused(self, fence: Fence) -> None:
+        claim = Claim(fence.job_key.removeprefix(self.keys.job_prefix()), fence.attempt)
+        for callback in self._refused_callbacks:
+            callback(claim)
 
     async def flush(self) -> None:
         """Wait until Redis stored every queued write; ``RedisOutage`` past the outage limit."""

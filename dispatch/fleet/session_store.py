@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
-from dispatch.fleet.keys import Keys
 from dispatch.fleet.redis_bus import decode_entry
+from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import find_secrets, portable_config
 from rho_agent.agent import Agent

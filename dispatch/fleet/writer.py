@@ -10,23 +10,32 @@ while Redis is busy new writes still pile up into the next batch.
 Writes are resent until Redis confirms them (a dropped connection or a Redis restart loses
 nothing still queued or unconfirmed; a write may land twice). ``flush`` returns once everything
 queued before it is confirmed.
+
+Writes made for a running job carry a ``Fence`` (the job hash and the attempt): a batch's fenced
+writes go as one Lua script (``lua.FENCED_WRITES``) that applies each job's writes only while
+that attempt still owns the job, and skips writes it already applied (so a fenced write never
+lands twice). A refused fence is reported to ``on_refused``; its writes are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from dispatch.fleet import lua
 
 logger = logging.getLogger("dispatch.writer")
 
@@ -43,25 +52,49 @@ REPLY_TIMEOUT_S = 30.0
 resent."""
 
 
+_FENCED_SHA = hashlib.sha1(lua.FENCED_WRITES.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A fencing token: write only while hash ``job_key`` says ``running`` under ``attempt``."""
+
+    job_key: str
+    attempt: int
+
+
 @dataclass(frozen=True)
 class _Write:
     kind: str  # "xadd", "hset" or "zadd"
     key: str
     fields: dict[str, Any]
     maxlen: int | None = None
+    fence: Fence | None = None
+    seq: int = 0
 
 
 @dataclass(frozen=True)
 class _Sent:
     writes: list[_Write]
     replies: int
+    script_reply: int = -1
+    """Which reply is the fenced-writes script's (-1: the batch has no fenced writes)."""
+    fences: tuple[Fence, ...] = ()
+    """The script's groups, in order (its reply numbers the refused ones from 1)."""
 
 
 class BatchWriter:
     """Queues stream appends and hash updates; writes them in order, batched and pipelined."""
 
-    def __init__(self, client: aioredis.Redis, *, retention_s: int) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        retention_s: int,
+        on_refused: Callable[[Fence], None] = lambda fence: None,
+    ) -> None:
         self._pool = client.connection_pool
+        self._on_refused = on_refused
         self._retention_s = retention_s
         self._expired_at: dict[str, float] = {}
         self._queue: list[_Write] = []
@@ -75,7 +108,9 @@ class BatchWriter:
         self._retry_delay = _FIRST_RETRY_S
         self._task: asyncio.Task[None] | None = None
 
-    def xadd(self, key: str, data: dict[str, Any], maxlen: int | None = None) -> None:
+    def xadd(
+        self, key: str, data: dict[str, Any], maxlen: int | None = None, fence: Fence | None = None
+    ) -> None:
         """Append ``data`` to the stream ``key``.
 
         Items queued for the same stream in one batch share one stream entry: field ``d`` holds
@@ -83,13 +118,13 @@ class BatchWriter:
         records costs one XADD.
         """
         payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-        self._put(_Write("xadd", key, {"d": payload}, maxlen))
+        self._put(_Write("xadd", key, {"d": payload}, maxlen, fence, self._queued + 1))
 
-    def hset(self, key: str, fields: dict[str, str]) -> None:
-        self._put(_Write("hset", key, dict(fields)))
+    def hset(self, key: str, fields: dict[str, str], fence: Fence | None = None) -> None:
+        self._put(_Write("hset", key, dict(fields), None, fence, self._queued + 1))
 
-    def zadd(self, key: str, scores: dict[str, float]) -> None:
-        self._put(_Write("zadd", key, dict(scores)))
+    def zadd(self, key: str, scores: dict[str, float], fence: Fence | None = None) -> None:
+        self._put(_Write("zadd", key, dict(scores), None, fence, self._queued + 1))
 
     async def flush(self) -> None:
         """Wait until every write queued before this call is stored in Redis."""
@@ -168,6 +203,7 @@ class BatchWriter:
 
     async def _send(self, connection: Any, receiver: asyncio.Task[None]) -> None:
         """Send each batch as soon as it is queued; returns only by raising."""
+        script_loaded = False  # on this connection (a restarted Redis has forgotten it)
         while True:
             while not self._queue or len(self._in_flight) >= _MAX_IN_FLIGHT:
                 if receiver.done():
@@ -175,15 +211,23 @@ class BatchWriter:
                 self._wake.clear()
                 await self._wake.wait()
             batch, self._queue = self._queue, []
+            commands, fences = self._commands(batch)
+            if fences and not script_loaded:
+                commands.insert(0, ["SCRIPT", "LOAD", lua.FENCED_WRITES])
+                script_loaded = True
             packed: list[bytes] = []
             replies = 0
-            for command in self._commands(batch):
+            script_reply = -1
+            for command in commands:
                 try:
                     packed.extend(connection.pack_command(*command))
-                    replies += 1
                 except DataError as exc:  # a caller's bug; dropping it keeps the rest going
                     logger.error("dropped a %s to %s: %s", command[0], command[1], exc)
-            self._in_flight.append(_Sent(batch, replies))
+                    continue
+                if command[0] == "EVALSHA":
+                    script_reply = replies
+                replies += 1
+            self._in_flight.append(_Sent(batch, replies, script_reply, tuple(fences)))
             self._sent.set()
             await connection.send_packed_command(packed, check_health=False)
 
@@ -194,11 +238,17 @@ class BatchWriter:
                 await self._sent.wait()
             sent = self._in_flight[0]
             async with asyncio.timeout(REPLY_TIMEOUT_S):
-                for _ in range(sent.replies):
+                for index in range(sent.replies):
                     try:
-                        await connection.read_response()
+                        reply = await connection.read_response()
                     except ResponseError as exc:  # a bad command, not a bad connection
+                        if isinstance(exc, NoScriptError):  # flushed: load it again, resend
+                            raise RedisConnectionError(str(exc)) from exc
                         logger.error("Redis refused a write (%s); it is dropped", exc)
+                        continue
+                    if index == sent.script_reply:
+                        for group in reply:
+                            self._on_refused(sent.fences[int(group) - 1])
             self._in_flight.popleft()
             self._retry_delay = _FIRST_RETRY_S  # Redis answers again
             self._written += len(sent.writes)
@@ -214,10 +264,13 @@ class BatchWriter:
         self._expired_at.clear()
         self._queue = resend + self._queue
 
-    def _commands(self, batch: list[_Write]) -> list[list[Any]]:
+    def _commands(self, batch: list[_Write]) -> tuple[list[list[Any]], list[Fence]]:
+        """The batch as commands: plain ones, then one script for the fenced writes, then the
+        EXPIREs; and the script's fences in its group order."""
         commands: list[list[Any]] = []
         touched: dict[str, None] = {}
-        for write in _grouped(batch):
+        fenced = [write for write in batch if write.fence is not None]
+        for write in _grouped([write for write in batch if write.fence is None]):
             command: list[Any]
             if write.kind == "xadd":
                 command = ["XADD", write.key]
@@ -234,8 +287,14 @@ class BatchWriter:
                     command += [field, value]
             commands.append(command)
             touched[write.key] = None
+        fences: list[Fence] = []
+        if fenced:
+            script, fences = _fenced_script(fenced)
+            if fences:
+                commands.append(script)
+                touched.update((write.key, None) for write in fenced)
         commands.extend(["EXPIRE", key, self._retention_s] for key in self._due_for_expiry(touched))
-        return commands
+        return commands, fences
 
     def _due_for_expiry(self, keys: dict[str, None]) -> list[str]:
         """Keys whose expiry was not pushed back in the last minute (one EXPIRE a minute is
@@ -277,3 +336,32 @@ def _grouped(batch: list[_Write]) -> list[_Write]:
             items = ",".join(item.fields["d"] for item in group)
             merged[index] = _Write("xadd", write.key, {"d": f"[{items}]"}, write.maxlen)
     return merged
+
+
+def _fenced_script(writes: list[_Write]) -> tuple[list[Any], list[Fence]]:
+    """One ``EVALSHA`` of ``lua.FENCED_WRITES`` for ``writes``, grouped by fence in order."""
+    groups: dict[Fence, list[list[Any]]] = {}
+    keys: dict[str, int] = {}
+    for write in writes:
+        assert write.fence is not None
+        values: list[Any]
+        if write.kind == "xadd":
+            values = ["" if write.maxlen is None else write.maxlen, write.fields["d"]]
+        elif write.kind == "zadd":
+            values = [part for member, score in write.fields.items() for part in (score, member)]
+        else:
+            values = [part for item in write.fields.items() for part in item]
+        if not all(isinstance(value, str | int | float | bytes) for value in values):
+            logger.error(
+                "dropped a %s to %s: a value is not a string or number", write.kind, write.key
+            )
+            continue
+        key = keys.setdefault(write.key, len(keys) + 1)
+        groups.setdefault(write.fence, []).append(
+            [write.kind[0], key, write.seq, len(values), *values]
+        )
+    args: list[Any] = []
+    for fence, ops in groups.items():
+        args += [keys.setdefault(fence.job_key, len(keys) + 1), fence.attempt, len(ops)]
+        args += [part for op in ops for part in op]
+    return ["EVALSHA", _FENCED_SHA, len(keys), *keys, *args], list(groups)

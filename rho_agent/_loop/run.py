@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rho_agent.events import AgentEvent, RunResult
+from rho_agent.events import AgentEvent, RunError, RunResult
 from rho_agent.state import USAGE_KEYS, empty_usage
 
 logger = logging.getLogger("rho_agent.session")
@@ -24,7 +24,7 @@ class RunContext:
     text: str = ""
     streamed: list[str] = field(default_factory=list)
     """Text of the model call in flight, kept so a cancelled stream is not lost."""
-    error: str | None = None
+    error: RunError | None = None
     _callback_failed: bool = False
 
     def emit(self, event: AgentEvent) -> None:
@@ -46,4 +46,10 @@ class RunContext:
         self.usage["cost_usd"] += cost_usd
 
     def result(self, status: str) -> RunResult:
-        return RunResult(text=self.text, events=self.events, status=status, usage=dict(self.usage))
+        return RunResult(
+            text=self.text,
+            events=self.events,
+            status=status,
+            usage=dict(self.usage),
+            error=self.error,
+        )

@@ -1,7 +1,9 @@
 """Running one model turn's tool calls: parse, approve, execute concurrently, record in order.
 
-Each finished call's tool message is recorded the moment it finishes (the ledger a resumed run
-reads, so a finished call never runs twice); ``State`` puts them in the model's order.
+Each call's ``tool_start`` is recorded before it runs, and its tool message the moment it
+finishes (the ledger a resumed run reads: a call with a result never runs again, a call with
+only a start is the one that may have run and is run again); ``State`` puts them in the model's
+order.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rho_agent.errors import ApprovalInterrupt, PermissionDenied, ToolError
 from rho_agent.events import AgentEvent
@@ -20,11 +22,43 @@ from rho_agent.tools.base import ToolHandler, ToolOutput
 
 if TYPE_CHECKING:
     from rho_agent._loop.run import RunContext
-    from rho_agent.session import Session
+    from rho_agent.state import State
+    from rho_agent.tools.base import ToolInvocation
+    from rho_agent.tools.registry import ToolRegistry
 
 logger = logging.getLogger("rho_agent.session")
 
 ApprovalCallback = Callable[[str, dict[str, Any]], bool | Awaitable[bool]]
+
+
+class StepHost(Protocol):
+    """What a tool step needs from the session that runs it, and nothing more."""
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def registry(self) -> ToolRegistry: ...
+
+    @property
+    def approval_callback(self) -> ApprovalCallback | None: ...
+
+    @property
+    def before_tool(self) -> Callable[[], Awaitable[None]] | None:
+        """Awaited once a call's start is recorded, before its tool runs (see ``Session``)."""
+        ...
+
+    def needs_approval(self, handler: ToolHandler) -> bool:
+        """Whether a call to ``handler`` must be approved before it runs."""
+        ...
+
+    def check_cancelled(self) -> None:
+        """Raise ``CancelledError`` if the run was cancelled."""
+        ...
+
+    async def invocation(self, call: PreparedCall) -> ToolInvocation:
+        """What the handler of ``call`` receives: its arguments, backend and profile."""
+        ...
 
 
 @dataclass
@@ -38,11 +72,11 @@ class PreparedCall:
     problem: str | None = None
 
 
-def prepare(session: Session, call: dict[str, Any]) -> PreparedCall:
+def prepare(session: StepHost, call: dict[str, Any]) -> PreparedCall:
     function = call.get("function") or {}
     name = str(function.get("name") or "")
     raw = function.get("arguments") or "{}"
-    handler = session.agent.registry.get(name)
+    handler = session.registry.get(name)
     try:
         arguments = json.loads(raw) if raw.strip() else {}
     except json.JSONDecodeError as exc:
@@ -63,7 +97,7 @@ def prepare(session: Session, call: dict[str, Any]) -> PreparedCall:
             "the arguments must be a JSON object, not " + type(arguments).__name__,
         )
     if handler is None:
-        available = ", ".join(session.agent.registry.names) or "none"
+        available = ", ".join(session.registry.names) or "none"
         return PreparedCall(
             call["id"],
             name,
@@ -75,7 +109,7 @@ def prepare(session: Session, call: dict[str, Any]) -> PreparedCall:
 
 
 async def decide(
-    session: Session, run: RunContext, calls: list[PreparedCall]
+    session: StepHost, run: RunContext, calls: list[PreparedCall]
 ) -> list[PreparedCall]:
     """Ask for approval where needed, in order; return the calls left pending by an interruption.
 
@@ -83,7 +117,7 @@ async def decide(
     """
     pending: list[PreparedCall] = []
     for call in list(calls):
-        if call.problem or call.handler is None or not _needs_approval(session, call.handler):
+        if call.problem or call.handler is None or not session.needs_approval(call.handler):
             continue
         if pending:
             pending.append(call)
@@ -101,12 +135,6 @@ async def decide(
     return pending
 
 
-def _needs_approval(session: Session, handler: ToolHandler) -> bool:
-    if session.agent.config.auto_approve:
-        return False
-    return bool(session.agent.profile.needs_approval(handler))
-
-
 async def _ask(callback: ApprovalCallback | None, call: PreparedCall) -> bool:
     if callback is None:
         raise ApprovalInterrupt(f"{call.name} needs approval and no approval_callback is set")
@@ -116,12 +144,12 @@ async def _ask(callback: ApprovalCallback | None, call: PreparedCall) -> bool:
     return bool(decision)
 
 
-async def execute(session: Session, run: RunContext, calls: list[PreparedCall]) -> None:
+async def execute(session: StepHost, run: RunContext, calls: list[PreparedCall]) -> None:
     """Run the calls concurrently; each records its own result as soon as it is done."""
     await asyncio.gather(*(_execute_one(session, run, call) for call in calls))
 
 
-async def _execute_one(session: Session, run: RunContext, call: PreparedCall) -> None:
+async def _execute_one(session: StepHost, run: RunContext, call: PreparedCall) -> None:
     state = session.state
     state.append("tool_start", call_id=call.call_id, tool_name=call.name, arguments=call.arguments)
     run.emit(
@@ -132,6 +160,8 @@ async def _execute_one(session: Session, run: RunContext, call: PreparedCall) ->
     if call.problem is not None or call.handler is None:
         output = ToolOutput(f"Error: {call.problem}", success=False)
     else:
+        if session.before_tool is not None:
+            await session.before_tool()
         session.check_cancelled()
         try:
             output = await call.handler.handle(await session.invocation(call))
@@ -146,7 +176,7 @@ async def _execute_one(session: Session, run: RunContext, call: PreparedCall) ->
     finish(session, run, call, output)
 
 
-def finish(session: Session, run: RunContext, call: PreparedCall, output: ToolOutput) -> None:
+def finish(session: StepHost, run: RunContext, call: PreparedCall, output: ToolOutput) -> None:
     metadata = {"success": output.success, **output.metadata}
     session.state.append(
         "tool_end",
@@ -167,7 +197,7 @@ def finish(session: Session, run: RunContext, call: PreparedCall, output: ToolOu
     )
 
 
-def block(session: Session, run: RunContext, call: PreparedCall, reason: str) -> None:
+def block(session: StepHost, run: RunContext, call: PreparedCall, reason: str) -> None:
     session.state.append(
         "tool_blocked",
         call_id=call.call_id,
@@ -189,7 +219,7 @@ def block(session: Session, run: RunContext, call: PreparedCall, reason: str) ->
     )
 
 
-def answer_unfinished(session: Session, content: str) -> None:
+def answer_unfinished(session: StepHost, content: str) -> None:
     """Give every unanswered call of the pending turn a result, so the history stays valid."""
     for call in session.state.unanswered_tool_calls():
         session.state.append("message", role="tool", tool_call_id=call["id"], content=content)

@@ -12,7 +12,10 @@ command (process tree or sandbox process) before the ``CancelledError`` propagat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from rho_agent.permissions import PermissionProfile
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,14 @@ class ExecutionBackend(Protocol):
         *,
         timeout: float,  # noqa: ASYNC109
         cwd: str | None = None,
+        profile: PermissionProfile | None = None,
     ) -> CommandResult:
-        """Run ``command`` with a shell, stdin closed; kill the whole tree after ``timeout`` s."""
+        """Run ``command`` with a shell, stdin closed; kill the whole tree after ``timeout`` s.
+
+        ``profile`` is the permission profile the command runs for (the bash tool always passes
+        it): the backend confines the process accordingly, or refuses with
+        ``ConfinementUnavailable``. ``None`` means the caller's own command, not a tool's.
+        """
         ...
 
     async def read_file(self, path: str) -> bytes:

@@ -5,6 +5,10 @@ stdout+stderr on one pipe. A timeout or a cancelled task kills the whole group. 
 leaves a background process behind returns as soon as the shell exits; the pipe is then closed
 (redirect a background process's output to a file if it must keep writing), and ``close()`` kills
 whatever those background processes are still running.
+
+A command run for a permission profile (``profile=``) is confined by the operating system as
+``rho_agent.sandbox`` derives from it, and every command gets an allowlisted environment without
+the worker's secrets (``rho_agent.sandbox.tool_environment``).
 """
 
 from __future__ import annotations
@@ -17,13 +21,21 @@ import shutil
 import signal
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 from rho_agent.backends._local_search import glob_files, grep_files
 from rho_agent.backends.base import CommandResult, FileEntry, GrepMatch
 from rho_agent.errors import BackendError
+from rho_agent.permissions import PermissionProfile
+from rho_agent.sandbox import (
+    UNCONFINED,
+    Sandbox,
+    SandboxPolicy,
+    check_extra_names,
+    tool_environment,
+)
 
 T = TypeVar("T")
 
@@ -36,6 +48,8 @@ class LocalBackend:
 
     ``working_dir`` defaults to the current directory. ``max_output_bytes`` bounds the output
     kept per command (head and tail); ``max_file_bytes`` the size of a file ``read_file`` loads.
+    ``sandbox`` confines commands (default: probe this machine, see ``Sandbox.from_env``);
+    ``env_names`` adds variable names to the environment allowlist of commands.
     """
 
     def __init__(
@@ -44,12 +58,16 @@ class LocalBackend:
         *,
         max_output_bytes: int = 4_000_000,
         max_file_bytes: int = 64 * 1024 * 1024,
+        sandbox: Sandbox | None = None,
+        env_names: Iterable[str] = (),
     ) -> None:
         self._working_dir = os.path.abspath(working_dir if working_dir is not None else os.getcwd())
         self._max_output_bytes = max_output_bytes
         self._max_file_bytes = max_file_bytes
         self._shell = shutil.which("bash") or "/bin/sh"
         self._leftover_groups: set[int] = set()
+        self._sandbox = sandbox if sandbox is not None else Sandbox.from_env()
+        self._env_names = check_extra_names(env_names)
 
     def __repr__(self) -> str:
         return f"LocalBackend(working_dir={self._working_dir!r})"
@@ -77,16 +95,31 @@ class LocalBackend:
         *,
         timeout: float,  # noqa: ASYNC109 - the protocol's signature
         cwd: str | None = None,
+        profile: PermissionProfile | None = None,
     ) -> CommandResult:
         directory = cwd or self._working_dir
         if not await asyncio.to_thread(os.path.isdir, directory):
             raise BackendError(f"cannot run the command: directory {directory} does not exist")
+        policy = UNCONFINED if profile is None else SandboxPolicy.for_profile(profile)
+        launch = self._sandbox.launch(
+            policy,
+            [self._shell, "-c", command],
+            working_dir=self._working_dir,
+            env=tool_environment(os.environ, self._env_names),
+        )
+        try:
+            return await self._run(launch.argv, launch.env, directory, timeout)
+        finally:
+            await asyncio.to_thread(launch.cleanup)
+
+    async def _run(
+        self, argv: list[str], env: dict[str, str], directory: str, limit: float
+    ) -> CommandResult:
         read_fd, write_fd = os.pipe()
         try:
             process = await asyncio.create_subprocess_exec(
-                self._shell,
-                "-c",
-                command,
+                *argv,
+                env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,
@@ -95,10 +128,10 @@ class LocalBackend:
             )
         except OSError as exc:
             os.close(read_fd)
-            raise BackendError(f"cannot start {self._shell}: {exc}") from exc
+            raise BackendError(f"cannot start {argv[0]}: {exc}") from exc
         finally:
             os.close(write_fd)
-        return await self._supervise(process, read_fd, timeout)
+        return await self._supervise(process, read_fd, limit)
 
     async def _supervise(
         self, process: asyncio.subprocess.Process, read_fd: int, limit: float

@@ -1,8 +1,10 @@
-"""The Typer application and the registration of every command module."""
+"""The Typer application: every command module's commands, merged into one ``rho-agent`` app."""
 
 from __future__ import annotations
 
 import typer
+
+from rho_agent.cli import fleet_commands, fleet_ops, run, sessions
 
 app = typer.Typer(
     name="rho-agent",
@@ -11,9 +13,5 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-# Each module below registers its commands on ``app`` when imported.
-from rho_agent.cli import fleet_commands as _fleet_commands  # noqa: E402,F401
-from rho_agent.cli import fleet_ops as _fleet_ops  # noqa: E402,F401
-from rho_agent.cli import run as _run  # noqa: E402,F401
-from rho_agent.cli import sessions as _sessions  # noqa: E402,F401
+for module in (run, sessions, fleet_commands, fleet_ops):
+    app.add_typer(module.commands)

@@ -19,13 +19,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rho_agent.cli.app import app
 from rho_agent.errors import RhoAgentError
 
 if TYPE_CHECKING:
     from dispatch import Dispatcher, JobInfo
     from dispatch.batch import BatchProgress
     from rho_agent.events import AgentEvent
+
+commands = typer.Typer()
+"""This module's commands, merged into the ``rho-agent`` app by ``rho_agent.cli.app``."""
 
 Broker = Annotated[
     str | None,
@@ -58,7 +60,7 @@ def _dispatcher(broker: str | None, *, need_fleet: bool = False) -> Dispatcher:
     return dispatcher
 
 
-@app.command("dispatch")
+@commands.command("dispatch")
 def dispatch_batch(
     file: Annotated[Path, typer.Argument(help="Batch file: .jsonl (one entry per line) or .yaml.")],
     config: Annotated[
@@ -136,7 +138,7 @@ def _stats(progress: BatchProgress) -> str:
     )
 
 
-@app.command("watch")
+@commands.command("watch")
 def watch(
     job_id: Annotated[str, typer.Argument(help="Job id, as `rho-agent jobs` lists it.")],
     broker: Broker = None,
@@ -172,7 +174,7 @@ def _show_event(out: Console, event: AgentEvent) -> None:
         out.print(f"\n[magenta]↻ {event.content}[/]")
 
 
-@app.command("jobs")
+@commands.command("jobs")
 def jobs(
     broker: Broker = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many.")] = 20,
@@ -205,7 +207,7 @@ def _job_row(info: JobInfo, now: float) -> list[str]:
     ]
 
 
-@app.command("worker")
+@commands.command("worker")
 def worker(
     broker: Broker = None,
     concurrency: Annotated[
@@ -231,7 +233,7 @@ def worker(
         run_worker(loglevel=loglevel)
 
 
-@app.command("flower")
+@commands.command("flower")
 def flower(
     broker: Broker = None,
     port: Annotated[int, typer.Option(help="Port of the web UI.")] = 5555,

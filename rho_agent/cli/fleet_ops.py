@@ -19,18 +19,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rho_agent.cli.app import app
 from rho_agent.errors import RhoAgentError
 
 if TYPE_CHECKING:
     from workers.ops.local_fleet import Child, Endpoints, LocalFleet
     from workers.ops.status import FleetStatus
 
+commands = typer.Typer()
+"""This module's commands, merged into the ``rho-agent`` app by ``rho_agent.cli.app``."""
+
 fleet_app = typer.Typer(
     name="fleet", help="Run a fleet on this machine, and see how a fleet is doing.",
     no_args_is_help=True,
 )  # fmt: skip
-app.add_typer(fleet_app, name="fleet")
+commands.add_typer(fleet_app, name="fleet")
 
 Broker = Annotated[
     str | None,

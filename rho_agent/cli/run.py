@@ -14,15 +14,17 @@ from rich.console import Console
 
 from rho_agent.agent import Agent
 from rho_agent.cli._offline import offline_model, should_go_offline
-from rho_agent.cli.app import app
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ApprovalInterrupt, RhoAgentError
 from rho_agent.events import AgentEvent
 
+commands = typer.Typer()
+"""This module's commands, merged into the ``rho-agent`` app by ``rho_agent.cli.app``."""
+
 err = Console(stderr=True, highlight=False)
 
 
-@app.command()
+@commands.command()
 def run(
     prompt: Annotated[str, typer.Argument(help="What the agent should do.")],
     config: Annotated[Path | None, typer.Option(help="AgentConfig YAML file.")] = None,
@@ -47,6 +49,10 @@ def run(
     offline: Annotated[
         bool, typer.Option(help="Use the built-in scripted model (no API key needed).")
     ] = False,
+    context_window: Annotated[
+        int | None,
+        typer.Option(min=1, help="The model's context window in tokens (for self-hosted models)."),
+    ] = None,
 ) -> None:
     """Run one prompt in a local session and stream the answer."""
     try:
@@ -64,6 +70,8 @@ def run(
             agent_config.backend = _backend(backend or "daytona", upload or [], agent_config)
         if approve:
             agent_config.auto_approve = False
+        if context_window is not None:
+            agent_config.extras["context_window"] = context_window
         with contextlib.ExitStack() as stack:
             if should_go_offline(offline=offline, base_url=agent_config.base_url):
                 agent_config.base_url = stack.enter_context(offline_model(err))

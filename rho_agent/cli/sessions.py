@@ -12,17 +12,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from rho_agent.cli.app import app
 from rho_agent.errors import RhoAgentError
 from rho_agent.store.directory import SessionInfo, SessionStore
 from rho_agent.store.export import export_session
 from rho_agent.trace import Record
 
+commands = typer.Typer()
+"""This module's commands, merged into the ``rho-agent`` app by ``rho_agent.cli.app``."""
+
 sessions_app = typer.Typer(
     help="List, show and export stored sessions (resume one with `rho-agent run --resume ID`).",
     no_args_is_help=False,
 )
-app.add_typer(sessions_app, name="sessions")
+commands.add_typer(sessions_app, name="sessions")
 
 T = TypeVar("T")
 StoreDir = Annotated[

@@ -48,11 +48,14 @@ class ModelTurn:
     finish_reason: str | None = None
 
     def assistant_message(self) -> dict[str, Any]:
-        """The assistant message to append to the history (text kept alongside tool calls)."""
-        message: dict[str, Any] = {"role": "assistant", "content": self.text or None}
-        if self.tool_calls:
-            message["tool_calls"] = self.tool_calls
-        return message
+        """The assistant message to append to the history (text kept alongside tool calls).
+
+        ``content`` is null only beside tool calls, as the chat protocol allows: a message with
+        neither is sent as ``""``, since some servers' templates render a null as the word "None".
+        """
+        if not self.tool_calls:
+            return {"role": "assistant", "content": self.text}
+        return {"role": "assistant", "content": self.text or None, "tool_calls": self.tool_calls}
 
 
 TextCallback = Callable[[str], None]

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import weakref
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -21,6 +20,7 @@ import openai
 
 from rho_agent.errors import ModelError
 from rho_agent.model._assemble import TurnAssembler
+from rho_agent.model._retry import ShownText, retry_delay
 from rho_agent.model.base import ModelRequest, ModelTurn, TextCallback
 
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -123,9 +123,17 @@ class OpenAIModelClient:
         )
 
     async def stream(self, request: ModelRequest, on_text: TextCallback | None = None) -> ModelTurn:
+        """One chat completion, retried while its stream breaks off before its end.
+
+        A stream is whole only with its terminal event (``data: [DONE]``, or a choice with a
+        ``finish_reason``): a body that just stops is broken, never an answer, so tool calls
+        never see half their arguments. Broken streams are retried with the backoff of a
+        refused request; text already shown through ``on_text`` is not shown again.
+        """
         client = await _shared_client(self.base_url, self._api_key(), self.max_retries)
+        shown = ShownText(on_text) if on_text is not None else None
         for attempt in range(self.stream_retries + 1):
-            assembler = TurnAssembler(on_text)
+            assembler = TurnAssembler(shown.attempt() if shown is not None else None)
             try:
                 await self._stream_once(client, request, assembler)
             except ModelError:
@@ -136,13 +144,15 @@ class OpenAIModelClient:
                 raise ModelError(
                     f"cannot reach the model API at {client.base_url}: {exc}"
                 ) from None
-            except (httpx2.TransportError, OSError, _aiohttp_errors()) as exc:
-                # The connection dropped mid-stream. Retry only if nothing reached the caller yet.
-                if assembler.emitted or attempt == self.stream_retries:
-                    raise ModelError(f"the model stream broke off: {exc!r}") from None
-                await asyncio.sleep(min(0.5 * 2**attempt, 8.0) * (0.5 + random.random()))
+            except (httpx2.TransportError, OSError, _StreamCutShort, _aiohttp_errors()) as exc:
+                if attempt == self.stream_retries:
+                    raise ModelError(
+                        f"the model stream broke off before its end in all {attempt + 1} "
+                        f"attempts; the last one: {exc!r}"
+                    ) from None
+                await asyncio.sleep(retry_delay(attempt))
                 continue
-            return assembler.turn(request.messages)
+            return assembler.turn(request)
         raise AssertionError("unreachable")
 
     async def _stream_once(
@@ -166,10 +176,19 @@ class OpenAIModelClient:
                     for line in lines:
                         if _feed_line(line, assembler):
                             return
-            if buffer:
-                _feed_line(buffer, assembler)
+        except (httpx2.TransportError, OSError, _aiohttp_errors()):
+            if assembler.finish_reason is None:
+                raise
+            return  # the answer is whole; only its usage or [DONE] was lost
         finally:
             await response.aclose()
+        # A last line without its line end is torn; SSE discards an unterminated event.
+        if assembler.finish_reason is None:
+            raise _StreamCutShort("the body ended without data: [DONE] or a finish_reason")
+
+
+class _StreamCutShort(Exception):
+    """The server ended the body before the stream's terminal event (e.g. closed the socket)."""
 
 
 def _feed_line(line: bytes, assembler: TurnAssembler) -> bool:
@@ -180,7 +199,15 @@ def _feed_line(line: bytes, assembler: TurnAssembler) -> bool:
     if payload == b"[DONE]":
         return True
     if payload:
-        assembler.feed(json.loads(payload))
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise ModelError(
+                f"the model API streamed a line that is not a JSON object: {line[:100]!r}"
+            )
+        assembler.feed(chunk)
     return False
 
 

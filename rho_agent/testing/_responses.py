@@ -40,8 +40,16 @@ class ScriptedResponse:
     ``stream_options.include_usage``. Text and each tool call's arguments are streamed in pieces of
     ``text_chunk_size`` / ``arguments_chunk_size`` characters. ``delay`` is waited before the
     first byte, ``chunk_delay`` between chunks. ``error_status`` answers an OpenAI-shaped error
-    instead; ``disconnect_after_chunks`` drops the connection after that many stream chunks.
-    ``headers`` are added to the HTTP response (e.g. ``{"retry-after-ms": "10"}``).
+    instead; ``disconnect_after_chunks`` drops the connection after that many stream chunks (a
+    reset: the client sees a broken body). ``headers`` are added to the HTTP response (e.g.
+    ``{"retry-after-ms": "10"}``).
+
+    Quirks of real servers, to test against: ``end_after_chunks`` ends the body cleanly after that
+    many chunks, with no ``finish_reason`` and no ``[DONE]`` (a server closing the connection
+    mid-answer); ``usage_in_last_choice`` sends usage in the chunk carrying the ``finish_reason``
+    instead of a ``choices: []`` chunk (llama.cpp); ``null_first_delta`` starts with a delta of
+    only ``{"role": "assistant", "content": null}``. Tool-call ids of any shape are set with
+    ``ScriptedToolCall.id``.
     """
 
     text: str = ""
@@ -57,6 +65,9 @@ class ScriptedResponse:
     error_code: str | None = None
     disconnect_after_chunks: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    end_after_chunks: int | None = None
+    usage_in_last_choice: bool = False
+    null_first_delta: bool = False
 
     def __post_init__(self) -> None:
         if self.delay < 0 or self.chunk_delay < 0:
@@ -79,6 +90,16 @@ class ScriptedResponse:
             raise ValueError(
                 "ScriptedResponse.disconnect_after_chunks must be >= 0 or None, "
                 f"got {self.disconnect_after_chunks!r}"
+            )
+        if self.end_after_chunks is not None and self.end_after_chunks < 0:
+            raise ValueError(
+                f"ScriptedResponse.end_after_chunks must be >= 0 or None, "
+                f"got {self.end_after_chunks!r}"
+            )
+        if self.end_after_chunks is not None and self.disconnect_after_chunks is not None:
+            raise ValueError(
+                "ScriptedResponse takes end_after_chunks (a clean end) or "
+                "disconnect_after_chunks (a reset), not both"
             )
 
 
@@ -107,6 +128,9 @@ class ResponseOptions(TypedDict, total=False):
     arguments_chunk_size: int
     disconnect_after_chunks: int | None
     headers: dict[str, str]
+    end_after_chunks: int | None
+    usage_in_last_choice: bool
+    null_first_delta: bool
 
 
 def text(content: str, **options: Unpack[ResponseOptions]) -> ScriptedResponse:

@@ -186,9 +186,16 @@ async def _send_stream(
     """Send SSE events: in one write when nothing is paced or dropped, else one by one."""
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **response.headers}
     drop_after = response.disconnect_after_chunks
+    if response.end_after_chunks is not None:
+        events = events[: response.end_after_chunks]
     if not response.chunk_delay and drop_after is None:
-        return web.Response(body=b"".join(events), headers=headers)
+        whole = web.Response(body=b"".join(events), headers=headers)
+        if response.end_after_chunks is not None:
+            whole.force_close()  # the connection ends with the body, as a server that hangs up
+        return whole
     stream = web.StreamResponse(headers=headers)
+    if response.end_after_chunks is not None:
+        stream.force_close()
     try:
         await stream.prepare(request)
         for index, event in enumerate(events):

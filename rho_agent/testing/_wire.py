@@ -63,17 +63,23 @@ def stream_events(
         f'data: {{"id":"{completion.id}","object":"chat.completion.chunk",'
         f'"created":{completion.created},"model":{_dumps(completion.model)},"choices":'
     )
+    deltas = _deltas(response, completion)
+    if response.null_first_delta:
+        deltas.insert(0, {"content": None})
     events = []
-    for index, delta in enumerate(_deltas(response, completion)):
+    for index, delta in enumerate(deltas):
         if index == 0:
             delta = {"role": "assistant", **delta}
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
         events.append(f"{prefix}[{_dumps(choice)}]}}\n\n".encode())
     finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": _finish(response)}
-    events.append(f"{prefix}[{_dumps(finish)}]}}\n\n".encode())
-    usage = usage_dict(response, completion.prompt_bytes)
-    if include_usage and usage is not None:
-        events.append(f'{prefix}[],"usage":{_dumps(usage)}}}\n\n'.encode())
+    usage = usage_dict(response, completion.prompt_bytes) if include_usage else None
+    if usage is not None and response.usage_in_last_choice:
+        events.append(f'{prefix}[{_dumps(finish)}],"usage":{_dumps(usage)}}}\n\n'.encode())
+    else:
+        events.append(f"{prefix}[{_dumps(finish)}]}}\n\n".encode())
+        if usage is not None:
+            events.append(f'{prefix}[],"usage":{_dumps(usage)}}}\n\n'.encode())
     events.append(DONE_EVENT)
     return events
 

@@ -22,7 +22,7 @@ from rho_agent.testing import ScriptedModelServer
 from tests.chaos.redis_server import RedisServer, redis_server
 from tests.chaos.support import PortFleet, Stopwatch, chaos_fleet, lost_lease_lines, stepping
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(60)]
 
 WORKER_ENV = {"RHO_AGENT_LEASE_TTL": "3", "RHO_AGENT_SWEEP_INTERVAL": "0.5"}
 
@@ -100,7 +100,7 @@ def test_aof_restart_with_20_jobs_running_loses_nothing(
         run_through(server, fleet, config, down_s=0.0, label="AOF restart")
 
 
-@pytest.mark.chaos
+@pytest.mark.chaos_full
 def test_redis_down_10s_everything_resumes(
     model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
@@ -113,7 +113,7 @@ def test_redis_down_10s_everything_resumes(
         run_through(server, fleet, config, down_s=10.0, label="Redis down 10 s (AOF)")
 
 
-@pytest.mark.chaos
+@pytest.mark.chaos_full
 def test_restart_without_persistence_running_jobs_complete(
     model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:

@@ -27,7 +27,12 @@ from tests.chaos.redis_server import redis_server
 from tests.chaos.support import PortFleet, chaos_fleet
 from workers.janitor import Janitor
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.chaos,
+    pytest.mark.chaos_full,
+    pytest.mark.timeout(60),
+]
 
 TOTAL = 1000
 FIRST = 100

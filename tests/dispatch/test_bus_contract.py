@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dispatch.engine.bus import JobBus, entry_event, event_entry, is_finished
+from dispatch.engine.bus import Claim, JobBus, entry_event, event_entry, is_finished
 from dispatch.engine.memory_bus import MemoryBus
 from dispatch.fleet.redis_bus import RedisBus
 from dispatch.settings import FleetSettings
@@ -75,10 +75,12 @@ async def test_writes_arrive_in_order_and_finish_ends_the_stream(bus: JobBus) ->
     job = spec()
     await bus.submit([job], "q")
     await bus.start(job, "w1", 60_000)
-    bus.emit_event(job.job_id, event_entry(AgentEvent("text", content="a")))
-    bus.emit_trace(job.session_id, job.job_id, {"type": "message", "ts": "t", "role": "user"})
-    bus.emit_event(job.job_id, event_entry(AgentEvent("text", content="b")))
-    bus.emit_progress(job.job_id, {"turns": "1", "input_tokens": "7", "cost_usd": "0.5"})
+    bus.emit_event(Claim(job.job_id, 1), event_entry(AgentEvent("text", content="a")))
+    bus.emit_trace(
+        Claim(job.job_id, 1), job.session_id, {"type": "message", "ts": "t", "role": "user"}
+    )
+    bus.emit_event(Claim(job.job_id, 1), event_entry(AgentEvent("text", content="b")))
+    bus.emit_progress(Claim(job.job_id, 1), {"turns": "1", "input_tokens": "7", "cost_usd": "0.5"})
     result = RunResult(text="ab", events=[AgentEvent("text", content="ab")], status="completed")
     assert await bus.finish(job, 1, result, None)
     entries = await bus.read_events(job.job_id)
@@ -173,8 +175,45 @@ async def test_a_blocked_reader_wakes_on_a_new_event(bus: JobBus) -> None:
     [started] = await bus.read_events(job.job_id)
     reader = asyncio.create_task(bus.read_events(job.job_id, started.id, block_s=5.0))
     await asyncio.sleep(0.05)
-    bus.emit_event(job.job_id, event_entry(AgentEvent("text", content="late")))
+    bus.emit_event(Claim(job.job_id, 1), event_entry(AgentEvent("text", content="late")))
     await bus.flush()
     entries = await asyncio.wait_for(reader, 2.0)
     assert [entry_event(e) for e in entries] == [AgentEvent("text", content="late")]
     assert await bus.read_events(job.job_id, entries[-1].id, block_s=0.0) == []
+
+
+async def test_a_stale_attempts_writes_are_refused_and_reported(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    refused: list[Claim] = []
+    bus.on_refused(refused.append)
+    await bus.start(job, "w1", 60_000)
+    await bus.set_fields(job.job_id, {"status": "queued"})  # as the sweeper marks a lapsed lease
+    second = await bus.start(job, "w2", 60_000)
+    stale, current = Claim(job.job_id, 1), Claim(job.job_id, second.attempt)
+    bus.emit_event(stale, event_entry(AgentEvent("text", content="stale")))
+    bus.emit_trace(stale, job.session_id, {"type": "cancelled", "ts": "t"})
+    bus.emit_progress(stale, {"turns": "99"})
+    bus.emit_session(stale, job.session_id, {"status": "cancelled"}, new=False)
+    bus.emit_event(current, event_entry(AgentEvent("text", content="current")))
+    await bus.flush()
+    events = [e for entry in await bus.read_events(job.job_id) if (e := entry_event(entry))]
+    assert [e.content for e in events if e.type == "text"] == ["current"]
+    assert await bus.read_trace(job.session_id) == []
+    assert (await bus.get_fields(job.job_id)).get("turns") != "99"
+    assert set(refused) == {stale}
+    result = RunResult(text="", events=[], status="cancelled")
+    assert not await bus.finish(job, 1, result, None), "the stale attempt cannot finish the job"
+
+
+async def test_writes_after_the_job_finished_are_refused(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    refused: list[Claim] = []
+    bus.on_refused(refused.append)
+    await bus.start(job, "w1", 60_000)
+    assert await bus.finish(job, 1, RunResult(text="ok", events=[]), None)
+    bus.emit_event(Claim(job.job_id, 1), event_entry(AgentEvent("text", content="late")))
+    await bus.flush()
+    assert not any(entry_event(entry) for entry in await bus.read_events(job.job_id))
+    assert refused == [Claim(job.job_id, 1)]

@@ -12,7 +12,7 @@ import pytest
 
 from dispatch import Dispatcher, JobNotFound, JobSpecError, JobTimeout
 from rho_agent import AgentConfig, AgentEvent
-from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, text
+from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, error, text
 
 
 @pytest.fixture
@@ -198,6 +198,17 @@ def test_a_job_timeout_stops_it_with_an_error(
     assert result.status == "error"
     info = dispatcher.jobs(1)[0]
     assert info.status == "error" and "timed out after 0.3 s" in (info.error or "")
+
+
+def test_a_failed_model_call_says_why_in_the_result_and_the_job_info(
+    dispatcher: Dispatcher, config: AgentConfig, model_server: ScriptedModelServer
+) -> None:
+    model_server.responder = lambda body: error(400, "the model does not exist: gpt-nope")
+    job = dispatcher.submit("hi", config)
+    result = job.result(timeout=10)
+    assert result.status == "error" and result.error is not None
+    assert result.error.type == "ModelError" and "gpt-nope" in result.error.message
+    assert job.info().error == "ModelError: model API error 400: the model does not exist: gpt-nope"
 
 
 def test_waiting_has_a_timeout(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dispatch import FleetSettings, SettingsError
-from dispatch.fleet.keys import Keys
+from dispatch.keys import Keys
 
 
 def test_defaults_are_embedded() -> None:

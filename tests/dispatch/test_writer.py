@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 
 from dispatch.fleet.redis_bus import decode_entry
-from dispatch.fleet.writer import WRITER_CLIENT_NAME, BatchWriter
+from dispatch.fleet.writer import WRITER_CLIENT_NAME, BatchWriter, Fence
 from tests.integration.fleet import REDIS_HOST, claimed_db
 
 pytestmark = pytest.mark.integration
@@ -131,3 +133,69 @@ async def test_a_write_redis_cannot_encode_is_dropped_and_the_rest_still_land(
     assert "dropped a HSET to h" in caplog.text
     assert items(inspector, "s") == [{"i": 0}] and items(inspector, "s2") == [{"i": 1}]
     assert not inspector.exists("h")
+
+
+def running_job(inspector: redis.Redis, attempt: int) -> Fence:
+    inspector.hset("job", mapping={"status": "running", "attempt": str(attempt)})
+    return Fence("job", attempt)
+
+
+async def test_fenced_writes_land_once_even_when_their_batch_is_resent(
+    writer: BatchWriter, inspector: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fence = running_job(inspector, 1)
+    writer.xadd("s", {"i": 0}, fence=fence)
+    await writer.flush()
+    # Redis applies the next batch, then its reply is lost: the writer must send it again.
+    real_read = Connection.read_response
+    lost = []
+
+    async def read_then_drop(self: Connection, *args: Any, **kwargs: Any) -> Any:
+        reply = await real_read(self, *args, **kwargs)
+        if not lost:
+            lost.append(reply)
+            raise redis.ConnectionError("reply lost")
+        return reply
+
+    monkeypatch.setattr(Connection, "read_response", read_then_drop)
+    writer.xadd("s", {"i": 1}, fence=fence)
+    writer.hset("job", {"turns": "1"}, fence=fence)
+    await asyncio.wait_for(writer.flush(), 10)
+    writer.xadd("s", {"i": 2}, fence=fence)
+    await asyncio.wait_for(writer.flush(), 10)
+    assert lost, "a reply was dropped"
+    assert items(inspector, "s") == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert inspector.hget("job", "turns") == "1"
+
+
+async def test_a_stale_fence_is_refused_whole_and_reported(
+    url: str, inspector: redis.Redis
+) -> None:
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    refused: list[Fence] = []
+    writer = BatchWriter(client, retention_s=3600, on_refused=refused.append)
+    current = running_job(inspector, 2)
+    stale = Fence("job", 1)
+    inspector.hset("other", mapping={"status": "queued", "attempt": "1"})
+    writer.xadd("s", {"i": "stale"}, fence=stale)
+    writer.hset("job", {"turns": "99"}, fence=stale)
+    writer.xadd("s", {"i": "queued"}, fence=Fence("other", 1))
+    writer.xadd("s", {"i": "current"}, fence=current)
+    await asyncio.wait_for(writer.flush(), 10)
+    await writer.close()
+    await client.aclose()
+    assert items(inspector, "s") == [{"i": "current"}]
+    assert inspector.hget("job", "turns") is None
+    assert refused == [stale, Fence("other", 1)]
+
+
+async def test_fenced_writes_survive_a_flushed_script_cache(
+    writer: BatchWriter, inspector: redis.Redis
+) -> None:
+    fence = running_job(inspector, 1)
+    writer.xadd("s", {"i": 0}, fence=fence)
+    await writer.flush()
+    inspector.script_flush()
+    writer.xadd("s", {"i": 1}, fence=fence)
+    await asyncio.wait_for(writer.flush(), 10)
+    assert items(inspector, "s") == [{"i": 0}, {"i": 1}]

@@ -69,11 +69,12 @@ class WorkerProcess:
     queues: str
     log_path: Path
     loglevel: str = "INFO"
+    app: str = "workers"
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         command = [
-            sys.executable, "-m", "celery", "-A", "workers", "worker",
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
             f"--loglevel={self.loglevel}",
             f"--hostname={self.name}@%h", "-Q", self.queues, "--without-mingle",
             "--without-gossip",
@@ -166,14 +167,18 @@ class Fleet:
         """The queue only ``worker`` consumes (to send a job to that worker)."""
         return f"{self.queue}-{worker}"
 
-    def add_worker(self, name: str, loglevel: str = "INFO", **env: str) -> WorkerProcess:
-        """Start worker ``name`` on the shared queue and its own ``{queue}-{name}``."""
+    def add_worker(
+        self, name: str, loglevel: str = "INFO", app: str = "workers", **env: str
+    ) -> WorkerProcess:
+        """Start worker ``name`` (Celery app ``app``) on the shared queue and its own
+        ``{queue}-{name}``."""
         worker = WorkerProcess(
             name,
             self.env(RHO_AGENT_WORKER_NAME=name, **env),
             f"{self.queue},{self.queue_of(name)}",
             self.tmp / f"worker-{name}-{len(self.retired)}.log",
             loglevel,
+            app,
         )
         if name in self.workers:
             self.retired.append(self.workers[name])

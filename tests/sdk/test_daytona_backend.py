@@ -179,15 +179,35 @@ async def test_a_missing_upload_source_is_named(
 async def test_forward_env_copies_variables_from_this_process(
     fake_daytona: FakeDaytonaServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    template = DaytonaBackend(forward_env=["RHO_TEST_TOKEN"])
-    assert "RHO_TEST_TOKEN" in template.to_dict()["forward_env"]
-    with pytest.raises(BackendError, match="RHO_TEST_TOKEN"):
+    template = DaytonaBackend(forward_env=["RHO_TEST_REGION"])
+    assert "RHO_TEST_REGION" in template.to_dict()["forward_env"]
+    with pytest.raises(BackendError, match="RHO_TEST_REGION"):
         await template.for_session().start()
-    monkeypatch.setenv("RHO_TEST_TOKEN", "s3cret")
+    monkeypatch.setenv("RHO_TEST_REGION", "eu-north")
     async with template.for_session() as backend:
-        result = await backend.run_command("echo $RHO_TEST_TOKEN", timeout=10)
-    assert result.output == "s3cret\n"
-    assert "s3cret" not in str(template.to_dict())
+        result = await backend.run_command("echo $RHO_TEST_REGION", timeout=10)
+    assert result.output == "eu-north\n"
+    assert "eu-north" not in str(template.to_dict())
+
+
+async def test_commands_get_only_allowlisted_variables(
+    fake_daytona: FakeDaytonaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake sandbox's processes inherit this process's environment, as an image's would.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-canary-openai-0123456789")
+    monkeypatch.setenv("RHO_TEST_CANARY", "canary-7f3a")
+    monkeypatch.setenv("RHO_TEST_TOKEN", "s3cret-forwarded")
+    template = DaytonaBackend(
+        forward_env=["RHO_TEST_TOKEN"], env_vars={"RHO_TEST_MODE": "fast", "X": "sk-abcdefghijkl"}
+    )
+    async with template.for_session() as backend:
+        result = await backend.run_command("printenv", timeout=10)
+    names = {line.split("=", 1)[0] for line in result.output.splitlines()}
+    assert "RHO_TEST_MODE=fast" in result.output.splitlines()
+    assert "PATH" in names
+    for leaked in ("sk-canary", "canary-7f3a", "s3cret", "sk-abcdefghijkl", fake_daytona.api_key):
+        assert leaked not in result.output
+    assert not names & {"DAYTONA_API_KEY", "DAYTONA_API_URL", "OPENAI_API_KEY", "X"}
 
 
 async def test_a_timed_out_command_is_killed_and_keeps_its_output(

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, text, tool_call
+from rho_agent.testing import (
+    ScriptedModelServer,
+    ScriptedResponse,
+    behaviour,
+    error,
+    text,
+    tool_call,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -37,6 +44,19 @@ def test_basic_usage(model_server: ScriptedModelServer, tmp_path: Path) -> None:
     assert (
         model_server.requests[0].body["messages"][0]["content"] == "You are a research assistant."
     )
+
+
+def test_basic_usage_says_why_a_run_failed(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = lambda body: error(401, "Incorrect API key provided")
+    env = {**os.environ, "OPENAI_BASE_URL": model_server.base_url, "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "basic_usage.py")],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    assert "the run failed: ModelError: model API error 401: Incorrect API key" in done.stderr
 
 
 def test_multi_run_conversation_keeps_context(

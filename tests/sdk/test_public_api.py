@@ -18,8 +18,8 @@ def test_all_is_pinned() -> None:
         "CommandResult", "CompactResult", "ConfigError", "DaytonaBackend", "ExecutionBackend",
         "JsonlTraceSink", "LocalBackend", "MemoryTraceSink", "ModelClient", "ModelError",
         "ModelPrice", "ModelRequest", "ModelTurn", "PermissionDenied", "PermissionProfile",
-        "PriceTable", "ProfileError", "RhoAgentError", "RunResult", "Session", "SessionError",
-        "SessionInfo", "SessionLocked", "SessionNotFound", "SessionStore", "State",
+        "PriceTable", "ProfileError", "RhoAgentError", "RunError", "RunResult", "Session",
+        "SessionError", "SessionInfo", "SessionLocked", "SessionNotFound", "SessionStore", "State",
         "StateObserver", "TokenUsage", "ToolError", "ToolHandler", "ToolInvocation",
         "ToolOutput", "ToolRegistry", "TraceError", "TraceSink", "tool",
     ]  # fmt: skip

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from rho_agent import Agent, AgentConfig, ApprovalInterrupt, Session, SessionError, State
+from rho_agent import (
+    Agent,
+    AgentConfig,
+    ApprovalInterrupt,
+    Session,
+    SessionError,
+    State,
+    compaction,
+)
 from rho_agent.testing import (
     ScriptedModelServer,
     ScriptedResponse,
@@ -432,7 +440,9 @@ async def test_auto_compaction_fires_once_and_keeps_recent_exchange(
 
     model_server.responder = respond
     session = make_session(model_server, tmp_path)
-    session.context_window = 1500
+    tools = compaction.count_tokens([], session.agent.registry.schemas())
+    # the history may reach 1200 tokens before compaction: 80% of the window, tools included
+    session.context_window = int((1200 + tools) / compaction.AUTO_COMPACT_FRACTION)
     for prompt in ["q1", "q2", "q3"]:
         await session.run(prompt=prompt)
     result = await session.run(prompt="q4")

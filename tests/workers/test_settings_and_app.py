@@ -11,6 +11,7 @@ from celery.app.utils import find_app
 import workers
 from dispatch import SettingsError
 from dispatch.fleet.celery_broker import RUN_JOB_TASK
+from rho_agent import Agent, AgentConfig, ModelPrice
 from workers.celery_app import create_app, worker_config
 from workers.worker_settings import SETTINGS, WorkerSettings
 
@@ -43,11 +44,13 @@ def test_every_variable_is_read() -> None:
         "RHO_AGENT_LEASE_TTL": "5",
         "RHO_AGENT_SWEEP_INTERVAL": "1.5",
         "RHO_AGENT_MAX_ATTEMPTS": "2",
+        "RHO_AGENT_QUEUED_LEASE": "90",
         "RHO_AGENT_VISIBILITY_TIMEOUT": "7200",
         "RHO_AGENT_WORKER_NAME": "w9",
         "RHO_AGENT_AGENT_FACTORY": "tests.integration.fleet:agent_with_mark_tool",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "3",
         "RHO_AGENT_REDIS_OUTAGE_LIMIT": "30",
+        "RHO_AGENT_PRICES": '{"my-llama": {"input": 1, "output": 2}}',
     }
     read_elsewhere = {  # by workers.shutdown and workers.health, at worker start
         "RHO_AGENT_SHUTDOWN_GRACE", "RHO_AGENT_HEARTBEAT_INTERVAL", "RHO_AGENT_HEALTH_DIR",
@@ -63,6 +66,7 @@ def test_every_variable_is_read() -> None:
     )
     assert (fleet.retention_s, fleet.events_maxlen, fleet.embedded_concurrency) == (3600, 500, 3)
     assert fleet.redis_outage_s == 30
+    assert fleet.queued_lease_s == 90
     assert (settings.concurrency, settings.max_profile, settings.job_time_limit_s) == (
         40,
         "readonly",
@@ -70,7 +74,33 @@ def test_every_variable_is_read() -> None:
     )
     assert (settings.lease_ttl_s, settings.sweep_interval_s, settings.max_attempts) == (5, 1.5, 2)
     assert (settings.visibility_timeout_s, settings.worker_name) == (7200, "w9")
-    assert settings.build_agent().__name__ == "agent_with_mark_tool"
+    agent = settings.build_agent()(AgentConfig(model="my-llama"))
+    assert "mark" in agent.registry.names  # the factory built it
+    assert agent.price_table.price("my-llama") == ModelPrice(1, 1, 2)
+
+
+def test_fleet_prices_win_over_the_catalogue_and_the_job_config(tmp_path: Path) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("gpt-5-mini: {input: 9, cached_input: 1, output: 90}\n", encoding="utf-8")
+    settings = WorkerSettings.from_env({**BROKER, "RHO_AGENT_PRICES": str(prices)})
+    job_config = AgentConfig(extras={"prices": {"gpt-5-mini": {"input": 0, "output": 0}}})
+    agent = settings.build_agent()(job_config)
+    assert agent.price_table.price("gpt-5-mini") == ModelPrice(9, 1, 90)
+    assert Agent(job_config).price_table.price("gpt-5-mini") == ModelPrice(0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ('{"my-llama": {"input": -1, "output": 2}}', "'my-llama'"),
+        ('{"my-llama": {"in": 1}', "not valid JSON"),
+        ("no-such-prices.yaml", "no such file"),
+    ],
+)
+def test_bad_fleet_prices_fail_at_start_naming_the_variable(value: str, named: str) -> None:
+    with pytest.raises(SettingsError, match="RHO_AGENT_PRICES") as caught:
+        WorkerSettings.from_env({**BROKER, "RHO_AGENT_PRICES": value})
+    assert named in str(caught.value)
 
 
 def test_the_docs_table_lists_every_variable() -> None:

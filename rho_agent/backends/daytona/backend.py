@@ -17,6 +17,7 @@ The ``daytona`` package is imported only when a sandbox is first needed.
 from __future__ import annotations
 
 import asyncio
+import os
 import posixpath
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Self
@@ -33,9 +34,12 @@ from rho_agent.backends.daytona.settings import (
     parse_uploads,
 )
 from rho_agent.errors import BackendError, ConfigError
+from rho_agent.sandbox import looks_secret
 
 if TYPE_CHECKING:
     from daytona import AsyncDaytona, AsyncSandbox, DaytonaConfig, Image, Resources
+
+    from rho_agent.permissions import PermissionProfile
 
 __all__ = ["DaytonaBackend"]
 
@@ -141,7 +145,7 @@ class DaytonaBackend:
         from the environment of the process that uses it."""
         settings = DaytonaSettings.parse(data, source="DaytonaBackend.from_dict()")
         backend = cls.__new__(cls)
-        backend._setup(settings, None, None, ClientPool(None), None)
+        cls._setup(backend, settings, None, None, ClientPool(None), None)
         return backend
 
     @classmethod
@@ -180,8 +184,9 @@ class DaytonaBackend:
 
         ``session_id`` is recorded as the sandbox's ``rho-agent-session`` label.
         """
-        backend = type(self).__new__(type(self))
-        backend._setup(self._settings, self._image, self._config, self._clients, session_id)
+        cls = type(self)
+        backend = cls.__new__(cls)
+        cls._setup(backend, self._settings, self._image, self._config, self._clients, session_id)
         return backend
 
     def __copy__(self) -> DaytonaBackend:
@@ -295,14 +300,23 @@ class DaytonaBackend:
         *,
         timeout: float,  # noqa: ASYNC109 - the ExecutionBackend protocol's signature
         cwd: str | None = None,
+        profile: PermissionProfile | None = None,
     ) -> CommandResult:
+        # The sandbox is the confinement; ``profile`` needs nothing more here. The command's
+        # environment is the allowlist plus the configured names that do not look secret.
         sandbox = await self._started()
+        settings = self._settings
+        configured = {
+            **settings.env_vars,
+            **{n: os.environ.get(n, "") for n in settings.forward_env},
+        }
         return await run_in_sandbox(
             sandbox,
             command,
             cwd=cwd or self.working_dir,
             time_limit=timeout,
-            auto_stop_interval=self._settings.auto_stop_interval,
+            auto_stop_interval=settings.auto_stop_interval,
+            env_names=[name for name, value in configured.items() if not looks_secret(name, value)],
         )
 
     async def read_file(self, path: str) -> bytes:

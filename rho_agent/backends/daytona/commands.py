@@ -14,11 +14,13 @@ import contextlib
 import shlex
 import signal
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from rho_agent.backends.base import CommandResult
 from rho_agent.backends.daytona.sdk import daytona_errors, sdk, settle
 from rho_agent.errors import BackendError
+from rho_agent.sandbox import bash_scrub, env_command_prefix
 
 if TYPE_CHECKING:
     from daytona import AsyncSandbox
@@ -35,16 +37,20 @@ _MIN_KEEPALIVE = 10.0
 _MAX_KEEPALIVE = 300.0
 
 
-def shell_command(command: str, cwd: str) -> str:
-    """``command`` for the session shell: in ``cwd``, stdin closed, in its own bash (or sh).
+def shell_command(command: str, cwd: str, env_names: Iterable[str] = ()) -> str:
+    """``command`` for the session shell: in ``cwd``, stdin closed, in its own bash (or sh),
+    with only the allowlisted environment variables (plus ``env_names``) of the sandbox.
 
     A child shell keeps ``exit``, ``cd`` and ``exec`` in the command from touching the session
     shell, which must survive to report the exit code.
     """
     quoted = shlex.quote(command)
+    names = list(env_names)
+    scrubbed_bash = shlex.quote(f'{bash_scrub(names)}; exec bash -c "$1"')
     return (
         f"if cd {shlex.quote(cwd)} 2>/dev/null; then if command -v bash >/dev/null 2>&1; "
-        f"then bash -c {quoted} </dev/null; else sh -c {quoted} </dev/null; fi; "
+        f"then bash -c {scrubbed_bash} rho-agent {quoted} </dev/null; "
+        f"else {env_command_prefix(names)} sh -c {quoted} </dev/null; fi; "
         f"else echo {shlex.quote(_NO_CWD)}; fi"
     )
 
@@ -57,14 +63,22 @@ def keepalive_seconds(auto_stop_interval: int) -> float | None:
 
 
 async def run_in_sandbox(
-    sandbox: AsyncSandbox, command: str, *, cwd: str, time_limit: float, auto_stop_interval: int
+    sandbox: AsyncSandbox,
+    command: str,
+    *,
+    cwd: str,
+    time_limit: float,
+    auto_stop_interval: int,
+    env_names: Iterable[str] = (),
 ) -> CommandResult:
     """Run ``command`` with a shell in ``cwd``; kill it after ``time_limit`` s or on cancel."""
     daytona = sdk()
     session_id = f"rho-{uuid.uuid4().hex}"
     with daytona_errors("starting a command", sandbox.id):
         await sandbox.process.create_session(session_id)
-    request = daytona.SessionExecuteRequest(command=shell_command(command, cwd), run_async=False)
+    request = daytona.SessionExecuteRequest(
+        command=shell_command(command, cwd, env_names), run_async=False
+    )
     execution = asyncio.ensure_future(sandbox.process.execute_session_command(session_id, request))
     try:
         finished = await _wait(

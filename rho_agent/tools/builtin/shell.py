@@ -58,7 +58,9 @@ class BashTool(BuiltinTool):
         _check_policy(invocation, args.command)
         limit = invocation.profile.shell_timeout
         timeout = min(args.timeout or limit, limit)
-        result = await invocation.backend.run_command(args.command, timeout=timeout)
+        result = await invocation.backend.run_command(
+            args.command, timeout=timeout, profile=invocation.profile
+        )
         return _output(result, timeout)
 
 

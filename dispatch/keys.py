@@ -14,7 +14,7 @@ key                                    type         what
 ``{p}session:{id}``                    hash         session summary for ``RedisSessionStore.list``
 ``{p}sessions``                        sorted set   session ids by creation time
 ``{p}jobs``                            sorted set   job ids by submission time (``rho-agent jobs``)
-``{p}leases``                          sorted set   running job ids by lease expiry (ms)
+``{p}leases``                          sorted set   queued and running job ids by lease expiry (ms)
 ``{p}cancels``                         stream       cancel requests, read by every worker
 ``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in
 ``{p}sweeper``                         string       lock so one sweeper runs per interval

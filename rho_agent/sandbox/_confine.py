@@ -1,0 +1,291 @@
+"""Confine this process with Landlock, seccomp and a reduced capability set, then exec a command.
+
+Run as ``python -I -S _confine.py [--write DIR]... [--no-network] [--no-metadata] -- PROG ARGS``
+by ``rho_agent.sandbox``. It is a script on purpose: it confines itself after its own start and
+before ``execve``, in a fresh single-threaded process, so nothing is done between ``fork`` and
+``exec`` of the (threaded) worker. It imports only the standard library (``-S`` keeps
+site-packages out) to start in a few milliseconds; the package imports it too, for the ABI probe.
+
+What each layer stops:
+
+- Landlock (filesystem): every write-type access (write, truncate, create, remove, link, rename,
+  device ioctl) except beneath the ``--write`` paths. Reads and execution stay open.
+- Landlock (network, ABI 4+): TCP bind and connect, with ``--no-network``.
+- Landlock (scopes, ABI 6+): signals to, and abstract unix sockets of, processes outside.
+- seccomp: with ``--no-network``, ``socket()`` of every family (so UDP, raw, netlink and pathname
+  unix sockets such as a Redis or docker socket file); with ``--no-metadata``, chmod, chown,
+  utime and xattr calls, which Landlock does not control; always ``io_uring_setup`` (it could
+  open sockets past the filter) and system calls of another architecture.
+- capabilities: all but reading and writing past file modes (DAC_OVERRIDE, DAC_READ_SEARCH,
+  FOWNER) are dropped, so root in a tool process cannot reboot, load modules, change the
+  network or mount.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+import sys
+
+_SYS_CREATE_RULESET = 444
+_SYS_ADD_RULE = 445
+_SYS_RESTRICT_SELF = 446
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+
+_FS_WRITE_FILE = 1 << 1
+_FS_DIR_WRITES = sum(1 << bit for bit in range(4, 13))  # REMOVE_DIR .. MAKE_SYM
+_FS_REFER = 1 << 13  # ABI 2
+_FS_TRUNCATE = 1 << 14  # ABI 3
+_FS_IOCTL_DEV = 1 << 15  # ABI 5
+_NET_BIND_TCP = 1
+_NET_CONNECT_TCP = 2
+_SCOPE_ABSTRACT_UNIX_SOCKET = 1
+_SCOPE_SIGNAL = 2
+
+MIN_ABI = 3
+"""Below ABI 3 Landlock cannot stop ``truncate``, so a confined profile refuses to run."""
+
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP = 22
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_SECCOMP_MODE_FILTER = 2
+_KEPT_CAPABILITIES = (1, 2, 3)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _Arch:
+    """System call numbers seccomp needs, per architecture."""
+
+    def __init__(
+        self, audit: int, capset: int, socket: int, metadata: tuple[int, ...], x32: bool
+    ) -> None:
+        self.audit, self.capget, self.capset, self.socket = audit, capset - 1, capset, socket
+        self.metadata, self.x32 = metadata, x32
+
+
+_IO_URING_SETUP = 425
+_ARCHES = {
+    "x86_64": _Arch(
+        0xC000003E,
+        capset=126,
+        socket=41,
+        # chmod fchmod chown fchown lchown utime utimes futimesat fchownat fchmodat utimensat
+        # setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr fchmodat2
+        # setxattrat removexattrat
+        metadata=(
+            *(90, 91, 92, 93, 94, 132, 235, 261, 260, 268, 280),
+            *(188, 189, 190, 197, 198, 199, 452, 463, 466),
+        ),
+        x32=True,
+    ),
+    "aarch64": _Arch(
+        0xC00000B7,
+        capset=91,
+        socket=198,
+        # fchmod fchmodat fchownat fchown utimensat setxattr lsetxattr fsetxattr removexattr
+        # lremovexattr fremovexattr fchmodat2 setxattrat removexattrat
+        metadata=(52, 53, 54, 55, 88, 5, 6, 7, 14, 15, 16, 452, 463, 466),
+        x32=False,
+    ),
+}
+
+
+class ConfineError(Exception):
+    """A confinement step failed; the command must not run."""
+
+
+_LIBC: list[ctypes.CDLL] = []
+
+
+def _libc() -> ctypes.CDLL:
+    if not _LIBC:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        libc.prctl.restype = ctypes.c_int
+        _LIBC.append(libc)
+    return _LIBC[0]
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        code = ctypes.get_errno()
+        raise ConfineError(f"{what} failed: {os.strerror(code)} (errno {code})")
+    return result
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is missing or disabled."""
+    if sys.platform != "linux":
+        return 0
+    result = _libc().syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION)
+    return max(int(result), 0)
+
+
+def machine_supported() -> bool:
+    """Whether seccomp numbers are known for this CPU architecture."""
+    return os.uname().machine in _ARCHES
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = (
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    )
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = (
+        ("allowed_access", ctypes.c_uint64),
+        ("parent_fd", ctypes.c_int32),
+    )
+
+
+def _write_access(abi: int) -> int:
+    access = _FS_WRITE_FILE | _FS_DIR_WRITES
+    access |= _FS_REFER if abi >= 2 else 0
+    access |= _FS_TRUNCATE if abi >= 3 else 0
+    return access | (_FS_IOCTL_DEV if abi >= 5 else 0)
+
+
+def apply_landlock(abi: int, writable: list[str], *, no_network: bool) -> None:
+    """Allow write-type access only beneath ``writable``; TCP too unless ``no_network``."""
+    libc = _libc()
+    handled = _write_access(abi)
+    attr = _RulesetAttr(
+        handled_access_fs=handled,
+        handled_access_net=(_NET_BIND_TCP | _NET_CONNECT_TCP) if no_network and abi >= 4 else 0,
+        scoped=(_SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL) if abi >= 6 else 0,
+    )
+    size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
+    ruleset = _check(
+        libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0),
+        "landlock_create_ruleset",
+    )
+    try:
+        for path in writable:
+            _allow_beneath(libc, ruleset, path, handled)
+        _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+        _check(libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
+    finally:
+        os.close(ruleset)
+
+
+def _allow_beneath(libc: ctypes.CDLL, ruleset: int, path: str, handled: int) -> None:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # an optional device such as /dev/tty
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        access = handled if is_dir else handled & (_FS_WRITE_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV)
+        rule = _PathBeneath(allowed_access=access, parent_fd=fd)
+        _check(
+            libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0),
+            f"landlock_add_rule({path})",
+        )
+    finally:
+        os.close(fd)
+
+
+def drop_capabilities() -> None:
+    """Keep only the file-access capabilities, in the bounding set and the current sets."""
+    libc = _libc()
+    for capability in range(64):
+        if capability in _KEPT_CAPABILITIES:
+            continue
+        # EINVAL: past the kernel's last capability. EPERM (no CAP_SETPCAP) means this process
+        # holds no capability it could raise anyway; capset below still clears what it holds.
+        if libc.prctl(_PR_CAPBSET_DROP, capability) < 0 and ctypes.get_errno() == 22:
+            break
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+    current = (ctypes.c_uint32 * 6)()
+    _check(libc.syscall(_ARCHES[os.uname().machine].capget, header, current), "capget")
+    kept = sum(1 << capability for capability in _KEPT_CAPABILITIES)
+    # data[0] = (effective, permitted, inheritable) of capabilities 0-31, data[1] of 32-63.
+    wanted = (ctypes.c_uint32 * 6)(current[0] & kept, current[1] & kept, 0, 0, 0, 0)
+    _check(libc.syscall(_ARCHES[os.uname().machine].capset, header, wanted), "capset")
+
+
+def _filter(arch: _Arch, blocked: list[int]) -> bytes:
+    """A classic BPF program: kill other architectures, EPERM for ``blocked``, allow the rest."""
+    ld_arch = (0x20, 0, 0, 4)  # BPF_LD|BPF_W|BPF_ABS, seccomp_data.arch
+    ld_nr = (0x20, 0, 0, 0)  # seccomp_data.nr
+    allow, errno, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # RET_ALLOW, ERRNO(EPERM), KILL
+    checks: list[tuple[int, int]] = [(0x35, 0x40000000)] if arch.x32 else []  # JGE: x32 calls
+    checks += [(0x15, number) for number in blocked]  # BPF_JMP|BPF_JEQ|BPF_K
+    program = [ld_arch, (0x15, 1, 0, arch.audit), (0x06, 0, 0, kill), ld_nr]
+    for index, (op, value) in enumerate(checks):
+        program.append((op, len(checks) - index, 0, value))  # true: jump to the errno return
+    program += [(0x06, 0, 0, allow), (0x06, 0, 0, errno)]
+    return b"".join(
+        code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
+        for code, jt, jf, k in program
+    )
+
+
+def apply_seccomp(*, no_network: bool, no_metadata: bool) -> None:
+    """Install the seccomp filter (after Landlock, whose calls it would not block anyway)."""
+    arch = _ARCHES[os.uname().machine]
+    blocked = [_IO_URING_SETUP]
+    blocked += [arch.socket] if no_network else []
+    blocked += list(arch.metadata) if no_metadata else []
+    code = _filter(arch, blocked)
+    buffer = ctypes.create_string_buffer(code, len(code))
+
+    class _Program(ctypes.Structure):
+        _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+    program = _Program(len(code) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    libc = _libc()
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    _check(
+        libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0),
+        "seccomp",
+    )
+
+
+def confine(writable: list[str], *, no_network: bool, no_metadata: bool) -> None:
+    """Apply every layer to this process, or raise ``ConfineError``."""
+    abi = landlock_abi()
+    if abi < MIN_ABI:
+        raise ConfineError(f"Landlock ABI {abi} is below {MIN_ABI}")
+    if not machine_supported():
+        raise ConfineError(f"no seccomp table for the {os.uname().machine} architecture")
+    drop_capabilities()
+    apply_landlock(abi, writable, no_network=no_network)
+    apply_seccomp(no_network=no_network, no_metadata=no_metadata)
+
+
+def main(argv: list[str]) -> None:
+    """Parse the launcher's arguments, confine, exec; exit 126 with a message on failure."""
+    writable: list[str] = []
+    flags = set()
+    index = 0
+    while index < len(argv) and argv[index] != "--":
+        if argv[index] == "--write":
+            writable.append(argv[index + 1])
+            index += 2
+        else:
+            flags.add(argv[index])
+            index += 1
+    command = argv[index + 1 :]
+    if not command or not flags <= {"--no-network", "--no-metadata"}:
+        sys.stderr.write(f"rho-agent sandbox: bad launcher arguments {argv!r}\n")
+        sys.exit(2)
+    try:
+        confine(writable, no_network="--no-network" in flags, no_metadata="--no-metadata" in flags)
+    except (ConfineError, OSError) as exc:
+        sys.stderr.write(f"rho-agent sandbox: refusing to run the command unconfined: {exc}\n")
+        sys.exit(126)
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -21,10 +21,12 @@ from dispatch.errors import (
     JobRefused,
     JobSpecError,
     JobTimeout,
+    ReduceError,
     SettingsError,
 )
 from dispatch.info import JobInfo
 from dispatch.job import EventStream, Job
+from dispatch.reduce import Reduction
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 
@@ -41,5 +43,7 @@ __all__ = [
     "JobSpec",
     "JobSpecError",
     "JobTimeout",
+    "ReduceError",
+    "Reduction",
     "SettingsError",
 ]

@@ -4,83 +4,63 @@ A JSONL file has one entry per line; a YAML file is a list of entries, or a mapp
 ``config`` (defaults for every entry) and ``jobs`` (the list). An entry is a prompt string, or a
 mapping with ``prompt`` (or ``prompts`` for a multi-run in one session) and optionally
 ``session_id`` (continue that session), ``job_id``, ``labels``, ``timeout_s``, ``queue``,
-``priority``, ``config`` (a mapping of AgentConfig fields) or AgentConfig fields at top level
-(``model: gpt-5``), which override the batch's config for that entry.
+``priority``, ``output_schema`` (a JSON schema, inline or the path of a ``.json`` file next to
+the batch file: the answer is then typed, see ``rho_agent.output``), ``config`` (a mapping of
+AgentConfig fields) or AgentConfig fields at top level (``model: gpt-5``), which override the
+batch's config for that entry.
 
-``run_batch`` is what ``rho-agent dispatch FILE`` calls: the CLI only parses flags and draws.
+Running a batch (progress, results, batch ids, resume) is ``dispatch.batch_run``; ``run_batch``
+and its types are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from dispatch.batch_run import BatchOutcome, BatchProgress, BatchRun, result_line, run_batch
 from dispatch.errors import JobSpecError
-from dispatch.info import JobInfo
-from dispatch.job import Job
-from dispatch.spec import JobSpec, build_spec
+from dispatch.spec import JobSpec, build_spec, describe
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
-from rho_agent.events import RunResult
 
-if TYPE_CHECKING:
-    from dispatch.dispatcher import Dispatcher
+__all__ = [
+    "BatchOutcome",
+    "BatchProgress",
+    "BatchRun",
+    "load_batch",
+    "result_line",
+    "run_batch",
+]
 
 _JOB_KEYS = frozenset(
-    {"prompt", "prompts", "session_id", "job_id", "labels", "timeout_s", "queue", "priority"}
-)
+    {
+        "prompt", "prompts", "session_id", "job_id", "labels", "timeout_s", "queue", "priority",
+        "output_schema",
+    }
+)  # fmt: skip
 _OPTION_KEYS = ("labels", "timeout_s", "queue", "priority")
 _CONFIG_KEYS = frozenset(item.name for item in fields(AgentConfig))
-
-
-@dataclass
-class BatchProgress:
-    """Where a batch stands; passed to the progress callback at every poll."""
-
-    total: int
-    completed: int = 0
-    failed: int = 0
-    running: int = 0
-    queued: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-
-    @property
-    def finished(self) -> int:
-        return self.completed + self.failed
-
-    def add_usage(self, info: JobInfo) -> None:
-        """Count a job's tokens and cost (finished jobs, or running ones for a live view)."""
-        self.input_tokens += info.input_tokens
-        self.output_tokens += info.output_tokens
-        self.cost_usd += info.cost_usd
-
-
-@dataclass
-class BatchOutcome:
-    """The finished batch: final progress and every result in submission order."""
-
-    progress: BatchProgress
-    jobs: list[Job] = field(default_factory=list)
-    results: list[RunResult] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.progress.failed == 0
 
 
 # -- loading ----------------------------------------------------------------------------------
 
 
-def load_batch(path: str | Path, config: AgentConfig | None = None) -> list[JobSpec]:
-    """Read a JSONL (``.jsonl``) or YAML (``.yaml``/``.yml``) batch file into JobSpecs."""
+def load_batch(
+    path: str | Path,
+    config: AgentConfig | None = None,
+    *,
+    output_schema: dict[str, Any] | None = None,
+) -> list[JobSpec]:
+    """Read a JSONL (``.jsonl``) or YAML (``.yaml``/``.yml``) batch file into JobSpecs.
+
+    ``output_schema`` (a JSON schema) types the answer of every entry that names none.
+    """
     file = Path(path).expanduser()
     try:
         text = file.read_text(encoding="utf-8")
@@ -95,7 +75,38 @@ def load_batch(path: str | Path, config: AgentConfig | None = None) -> list[JobS
         raise JobSpecError(f"batch file {file} must end in .jsonl, .yaml or .yml")
     if not entries:
         raise JobSpecError(f"batch file {file} has no entries")
-    return [_entry_spec(entry, base, f"{file}:{where}", file.parent) for where, entry in entries]
+    specs = [_entry_spec(entry, base, f"{file}:{where}", file.parent) for where, entry in entries]
+    if output_schema is None:
+        return specs
+    return [
+        spec if spec.output_schema is not None else _with_schema(spec, output_schema)
+        for spec in specs
+    ]
+
+
+def _with_schema(spec: JobSpec, schema: dict[str, Any]) -> JobSpec:
+    try:
+        return JobSpec.model_validate({**spec.encode(), "output_schema": schema})
+    except ValidationError as exc:
+        raise JobSpecError(describe(exc, "output schema")) from None
+
+
+def load_schema(value: Any, folder: Path, where: str) -> dict[str, Any]:
+    """An output schema given inline (a mapping) or as the path of a JSON file (its content)."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        raise JobSpecError(f"{where}: output_schema must be a JSON schema or a .json file path")
+    file = (folder / value).expanduser()
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise JobSpecError(f"{where}: cannot read output schema {file}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise JobSpecError(f"{where}: output schema {file} is not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise JobSpecError(f"{where}: output schema {file} must hold a JSON object")
+    return data
 
 
 def _jsonl_entries(text: str, file: Path) -> list[tuple[str, Any]]:
@@ -147,6 +158,8 @@ def _entry_spec(entry: Any, base: AgentConfig, where: str, folder: Path) -> JobS
     overrides.update(entry.get("config") or {})
     config = _with_overrides(base, overrides, where, folder)
     options = {key: entry[key] for key in _OPTION_KEYS if key in entry}
+    if entry.get("output_schema") is not None:
+        options["output_schema"] = load_schema(entry["output_schema"], folder, where)
     try:
         return build_spec(
             prompts,
@@ -176,106 +189,3 @@ def _with_overrides(
         str(folder) if "system_prompt" in overrides or not base_dir else base_dir
     )
     return config
-
-
-# -- running ----------------------------------------------------------------------------------
-
-
-def run_batch(
-    dispatcher: Dispatcher,
-    specs: list[JobSpec],
-    *,
-    on_progress: Callable[[BatchProgress], None] | None = None,
-    output: IO[str] | None = None,
-    poll_s: float = 0.5,
-) -> BatchOutcome:
-    """Submit ``specs``, report progress every ``poll_s`` seconds, write each result as a JSONL
-    line to ``output`` as it finishes, and return every result in submission order."""
-    jobs = dispatcher.submit_specs(specs)
-    progress = BatchProgress(total=len(jobs))
-    results: dict[int, RunResult] = {}
-    pending = dict(enumerate(jobs))
-    while pending:
-        infos = dispatcher.infos([job.id for job in pending.values()])
-        live = BatchProgress(total=progress.total)
-        finished: dict[int, JobInfo] = {}
-        for (index, _job), info in zip(list(pending.items()), infos, strict=True):
-            if info is not None and info.finished:
-                finished[index] = info
-            elif info is not None:
-                _count_live(live, info)
-        _collect(dispatcher, pending, finished, results, progress, output)
-        _report(on_progress, progress, live)
-        if pending:
-            time.sleep(poll_s)
-    return BatchOutcome(progress, jobs, [results[index] for index in range(len(jobs))])
-
-
-def _count_live(live: BatchProgress, info: JobInfo) -> None:
-    if info.status == "running":
-        live.running += 1
-    else:
-        live.queued += 1
-    live.add_usage(info)
-
-
-def _collect(
-    dispatcher: Dispatcher,
-    pending: dict[int, Job],
-    finished: dict[int, JobInfo],
-    results: dict[int, RunResult],
-    progress: BatchProgress,
-    output: IO[str] | None,
-) -> None:
-    if not finished:
-        return
-    done_jobs = [pending[index] for index in finished]
-    for (index, info), result in zip(finished.items(), dispatcher.gather(done_jobs), strict=True):
-        job = pending.pop(index)
-        results[index] = result
-        if result.status == "completed":
-            progress.completed += 1
-        else:
-            progress.failed += 1
-        progress.add_usage(info)
-        if output is not None:
-            output.write(json.dumps(result_line(index, job, info, result), ensure_ascii=False))
-            output.write("\n")
-            output.flush()
-
-
-def _report(
-    on_progress: Callable[[BatchProgress], None] | None,
-    progress: BatchProgress,
-    live: BatchProgress,
-) -> None:
-    if on_progress is None:
-        return
-    snapshot = BatchProgress(
-        total=progress.total,
-        completed=progress.completed,
-        failed=progress.failed,
-        running=live.running,
-        queued=live.queued,
-        input_tokens=progress.input_tokens + live.input_tokens,
-        output_tokens=progress.output_tokens + live.output_tokens,
-        cost_usd=progress.cost_usd + live.cost_usd,
-    )
-    on_progress(snapshot)
-
-
-def result_line(index: int, job: Job, info: JobInfo, result: RunResult) -> dict[str, Any]:
-    """One line of the results file."""
-    return {
-        "index": index,
-        "job_id": job.id,
-        "session_id": job.session_id,
-        "status": result.status,
-        "text": result.text,
-        "usage": result.usage,
-        "error": info.error,
-        "labels": info.labels,
-        "prompt": info.prompt,
-        "worker": info.worker,
-        "attempt": info.attempt,
-    }

@@ -16,12 +16,15 @@ from types import TracebackType
 from typing import Any, Self
 
 from dispatch._client.core import _Core
+from dispatch.errors import BatchNotFound
 from dispatch.info import JobInfo
 from dispatch.job import Job
+from dispatch.reduce import Reduction, plan_reduce
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec, build_spec
 from rho_agent.config import AgentConfig
 from rho_agent.events import RunResult
+from rho_agent.output import OutputSchema, SchemaLike
 from rho_agent.state import StateObserver
 
 
@@ -61,15 +64,20 @@ class Dispatcher:
         *,
         session_id: str | None = None,
         observers: Sequence[StateObserver] = (),
+        output_schema: SchemaLike | None = None,
         **options: Any,
     ) -> Job:
         """Send one job; several prompts make a multi-run in one session.
 
         ``session_id`` continues that session (on any worker, with its full history).
+        ``output_schema`` (a pydantic model class or a JSON schema dict) types the answer of the
+        last prompt: ``result.output`` holds it validated (an instance of the model), or the
+        status is ``invalid_output`` (see ``rho_agent.output``).
         ``options``: ``labels`` (dict), ``timeout_s``, ``queue``, ``priority`` (0-9).
         """
-        spec = self._spec(prompt, config, session_id, options)
-        return self._core.submit([spec], list(observers))[0]
+        schema = _schema(output_schema)
+        spec = self._spec(prompt, config, session_id, options, schema)
+        return self._core.submit([spec], list(observers), schema)[0]
 
     async def asubmit(
         self,
@@ -78,23 +86,64 @@ class Dispatcher:
         *,
         session_id: str | None = None,
         observers: Sequence[StateObserver] = (),
+        output_schema: SchemaLike | None = None,
         **options: Any,
     ) -> Job:
-        spec = self._spec(prompt, config, session_id, options)
-        return (await self._core.asubmit([spec], list(observers)))[0]
+        schema = _schema(output_schema)
+        spec = self._spec(prompt, config, session_id, options, schema)
+        return (await self._core.asubmit([spec], list(observers), schema))[0]
 
     def map(
-        self, prompts: Iterable[str], config: AgentConfig | None = None, **options: Any
+        self,
+        prompts: Iterable[str],
+        config: AgentConfig | None = None,
+        *,
+        output_schema: SchemaLike | None = None,
+        **options: Any,
     ) -> list[Job]:
-        """Fan out: one job per prompt, each in a new session; Jobs in the prompts' order."""
-        specs = [self._spec(prompt, config, None, options) for prompt in prompts]
-        return self._core.submit(specs, [])
+        """Fan out: one job per prompt, each in a new session; Jobs in the prompts' order.
+
+        ``output_schema`` types every answer, as in ``submit``.
+        """
+        schema = _schema(output_schema)
+        specs = [self._spec(prompt, config, None, options, schema) for prompt in prompts]
+        return self._core.submit(specs, [], schema)
 
     async def amap(
-        self, prompts: Iterable[str], config: AgentConfig | None = None, **options: Any
+        self,
+        prompts: Iterable[str],
+        config: AgentConfig | None = None,
+        *,
+        output_schema: SchemaLike | None = None,
+        **options: Any,
     ) -> list[Job]:
-        specs = [self._spec(prompt, config, None, options) for prompt in prompts]
-        return await self._core.asubmit(specs, [])
+        schema = _schema(output_schema)
+        specs = [self._spec(prompt, config, None, options, schema) for prompt in prompts]
+        return await self._core.asubmit(specs, [], schema)
+
+    def reduce(
+        self,
+        jobs_or_results: Sequence[Job] | Sequence[RunResult],
+        prompt: str,
+        config: AgentConfig | None = None,
+        *,
+        output_schema: SchemaLike | None = None,
+        batch_id: str | None = None,
+        **options: Any,
+    ) -> Reduction:
+        """Reduce many jobs' results with reducer jobs on the queue; returns at once.
+
+        Waits for the jobs, then gives their results (typed outputs as JSON, failures marked as
+        failed with their error) to one reducer with ``prompt``, or, when they do not fit the
+        reducer's context window (``config``'s model or ``extras.context_window``, tool
+        definitions included), to groups that fit and then a final reducer, level by level.
+        ``output_schema`` types every reducer's answer. ``Reduction.result()`` is the final
+        reducer's result; ``cancel()`` stops the whole tree. See ``dispatch.reduce``.
+        """
+        schema = _schema(output_schema)
+        plan = plan_reduce(prompt, config or AgentConfig(), schema, options)
+        sources: list[Job | RunResult] = list(jobs_or_results)
+        return Reduction(self._core, sources, plan, batch_id)
 
     def submit_specs(self, specs: Sequence[JobSpec]) -> list[Job]:
         """Send prepared JobSpecs (``dispatch.batch`` builds them from a file)."""
@@ -135,6 +184,32 @@ class Dispatcher:
         """The most recently submitted jobs, newest first."""
         return self._core.loop.call(self._core.recent(limit))
 
+    def attach(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """Handles on existing jobs in one round trip (``None`` for unknown or expired ids)."""
+        infos = self.infos(job_ids)
+        return [
+            None if info is None else Job(job_id, info.session_id, self._core)
+            for job_id, info in zip(job_ids, infos, strict=True)
+        ]
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def record_batch(self, batch_id: str, job_ids: dict[int, str], *, total: int) -> None:
+        """Store which job runs each entry of batch ``batch_id`` (in Redis for a fleet)."""
+        fields = {str(index): job_id for index, job_id in job_ids.items()}
+        self._core.broker.record_batch(batch_id, {"total": str(total), **fields})
+
+    def batch_jobs(self, batch_id: str) -> tuple[int, dict[int, str]]:
+        """A recorded batch: its number of entries, and the job id of each entry sent so far."""
+        fields = self._core.broker.read_batch(batch_id)
+        if "total" not in fields:
+            raise BatchNotFound(
+                f"batch {batch_id} is not recorded on this {self.mode} dispatcher (never "
+                "dispatched here, or expired); check the id and --broker / RHO_AGENT_BROKER_URL"
+            )
+        total = int(fields.pop("total"))
+        return total, {int(index): job_id for index, job_id in fields.items()}
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -164,6 +239,7 @@ class Dispatcher:
         config: AgentConfig | None,
         session_id: str | None,
         options: dict[str, Any],
+        schema: OutputSchema | None = None,
     ) -> JobSpec:
         return build_spec(
             prompt,
@@ -171,5 +247,10 @@ class Dispatcher:
             session_id=session_id,
             continue_session=session_id is not None,
             reply_to=self.id,
+            output_schema=schema.json_schema if schema is not None else None,
             **options,
         )
+
+
+def _schema(output_schema: SchemaLike | None) -> OutputSchema | None:
+    return None if output_schema is None else OutputSchema.of(output_schema)

@@ -9,8 +9,10 @@
         ├── JobRefused                a worker will not run this job (profile above its ceiling)
         ├── JobNotFound               no job with that id (never submitted, or expired)
         │   └── JobLost               its record vanished from Redis and it cannot be re-run
+        ├── BatchNotFound             no batch with that id (never dispatched, or expired)
         ├── JobTimeout                ``Job.result(timeout=...)`` ran out of time (a TimeoutError)
-        └── FleetUnavailable          the fleet extra is not installed or the broker is unreachable
+        ├── FleetUnavailable          the fleet extra is not installed or the broker is unreachable
+        └── ReduceError               a reduce cannot be planned (a result too big for any reducer)
 
 Run-time failures of the agent itself are not exceptions here: they are a job status plus an
 ``error`` event, exactly as for a local ``Session.run``.
@@ -49,9 +51,20 @@ class JobLost(JobNotFound):
     persistence), and this dispatcher holds no copy of its spec to run it again."""
 
 
+class BatchNotFound(FleetError, KeyError):
+    """No batch with that id is recorded (never dispatched to this fleet, or expired)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "batch not found"
+
+
 class JobTimeout(FleetError, TimeoutError):
     """A job did not finish within the time the caller was willing to wait."""
 
 
 class FleetUnavailable(FleetError):
     """The fleet cannot be reached or its optional dependencies are missing."""
+
+
+class ReduceError(FleetError):
+    """A reduce cannot be planned: one result alone is larger than a reducer's context."""

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict
 
 from dispatch.spec import JobSpec
 
-TERMINAL_STATUSES = frozenset({"completed", "error", "cancelled", "interrupted", "max_turns"})
+TERMINAL_STATUSES = frozenset(
+    {"completed", "error", "cancelled", "interrupted", "max_turns", "invalid_output"}
+)
 ACTIVE_STATUSES = frozenset({"queued", "running"})
 PROMPT_EXCERPT = 200
 

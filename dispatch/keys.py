@@ -19,6 +19,7 @@ key                                    type         what
 ``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in
 ``{p}sweeper``                         string       lock so one sweeper runs per interval
 ``{p}janitor``                         string       lock so one janitor tidies the indexes at a time
+``{p}batch:{id}``                      hash         a dispatch's job ids by entry index, ``total``
 =====================================  ===========  ==============================================
 """
 
@@ -78,6 +79,10 @@ class Keys:
 
     def done(self, dispatcher_id: str) -> str:
         return f"{self.prefix}dispatcher:{dispatcher_id}:done"
+
+    def batch(self, batch_id: str) -> str:
+        """The job ids of one ``rho-agent dispatch`` by entry index (``rho-agent results``)."""
+        return f"{self.prefix}batch:{batch_id}"
 
     def sweeper_lock(self) -> str:
         return f"{self.prefix}sweeper"

@@ -15,6 +15,7 @@ from dispatch.errors import SettingsError
 from dispatch.keys import DEFAULT_PREFIX, Keys
 
 BROKER_URL_ENV = "RHO_AGENT_BROKER_URL"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class FleetSettings:
             )
         if not self.queue.strip():
             raise SettingsError("the queue name must not be empty (RHO_AGENT_QUEUE)")
+        for what, url in (("broker URL", self.broker_url), ("Redis URL", self.redis_url)):
+            _check_redis_url(what, url)
 
     @property
     def bus_url(self) -> str | None:
@@ -73,6 +76,17 @@ class FleetSettings:
         values = fleet_values_from_env(os.environ if env is None else env)
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
+
+
+def _check_redis_url(what: str, url: str | None) -> None:
+    """The fleet speaks Redis only: an ``http://`` or ``amqp://`` URL is a usage error, said
+    before anything connects (the URL is not echoed: it may hold a password)."""
+    if url is not None and not url.startswith(REDIS_SCHEMES):
+        scheme = url.split("://", 1)[0] if "://" in url else "no scheme"
+        raise SettingsError(
+            f"the {what} must be a Redis URL starting with redis://, rediss:// or unix:// "
+            f"(got {scheme}); for example --broker redis://127.0.0.1:6379/0"
+        )
 
 
 def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:

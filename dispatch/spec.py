@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dispatch.errors import JobSpecError
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
+from rho_agent.output import check_json_schema
 from rho_agent.permissions.profile import (
     BUILTIN_PROFILES,
     DEFAULT_PROFILE,
@@ -64,6 +65,8 @@ class JobSpec(BaseModel):
     priority: int | None = Field(default=None, ge=0, le=9)
     reply_to: str | None = None
     submitted_at: float = Field(default_factory=time.time)
+    output_schema: dict[str, Any] | None = None
+    """The JSON schema the last prompt's answer must match (content, never a path)."""
 
     @field_validator("job_id", "session_id", "reply_to")
     @classmethod
@@ -88,6 +91,16 @@ class JobSpec(BaseModel):
                 f"the config holds what looks like a secret at {', '.join(found)}; secrets never "
                 "travel in jobs: set API keys in the workers' environment instead"
             )
+        return value
+
+    @field_validator("output_schema")
+    @classmethod
+    def _check_output_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                check_json_schema(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @classmethod

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rho_agent.errors import ConfigError
+from rho_agent.output import structured_output_mode
 from rho_agent.permissions import PermissionProfile
 from rho_agent.pricing import ModelPrice, prices_from_data
 from rho_agent.prompts import DEFAULT_SYSTEM_PROMPT, load_template, render
@@ -58,6 +59,7 @@ class AgentConfig:
             raise ConfigError("AgentConfig.vars must be a dict of variable name -> value")
         self.context_window()
         self.prices()
+        structured_output_mode(self.extras)
 
     # -- prompt ---------------------------------------------------------------------------------
 

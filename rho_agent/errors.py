@@ -12,6 +12,8 @@
     ├── BackendError           the execution backend (local or Daytona) failed
     ├── ModelError             the model API failed after retries (becomes status "error")
     │   └── ContextWindowExceeded  the next request would not fit the model's window, even compacted
+    ├── OutputInvalid          an answer does not match its output schema (one corrective turn,
+    │                          then status "invalid_output")
     ├── SessionError           session store misuse: bad id, unknown session, already locked
     │   ├── SessionNotFound
     │   └── SessionLocked
@@ -83,6 +85,10 @@ class ContextWindowExceeded(ModelError):
         super().__init__(message)
         self.needed = needed
         self.window = window
+
+
+class OutputInvalid(RhoAgentError):
+    """A run's final answer does not match its ``output_schema``; the message says where."""
 
 
 class SessionError(RhoAgentError):

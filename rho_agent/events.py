@@ -18,9 +18,10 @@ EventType = Literal[
     "cancelled",
     "interruption",
     "max_turns",
+    "output_invalid",
 ]
 
-RunStatus = Literal["completed", "error", "cancelled", "interrupted", "max_turns"]
+RunStatus = Literal["completed", "error", "cancelled", "interrupted", "max_turns", "invalid_output"]
 
 
 @dataclass
@@ -54,8 +55,9 @@ class RunError:
     """Why a run failed, for callers that only hold its result.
 
     ``type`` is the exception's class name (``ModelError`` for a model API that failed after its
-    retries), or ``max_turns``; ``message`` says what went wrong, as the run's ``error`` event
-    does. ``partial`` says the run's text is an answer this failure cut off mid-stream.
+    retries), ``max_turns`` or ``invalid_output``; ``message`` says what went wrong, as the
+    run's ``error`` event does. ``partial`` says the run's text is an answer this failure cut
+    off mid-stream.
     """
 
     type: str
@@ -79,14 +81,19 @@ class RunError:
 
 @dataclass
 class RunResult:
-    """What ``Session.run`` returns; ``error`` says why when ``status`` is "error" or
-    "max_turns"."""
+    """What ``Session.run`` returns; ``error`` says why when ``status`` is "error",
+    "max_turns" or "invalid_output".
+
+    ``output`` is the validated answer of a run given an ``output_schema``: an instance of the
+    pydantic model named there, or JSON data for a dict schema (and in serialised results).
+    """
 
     text: str
     events: list[AgentEvent] = field(default_factory=list)
     status: str = "completed"
     usage: dict[str, int] = field(default_factory=dict)
     error: RunError | None = None
+    output: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +102,7 @@ class RunResult:
             "usage": dict(self.usage),
             "events": [event.to_dict() for event in self.events],
             "error": self.error.to_dict() if self.error is not None else None,
+            "output": output_data(self.output),
         }
 
     @classmethod
@@ -106,7 +114,14 @@ class RunResult:
             usage=dict(data.get("usage") or {}),
             events=[AgentEvent.from_dict(event) for event in data.get("events") or []],
             error=RunError.from_dict(error) if isinstance(error, dict) else None,
+            output=data.get("output"),
         )
+
+
+def output_data(output: Any) -> Any:
+    """A result's ``output`` as JSON data (a pydantic instance is dumped)."""
+    dump = getattr(output, "model_dump", None)
+    return dump(mode="json") if callable(dump) else output
 
 
 @dataclass

@@ -18,10 +18,11 @@ from rho_agent._loop import tool_step as _tool_step
 from rho_agent._loop.run import EventCallback, RunContext
 from rho_agent.agent import Agent
 from rho_agent.backends.base import ExecutionBackend
-from rho_agent.errors import ConfigError, ModelError, SessionError
+from rho_agent.errors import ConfigError, ModelError, OutputInvalid, SessionError
 from rho_agent.events import AgentEvent, CompactResult, RunError, RunResult
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.model.base import ModelRequest
+from rho_agent.output import FINAL_ANSWER_TOOL, OutputSchema, SchemaLike, structured_output_mode
 from rho_agent.pricing import context_window
 from rho_agent.state import State
 from rho_agent.tools.base import ToolHandler, ToolInvocation
@@ -91,28 +92,49 @@ class Session:
     # -- running --------------------------------------------------------------------------------
 
     async def run(
-        self, prompt: str | None = None, *, on_event: EventCallback | None = None
+        self,
+        prompt: str | None = None,
+        *,
+        on_event: EventCallback | None = None,
+        output_schema: SchemaLike | OutputSchema | None = None,
     ) -> RunResult:
         """Run ``prompt`` to completion and return this run's result.
 
         With tool calls still waiting for approval from an interrupted run, they are decided
-        first (``approval_callback``), then the prompt (if any) is added.
+        first (``approval_callback``), then the prompt (if any) is added. With an
+        ``output_schema`` (a pydantic model class or a JSON schema dict) the model is asked for
+        that JSON, the answer is validated into ``result.output``, and an invalid answer gets
+        one corrective turn before the run ends as ``invalid_output`` (see ``rho_agent.output``).
         """
         if prompt is None and self.state.pending_turn is None:
             raise ValueError("Session.run() needs a prompt (nothing is waiting to be continued)")
+        schema = self._output_schema(output_schema)
         self._ensure_idle()
         self.state.append("run_start", run=self.state.run_count + 1, prompt=prompt)
-        return await self._drive(RunContext(on_event), prompt)
+        return await self._drive(RunContext(on_event), prompt, schema)
 
-    async def resume_run(self, *, on_event: EventCallback | None = None) -> RunResult:
+    async def resume_run(
+        self,
+        *,
+        on_event: EventCallback | None = None,
+        output_schema: SchemaLike | OutputSchema | None = None,
+    ) -> RunResult:
         """Continue a run whose process stopped mid-way: unfinished tool calls run (finished ones
-        are not run again), then the loop goes on."""
+        are not run again), then the loop goes on (with the run's ``output_schema``, if any)."""
         if not self.state.has_unfinished_run:
             raise SessionError(f"session {self.state.session_id} has no unfinished run to resume")
+        schema = self._output_schema(output_schema)
         self._ensure_idle()
         prompt = _prompt_not_yet_recorded(self.state)
+        run = RunContext(on_event, corrections=_corrections_made(self.state))
         self.state.append("run_resume", run=self.state.run_count + 1)
-        return await self._drive(RunContext(on_event), prompt)
+        return await self._drive(run, prompt, schema)
+
+    def _output_schema(self, schema: SchemaLike | OutputSchema | None) -> OutputSchema | None:
+        if schema is None:
+            return None
+        mode = structured_output_mode(self.agent.config.extras)
+        return OutputSchema.of(schema).asked_by(mode)
 
     def _ensure_idle(self) -> None:
         if self._closed:
@@ -123,9 +145,11 @@ class Session:
         if self._task is not None and not self._task.done():
             raise SessionError("this session is already running; await the current run first")
 
-    async def _drive(self, run: RunContext, prompt: str | None) -> RunResult:
+    async def _drive(
+        self, run: RunContext, prompt: str | None, schema: OutputSchema | None
+    ) -> RunResult:
         self._cancel_requested = False
-        self._task = asyncio.create_task(self._loop(run, prompt))
+        self._task = asyncio.create_task(self._loop(run, prompt, schema))
         poller = self._start_cancel_poller()
         try:
             status = await self._task
@@ -142,10 +166,13 @@ class Session:
         finally:
             if poller is not None:
                 poller.cancel()
-        self.state.append("run_end", status=status, usage=run.usage, text=run.text)
+        end: dict[str, Any] = {"status": status, "usage": run.usage, "text": run.text}
+        if schema is not None and run.output is not None:
+            end["output"] = schema.to_data(run.output)
+        self.state.append("run_end", **end)
         return run.result(status)
 
-    async def _loop(self, run: RunContext, prompt: str | None) -> str:
+    async def _loop(self, run: RunContext, prompt: str | None, schema: OutputSchema | None) -> str:
         if not self.state.messages:
             self.state.append("message", role="system", content=self.agent.system_prompt)
         if self.state.pending_turn is not None:
@@ -156,9 +183,14 @@ class Session:
             self.state.append("message", role="user", content=prompt)
         for _ in range(self.max_turns):
             self.check_cancelled()
-            await self._fit_context(run)
-            turn_has_tools = await self._call_model(run)
+            await self._fit_context(run, self._tools(schema))
+            turn_has_tools = await self._call_model(run, schema)
             if not turn_has_tools:
+                verdict = None if schema is None else self._check_output(run, schema)
+                if verdict == "retry":
+                    continue
+                if verdict is not None:
+                    return verdict
                 run.emit(AgentEvent("turn_complete", content=run.text, usage=dict(run.usage)))
                 return "completed"
             outcome = await self._continue_pending_turn(run)
@@ -170,17 +202,20 @@ class Session:
         run.emit(AgentEvent("max_turns", content=message))
         return "max_turns"
 
-    async def _call_model(self, run: RunContext) -> bool:
-        """One streamed model call; records the assistant message. True if it called tools."""
+    async def _call_model(self, run: RunContext, schema: OutputSchema | None) -> bool:
+        """One streamed model call; records the assistant message. True if it called tools
+        (other than ``final_answer``, which ends the turn with its arguments as the answer)."""
         config = self.agent.config
         request = ModelRequest(
             model=config.model,
             messages=list(self.state.messages),
-            tools=self.agent.registry.schemas(),
+            tools=self._tools(schema),
             reasoning_effort=config.reasoning_effort,
             service_tier=config.service_tier,
             response_format=config.response_format,
         )
+        if schema is not None and schema.mode == "response_format":
+            request.response_format = schema.response_format()
         run.streamed = []
         turn = await self._client.stream(request, on_text=lambda text: self._on_text(run, text))
         run.streamed = []
@@ -188,7 +223,39 @@ class Session:
         self._record_model_call(run, turn.usage.as_dict(), turn.usage.estimated)
         self.state.append("message", **turn.assistant_message())
         run.text = turn.text
+        final = _final_answer_call(turn.tool_calls) if schema is not None else None
+        if schema is not None and final is not None:
+            run.text = schema.answer_from_tool(str(final["function"].get("arguments") or ""))
+            _tool_step.answer_unfinished(
+                self, "Recorded: the final answer ends the turn (other calls in it did not run)."
+            )
+            return False
         return bool(turn.tool_calls)
+
+    def _tools(self, schema: OutputSchema | None) -> list[dict[str, Any]]:
+        """The tool definitions sent to the model, ``final_answer`` included in tool mode."""
+        tools = self.agent.registry.schemas()
+        if schema is not None and schema.mode == "tool":
+            tools = [*tools, schema.final_answer_tool()]
+        return tools
+
+    def _check_output(self, run: RunContext, schema: OutputSchema) -> str | None:
+        """Validate the answer: None if it is valid, "retry" after adding the one corrective
+        message, else "invalid_output" (with the error recorded)."""
+        try:
+            run.output = schema.parse(run.text)
+        except OutputInvalid as exc:
+            if run.corrections < 1:
+                run.corrections += 1
+                run.emit(AgentEvent("output_invalid", content=str(exc)))
+                self.state.append("message", role="user", content=schema.correction(str(exc)))
+                return "retry"
+            message = f"the answer did not match the output schema after a correction: {exc}"
+            run.error = RunError("invalid_output", message)
+            self.state.append("error", message=message)
+            run.emit(AgentEvent("error", content=message))
+            return "invalid_output"
+        return None
 
     def _on_text(self, run: RunContext, text: str) -> None:
         run.streamed.append(text)
@@ -293,9 +360,8 @@ class Session:
         (the history is left untouched)."""
         return await self._compact("manual", RunContext())
 
-    async def _fit_context(self, run: RunContext) -> None:
+    async def _fit_context(self, run: RunContext, tools: list[dict[str, Any]]) -> None:
         """Compact if the next request nears the window; fail before sending one that can't fit."""
-        tools = self.agent.registry.schemas()
         await self._maybe_auto_compact(run, tools)
         compaction.check_fits(
             self.state.messages,
@@ -410,4 +476,24 @@ def _prompt_not_yet_recorded(state: State) -> str | None:
         if record.get("type") == "run_start":
             prompt = record.get("prompt")
             return prompt if isinstance(prompt, str) else None
+    return None
+
+
+def _corrections_made(state: State) -> int:
+    """Corrective messages the unfinished run already had: every user message after its prompt
+    is one, so a resumed run does not get a second correction."""
+    users = 0
+    for record in reversed(state.records):
+        if record.get("type") == "message" and record.get("role") == "user":
+            users += 1
+        if record.get("type") == "run_start":
+            return max(0, users - (record.get("prompt") is not None))
+    return 0
+
+
+def _final_answer_call(tool_calls: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The turn's call of the ``final_answer`` tool, if it made one."""
+    for call in tool_calls:
+        if (call.get("function") or {}).get("name") == FINAL_ANSWER_TOOL:
+            return call
     return None

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rho_agent.testing import ScriptedModelServer, error
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -43,3 +45,17 @@ def test_main_job_runs_offline_on_the_embedded_fleet(tmp_path: Path) -> None:
     assert len(results) == len(prompts) > 0
     assert all(result["status"] == "completed" for result in results)
     assert [r["index"] for r in results] == list(range(len(prompts)))
+
+
+def test_the_python_snippet_says_why_a_run_failed(tmp_path: Path) -> None:
+    snippet = re.search(r"```python\n(.*?)```", README, re.S)
+    assert snippet is not None and "result.error" in snippet.group(1)
+    with ScriptedModelServer(responder=lambda body: error(401, "bad key, try another")) as server:
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test",
+               "HOME": str(tmp_path)}  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", snippet.group(1)],
+            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "failed: ModelError: model API error 401: bad key, try another" in done.stdout

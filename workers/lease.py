@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dispatch.engine.host import JobHost
@@ -29,6 +30,32 @@ logger = logging.getLogger("workers.lease")
 
 Resend = Callable[[JobSpec, int], None]
 """Publishes a JobSpec again (blocking); the int is the attempt that was lost."""
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """A job a Lua script just marked queued again, to be sent back to the queue."""
+
+    job_id: str
+    spec: JobSpec
+    attempt: int
+
+
+def requeued_jobs(flat: list[str], why: str) -> Iterator[Requeued]:
+    """The jobs ``CLAIM_LAPSED`` or ``HAND_BACK`` returned (id, spec, attempt, flattened).
+
+    A payload that no longer decodes cannot be sent again: it is logged, naming ``why`` the job
+    was being re-sent, and skipped. The sweeper and the graceful shutdown both read their
+    scripts' answers here, so a re-send works the same whichever way the job came back.
+    """
+    for index in range(0, len(flat), 3):
+        job_id, payload, attempt = flat[index : index + 3]
+        try:
+            spec = JobSpec.decode(payload)
+        except JobSpecError as exc:
+            logger.error("job %s cannot be %s: %s", job_id, why, exc)
+            continue
+        yield Requeued(job_id, spec, int(attempt))
 
 
 class LeaseKeeper:
@@ -173,14 +200,10 @@ class Sweeper:
             keys=[self._keys.leases()], args=[self._keys.job_prefix(), self._grace_ms, 500]
         )
         requeued = []
-        for index in range(0, len(flat), 3):
-            job_id, payload, attempt = flat[index : index + 3]
-            try:
-                spec = JobSpec.decode(payload)
-            except JobSpecError as exc:
-                logger.error("job %s cannot be re-sent: %s", job_id, exc)
-                continue
-            await asyncio.to_thread(self._resend, spec, int(attempt))
-            logger.warning("job %s: its worker stopped (attempt %s); sent again", job_id, attempt)
-            requeued.append(job_id)
+        for job in requeued_jobs(flat, "re-sent"):
+            await asyncio.to_thread(self._resend, job.spec, job.attempt)
+            logger.warning(
+                "job %s: its worker stopped (attempt %s); sent again", job.job_id, job.attempt
+            )
+            requeued.append(job.job_id)
         return requeued

@@ -29,12 +29,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dispatch.engine.host import JobHost
-from dispatch.errors import JobSpecError
 from dispatch.fleet import lua
 from dispatch.fleet.celery_broker import CeleryBroker
 from dispatch.fleet.redis_bus import RedisBus
 from dispatch.settings import env_float
-from dispatch.spec import JobSpec
+from workers.lease import requeued_jobs
 
 if TYPE_CHECKING:
     from workers.session_host import SessionHost
@@ -127,15 +126,9 @@ class GracefulShutdown:
         broker = CeleryBroker(self.host.settings.fleet)
         sent = []
         try:
-            for index in range(0, len(flat), 3):
-                job_id, payload, attempt = flat[index : index + 3]
-                try:
-                    spec = JobSpec.decode(payload)
-                except JobSpecError as exc:
-                    logger.error("job %s cannot be handed back: %s", job_id, exc)
-                    continue
-                broker.send([spec], attempt_suffix=f"-h{attempt}")
-                sent.append(job_id)
+            for job in requeued_jobs(flat, "handed back"):
+                broker.send([job.spec], attempt_suffix=f"-h{job.attempt}")
+                sent.append(job.job_id)
         finally:
             broker.close()
         return sent

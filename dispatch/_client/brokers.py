@@ -37,6 +37,14 @@ class Broker(Protocol):
         """Take a job that will never run off the queue (on the dispatcher's loop)."""
         ...
 
+    def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Store a batch's ``total`` and job id by entry index (blocking; any thread)."""
+        ...
+
+    def read_batch(self, batch_id: str) -> dict[str, str]:
+        """What ``record_batch`` stored for ``batch_id`` (empty if nothing)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -63,6 +71,14 @@ class EmbeddedBroker:
             memory, RunnerOptions(worker="embedded"), concurrency=settings.embedded_concurrency
         )
         self._tasks: set[asyncio.Task[object]] = set()
+        self._batches: dict[str, dict[str, str]] = {}
+
+    def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Remember a batch's job ids (only this process can see an embedded batch)."""
+        self._batches.setdefault(batch_id, {}).update(fields)
+
+    def read_batch(self, batch_id: str) -> dict[str, str]:
+        return dict(self._batches.get(batch_id, {}))
 
     def publish(self, specs: list[JobSpec]) -> None:
         self._loop.call(self._send(specs))
@@ -135,6 +151,18 @@ class FleetBroker:
             what=f"reading the events of job {job_id}",
         )
         return stream_entries(reply)
+
+    def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Store a batch's job ids in Redis (before its jobs are sent: a crash in between leaves
+        ids that ``--resume`` finds missing and sends again); kept as long as the jobs."""
+        key = self._settings.keys.batch(batch_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, self._settings.retention_s)
+        pipe.execute()
+
+    def read_batch(self, batch_id: str) -> dict[str, str]:
+        return dict(self._redis.hgetall(self._settings.keys.batch(batch_id)))
 
     def publish(self, specs: list[JobSpec]) -> None:
         """Record the jobs as queued, then send them (blocking; any thread).

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dispatch._client.brokers import Broker, open_broker
@@ -22,7 +23,9 @@ from dispatch.errors import JobNotFound
 from dispatch.info import JobInfo
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
-from rho_agent.events import RunResult
+from rho_agent.errors import OutputInvalid
+from rho_agent.events import RunError, RunResult
+from rho_agent.output import OutputSchema
 from rho_agent.state import State, StateObserver
 
 if TYPE_CHECKING:
@@ -48,6 +51,8 @@ class _Core:
             missing_limit_s=settings.redis_outage_s,
         )
         self._followers: set[asyncio.Task[None]] = set()
+        self._models: dict[str, OutputSchema] = {}
+        """Jobs whose answers become instances of a pydantic model when read back."""
 
     @property
     def broker(self) -> Broker:
@@ -62,17 +67,32 @@ class _Core:
 
     # -- submitting ---------------------------------------------------------------------------
 
-    def submit(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
+    def submit(
+        self,
+        specs: list[JobSpec],
+        observers: list[StateObserver],
+        schema: OutputSchema | None = None,
+    ) -> list[Job]:
         """Send jobs (from any thread but the loop's)."""
-        self.fan_in.expect(specs)
+        self._expect(specs, schema)
         self.broker.publish(specs)
         return self._jobs(specs, observers)
 
-    async def asubmit(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
+    async def asubmit(
+        self,
+        specs: list[JobSpec],
+        observers: list[StateObserver],
+        schema: OutputSchema | None = None,
+    ) -> list[Job]:
         """Send jobs from an event loop."""
-        self.fan_in.expect(specs)
+        self._expect(specs, schema)
         await self.broker.apublish(specs)
         return self._jobs(specs, observers)
+
+    def _expect(self, specs: list[JobSpec], schema: OutputSchema | None) -> None:
+        self.fan_in.expect(specs)
+        if schema is not None and schema.model is not None:
+            self._models.update((spec.job_id, schema) for spec in specs)
 
     async def _resend(self, specs: list[JobSpec]) -> None:
         """Send jobs again whose records Redis lost (the fan-in found them missing)."""
@@ -140,7 +160,26 @@ class _Core:
 
     async def gather(self, job_ids: list[str], wait_s: float | None) -> list[RunResult]:
         deadline = None if wait_s is None else time.monotonic() + wait_s
-        return await self.fan_in.results(job_ids, deadline)
+        results = await self.fan_in.results(job_ids, deadline)
+        typed = zip(job_ids, results, strict=True)
+        return [self._typed(job_id, result) for job_id, result in typed]
+
+    def _typed(self, job_id: str, result: RunResult) -> RunResult:
+        """The result with its JSON ``output`` turned into the model the job was submitted with.
+
+        The worker validated the JSON against the model's JSON schema; the model's own
+        validators run here, and an answer they refuse makes the result ``invalid_output``.
+        """
+        schema = self._models.get(job_id)
+        if schema is None or result.output is None or result.status != "completed":
+            return result
+        try:
+            return replace(result, output=schema.from_data(result.output))
+        except OutputInvalid as exc:
+            message = f"the answer did not pass {schema.name}'s validation here: {exc}"
+            return replace(
+                result, status="invalid_output", error=RunError("invalid_output", message)
+            )
 
     # -- observers ----------------------------------------------------------------------------
 

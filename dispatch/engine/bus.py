@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 from dispatch.info import JobInfo
 from dispatch.spec import JobSpec
-from rho_agent.events import AgentEvent, RunResult
+from rho_agent.events import AgentEvent, RunResult, output_data
 
 START = "0"
 EVENT_PAGE = 1000
@@ -110,7 +110,10 @@ class RunnerBus(Protocol):
 
     async def finish(
         self, spec: JobSpec, attempt: int, result: RunResult, error: str | None
-    ) -> bool: ...
+    ) -> bool:
+        """Store the job's end with ``result.status`` and ``error``, why it did not complete
+        (JobInfo.error); False if another attempt owns the job now."""
+        ...
 
     async def cancel_requested(self, job_id: str) -> bool: ...
 
@@ -164,6 +167,7 @@ def result_dict(result: RunResult) -> dict[str, Any]:
         "usage": dict(result.usage),
         "events": [event_dict(event) for event in result.events],
         "error": result.error.to_dict() if result.error is not None else None,
+        "output": output_data(result.output),
     }
 
 

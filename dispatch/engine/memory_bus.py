@@ -235,7 +235,7 @@ class MemoryBus:
         self, job_id: str, fields: dict[str, str], result: RunResult, error: str | None
     ) -> None:
         fields.update(
-            status=result.status if error is None else "error",
+            status=result.status,
             result=json.dumps(result_dict(result)),
             error=error or "",
             finished_at=repr(time.time()),

@@ -224,8 +224,7 @@ class JobRun:
         if self._timed_out:
             limit = self.spec.timeout_s or self._options.default_timeout_s
             return await self._finish(result, f"job timed out after {limit:g} s")
-        failed = result.status == "error" and result.error is not None
-        return await self._finish(result, str(result.error) if failed else None)
+        return await self._finish(result, None)
 
     # -- session ------------------------------------------------------------------------------
 
@@ -299,15 +298,21 @@ class JobRun:
     # -- running ------------------------------------------------------------------------------
 
     async def _run_prompts(self, session: Session) -> RunResult:
+        """Run the prompts not run yet; the last one's answer must match the output schema."""
+        prompts = self.spec.prompts
         done = session.state.run_count - self._base_runs
         results: list[RunResult] = []
         if session.state.has_unfinished_run:
-            results.append(await session.resume_run(on_event=self._on_event))
+            schema = self.spec.output_schema if done == len(prompts) - 1 else None
+            results.append(await session.resume_run(on_event=self._on_event, output_schema=schema))
             done += 1
-        for prompt in self.spec.prompts[done:]:
+        for index in range(done, len(prompts)):
             if results and results[-1].status != "completed":
                 break
-            results.append(await session.run(prompt, on_event=self._on_event))
+            schema = self.spec.output_schema if index == len(prompts) - 1 else None
+            results.append(
+                await session.run(prompts[index], on_event=self._on_event, output_schema=schema)
+            )
         prior = await self._prior_events() if self._attempt > 1 else []
         return self._combine(session.state, prior, results)
 
@@ -362,6 +367,7 @@ class JobRun:
                 events=prior,
                 status=str(last_end.get("status") or state.status),
                 usage=self._job_usage(state),
+                output=last_end.get("output"),
             )
         events = prior + [event for result in results for event in result.events]
         last = results[-1]
@@ -371,6 +377,7 @@ class JobRun:
             status=last.status,
             usage=self._job_usage(state),
             error=last.error,
+            output=last.output,
         )
 
     def _start_timer(self) -> asyncio.TimerHandle | None:
@@ -386,13 +393,18 @@ class JobRun:
     # -- finishing ----------------------------------------------------------------------------
 
     async def _fail(self, message: str) -> JobOutcome:
+        """Fail the job before or around its run (refused, busy session, crash loop, bug)."""
         event = AgentEvent(type="error", content=message)
         self._emit(event)
         return await self._finish(RunResult(text="", events=[event], status="error"), message)
 
     async def _finish(self, result: RunResult, error: str | None) -> JobOutcome:
+        """End the job. ``error`` makes it an ``error`` whatever the run said; without one, a run
+        that ended badly on its own (model down, max_turns, cancelled) is explained by its
+        events, so every failure carries its reason."""
         self._finished = True
         status = result.status if error is None else "error"
+        reason = error or failure_reason(result)
         if self._session is not None:
             state_status = self._session.state.status
             self._bus.emit_session(
@@ -403,7 +415,9 @@ class JobRun:
                 text=result.text, events=result.events, status="error", usage=result.usage
             )
         # A refused write already proved that a newer attempt owns the job.
-        owned = not self._fenced and await self._bus.finish(self.spec, self._attempt, result, error)
+        owned = not self._fenced and await self._bus.finish(
+            self.spec, self._attempt, result, reason
+        )
         outcome_status = status if owned else "superseded"
         if not owned:
             logger.warning(
@@ -414,7 +428,24 @@ class JobRun:
             outcome_status,
             attempt=self._attempt,
             worker=self._options.worker,
-            error=error,
+            error=reason,
             usage=dict(result.usage),
             turns=self._turns,
         )
+
+
+_FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption")
+
+
+def failure_reason(result: RunResult) -> str | None:
+    """Why a run that did not complete ended, so JobInfo.error, the results file and Flower can
+    say it: its RunError (``ModelError: ...``), else its last error, max_turns, cancelled or
+    interruption event's text."""
+    if result.status == "completed":
+        return None
+    if result.error is not None:
+        return str(result.error)
+    for event in reversed(result.events):
+        if event.type in _FAILURE_EVENTS and event.content:
+            return event.content
+    return f"the run ended with status {result.status}"

@@ -288,7 +288,7 @@ class RedisBus:
         self, spec: JobSpec, attempt: int, result: RunResult, error: str | None
     ) -> bool:
         await self.flush()
-        status = result.status if error is None else "error"
+        status = result.status
         done = await self._survive(
             lambda: self._finish(
                 keys=[

@@ -25,6 +25,10 @@ class RunContext:
     streamed: list[str] = field(default_factory=list)
     """Text of the model call in flight, kept so a cancelled stream is not lost."""
     error: RunError | None = None
+    output: Any = None
+    """The validated answer of a run with an output schema."""
+    corrections: int = 0
+    """Corrective turns given after an invalid answer (at most one)."""
     _callback_failed: bool = False
 
     def emit(self, event: AgentEvent) -> None:
@@ -52,4 +56,5 @@ class RunContext:
             status=status,
             usage=dict(self.usage),
             error=self.error,
+            output=self.output,
         )

@@ -1,7 +1,11 @@
-"""Offline mode: with no API key and no base URL, commands talk to the scripted model server.
+"""Offline mode: with no API key and no base URL, local runs talk to the scripted model server.
 
 This is what lets a newcomer (or a machine without internet) see the main job work. The same
 command with ``OPENAI_API_KEY`` set, or ``--base-url``, talks to a real model instead.
+
+Only where the model is called from this process: ``run``, and ``dispatch`` in embedded mode.
+With a broker the workers call the model with their own keys (docs/fleet.md), so ``dispatch``
+never decides it for them from the dispatching shell's environment.
 """
 
 from __future__ import annotations

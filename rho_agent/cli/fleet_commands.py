@@ -7,24 +7,31 @@ Celery app), imported lazily so the rest of the CLI works without the ``fleet`` 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from rho_agent.errors import RhoAgentError
+from rho_agent.cli import _exit
+from rho_agent.cli._results_file import ResultsFile
+from rho_agent.cli._tables import JsonFlag, print_json, print_table
+from rho_agent.config import AgentConfig
+from rho_agent.errors import ConfigError, RhoAgentError
 
 if TYPE_CHECKING:
     from dispatch import Dispatcher, JobInfo
-    from dispatch.batch import BatchProgress
-    from rho_agent.events import AgentEvent
+    from dispatch.batch_run import BatchProgress, BatchRun
+    from rho_agent.events import AgentEvent, RunResult
 
 commands = typer.Typer()
 """This module's commands, merged into the ``rho-agent`` app by ``rho_agent.cli.app``."""
@@ -38,12 +45,13 @@ _err = Console(stderr=True)
 
 @contextmanager
 def _fleet_errors() -> Iterator[None]:
-    """Show rho-agent's own errors as one red line and exit 2, without a traceback."""
+    """Show rho-agent's own errors as one red line and their exit code, without a traceback."""
     try:
         yield
     except RhoAgentError as exc:
-        _err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        code, message = _exit.classify(exc)
+        _exit.report(message)
+        raise typer.Exit(code) from None
 
 
 def _dispatcher(broker: str | None, *, need_fleet: bool = False) -> Dispatcher:
@@ -52,11 +60,11 @@ def _dispatcher(broker: str | None, *, need_fleet: bool = False) -> Dispatcher:
     dispatcher = Dispatcher(broker)
     if need_fleet and dispatcher.mode != "fleet":
         dispatcher.close()
-        _err.print(
-            "[red]error:[/] this command needs a fleet: pass --broker redis://... or set "
+        _exit.report(
+            "this command needs a fleet: pass --broker redis://... or set "
             "RHO_AGENT_BROKER_URL (embedded jobs live only in the process that ran them)"
         )
-        raise typer.Exit(2)
+        raise typer.Exit(_exit.USAGE)
     return dispatcher
 
 
@@ -68,7 +76,11 @@ def dispatch_batch(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="JSONL results file (default: stdout)."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="JSONL results file, replaced only once results exist (default: stdout).",
+        ),
     ] = None,
     broker: Broker = None,
     concurrency: Annotated[
@@ -79,44 +91,277 @@ def dispatch_batch(
         str | None, typer.Option(help="OpenAI-compatible API URL (vLLM, Ollama...).")
     ] = None,
     offline: Annotated[
-        bool, typer.Option(help="Use the built-in scripted model (no API key needed).")
+        bool, typer.Option(help="Embedded mode: use the built-in scripted model (no API key).")
     ] = False,
+    schema: Annotated[
+        Path | None,
+        typer.Option("--schema", help="JSON schema file: every answer is typed and validated."),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="Write typed results as a flat table, csv or jsonl (dotted columns)."
+        ),
+    ] = None,
+    reduce: Annotated[
+        str | None,
+        typer.Option("--reduce", help="Then reduce every result with this prompt, on the queue."),
+    ] = None,
+    reduce_schema: Annotated[
+        Path | None, typer.Option("--reduce-schema", help="JSON schema of the reduce's answer.")
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="BATCH",
+            help="Send only the entries of this batch that did not "
+            "complete (follow the ones still running).",
+        ),
+    ] = None,
 ) -> None:
-    """Run every entry of a batch file, with live progress; exit 1 if any job failed.
+    """Run every entry of a batch file, with live progress (exit codes: `rho-agent --help`).
 
-    With no OPENAI_API_KEY and no --base-url the batch runs in offline mode, against the
-    project's scripted model server.
+    Embedded mode with no OPENAI_API_KEY and no --base-url runs offline, against the project's
+    scripted model server. With a broker the workers' own settings choose the model. See
+    docs/analysis.md for --schema, --format and --reduce.
     """
     from dispatch import Dispatcher
-    from dispatch.batch import load_batch, run_batch
+    from dispatch.batch import load_batch
+    from dispatch.batch_run import BatchRun, line_result, new_batch_id
+    from dispatch.settings import FleetSettings
+    from rho_agent.cli._analysis import Analysis, read_schema
     from rho_agent.cli._offline import offline_model, should_go_offline
-    from rho_agent.config import AgentConfig
 
     with _fleet_errors(), ExitStack() as stack:
-        base = AgentConfig.from_file(config) if config else AgentConfig()
-        if model is not None:
-            base.model = model
-        if base_url is not None:
-            base.base_url = base_url
-        if should_go_offline(offline=offline, base_url=base.base_url):
+        settings = FleetSettings.from_env(broker_url=broker, embedded_concurrency=concurrency)
+        fleet = settings.broker_url is not None
+        _check_dispatch_options(fleet=fleet, offline=offline, resume=resume, output=output)
+        base = _base_config(config, model, base_url)
+        if not fleet and should_go_offline(offline=offline, base_url=base.base_url):
             base.base_url = stack.enter_context(offline_model(_err))
-        specs = load_batch(file, base)
-        sink: IO[str] = output.open("w", encoding="utf-8") if output else sys.stdout
+        batch_id = resume or new_batch_id()
+        analysis = Analysis.from_options(fmt, reduce, reduce_schema, batch_id)
+        specs = load_batch(file, base, output_schema=read_schema(schema) if schema else None)
+        specs = analysis.label(specs)
+        results = ResultsFile(output, batch_id) if output else None
+        done = {i: line_result(line) for i, line in results.completed.items()} if results else {}
+        dispatcher = stack.enter_context(Dispatcher(settings=settings))
+        sink = results.sink if results else sys.stdout
+        batch = BatchRun(
+            dispatcher,
+            len(specs),
+            batch_id=batch_id,
+            output=None if analysis.table else sink,
+            done=done if resume else {},
+        )
+        _err.print(
+            f"batch [bold]{batch_id}[/] · {dispatcher.mode} · {len(specs)} jobs"
+            + (f" ({len(done)} already completed in {output})" if resume and done else ""),
+            highlight=False,
+        )
+        reduced = None
+        with _stopping_on_ctrl_c(batch.stop) as interrupted:
+            try:
+                with _progress() as bar:
+                    task = bar.add_task(dispatcher.mode, total=len(specs), stats="")
+
+                    def show(progress: BatchProgress) -> None:
+                        bar.update(task, completed=progress.finished, stats=_stats(progress))
+
+                    if resume is not None and fleet:
+                        batch.resume(specs)
+                    else:
+                        batch.start(specs)
+                    outcome = batch.wait(show)
+                    analysis.write_table(outcome.jobs, outcome.results, sink)
+                    if analysis.reduce is not None and not interrupted:
+                        reduced = analysis.run_reduce(dispatcher, outcome.jobs, base, bar, sink)
+            except BaseException as exc:
+                _lost_contact(exc, batch, results, file, output)
+                raise
+        if interrupted and batch.pending and not fleet:
+            batch.record_cancelled()
+        if results is not None:
+            results.commit()
+    if interrupted:
+        _interrupted_summary(batch, fleet, file, output)
+        raise typer.Exit(_exit.INTERRUPTED)
+    done_progress = outcome.progress
+    _err.print(
+        f"batch {batch_id}: {done_progress.completed} completed, {done_progress.failed} failed; "
+        f"{_stats(done_progress)}",
+        highlight=False,
+    )
+    if reduced is not None:
+        _err.print(f"reduce {batch_id}: {reduced.status}", highlight=False)
+    results_all = outcome.results + ([reduced] if reduced is not None else [])
+    raise typer.Exit(_batch_exit_code(results_all))
+
+
+def _check_dispatch_options(
+    *, fleet: bool, offline: bool, resume: str | None, output: Path | None
+) -> None:
+    if fleet and offline:
+        raise ConfigError(
+            "--offline runs the scripted model inside this process, which a fleet's workers "
+            "do not use: drop --offline (the workers' OPENAI_API_KEY / base URL choose the "
+            "model), or drop --broker to run embedded"
+        )
+    if resume is not None and not fleet and output is None:
+        raise ConfigError(
+            "--resume in embedded mode needs -o FILE, the results file of that batch: "
+            "its completed entries are what is not sent again"
+        )
+
+
+def _base_config(config: Path | None, model: str | None, base_url: str | None) -> AgentConfig:
+    """The config every entry starts from: the --config file, then --model and --base-url."""
+    base = AgentConfig.from_file(config) if config else AgentConfig()
+    if model is not None:
+        base.model = model
+    if base_url is not None:
+        base.base_url = base_url
+    return base
+
+
+@contextmanager
+def _stopping_on_ctrl_c(stop: Callable[[], None]) -> Iterator[list[bool]]:
+    """The first Ctrl+C asks the batch to stop following (a summary follows); a second one
+    interrupts at once. Yields a list that is truthy once Ctrl+C was pressed."""
+    pressed: list[bool] = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        pressed.append(True)
+        stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _lost_contact(
+    exc: BaseException,
+    batch: BatchRun,
+    results: ResultsFile | None,
+    file: Path,
+    output: Path | None,
+) -> None:
+    """The batch stopped on an error: keep the old results file, say where the batch stands."""
+    kept = results.abandon() if results is not None else None
+    if kept is not None:
+        _err.print(f"{output} left as it was; the results collected so far are in {kept}")
+    sent = batch.jobs or batch.results
+    if sent and isinstance(exc, Exception) and _exit.classify(exc)[0] == _exit.INFRASTRUCTURE:
+        out = f" -o {output}" if output else ""
+        _err.print(
+            f"batch {batch.batch_id}: {batch.progress.finished} of {batch.progress.total} "
+            f"finished before the error; the jobs already sent keep running on the fleet. Later: "
+            f"`rho-agent results {batch.batch_id}{out}` collects them, "
+            f"`rho-agent dispatch {file} --resume {batch.batch_id}{out}` finishes the batch",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _interrupted_summary(batch: BatchRun, fleet: bool, file: Path, output: Path | None) -> None:
+    progress = batch.progress
+    out = f" -o {output}" if output else ""
+    lines = [
+        f"interrupted: batch {batch.batch_id}: {progress.finished} of {progress.total} finished "
+        f"({progress.completed} completed, {progress.failed} failed)"
+        + (f", written to {output}" if output else "")
+    ]
+    if fleet and batch.pending:
+        lines += [
+            f"{len(batch.pending)} jobs are still queued or running on the fleet; they go on.",
+            f"  collect their results: rho-agent results {batch.batch_id}{out}",
+            f"  finish the batch (send again what failed): "
+            f"rho-agent dispatch {file} --resume {batch.batch_id}{out}",
+        ]
+    elif not fleet and progress.total > progress.finished:
+        unfinished = progress.total - progress.finished
+        lines += [
+            f"{unfinished} jobs that had not finished are recorded as cancelled"
+            + (f" in {output}" if output else ""),
+            f"  send them again: rho-agent dispatch {file} --resume {batch.batch_id}"
+            + (out or " -o FILE"),
+        ]
+    _err.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
+
+
+def _batch_exit_code(results: list[RunResult]) -> int:
+    """0 all completed; 3 when every failure is the model endpoint being unreachable; else 1."""
+    from dispatch.engine.run import failure_reason
+
+    failed = [result for result in results if result.status != "completed"]
+    if not failed:
+        return _exit.OK
+    reasons = [failure_reason(result) or "" for result in failed]
+    if all(_exit.MODEL_UNREACHABLE in reason for reason in reasons):
+        return _exit.INFRASTRUCTURE
+    return _exit.JOBS_FAILED
+
+
+@commands.command("results")
+def collect_results(
+    batch_id: Annotated[str, typer.Argument(help="Batch id, as `rho-agent dispatch` printed it.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="JSONL results file (default: stdout)."),
+    ] = None,
+    broker: Broker = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the jobs still running.")] = False,
+) -> None:
+    """Collect the results of a fleet batch, now or later; exit 0 only if all completed.
+
+    With -o, the file's lines of other entries of the same batch are kept.
+    """
+    from dispatch.batch_run import BatchRun, line_result
+
+    with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+        total, _ = dispatcher.batch_jobs(batch_id)
+        results = ResultsFile(output, batch_id) if output else None
+        done = {i: line_result(line) for i, line in results.completed.items()} if results else {}
+        batch = BatchRun(
+            dispatcher,
+            total,
+            batch_id=batch_id,
+            output=results.sink if results else sys.stdout,
+            done=done,
+        )
         try:
-            with Dispatcher(broker, concurrency=concurrency) as dispatcher, _progress() as bar:
-                task = bar.add_task(f"{dispatcher.mode}", total=len(specs), stats="")
-
-                def show(progress: BatchProgress) -> None:
-                    bar.update(task, completed=progress.finished, stats=_stats(progress))
-
-                outcome = run_batch(dispatcher, specs, on_progress=show, output=sink)
-        finally:
-            if output:
-                sink.close()
-    done = outcome.progress
-    _err.print(f"{done.completed} completed, {done.failed} failed; {_stats(done)}")
-    if not outcome.ok:
-        raise typer.Exit(1)
+            batch.resume(None)
+            if wait:
+                batch.wait()
+            else:
+                batch.poll()
+        except BaseException:
+            if results is not None:
+                results.abandon()
+            raise
+        if results is not None:
+            results.commit()
+    progress = batch.progress
+    _err.print(
+        f"batch {batch_id}: {progress.completed} completed, {progress.failed} failed, "
+        f"{len(batch.pending)} still queued or running, {len(batch.unsent)} never sent or "
+        "expired" + (f"; written to {output}" if output else ""),
+        highlight=False,
+    )
+    if batch.unsent:
+        _err.print(
+            f"send them again: rho-agent dispatch FILE --resume {batch_id}"
+            + (f" -o {output}" if output else ""),
+            highlight=False,
+            markup=False,
+        )
+    raise typer.Exit(_exit.OK if progress.completed == total else _exit.JOBS_FAILED)
 
 
 def _progress() -> Progress:
@@ -156,8 +401,8 @@ def watch(
         f"{info.input_tokens + info.output_tokens:,} tokens · ${info.cost_usd:.4f} · "
         f"worker {info.worker or '-'} · attempt {info.attempt}"
     )
-    if info.error:
-        out.print(f"[red]{info.error}[/]")
+    if info.error:  # why it did not complete, whole on one line (as text: it may hold brackets)
+        out.print(Text(info.error, style="red"), soft_wrap=True)
 
 
 def _show_event(out: Console, event: AgentEvent) -> None:
@@ -178,17 +423,23 @@ def _show_event(out: Console, event: AgentEvent) -> None:
 def jobs(
     broker: Broker = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many.")] = 20,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List the fleet's most recent jobs with live progress (turns, tokens, cost)."""
+    """List the fleet's most recent jobs with live progress (turns, tokens, cost) and, for a
+    job that failed, why."""
     with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
         infos = dispatcher.jobs(limit)
+    if as_json:
+        print_json([info.model_dump() for info in infos])
+        return
     table = Table(
-        "job", "status", "model", "profile", "turns", "tokens", "cost", "worker", "age", "prompt"
-    )
+        "job", "status", "model", "profile", "turns", "tokens", "cost", "worker", "age",
+        "prompt", "error",
+    )  # fmt: skip
     now = time.time()
     for info in infos:
-        table.add_row(*_job_row(info, now))
-    Console().print(table)
+        table.add_row(*(Text(cell) for cell in _job_row(info, now)))
+    print_table(Console(), table)
 
 
 def _job_row(info: JobInfo, now: float) -> list[str]:
@@ -203,7 +454,8 @@ def _job_row(info: JobInfo, now: float) -> list[str]:
         f"${info.cost_usd:.4f}",
         info.worker or "-",
         f"{age:.0f}s" if age < 120 else f"{age / 60:.0f}m",
-        info.prompt[:40],
+        " ".join(info.prompt.split())[:60],
+        " ".join((info.error or "").split()),
     ]
 
 

@@ -6,7 +6,6 @@ rest of the CLI works without the ``fleet`` extra.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Iterator
@@ -18,7 +17,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from rho_agent.cli import _exit
+from rho_agent.cli._tables import JsonFlag, print_json, print_table
 from rho_agent.errors import RhoAgentError
 
 if TYPE_CHECKING:
@@ -43,12 +45,13 @@ _err = Console(stderr=True, highlight=False)
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Show rho-agent's own errors as one red line and exit 2, without a traceback."""
+    """Show rho-agent's own errors as one red line and their exit code, without a traceback."""
     try:
         yield
     except RhoAgentError as exc:
-        _err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        code, message = _exit.classify(exc)
+        _exit.report(message)
+        raise typer.Exit(code) from None
 
 
 class _Interrupts:
@@ -167,7 +170,7 @@ def _print_endpoints(endpoints: Endpoints, fleet: LocalFleet) -> None:
 @fleet_app.command("status")
 def status(
     broker: Broker = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    as_json: JsonFlag = False,
     limit: Annotated[int, typer.Option(help="Show at most this many jobs in flight.")] = 50,
 ) -> None:
     """Show the fleet's workers (and any that stopped heartbeating), queue depth and jobs."""
@@ -177,7 +180,7 @@ def status(
     with _errors():
         report = read_status(FleetSettings.from_env(broker_url=broker), limit=limit)
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print_json(report.to_dict())
         return
     _print_status(report)
 
@@ -197,25 +200,28 @@ def _print_status(report: FleetStatus) -> None:
         health = worker.health
         style = "red" if worker.silent or health.startswith("not") else ""
         workers.add_row(
-            worker.name,
-            worker.host,
+            Text(worker.name),
+            Text(worker.host),
             str(worker.pid),
             str(worker.jobs),
             f"{worker.beat_age_s:.0f}s ago",
             str(worker.restarts),
-            f"[{style}]{health}[/]" if style else health,
+            Text(health, style=style),
         )
-    out.print(workers if report.workers else "no worker has sent a heartbeat")
+    if report.workers:
+        print_table(out, workers)
+    else:
+        out.print("no worker has sent a heartbeat")
     if report.in_flight:
         jobs = Table("job", "status", "worker", "attempt", "turns", "age", "prompt", title="jobs")
         for job in report.in_flight:
             jobs.add_row(
                 job.job_id,
                 job.status,
-                job.worker or "-",
+                Text(job.worker or "-"),
                 str(job.attempt),
                 str(job.turns),
                 f"{job.age_s:.0f}s",
-                job.prompt,
+                Text(" ".join(job.prompt.split())),
             )
-        out.print(jobs)
+        print_table(out, jobs)

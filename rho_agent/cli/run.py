@@ -13,10 +13,11 @@ import typer
 from rich.console import Console
 
 from rho_agent.agent import Agent
+from rho_agent.cli import _exit
 from rho_agent.cli._offline import offline_model, should_go_offline
 from rho_agent.config import AgentConfig
-from rho_agent.errors import ApprovalInterrupt, RhoAgentError
-from rho_agent.events import AgentEvent
+from rho_agent.errors import ApprovalInterrupt, ConfigError, RhoAgentError
+from rho_agent.events import AgentEvent, RunResult
 
 commands = typer.Typer()
 """This module's commands, merged into the ``rho-agent`` app by ``rho_agent.cli.app``."""
@@ -26,7 +27,10 @@ err = Console(stderr=True, highlight=False)
 
 @commands.command()
 def run(
-    prompt: Annotated[str, typer.Argument(help="What the agent should do.")],
+    prompt: Annotated[
+        str,
+        typer.Argument(help="What the agent should do; - reads it from stdin, @FILE from a file."),
+    ],
     config: Annotated[Path | None, typer.Option(help="AgentConfig YAML file.")] = None,
     profile: Annotated[
         str | None, typer.Option(help="readonly, developer, unrestricted or a YAML path.")
@@ -54,8 +58,13 @@ def run(
         typer.Option(min=1, help="The model's context window in tokens (for self-hosted models)."),
     ] = None,
 ) -> None:
-    """Run one prompt in a local session and stream the answer."""
+    """Run one prompt in a local session and stream the answer.
+
+    Exit codes: 0 completed, 1 the run failed (the reason is printed), 2 usage or config error,
+    3 the model endpoint could not be reached.
+    """
     try:
+        prompt = read_prompt(prompt)
         agent_config = _base_config(config, resume)
         overrides: dict[str, Any] = {
             "profile": profile,
@@ -75,11 +84,42 @@ def run(
         with contextlib.ExitStack() as stack:
             if should_go_offline(offline=offline, base_url=agent_config.base_url):
                 agent_config.base_url = stack.enter_context(offline_model(err))
-            status = asyncio.run(_run(agent_config, prompt, resume))
+            result = asyncio.run(_run(agent_config, prompt, resume))
     except RhoAgentError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    raise typer.Exit(0 if status == "completed" else 1)
+        _exit.report(str(exc))
+        raise typer.Exit(_exit.USAGE) from None
+    raise typer.Exit(_run_exit_code(result))
+
+
+def read_prompt(argument: str) -> str:
+    """The prompt itself, ``-`` for stdin, or ``@path`` for a file's contents (``@@`` escapes a
+    prompt that really starts with ``@``)."""
+    if argument == "-":
+        text = sys.stdin.read()
+        where = "stdin"
+    elif argument.startswith("@@"):
+        return argument[1:]
+    elif argument.startswith("@"):
+        path = Path(argument[1:]).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            raise ConfigError(f"cannot read the prompt file {path}: {reason}") from None
+        where = str(path)
+    else:
+        return argument
+    if not text.strip():
+        raise ConfigError(f"the prompt from {where} is empty")
+    return text
+
+
+def _run_exit_code(result: RunResult) -> int:
+    if result.status == "completed":
+        return _exit.OK
+    if result.error is not None and result.error.message.startswith(_exit.MODEL_UNREACHABLE):
+        return _exit.INFRASTRUCTURE
+    return _exit.JOBS_FAILED
 
 
 def _working_dir(path: Path | None, backend: str | None) -> str | None:
@@ -108,7 +148,7 @@ def _backend(name: str, uploads: list[str], config: AgentConfig) -> Any:
     return DaytonaBackend.from_cli(uploads=uploads, working_dir=config.working_dir)
 
 
-async def _run(config: AgentConfig, prompt: str, resume: str | None) -> str:
+async def _run(config: AgentConfig, prompt: str, resume: str | None) -> RunResult:
     from rho_agent.store.directory import SessionStore
 
     store = SessionStore()
@@ -129,7 +169,7 @@ async def _run(config: AgentConfig, prompt: str, resume: str | None) -> str:
         f"[dim]{result.status} · {usage.get('input_tokens', 0)} in / "
         f"{usage.get('output_tokens', 0)} out tokens · ${usage.get('cost_usd', 0.0):.4f}[/]"
     )
-    return result.status
+    return result
 
 
 def _show(event: AgentEvent) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -12,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from rho_agent.cli import _exit
+from rho_agent.cli._tables import JsonFlag, print_json, print_table
 from rho_agent.errors import RhoAgentError
 from rho_agent.store.directory import SessionInfo, SessionStore
 from rho_agent.store.export import export_session
@@ -54,26 +57,28 @@ def list_sessions(
     ctx: typer.Context,
     directory: StoreDir = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many.")] = 50,
+    as_json: JsonFlag = False,
 ) -> None:
     """List stored sessions, newest first."""
     if ctx.invoked_subcommand is not None:
         return
     store = SessionStore(directory)
     infos = _guarded(store.list)[: max(limit, 0)]
+    if as_json:
+        print_json([asdict(info) for info in infos])
+        return
     console = Console()
     if not infos:
-        console.print(f"No sessions in {store.path}.")
+        console.print(Text(f"No sessions in {store.path}."))
         return
-    console.print(_sessions_table(infos))
+    print_table(console, _sessions_table(infos))
 
 
 def _sessions_table(infos: list[SessionInfo]) -> Table:
     table = Table(show_edge=False, header_style="bold")
-    table.add_column("ID", no_wrap=True)
-    table.add_column("Status", no_wrap=True)
-    table.add_column("Created", no_wrap=True)
-    table.add_column("Model", no_wrap=True)
-    table.add_column("First prompt", overflow="ellipsis", no_wrap=True, max_width=60)
+    for header in ("ID", "Status", "Created", "Model"):
+        table.add_column(header)
+    table.add_column("First prompt", max_width=60)
     for info in infos:
         created = info.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
         status = Text(info.status, style=_STATUS_STYLE.get(info.status, ""))
@@ -227,9 +232,10 @@ def _one_line(text: str) -> str:
 
 
 def _guarded(action: Callable[[], T]) -> T:
-    """Run ``action``; a rho-agent error becomes a one-line message and exit status 2."""
+    """Run ``action``; a rho-agent error becomes a one-line message and its exit code."""
     try:
         return action()
     except RhoAgentError as exc:
-        Console(stderr=True).print(Text(f"error: {exc}", style="red"))
-        raise typer.Exit(2) from None
+        code, message = _exit.classify(exc)
+        _exit.report(message)
+        raise typer.Exit(code) from None

@@ -15,6 +15,7 @@ from rho_agent.testing._responses import (
     ScriptedToolCall,
     ScriptedUsage,
     error,
+    structured,
     text,
     tool_call,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "SpawnedModelServer",
     "behaviour",
     "error",
+    "structured",
     "text",
     "tool_call",
 ]

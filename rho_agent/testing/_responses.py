@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, Unpack
+
+from rho_agent.output import FINAL_ANSWER_TOOL
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class ScriptedResponse:
     instead of a ``choices: []`` chunk (llama.cpp); ``null_first_delta`` starts with a delta of
     only ``{"role": "assistant", "content": null}``. Tool-call ids of any shape are set with
     ``ScriptedToolCall.id``.
+
+    ``output`` is a structured answer (JSON text, see ``structured``), sent the way the request
+    asked for it: as a call of the ``final_answer`` tool when the request offers that tool, else
+    as the text (structured output through ``response_format``).
     """
 
     text: str = ""
@@ -68,6 +76,7 @@ class ScriptedResponse:
     end_after_chunks: int | None = None
     usage_in_last_choice: bool = False
     null_first_delta: bool = False
+    output: str | None = None
 
     def __post_init__(self) -> None:
         if self.delay < 0 or self.chunk_delay < 0:
@@ -151,6 +160,41 @@ def tool_call(
     """
     call = ScriptedToolCall(name=name, arguments={} if arguments is None else arguments, id=id)
     return ScriptedResponse(tool_calls=[call], **options)
+
+
+def structured(data: Any, **options: Unpack[ResponseOptions]) -> ScriptedResponse:
+    """A structured answer, e.g. ``structured({"severity": 3})``: JSON data, or a ``str`` sent
+    as it is (to send JSON that is invalid, or does not match the schema)."""
+    output = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return ScriptedResponse(output=output, **options)
+
+
+def shaped_for(response: ScriptedResponse, body: dict[str, Any]) -> ScriptedResponse:
+    """A structured answer as text or as a ``final_answer`` call, as ``body`` asked for it."""
+    if response.output is None:
+        return response
+    if _offers_final_answer(body):
+        call = ScriptedToolCall(name=FINAL_ANSWER_TOOL, arguments=response.output)
+        return dataclasses.replace(response, output=None, text="", tool_calls=[call])
+    return dataclasses.replace(response, output=None, text=response.output)
+
+
+def asks_json_schema(body: dict[str, Any]) -> bool:
+    """The request asks for structured output (``response_format`` of type ``json_schema``)."""
+    response_format = body.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") == "json_schema"
+
+
+def _offers_final_answer(body: dict[str, Any]) -> bool:
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return False
+    return any(
+        isinstance(tool, dict)
+        and isinstance(tool.get("function"), dict)
+        and tool["function"].get("name") == FINAL_ANSWER_TOOL
+        for tool in tools
+    )
 
 
 def error(

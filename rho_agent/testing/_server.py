@@ -12,7 +12,13 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from rho_agent.testing._responses import RecordedRequest, Responder, ScriptedResponse
+from rho_agent.testing._responses import (
+    RecordedRequest,
+    Responder,
+    ScriptedResponse,
+    asks_json_schema,
+    shaped_for,
+)
 from rho_agent.testing._spawn import SpawnedModelServer, spawn_model_server
 from rho_agent.testing._threaded import ThreadedAiohttpServer
 from rho_agent.testing._wire import Completion, completion_body, error_body, stream_events
@@ -28,6 +34,10 @@ class ScriptedModelServer(ThreadedAiohttpServer):
     sync or async); when neither has an answer it fails loudly with HTTP 500. Point a real
     ``openai`` client at ``base_url``. Every request is kept in ``requests`` unless
     ``record=False`` (long benchmarks). Thread-safe: script and read it from any thread.
+
+    Structured answers (``structured(...)``) come back as the request asks for them (see
+    ``ScriptedResponse.output``). With ``json_schema_support=False`` the server behaves like
+    one without structured output: a request with a ``json_schema`` response format gets a 400.
     """
 
     _thread_name = "scripted-model-server"
@@ -41,9 +51,11 @@ class ScriptedModelServer(ThreadedAiohttpServer):
         model: str = "scripted-model",
         record: bool = True,
         backlog: int = 8192,
+        json_schema_support: bool = True,
     ) -> None:
         super().__init__(host=host, port=port, backlog=backlog)
         self.responder = responder
+        self.json_schema_support = json_schema_support
         self._model = model
         self._record = record
         self._lock = threading.Lock()
@@ -110,10 +122,14 @@ class ScriptedModelServer(ThreadedAiohttpServer):
             return _error_response(400, f"request body is not valid JSON: {exc}")
         if not isinstance(body, dict):
             return _error_response(400, "request body must be a JSON object")
+        if not self.json_schema_support and asks_json_schema(body):
+            message = "response_format of type json_schema is not supported by this server"
+            return _error_response(400, message, _NO_RETRY)
         seq, scripted = self._take(body, request)
         response = scripted if scripted is not None else await self._ask_responder(body, seq)
         if not isinstance(response, ScriptedResponse):
             return response
+        response = shaped_for(response, body)
         if response.delay:
             await asyncio.sleep(response.delay)
         if response.error_status is not None:

@@ -9,6 +9,7 @@ from tests.bench import (
     bench_events,
     bench_model_cpu,
     bench_overhead,
+    bench_reduce,
     bench_trace,
 )
 from tests.bench.harness import Benchmark
@@ -21,4 +22,5 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     bench_events.BENCHMARK,
     bench_trace.BENCHMARK,
     bench_model_cpu.BENCHMARK,
+    bench_reduce.BENCHMARK,
 )

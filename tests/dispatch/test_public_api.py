@@ -15,7 +15,7 @@ def test_dispatch_exports() -> None:
     assert sorted(dispatch.__all__) == [
         "Dispatcher", "EventStream", "FleetError", "FleetSettings", "FleetUnavailable", "Job",
         "JobInfo", "JobNotFound", "JobRefused", "JobSpec", "JobSpecError", "JobTimeout",
-        "SettingsError",
+        "ReduceError", "Reduction", "SettingsError",
     ]  # fmt: skip
     for name in dispatch.__all__:
         assert getattr(dispatch, name).__doc__, f"dispatch.{name} needs a docstring"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -175,3 +176,39 @@ def _read_until(controller: int, marker: bytes, seen: bytes) -> bytes:
         if select.select([controller], [], [], remaining)[0]:
             seen += os.read(controller, 4096)
     return seen
+
+
+def test_the_prompt_comes_from_stdin_or_a_file(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = behaviour("echo")
+    base = ["--base-url", model_server.base_url, "--working-dir", str(tmp_path)]
+    env = cli_env(tmp_path)
+    piped = subprocess.run(
+        [*CLI, "run", "-", *base], env=env, input="from stdin\nsecond line\n",
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.startswith("Echo: from stdin\nsecond line")
+    (tmp_path / "prompt.md").write_text("# Task\nfrom a file", encoding="utf-8")
+    filed = rho(["run", f"@{tmp_path / 'prompt.md'}", *base], env)
+    assert filed.returncode == 0, filed.stderr
+    assert filed.stdout.startswith("Echo: # Task\nfrom a file")
+    assert model_server.requests[-1].body["messages"][-1]["content"] == "# Task\nfrom a file"
+    literal = rho(["run", "@@handle please", *base], env)
+    assert literal.stdout.startswith("Echo: @handle please")
+    missing = rho(["run", f"@{tmp_path / 'nope.md'}", *base], env)
+    assert missing.returncode == 2
+    assert "cannot read the prompt file" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_an_unreachable_model_endpoint_exits_3_and_says_why(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    done = rho(
+        ["run", "hi", "--base-url", f"http://127.0.0.1:{closed}/v1"],
+        cli_env(tmp_path, OPENAI_API_KEY="sk-test"),
+    )
+    assert done.returncode == 3, done.stderr
+    assert "cannot reach the model API" in done.stderr

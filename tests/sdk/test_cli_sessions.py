@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +105,24 @@ async def test_dir_option_limit_and_errors(
     assert missing.exit_code == 2 and "no session nope" in missing.output
     bad = runner.invoke(app, ["sessions", "export", "../etc", "--dir", str(store.path)])
     assert bad.exit_code == 2 and "invalid session id" in bad.output
+
+
+async def test_ids_stay_whole_in_a_narrow_pipe_and_json_lists_everything(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    store = SessionStore()
+    session_id = await _stored_session(model_server, store, tmp_path)
+    env = {**os.environ, "COLUMNS": "40"}  # stdout is a pipe: Rich uses COLUMNS
+    cli = [sys.executable, "-c", "from rho_agent.cli import main; main()"]
+
+    def rho(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=60)
+
+    narrow = await asyncio.to_thread(rho, "sessions")
+    assert narrow.returncode == 0, narrow.stderr
+    assert session_id in narrow.stdout, narrow.stdout
+    listed = await asyncio.to_thread(rho, "sessions", "--json")
+    [row] = json.loads(listed.stdout)
+    assert row["id"] == session_id and row["status"] == "completed"
+    assert row["first_prompt"] == "Probe [red]abc[/red] please"
+    assert row["created_at"].startswith("20") and "T" in row["created_at"]

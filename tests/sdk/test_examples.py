@@ -109,5 +109,27 @@ def test_observing_events(model_server: ScriptedModelServer, tmp_path: Path) -> 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
 def test_every_example_is_covered(name: str) -> None:
     covered = {"basic_usage.py", "multi_run.py", "parallel_dispatch.py", "custom_tools.py",
-               "observe_events.py"}  # fmt: skip
+               "observe_events.py", "fan_out_analysis.py"}  # fmt: skip
     assert name in covered or name.startswith("fleet_"), f"{name} has no test"
+
+
+def test_fan_out_analysis_runs_offline(tmp_path: Path) -> None:
+    """With no API key and no endpoint, the analysis runs against its scripted reviewer."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OPENAI_")}
+    env.pop("RHO_AGENT_BROKER_URL", None)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "fan_out_analysis.py")],
+        env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "offline mode" in done.stderr
+    table, report = done.stdout.split("\n\n")
+    rows = table.splitlines()
+    assert rows[0] == "job_id,status,error,path,risk,uses_eval,bare_except,evidence"
+    assert len(rows) == 6 and all(",completed,," in row for row in rows[1:])
+    assert report.splitlines()[1:] == [
+        "risk 5  app/both.py: x = eval(input())",
+        "risk 4  app/calc.py: return eval(expr)",
+        "risk 1  app/io.py: except:",
+    ]

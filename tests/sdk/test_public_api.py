@@ -14,14 +14,14 @@ SEED_NAMES = {
 
 def test_all_is_pinned() -> None:
     assert sorted(rho_agent.__all__) == [
-        "Agent", "AgentConfig", "AgentEvent", "ApprovalInterrupt", "BackendError",
-        "CommandResult", "CompactResult", "ConfigError", "DaytonaBackend", "ExecutionBackend",
-        "JsonlTraceSink", "LocalBackend", "MemoryTraceSink", "ModelClient", "ModelError",
-        "ModelPrice", "ModelRequest", "ModelTurn", "PermissionDenied", "PermissionProfile",
+        "Agent", "AgentConfig", "AgentEvent", "ApprovalInterrupt", "BackendError", "CommandResult",
+        "CompactResult", "ConfigError", "DaytonaBackend", "ExecutionBackend", "JsonlTraceSink",
+        "LocalBackend", "MemoryTraceSink", "ModelClient", "ModelError", "ModelPrice",
+        "ModelRequest", "ModelTurn", "OutputInvalid", "PermissionDenied", "PermissionProfile",
         "PriceTable", "ProfileError", "RhoAgentError", "RunError", "RunResult", "Session",
         "SessionError", "SessionInfo", "SessionLocked", "SessionNotFound", "SessionStore", "State",
-        "StateObserver", "TokenUsage", "ToolError", "ToolHandler", "ToolInvocation",
-        "ToolOutput", "ToolRegistry", "TraceError", "TraceSink", "tool",
+        "StateObserver", "TokenUsage", "ToolError", "ToolHandler", "ToolInvocation", "ToolOutput",
+        "ToolRegistry", "TraceError", "TraceSink", "tool",
     ]  # fmt: skip
 
 

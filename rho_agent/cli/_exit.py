@@ -1,0 +1,82 @@
+"""Exit codes, and the one line every command prints for an error it did not expect.
+
+=====  ==========================================================================================
+code   meaning
+=====  ==========================================================================================
+0      every job (or the run) completed
+1      some jobs (or the run) failed, were cancelled or hit max_turns; each result says why
+2      usage or configuration error: a bad flag, file, URL or setting (nothing was run)
+3      infrastructure: the broker (Redis) or the model endpoint could not be reached
+130    interrupted (Ctrl+C)
+=====  ==========================================================================================
+
+A script can tell "retry later" (3) from "fix the input" (2) from "look at the results" (1).
+Tracebacks are for bugs, so they are shown only with ``rho-agent --debug``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from rich.console import Console
+from rich.text import Text
+
+from rho_agent.errors import RhoAgentError
+
+OK: Final = 0
+JOBS_FAILED: Final = 1
+USAGE: Final = 2
+INFRASTRUCTURE: Final = 3
+INTERRUPTED: Final = 130
+
+MODEL_UNREACHABLE = "cannot reach the model API"
+"""How ``ModelError`` begins when the endpoint did not answer (rho_agent.model.openai_client)."""
+
+_INFRA_MODULES = ("redis.", "kombu.", "amqp.", "celery.")
+
+
+def report(message: str) -> None:
+    """Print ``error: message`` on stderr, as text (a message may hold brackets)."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        Text(f"error: {message}", style="red")
+    )
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """The exit code and one-line message for an exception no command handled itself."""
+    from dispatch.errors import FleetUnavailable
+
+    if isinstance(exc, FleetUnavailable):
+        return INFRASTRUCTURE, str(exc)
+    if isinstance(exc, RhoAgentError):
+        return USAGE, str(exc)
+    if _is_connection_failure(exc):
+        return INFRASTRUCTURE, (
+            f"cannot reach the broker ({_first_line(exc)}); check that Redis runs there and "
+            "that --broker / RHO_AGENT_BROKER_URL points at it"
+        )
+    return 1, f"{type(exc).__name__}: {_first_line(exc)} (run with --debug for the traceback)"
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    """Redis/kombu connection and timeout errors, or a refused/reset socket, anywhere in the
+    exception's chain (libraries wrap one in another)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = type(current).__name__
+        module = type(current).__module__ + "."
+        if isinstance(current, ConnectionError | TimeoutError):
+            return True
+        if module.startswith(_INFRA_MODULES) and (
+            "Connection" in name or "Timeout" in name or "OperationalError" in name
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__

@@ -53,8 +53,9 @@ class Backoff:
         delay = self._delay
         if time.monotonic() + delay > self._deadline:
             raise RedisOutage(
-                f"Redis was unreachable for more than {self._limit_s:g} s while {self._what} "
-                f"({exc}); check that Redis is running, or raise RHO_AGENT_REDIS_OUTAGE_LIMIT"
+                f"cannot reach the broker's Redis for more than {self._limit_s:g} s while "
+                f"{self._what} ({exc}); check that Redis runs there, or raise "
+                "RHO_AGENT_REDIS_OUTAGE_LIMIT"
             ) from exc
         if self._failures == 1:
             logger.warning("Redis unreachable while %s (%s); retrying", self._what, exc)

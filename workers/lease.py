@@ -21,9 +21,8 @@ from dispatch.engine.host import JobHost
 from dispatch.engine.loop import still_running
 from dispatch.errors import JobSpecError
 from dispatch.fleet import lua
-from dispatch.info import job_fields
+from dispatch.fleet.redis_bus import RedisBus
 from dispatch.keys import Keys
-from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 
 logger = logging.getLogger("workers.lease")
@@ -64,21 +63,16 @@ class LeaseKeeper:
     A renewal that fails (Redis restarting or unreachable) is retried at the next one: the jobs
     keep running in memory, and the sweeper waits a whole lease after an outage before it takes
     any lease as lapsed (``Sweeper``). A job whose record Redis lost (restarted without
-    persistence) gets it back from this worker's copy of the spec, so its dispatcher sees it
-    running instead of missing, and its result has a record to land in.
+    persistence) gets it back from this worker's copy of its spec
+    (``dispatch.fleet.records``), so its dispatcher sees it running instead of missing.
     """
 
-    def __init__(
-        self, client: Any, settings: FleetSettings, host: JobHost, lease_ms: int, worker: str
-    ) -> None:
-        self._client = client
-        self._renew = client.register_script(lua.RENEW)
-        self._restore = client.register_script(lua.RESTORE_RUNNING)
-        self._settings = settings
-        self._keys = settings.keys
+    def __init__(self, bus: RedisBus, host: JobHost, lease_ms: int) -> None:
+        self._bus = bus
+        self._renew = bus.client.register_script(lua.RENEW)
+        self._keys = bus.keys
         self._host = host
         self._lease_ms = lease_ms
-        self._worker = worker
 
     async def run(self) -> None:
         while still_running():
@@ -101,42 +95,8 @@ class LeaseKeeper:
         for job_id in lost:
             logger.warning("job %s was taken over by another worker; stopping it here", job_id)
             self._host.cancel_local(job_id)
-        await self.restore_vanished([item for item in active if item[0] not in lost])
+        await self._bus.records.restore_missing({job_id for job_id, _ in active} - set(lost))
         return lost
-
-    async def restore_vanished(self, active: list[tuple[str, int]]) -> list[str]:
-        """Re-create the records of running jobs that Redis no longer has; their ids."""
-        pipe = self._client.pipeline(transaction=False)
-        for job_id, _ in active:
-            pipe.hexists(self._keys.job(job_id), "spec")
-        present = await pipe.execute()
-        restored = []
-        for (job_id, attempt), exists in zip(active, present, strict=True):
-            spec = None if exists else self._host.spec_of(job_id)
-            if spec is None:
-                continue
-            fields = job_fields(spec, queue=self._settings.queue)
-            del fields["status"], fields["attempt"]
-            args: list[Any] = [
-                job_id,
-                attempt,
-                self._worker,
-                self._lease_ms,
-                self._settings.retention_s,
-                spec.submitted_at,
-            ]
-            for name, value in fields.items():
-                args += [name, value]
-            keys = [
-                self._keys.job(job_id),
-                self._keys.leases(),
-                self._keys.jobs(),
-                self._keys.session_owner(spec.session_id),
-            ]
-            if await self._restore(keys=keys, args=args):
-                logger.warning("job %s: Redis lost its record; re-created it from here", job_id)
-                restored.append(job_id)
-        return restored
 
 
 class Sweeper:

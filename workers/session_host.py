@@ -112,9 +112,7 @@ class SessionHost:
         await host.start()
         self._bus = bus
         self._broker = CeleryBroker(settings.fleet)
-        keeper = LeaseKeeper(
-            bus.client, settings.fleet, host, settings.lease_ms, settings.worker_name
-        )
+        keeper = LeaseKeeper(bus, host, settings.lease_ms)
         sweeper = Sweeper(
             bus.client,
             settings.fleet.keys,

@@ -78,11 +78,6 @@ class JobHost:
             if run.attempt > 0
         ]
 
-    def spec_of(self, job_id: str) -> JobSpec | None:
-        """The spec of a job this host runs (to re-create its record if Redis lost it)."""
-        runs = self._runs.get(job_id)
-        return runs[0].spec if runs else None
-
     def progress(self) -> list[tuple[str, dict[str, Any]]]:
         """``(job id, turns/tokens/cost)`` of every job running here with a session."""
         found = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from dispatch.engine.bus import (
 )
 from dispatch.fleet import lua
 from dispatch.fleet.outage import RedisOutage, survive
+from dispatch.fleet.records import VanishedRecords
 from dispatch.fleet.writer import BatchWriter, Fence
 from dispatch.info import JobInfo, job_fields
 from dispatch.keys import Keys
@@ -40,6 +42,7 @@ from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
 
 T = TypeVar("T")
+logger = logging.getLogger("dispatch.redis_bus")
 _INFO_FIELDS = list(JobInfo.model_fields)
 _MAX_CONNECTIONS = 64
 
@@ -97,6 +100,8 @@ class RedisBus:
             client, retention_s=settings.retention_s, on_refused=self._writes_refused
         )
         self._refused_callbacks: list[Refused] = []
+        self._checking: set[asyncio.Task[None]] = set()
+        self.records = VanishedRecords(client, settings)
         self._start = client.register_script(lua.START)
         self._finish = client.register_script(lua.FINISH)
         self._cancel = client.register_script(lua.CANCEL)
@@ -235,6 +240,8 @@ class RedisBus:
             f"claiming job {spec.job_id}",
         )
         decided: StartAction = action
+        if decided != "skip":
+            self.records.claimed(spec, int(attempt), worker, lease_ms)
         return StartDecision(decided, int(attempt), str(detail), int(handbacks))
 
     async def get_fields(self, job_id: str) -> dict[str, str]:
@@ -270,7 +277,19 @@ class RedisBus:
         return Fence(self.keys.job(claim.job_id), claim.attempt)
 
     def _writes_refused(self, fence: Fence) -> None:
+        """A refused write stops its run, unless the refusal only means Redis lost the job's
+        record (a restart without persistence): then the record is re-created instead."""
         claim = Claim(fence.job_key.removeprefix(self.keys.job_prefix()), fence.attempt)
+        task = asyncio.get_running_loop().create_task(self._refused(claim))
+        self._checking.add(task)
+        task.add_done_callback(self._checking.discard)
+
+    async def _refused(self, claim: Claim) -> None:
+        try:
+            if await self.records.restore(claim.job_id):
+                return
+        except Exception as exc:
+            logger.warning("checking job %s's record failed (%s)", claim.job_id, exc)
         for callback in self._refused_callbacks:
             callback(claim)
 
@@ -311,6 +330,7 @@ class RedisBus:
             ),
             f"finishing job {spec.job_id}",
         )
+        self.records.released(spec.job_id)
         return bool(done)
 
     async def cancel_requested(self, job_id: str) -> bool:

@@ -95,7 +95,7 @@ class LeaseKeeper:
         for job_id in lost:
             logger.warning("job %s was taken over by another worker; stopping it here", job_id)
             self._host.cancel_local(job_id)
-        await self._bus.records.restore_missing({job_id for job_id, _ in active} - set(lost))
+        await self._bus.restore_missing(self._host.job_ids())  # as of now, not before RENEW
         return lost
 
 

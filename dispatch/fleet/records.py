@@ -47,7 +47,8 @@ class VanishedRecords:
         self._running.pop(job_id, None)
 
     async def restore(self, job_id: str) -> bool:
-        """Re-create the job's record if Redis has none (True if it did)."""
+        """Re-create the job's record if Redis has none; True if the record now says this
+        worker's attempt runs the job (re-created now or a moment ago), False if it says not."""
         running = self._running.get(job_id)
         if running is None:
             return False
@@ -74,13 +75,14 @@ class VanishedRecords:
             ],
             args=args,
         )
-        if restored:
+        if restored == 2:
             logger.warning("job %s: Redis lost its record; re-created it from here", job_id)
         return bool(restored)
 
-    async def restore_missing(self, active: set[str]) -> list[str]:
-        """Restore every running job (of ``active``) whose record is gone; forget the others."""
-        for job_id in [job_id for job_id in self._running if job_id not in active]:
+    async def restore_missing(self, held: set[str]) -> list[str]:
+        """Restore every running job whose record is gone; forget jobs no longer ``held`` (the
+        host's jobs at this moment: a job claimed during an await must not be forgotten)."""
+        for job_id in [job_id for job_id in self._running if job_id not in held]:
             del self._running[job_id]
         job_ids = list(self._running)
         if not job_ids:

@@ -284,10 +284,29 @@ class RedisBus:
         self._checking.add(task)
         task.add_done_callback(self._checking.discard)
 
+    async def restore_missing(self, running: set[str]) -> list[str]:
+        """Re-create the records Redis lost of the jobs this worker runs (``running``)."""
+        restored = await self.records.restore_missing(running)
+        if restored:
+            self._writer.expire_again()
+        return restored
+
     async def _refused(self, claim: Claim) -> None:
-        try:
-            if await self.records.restore(claim.job_id):
+        try:  # Redis just came back from a restart: its pooled connections may be stale
+            restored = await self._survive(
+                lambda: self.records.restore(claim.job_id), f"checking job {claim.job_id}"
+            )
+            if restored:
+                self._writer.expire_again()
                 return
+            status, attempt = await self._r.hmget(self.keys.job(claim.job_id), "status", "attempt")
+            logger.warning(
+                "job %s: a write of attempt %s was refused; the job is %s under attempt %s",
+                claim.job_id,
+                claim.attempt,
+                status,
+                attempt,
+            )
         except Exception as exc:
             logger.warning("checking job %s's record failed (%s)", claim.job_id, exc)
         for callback in self._refused_callbacks:

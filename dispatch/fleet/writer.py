@@ -148,6 +148,11 @@ class BatchWriter:
         await self._disconnect()
         self._connection = None
 
+    def expire_again(self) -> None:
+        """Send ``EXPIRE`` again for every key written from now on: Redis lost keys (a restart
+        without persistence), so keys this writer expired a moment ago may be new ones."""
+        self._expired_at.clear()
+
     def _put(self, write: _Write) -> None:
         self._queue.append(write)
         self._queued += 1

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
 from dispatch.spec import JobSpec
+from rho_agent.events import RUN_STATUSES, RunStatus
 
-TERMINAL_STATUSES = frozenset(
-    {"completed", "error", "cancelled", "interrupted", "max_turns", "invalid_output"}
-)
-ACTIVE_STATUSES = frozenset({"queued", "running"})
+ActiveStatus = Literal["queued", "running"]
+JobStatus = ActiveStatus | RunStatus
+"""A job is queued or running until its run ends with a run status (``completed``...)."""
+
+TERMINAL_STATUSES = RUN_STATUSES
+ACTIVE_STATUSES: frozenset[str] = frozenset(get_args(ActiveStatus))
 PROMPT_EXCERPT = 200
 
 
@@ -28,7 +31,7 @@ class JobInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     job_id: str
-    status: str
+    status: JobStatus
     session_id: str
     prompt: str = ""
     model: str = ""
@@ -46,6 +49,8 @@ class JobInfo(BaseModel):
     output_tokens: int = 0
     cost_usd: float = 0.0
     error: str | None = None
+    waiting: str = ""
+    """What a running job waits for right now (``waiting for rate limit (...)``), else empty."""
 
     @property
     def finished(self) -> bool:

@@ -11,9 +11,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
-from dispatch.engine.bus import START, SeenEvents, StreamEntry, entry_event, is_finished
+from dispatch.engine.bus import (
+    START,
+    CancelOutcome,
+    SeenEvents,
+    StreamEntry,
+    entry_event,
+    is_finished,
+)
 from dispatch.errors import JobNotFound
-from dispatch.info import JobInfo
+from dispatch.info import JobInfo, JobStatus
 from rho_agent.events import AgentEvent, RunResult
 from rho_agent.state import State, StateObserver
 
@@ -46,12 +53,12 @@ class Job:
             raise JobNotFound(f"job {self.id} does not exist (never submitted, or expired)")
         return info
 
-    def status(self) -> str:
-        """``queued``, ``running``, ``completed``, ``error``, ``cancelled``, ``interrupted`` or
-        ``max_turns``."""
+    def status(self) -> JobStatus:
+        """``queued``, ``running``, ``completed``, ``error``, ``cancelled``, ``interrupted``,
+        ``max_turns`` or ``budget_exceeded``."""
         return self.info().status
 
-    async def astatus(self) -> str:
+    async def astatus(self) -> JobStatus:
         return (await self.ainfo()).status
 
     # -- result -------------------------------------------------------------------------------
@@ -91,7 +98,7 @@ class Job:
 
     # -- cancel -------------------------------------------------------------------------------
 
-    def cancel(self) -> str:
+    def cancel(self) -> CancelOutcome:
         """Cancel the job: a queued job is revoked at once, a running one stops within a second.
 
         Returns ``cancelled`` (it never ran), ``requested`` (its worker is stopping it),
@@ -99,7 +106,7 @@ class Job:
         """
         return self._core.loop.call(self._core.cancel(self.id))
 
-    async def acancel(self) -> str:
+    async def acancel(self) -> CancelOutcome:
         return await self._core.loop.acall(self._core.cancel(self.id))
 
 

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dispatch.errors import JobSpecError
+from rho_agent.budgets import Budget, label_scope
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
 from rho_agent.output import check_json_schema
@@ -30,12 +30,14 @@ from rho_agent.permissions.profile import (
     load_profile,
     profile_to_dict,
 )
-from rho_agent.prompts import load_template
+from rho_agent.prompts import load_template, looks_like_path
+from rho_agent.ratelimits import RateLimit, rate_limits_from_data
+from rho_agent.redact import SECRET_NAME, default_redactor, redact
 
 SPEC_VERSION: Final = 1
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_SECRET_NAME = re.compile(r"(^|_)(api_?key|secret|password|passwd|token|credentials?)$", re.I)
-_SECRET_VALUE = re.compile(r"^(sk-[A-Za-z0-9_-]{16,}|dtn_[A-Za-z0-9]{16,})$")
+_PATH_LIKE = re.compile(r"^\S*/\S*$|^~")
+"""A one-line system prompt that names a file rather than saying something."""
 
 
 def new_job_id() -> str:
@@ -67,12 +69,28 @@ class JobSpec(BaseModel):
     submitted_at: float = Field(default_factory=time.time)
     output_schema: dict[str, Any] | None = None
     """The JSON schema the last prompt's answer must match (content, never a path)."""
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=0)
+    batch_id: str | None = None
+    batch_max_cost_usd: float | None = Field(default=None, ge=0)
+    batch_max_tokens: int | None = Field(default=None, ge=0)
+    rate_limits: list[dict[str, Any]] = Field(default_factory=list)
 
-    @field_validator("job_id", "session_id", "reply_to")
+    @field_validator("job_id", "session_id", "reply_to", "batch_id")
     @classmethod
     def _check_id(cls, value: str | None) -> str | None:
         if value is not None and not ID_PATTERN.match(value):
             raise ValueError("use 1-128 letters, digits, '-' or '_' (not starting with '-' or '_')")
+        if value is not None and default_redactor().finds(value):
+            raise ValueError("looks like a secret; ids become Redis key names")
+        return value
+
+    @field_validator("labels", "queue")
+    @classmethod
+    def _check_no_secret(cls, value: Any) -> Any:
+        found = find_secrets(value, "")
+        if found:
+            raise ValueError("holds what looks like a secret; it would be stored in Redis")
         return value
 
     @field_validator("prompts")
@@ -91,6 +109,9 @@ class JobSpec(BaseModel):
                 f"the config holds what looks like a secret at {', '.join(found)}; secrets never "
                 "travel in jobs: set API keys in the workers' environment instead"
             )
+        problem = find_worker_paths(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("output_schema")
@@ -101,6 +122,15 @@ class JobSpec(BaseModel):
                 check_json_schema(value)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            rate_limits_from_data(value, source="rate_limits")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @classmethod
@@ -131,9 +161,44 @@ class JobSpec(BaseModel):
     def agent_config(self) -> AgentConfig:
         """The AgentConfig this job runs with; a bad config raises JobSpecError."""
         try:
-            return AgentConfig.from_dict(dict(self.config), source=f"job {self.job_id}")
+            config = AgentConfig.from_dict(dict(self.config), source=f"job {self.job_id}")
         except ConfigError as exc:
-            raise JobSpecError(str(exc)) from None
+            raise JobSpecError(redact(str(exc))) from None
+        config.prompt_is_text = True  # never a file on the machine that runs the job
+        return config
+
+    def budgets(self) -> list[Budget]:
+        """The budgets that travel with this job: its own (here or in ``config.extras``) and
+        its batch's. Label and fleet budgets are the fleet's, stored apart."""
+        found = []
+        extras = self.config.get("extras") or {}
+        usd = self.max_cost_usd if self.max_cost_usd is not None else extras.get("max_cost_usd")
+        tokens = self.max_tokens if self.max_tokens is not None else extras.get("max_tokens")
+        try:
+            if usd is not None or tokens is not None:
+                found.append(Budget(f"job:{self.job_id}", max_cost_usd=usd, max_tokens=tokens))
+            if self.batch_id and (
+                self.batch_max_cost_usd is not None or self.batch_max_tokens is not None
+            ):
+                found.append(
+                    Budget(
+                        f"batch:{self.batch_id}",
+                        max_cost_usd=self.batch_max_cost_usd,
+                        max_tokens=self.batch_max_tokens,
+                    )
+                )
+        except ConfigError as exc:
+            raise JobSpecError(f"job {self.job_id}: {exc}") from None
+        return found
+
+    def budget_scopes(self) -> list[str]:
+        """Every scope whose budget this job's model calls count against (where one is set)."""
+        scopes = [budget.scope for budget in self.budgets()]
+        scopes += [label_scope(key, value) for key, value in sorted(self.labels.items())]
+        return [*scopes, "fleet"]
+
+    def batch_rate_limits(self) -> list[RateLimit]:
+        return rate_limits_from_data(self.rate_limits, source=f"job {self.job_id} rate_limits")
 
     @property
     def model(self) -> str:
@@ -178,50 +243,95 @@ def build_spec(
 def portable_config(config: AgentConfig) -> dict[str, Any]:
     """``config.to_dict()`` with the files only this machine has inlined.
 
-    A worker cannot read this machine's prompt template or profile YAML, so their contents travel
-    instead of their paths.
+    A worker cannot read this machine's prompt template, profile YAML or upload files (and must
+    never read a path a job names), so their contents travel instead of their paths.
     """
     if not isinstance(config, AgentConfig):
         raise JobSpecError(f"config must be an AgentConfig, got {type(config).__name__}")
     data = config.to_dict()
     prompt = config.system_prompt
-    if prompt is not None:
-        base_dir = config.extras.get("_config_dir")
-        data["system_prompt"] = load_template(
-            prompt, Path(base_dir) if isinstance(base_dir, str) else None
-        )
+    if prompt is not None and not config.prompt_is_text:
+        base_dir = Path(config.config_dir) if config.config_dir is not None else None
+        data["system_prompt"] = load_template(prompt, base_dir)
     profile = data.get("profile")
     if isinstance(profile, str) and profile not in BUILTIN_PROFILES:
         data["profile"] = profile_to_dict(load_profile(profile))
+    backend = data.get("backend")
+    if isinstance(backend, dict) and backend.get("uploads"):
+        from rho_agent.backends.daytona.inline import inline_uploads
+
+        data["backend"] = {**backend, "uploads": inline_uploads(backend["uploads"])}
     return data
 
 
 def find_secrets(data: Any, path: str = "config") -> list[str]:
-    """Paths in ``data`` whose key names a secret or whose value looks like an API key."""
+    """Paths in ``data`` whose key names a secret or whose value holds one.
+
+    A value holds a secret when it contains secret-shaped text (``sk-...``, ``Bearer ...``,
+    ``?key=...``, ``user:pass@`` in a URL; see ``rho_agent.redact``) or one of this process's own
+    secret values. Only the paths are returned, never the values.
+    """
     found: list[str] = []
     if isinstance(data, dict):
         for key, value in data.items():
             where = f"{path}.{key}"
-            if isinstance(key, str) and _SECRET_NAME.search(key) and value:
+            if isinstance(key, str) and SECRET_NAME.search(key) and value:
                 found.append(where)
             else:
                 found.extend(find_secrets(value, where))
     elif isinstance(data, list):
         for index, item in enumerate(data):
             found.extend(find_secrets(item, f"{path}[{index}]"))
-    elif isinstance(data, str) and (_SECRET_VALUE.match(data.strip()) or _url_password(data)):
+    elif isinstance(data, str) and default_redactor().finds(data):
         found.append(path)
     return found
 
 
-def _url_password(text: str) -> bool:
-    """A URL carrying a password (``https://user:pass@host``)."""
-    if "://" not in text or "@" not in text:
-        return False
-    try:
-        return bool(urlsplit(text.strip()).password)
-    except ValueError:
-        return False
+def find_worker_paths(config: dict[str, Any]) -> str | None:
+    """Why ``config`` would make the machine running the job read one of its own files, if so.
+
+    Jobs carry content: ``portable_config`` inlines the sender's prompt template and profile
+    YAML. A path left in a job would be read on the worker (``/proc/self/environ`` is a path).
+    """
+    prompt = config.get("system_prompt")
+    if isinstance(prompt, str) and "\n" not in prompt.strip():
+        line = prompt.strip()
+        if looks_like_path(line) or _PATH_LIKE.match(line):
+            return (
+                "config.system_prompt names a file; jobs carry the prompt text itself, never a "
+                "path on the worker (Dispatcher.submit inlines a template file it can read)"
+            )
+    profile = config.get("profile")
+    if isinstance(profile, str) and profile not in BUILTIN_PROFILES:
+        return (
+            f"config.profile must be one of {', '.join(BUILTIN_PROFILES)} or the profile as data; "
+            "a profile file is read by the dispatcher (Dispatcher.submit inlines it), never by "
+            "the worker"
+        )
+    extras = config.get("extras")
+    if isinstance(extras, dict) and any(str(key).startswith("_") for key in extras):
+        return "config.extras names starting with '_' are private to one process; drop them"
+    backend = config.get("backend")
+    uploads = backend.get("uploads") if isinstance(backend, dict) else None
+    if isinstance(uploads, list) and any(
+        not isinstance(item, dict) or item.get("local") is not None for item in uploads
+    ):
+        return (
+            "config.backend.uploads names files on the machine that runs the job; a job carries "
+            "their content instead (Dispatcher.submit reads them where it runs)"
+        )
+    forwarded = backend.get("forward_env") if isinstance(backend, dict) else None
+    if isinstance(forwarded, list) and any(_worker_secret_name(name) for name in forwarded):
+        return (
+            "config.backend.forward_env names a secret of the machine that runs the job (an API "
+            "key, token or rho-agent setting); a job cannot copy the worker's secrets into its "
+            "sandbox: give the sandbox what it needs in backend.env_vars instead"
+        )
+    return None
+
+
+def _worker_secret_name(name: object) -> bool:
+    return isinstance(name, str) and (bool(SECRET_NAME.search(name)) or name.startswith("RHO_"))
 
 
 def describe(exc: ValidationError, what: str) -> str:
@@ -235,7 +345,9 @@ def describe(exc: ValidationError, what: str) -> str:
             problems.append(f"unknown field {location!r} (known fields: {known})")
         elif error["type"] == "missing":
             problems.append(f"missing field {location!r}")
+        elif location.split(".")[0] == "config":  # a config may hold a secret: never echo it
+            problems.append(f"field {location!r}: {message}")
         else:
-            given = repr(error.get("input"))
+            given = redact(repr(error.get("input")))
             problems.append(f"field {location!r}: {message} (got {given[:80]})")
     return f"invalid {what}: " + "; ".join(problems)

@@ -15,6 +15,7 @@ from rho_agent.output import structured_output_mode
 from rho_agent.permissions import PermissionProfile
 from rho_agent.pricing import ModelPrice, prices_from_data
 from rho_agent.prompts import DEFAULT_SYSTEM_PROMPT, load_template, render
+from rho_agent.redact import redact
 
 if TYPE_CHECKING:
     from rho_agent.backends.daytona.backend import DaytonaBackend
@@ -43,6 +44,13 @@ class AgentConfig:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Where this process found the config: attributes, not fields (the documented API pins
+        # the fields), never serialised and never compared.
+        self.config_dir: str | None = None
+        """The folder a relative prompt-template path resolves against (``from_file`` sets it)."""
+        self.prompt_is_text = False
+        """``system_prompt`` is the text itself, never a file to read: a fleet job's prompt
+        arrives inline, and reading a path a job names would read the worker's own files."""
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError("AgentConfig.model must be a non-empty model name, e.g. 'gpt-5-mini'")
         if isinstance(self.backend, str) and self.backend not in BACKEND_NAMES:
@@ -69,8 +77,11 @@ class AgentConfig:
         ``working_dir`` and ``model`` are always available as variables.
         """
         template = DEFAULT_SYSTEM_PROMPT if self.system_prompt is None else self.system_prompt
-        base_dir = self.extras.get("_config_dir")
-        text = load_template(template, Path(base_dir) if isinstance(base_dir, str) else None)
+        if self.prompt_is_text:
+            text = template
+        else:
+            base_dir = Path(self.config_dir) if self.config_dir is not None else None
+            text = load_template(template, base_dir)
         variables = {
             "working_dir": self.working_dir or os.getcwd(),
             "model": self.model,
@@ -156,7 +167,7 @@ class AgentConfig:
                 f"config file {str(path)!r} must hold a mapping of AgentConfig fields"
             )
         config = cls.from_dict(loaded, source=str(path))
-        config.extras["_config_dir"] = str(file_path.resolve().parent)
+        config.config_dir = str(file_path.resolve().parent)
         return config
 
     def to_file(self, path: str | os.PathLike[str]) -> None:
@@ -192,5 +203,6 @@ def _describe_validation_error(exc: ValidationError, source: str) -> str:
             known = ", ".join(_ConfigData.model_fields)
             problems.append(f"unknown field {location!r} (known fields: {known})")
         else:
-            problems.append(f"field {location!r}: {error['msg']} (got {error.get('input')!r})")
+            given = redact(repr(error.get("input")))
+            problems.append(f"field {location!r}: {error['msg']} (got {given})")
     return f"invalid AgentConfig in {source}: " + "; ".join(problems)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from rho_agent.errors import TraceError
+from rho_agent.redact import redact_data
 from rho_agent.trace import (
     RECORD_META_KEYS,
     TRACE_FORMAT_VERSION,
@@ -32,6 +33,14 @@ from rho_agent.trace import (
 logger = logging.getLogger("rho_agent.state")
 
 USAGE_KEYS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+COST_DIGITS = 10
+"""Dollar amounts are rounded to 1e-10 (far below any price) wherever they are added up, so a sum
+of binary floats prints as ``0.0006655``, not ``0.0006655000000000001``."""
+
+
+def round_cost(dollars: float) -> float:
+    """``dollars`` rounded to ``COST_DIGITS``: use it on every cost computed or added up."""
+    return round(dollars, COST_DIGITS)
 
 
 @runtime_checkable
@@ -116,8 +125,17 @@ class State:
     # -- changing -------------------------------------------------------------------------------
 
     def append(self, record_type: str, **fields: Any) -> Record:
-        """Record one change: apply it, persist it to every sink, then tell every observer."""
-        record: Record = {"v": TRACE_FORMAT_VERSION, "type": record_type, "ts": now_iso(), **fields}
+        """Record one change: apply it, persist it to every sink, then tell every observer.
+
+        Secrets are redacted first (``rho_agent.redact``): a key a tool printed reaches neither
+        the trace nor the model's next request.
+        """
+        record: Record = {
+            "v": TRACE_FORMAT_VERSION,
+            "type": record_type,
+            "ts": now_iso(),
+            **redact_data(fields),
+        }
         self.apply(record)
         self.records.append(record)
         for sink in self._sinks:
@@ -260,7 +278,9 @@ def _on_model_call(state: State, record: Record) -> None:
     usage = record.get("usage") or {}
     for key in USAGE_KEYS:
         state.usage[key] += int(usage.get(key, 0))
-    state.usage["cost_usd"] += float(record.get("cost_usd", 0.0))
+    state.usage["cost_usd"] = round_cost(
+        state.usage["cost_usd"] + float(record.get("cost_usd", 0.0))
+    )
 
 
 def _on_approval_pending(state: State, record: Record) -> None:

@@ -22,10 +22,33 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.delenv("RHO_AGENT_BROKER_URL", raising=False)
 
 
+@pytest.fixture(scope="module")
+def broker(request: pytest.FixtureRequest) -> str:
+    """The broker of a test's fleet: ``redis``, unless the test is parametrized over brokers
+    (``tests.integration.fleet.on_both_brokers``)."""
+    return str(getattr(request, "param", "redis"))
+
+
 @pytest.fixture(scope="session")
 def _shared_model_server() -> Iterator[ScriptedModelServer]:
     with ScriptedModelServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _workers_allow_the_model_server(
+    _shared_model_server: ScriptedModelServer,
+) -> Iterator[None]:
+    """Fleet workers started by tests send their key to the scripted server (and nowhere else).
+
+    Session-scoped, so it is in the environment before module-scoped fleets start their workers.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(
+            "RHO_AGENT_ALLOWED_BASE_URLS",
+            f"{_shared_model_server.base_url},{UNREACHABLE_MODEL_URL}",
+        )
+        yield
 
 
 @pytest.fixture

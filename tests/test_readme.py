@@ -45,6 +45,14 @@ def test_main_job_runs_offline_on_the_embedded_fleet(tmp_path: Path) -> None:
     assert len(results) == len(prompts) > 0
     assert all(result["status"] == "completed" for result in results)
     assert [r["index"] for r in results] == list(range(len(prompts)))
+    answers = [result["text"] for result in results]
+    assert len(set(answers)) == len(answers), f"offline answers repeat: {answers}"
+    assert any("README.md has" in answer and '"# rho-agent"' in answer for answer in answers)
+    for result in results:  # rounded: 0.0006655, never 0.0006655000000000001
+        assert len(repr(result["usage"]["cost_usd"])) <= 12, result["usage"]
+    summary = done.stderr.strip().splitlines()[-1]
+    assert f": {len(prompts)} completed, 0 failed · tokens " in summary, summary
+    assert summary.count("failed") == 1, summary
 
 
 def test_the_python_snippet_says_why_a_run_failed(tmp_path: Path) -> None:

@@ -13,10 +13,16 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Reject
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import after_setup_logger, worker_ready, worker_shutdown
 
 from dispatch.errors import JobSpecError
-from dispatch.fleet.celery_broker import RUN_JOB_TASK, celery_config, require_fleet_extra
+from dispatch.fleet.celery_broker import (
+    RUN_JOB_TASK,
+    celery_config,
+    require_fleet_extra,
+    transport_options,
+)
+from rho_agent.redact import install_log_redaction
 from workers.lifecycle import install_lifecycle
 from workers.pool_threads import start_pool_threads
 from workers.session_host import SessionHost
@@ -45,7 +51,9 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         # every worker to send them) is running.
         "worker_send_task_events": False,
         "worker_hijack_root_logger": False,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": transport_options(
+            settings.fleet, visibility_timeout_s=settings.visibility_timeout_s
+        ),
     }
 
 
@@ -58,6 +66,7 @@ def _task_events_on(consumer: Any) -> bool:
 def create_app(settings: WorkerSettings | None = None) -> Celery:
     """A worker Celery app (settings from the environment unless given)."""
     require_fleet_extra()
+    install_log_redaction()
     settings = settings or WorkerSettings.from_env()
     app = Celery("rho-agent", set_as_current=False)
     app.conf.update(worker_config(settings))
@@ -84,7 +93,9 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
 
     def on_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
+            install_log_redaction()  # Celery's handlers exist by now
             host.task_events_on = lambda: _task_events_on(sender)
+            host.node_name = str(sender.hostname)
             host.start()
             start_pool_threads(getattr(sender, "pool", None))
             tune_interpreter()
@@ -95,6 +106,7 @@ def create_app(settings: WorkerSettings | None = None) -> Celery:
 
     # Heartbeat, health file and graceful drain first: their receivers still use the host's loop.
     install_lifecycle(app, host, settings)
+    after_setup_logger.connect(lambda **_: install_log_redaction(), weak=False)
     worker_ready.connect(on_ready, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
     app.rho_session_host = host

@@ -5,6 +5,10 @@ no place for custom progress, but it shows a task's latest event: a custom event
 becomes the task's state (``PROGRESS``) and its ``result`` field is shown as the result. So while a
 job runs, Flower's task list reads ``PROGRESS {'turns': 3, 'input_tokens': ..., 'cost_usd': ...}``
 and the final ``task-succeeded`` event replaces it with the job's summary.
+
+The events carry the Celery node name (``rho@host``, what the worker's own task events carry):
+Flower lists every hostname an event names as a worker, so any other name would show a phantom
+worker and put running jobs on it.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class FlowerProgress:
         app: Any,
         host: JobHost,
         task_ids: TaskIds,
-        hostname: str,
+        hostname: Callable[[], str | None],
         enabled: Callable[[], bool],
         interval_s: float = 2.0,
     ) -> None:
@@ -61,17 +65,19 @@ class FlowerProgress:
         self._hostname = hostname
         self._interval_s = interval_s
         self._sent: dict[str, dict[str, Any]] = {}
+        """``hostname()``: the Celery node name, or None until the worker is ready."""
 
     async def run(self) -> None:
         while still_running():
             await asyncio.sleep(self._interval_s)
-            if not self._enabled():
+            hostname = self._hostname()
+            if hostname is None or not self._enabled():
                 continue
             batch = self.changed()
             if not batch:
                 continue
             try:
-                await asyncio.to_thread(self._send, batch)
+                await asyncio.to_thread(self._send, hostname, batch)
             except Exception as exc:
                 logger.warning("sending progress events failed (%s)", exc)
 
@@ -86,7 +92,7 @@ class FlowerProgress:
         self._sent = current
         return batch
 
-    def _send(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        with self._app.events.default_dispatcher(hostname=self._hostname) as dispatcher:
+    def _send(self, hostname: str, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        with self._app.events.default_dispatcher(hostname=hostname) as dispatcher:
             for task_id, numbers in batch:
                 dispatcher.send("task-progress", uuid=task_id, result=repr(numbers))

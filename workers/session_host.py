@@ -20,7 +20,10 @@ from dispatch.engine.host import JobHost
 from dispatch.engine.loop import LoopThread, stop_tasks
 from dispatch.engine.run import JobOutcome, RunnerOptions
 from dispatch.fleet.celery_broker import CeleryBroker
+from dispatch.fleet.ratelimit import RedisRateLimiter
 from dispatch.fleet.redis_bus import RedisBus
+from dispatch.fleet.script_batch import ScriptBatcher
+from dispatch.fleet.spend import RedisSpendLedger
 from dispatch.spec import JobSpec
 from workers.janitor import Janitor
 from workers.lease import LeaseKeeper, Sweeper
@@ -40,13 +43,15 @@ class SessionHost:
         self._app = app
         self.task_ids = TaskIds()
         self.task_events_on: Callable[[], bool] = lambda: False
+        """Set by the worker when it is ready: whether task events are being sent."""
+        self.node_name: str | None = None
+        """Set by the worker when it is ready: its Celery node name (``rho@host``)."""
         self.closing = False
         """Set when the graceful shutdown begins: a job delivered from then on is not run here
         (the consumer may still hold one it fetched, even the job this worker just handed back)
         but given back to the queue for another worker."""
         self.handing_back = False
         """Set by the graceful shutdown before it cancels the jobs it hands back to the queue."""
-        """Set by the worker when it is ready: whether task events are being sent."""
         self._thread = LoopThread(f"rho-session-host-{settings.worker_name}")
         self._lock = threading.Lock()
         self._host: JobHost | None = None
@@ -100,6 +105,7 @@ class SessionHost:
             logging.getLogger(name).setLevel(logging.WARNING)
         bus = RedisBus.from_settings(settings.fleet)
         await bus.client.ping()
+        keys, scripts = settings.fleet.keys, ScriptBatcher(bus.client)
         options = RunnerOptions(
             worker=settings.worker_name,
             lease_ms=settings.lease_ms,
@@ -107,6 +113,11 @@ class SessionHost:
             default_timeout_s=settings.job_time_limit_s,
             max_attempts=settings.max_attempts,
             agent_factory=settings.build_agent(),
+            allowed_base_urls=settings.allowed_base_urls,
+            spend=RedisSpendLedger(
+                bus.client, keys, retention_s=settings.fleet.retention_s, batcher=scripts
+            ),
+            rate_limiter=RedisRateLimiter(bus.client, keys, settings.rate_limits, scripts),
         )
         host = JobHost(bus, options)
         await host.start()
@@ -128,7 +139,11 @@ class SessionHost:
         ]
         if self._app is not None:
             progress = FlowerProgress(
-                self._app, host, self.task_ids, settings.worker_name, lambda: self.task_events_on()
+                self._app,
+                host,
+                self.task_ids,
+                lambda: self.node_name,
+                lambda: self.task_events_on(),
             )
             self._tasks.append(asyncio.create_task(progress.run(), name="rho-progress"))
         logger.info(

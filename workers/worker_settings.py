@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from dispatch.engine.endpoints import ALLOWED_BASE_URLS_ENV, allowed_base_urls
 from dispatch.errors import SettingsError
 from dispatch.settings import BROKER_URL_ENV, FleetSettings, env_float, env_int
 from rho_agent.agent import Agent
@@ -20,10 +21,20 @@ from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError, ProfileError
 from rho_agent.permissions import PermissionProfile, load_profile
 from rho_agent.pricing import ModelPrice, load_prices
+from rho_agent.ratelimits import RateLimit, load_rate_limits
 
 SETTINGS: tuple[tuple[str, str, str], ...] = (
-    (BROKER_URL_ENV, "(required)", "Redis URL of the Celery broker, e.g. redis://127.0.0.1:6379/0"),
-    ("RHO_AGENT_REDIS_URL", "broker URL", "Redis URL for job events, traces and metadata"),
+    (
+        BROKER_URL_ENV,
+        "(required)",
+        "Celery broker: redis://, sentinel://host:26379;sentinel://... or amqp:// (RabbitMQ)",
+    ),
+    (
+        "RHO_AGENT_REDIS_URL",
+        "broker URL",
+        "Redis (redis:// or sentinel://) for job events, traces and leases; required with amqp://",
+    ),
+    ("RHO_AGENT_SENTINEL_MASTER", "mymaster", "master name the Sentinels of sentinel:// URLs know"),
     ("RHO_AGENT_KEY_PREFIX", "rho:", "prefix of every Redis key the fleet writes"),
     ("RHO_AGENT_QUEUE", "rho-agent", "Celery queue the worker consumes and dispatchers send to"),
     ("RHO_AGENT_RETENTION", "604800", "seconds job metadata, events and traces are kept"),
@@ -72,9 +83,19 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "seconds Redis may be unreachable (or a job's record missing) before giving up on it",
     ),
     (
+        ALLOWED_BASE_URLS_ENV,
+        "OPENAI_BASE_URL",
+        "model endpoints (comma-separated) jobs may name; the API key goes only to these",
+    ),
+    (
         "RHO_AGENT_PRICES",
         "(none)",
         "prices for models genai-prices lacks or misprices: a YAML/JSON file or inline JSON",
+    ),
+    (
+        "RHO_AGENT_RATE_LIMITS",
+        "(none)",
+        "fleet-wide rate limits per model and endpoint: a YAML/JSON file or inline JSON",
     ),
     ("RHO_AGENT_EMBEDDED_CONCURRENCY", "64", "(dispatchers only) jobs run at once in-process"),
 )
@@ -94,8 +115,12 @@ class WorkerSettings:
     visibility_timeout_s: int = 3600
     worker_name: str = ""
     agent_factory: str = ""
+    allowed_base_urls: tuple[str, ...] = ()
+    """Normalised; empty means the worker's own endpoint (``OPENAI_BASE_URL``, else OpenAI)."""
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     """USD per million tokens by model; they win over the catalogue's and a job config's."""
+    rate_limits: tuple[RateLimit, ...] = ()
+    """Requests and tokens per window, per model and endpoint, shared by every worker."""
 
     def __post_init__(self) -> None:
         if not self.fleet.broker_url:
@@ -113,6 +138,8 @@ class WorkerSettings:
             )
         if self.max_attempts < 1:
             raise SettingsError(f"RHO_AGENT_MAX_ATTEMPTS must be >= 1, got {self.max_attempts}")
+        if not self.allowed_base_urls:
+            object.__setattr__(self, "allowed_base_urls", allowed_base_urls(os.environ))
         if not self.worker_name:
             object.__setattr__(self, "worker_name", f"{socket.gethostname()}-{os.getpid()}")
         self.ceiling()  # fail at start-up, not on the first job
@@ -149,11 +176,8 @@ class WorkerSettings:
         ):
             if env.get(name):
                 values[attr] = env[name]
-        if env.get("RHO_AGENT_PRICES"):
-            try:
-                values["prices"] = load_prices(env["RHO_AGENT_PRICES"], source="RHO_AGENT_PRICES")
-            except ConfigError as exc:
-                raise SettingsError(str(exc)) from None
+        values["allowed_base_urls"] = allowed_base_urls(env)
+        values.update(_priced_and_limited(env))
         return cls(**values)  # type: ignore[arg-type]
 
     def ceiling(self) -> PermissionProfile:
@@ -191,6 +215,21 @@ class WorkerSettings:
     @property
     def lease_ms(self) -> int:
         return int(self.lease_ttl_s * 1000)
+
+
+def _priced_and_limited(env: Mapping[str, str]) -> dict[str, object]:
+    """``prices`` and ``rate_limits`` from their variables (files or inline JSON)."""
+    values: dict[str, object] = {}
+    try:
+        if env.get("RHO_AGENT_PRICES"):
+            values["prices"] = load_prices(env["RHO_AGENT_PRICES"], source="RHO_AGENT_PRICES")
+        if env.get("RHO_AGENT_RATE_LIMITS"):
+            values["rate_limits"] = tuple(
+                load_rate_limits(env["RHO_AGENT_RATE_LIMITS"], source="RHO_AGENT_RATE_LIMITS")
+            )
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    return values
 
 
 def _with_prices(

@@ -14,6 +14,8 @@ flower_port="${FLOWER_PORT:-5556}"
 broker="redis://127.0.0.1:${redis_port}/0"
 run_dir="$(mktemp -d -t rho-fleet-demo-XXXXXX)"
 export OPENAI_API_KEY="${OPENAI_API_KEY:-scripted-model-needs-no-key}"
+# The batch names the scripted model's endpoint: the workers send their key only to allowed ones.
+export RHO_AGENT_ALLOWED_BASE_URLS="http://127.0.0.1:8765/v1"
 
 model_pid=""
 fleet_pid=""

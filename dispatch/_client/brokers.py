@@ -11,6 +11,8 @@ from dispatch.engine.bus import EVENT_PAGE, DispatchBus, JobBus, StreamEntry
 from dispatch.engine.loop import LoopThread
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
+from rho_agent.budgets import Budget, BudgetStatus, MemorySpendLedger
+from rho_agent.ratelimits import MemoryRateLimiter
 
 logger = logging.getLogger("dispatch")
 
@@ -45,6 +47,14 @@ class Broker(Protocol):
         """What ``record_batch`` stored for ``batch_id`` (empty if nothing)."""
         ...
 
+    def set_budget(self, budget: Budget) -> None:
+        """Store a label or fleet budget (blocking; any thread)."""
+        ...
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        """Every budget scope with its spend in its current window (blocking; any thread)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -67,9 +77,11 @@ class EmbeddedBroker:
         self.bus: JobBus = memory
         self._loop = loop
         self._queue = settings.queue
-        self._host = JobHost(
-            memory, RunnerOptions(worker="embedded"), concurrency=settings.embedded_concurrency
+        self.ledger = MemorySpendLedger()
+        options = RunnerOptions(
+            worker="embedded", spend=self.ledger, rate_limiter=MemoryRateLimiter()
         )
+        self._host = JobHost(memory, options, concurrency=settings.embedded_concurrency)
         self._tasks: set[asyncio.Task[object]] = set()
         self._batches: dict[str, dict[str, str]] = {}
 
@@ -108,6 +120,12 @@ class EmbeddedBroker:
     async def revoke(self, job_id: str) -> None:
         return None
 
+    def set_budget(self, budget: Budget) -> None:
+        self.ledger.set_budget(budget)
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        return self.ledger.statuses()
+
     async def close(self) -> None:
         await self._host.stop()
 
@@ -121,15 +139,16 @@ class FleetBroker:
     """
 
     def __init__(self, settings: FleetSettings) -> None:
-        import redis
-
         from dispatch.fleet.celery_broker import CeleryBroker
         from dispatch.fleet.redis_bus import RedisBus
+        from dispatch.fleet.redis_clients import sync_client
 
         assert settings.bus_url is not None
         self._settings = settings
         self._celery = CeleryBroker(settings)
-        self._redis: Any = redis.Redis.from_url(settings.bus_url, decode_responses=True)
+        self._redis: Any = sync_client(
+            settings.bus_url, master_name=settings.sentinel_master, decode_responses=True
+        )
         self.bus: DispatchBus = RedisBus.from_settings(settings)
 
     def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:
@@ -194,6 +213,16 @@ class FleetBroker:
 
     async def revoke(self, job_id: str) -> None:
         await asyncio.to_thread(self._celery.revoke, job_id)
+
+    def set_budget(self, budget: Budget) -> None:
+        from dispatch.fleet.spend import set_budget
+
+        set_budget(self._redis, self._settings.keys, budget, retention_s=self._settings.retention_s)
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        from dispatch.fleet.spend import budget_statuses
+
+        return budget_statuses(self._redis, self._settings.keys)
 
     async def close(self) -> None:
         await self.bus.close()

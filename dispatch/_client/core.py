@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from dispatch._client.brokers import Broker, open_broker
 from dispatch._client.fanin import FanIn
-from dispatch.engine.bus import START, DispatchBus, StreamEntry
+from dispatch.engine.bus import START, CancelOutcome, DispatchBus, StreamEntry
 from dispatch.engine.loop import LoopThread
 from dispatch.errors import JobNotFound
 from dispatch.info import JobInfo
@@ -145,7 +145,7 @@ class _Core:
         entries = await self.bus.read_trace(session_id)
         return State.from_records([entry.data["record"] for entry in entries])
 
-    async def cancel(self, job_id: str) -> str:
+    async def cancel(self, job_id: str) -> CancelOutcome:
         outcome = await self.bus.request_cancel(job_id)
         if outcome == "unknown":
             raise JobNotFound(f"job {job_id} does not exist (never submitted, or expired)")

@@ -26,7 +26,7 @@ START = "0"
 EVENT_PAGE = 1000
 """How many events one read returns at most."""
 
-StartAction = Literal["run", "skip", "cancelled", "busy"]
+StartAction = Literal["run", "skip", "cancelled", "busy", "exists"]
 CancelOutcome = Literal["cancelled", "requested", "finished", "unknown"]
 
 
@@ -62,7 +62,8 @@ class StartDecision:
 
     ``run``: it owns attempt ``attempt``. ``cancelled``: it owns the attempt but the job was
     cancelled before it started. ``busy``: it owns the attempt but another live job (``detail``)
-    is running the same session. ``skip``: someone else runs or ran it (``detail`` says why).
+    is running the same session. ``exists``: it owns the attempt but the job starts a new
+    session whose id is taken. ``skip``: someone else runs or ran it (``detail`` says why).
     ``handbacks``: how many earlier attempts ended by a graceful hand-back at shutdown (those are
     not failures, so they do not count against the attempt limit).
     """
@@ -114,8 +115,6 @@ class RunnerBus(Protocol):
         """Store the job's end with ``result.status`` and ``error``, why it did not complete
         (JobInfo.error); False if another attempt owns the job now."""
         ...
-
-    async def cancel_requested(self, job_id: str) -> bool: ...
 
     async def reject(self, job_id: str, error: str) -> bool: ...
 

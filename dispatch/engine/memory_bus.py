@@ -135,6 +135,8 @@ class MemoryBus:
         owner = self._owners.get(spec.session_id)
         if owner and owner != spec.job_id and self._active(owner):
             return StartDecision("busy", attempt, owner)
+        if not spec.continue_session and attempt == 1 and self._session_exists(spec.session_id):
+            return StartDecision("exists", attempt)
         self._owners[spec.session_id] = spec.job_id
         return StartDecision("run", attempt)
 
@@ -201,9 +203,6 @@ class MemoryBus:
         self._write_finish(job_id, fields, result, error)
         return True
 
-    async def cancel_requested(self, job_id: str) -> bool:
-        return job_id in self._cancel_flags
-
     async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]:
         stream = self._stream(self._keys.cancels())
         if after == "$":
@@ -213,6 +212,10 @@ class MemoryBus:
         return position, [str(entry.data["job_id"]) for entry in entries]
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _session_exists(self, session_id: str) -> bool:
+        stream = self._streams.get(self._keys.trace(session_id))
+        return session_id in self._sessions or (stream is not None and bool(stream.entries))
 
     def _stream(self, key: str) -> _Stream:
         stream = self._streams.get(key)

@@ -28,22 +28,30 @@ from dispatch.engine.bus import (
     event_entry,
 )
 from dispatch.engine.ceiling import check_ceiling
+from dispatch.engine.endpoints import check_endpoint
 from dispatch.errors import FleetError
 from dispatch.spec import JobSpec
 from rho_agent.agent import Agent
+from rho_agent.budgets import SpendLedger
 from rho_agent.config import AgentConfig
 from rho_agent.errors import RhoAgentError, SessionNotFound
-from rho_agent.events import AgentEvent, RunResult
+from rho_agent.events import AgentEvent, RunResult, run_status
 from rho_agent.permissions.profile import PermissionProfile
+from rho_agent.ratelimits import RateLimiter
+from rho_agent.redact import redact
 from rho_agent.session import Session
-from rho_agent.state import USAGE_KEYS, State, empty_usage
+from rho_agent.state import USAGE_KEYS, State, empty_usage, round_cost
 
 logger = logging.getLogger("dispatch.engine.run")
 
 
 @dataclass(frozen=True)
 class RunnerOptions:
-    """How a host runs jobs: its name, lease length, profile ceiling, time limit, attempts."""
+    """How a host runs jobs: its name, lease length, profile ceiling, time limit, attempts, and
+    the budgets (``spend``) and rate limits every model call of its jobs goes through.
+
+    ``allowed_base_urls``: the model endpoints jobs may name (normalised; None: any).
+    """
 
     worker: str = "embedded"
     lease_ms: int = 30_000
@@ -51,6 +59,9 @@ class RunnerOptions:
     default_timeout_s: float | None = None
     max_attempts: int = 3
     agent_factory: Callable[[AgentConfig], Agent] = Agent
+    allowed_base_urls: tuple[str, ...] | None = None
+    spend: SpendLedger | None = None
+    rate_limiter: RateLimiter | None = None
 
 
 @dataclass
@@ -199,6 +210,12 @@ class JobRun:
                 f"session {self.spec.session_id} is in use by job {decision.detail}; wait for "
                 "that job's result before submitting another job on the same session"
             )
+        if decision.action == "exists":
+            return await self._fail(
+                f"session {self.spec.session_id} already exists; a job starting a new session "
+                "needs an unused id: continue the session (submit with session_id=...) or "
+                "leave the id out"
+            )
         if self._attempt - decision.handbacks > options.max_attempts:
             return await self._fail(
                 f"gave up after {options.max_attempts} attempts: the workers running this job "
@@ -232,6 +249,7 @@ class JobRun:
         spec = self.spec
         agent = self._agents.get(spec)
         check_ceiling(agent.profile, self._options.max_profile)
+        check_endpoint(agent.config.base_url, self._options.allowed_base_urls)
         records: list[dict[str, Any]] = []
         if spec.continue_session or self._attempt > 1:
             entries = await self._bus.read_trace(spec.session_id)
@@ -262,9 +280,27 @@ class JobRun:
         # Before a tool runs, its tool_start is confirmed in Redis: a refused write (a newer
         # attempt owns the job) stops this run before the side effect, not after.
         session.before_tool = self._bus.flush
+        self._apply_limits(session)
         self._session = session
         await self._load_baseline(session.state)
         return session
+
+    def _apply_limits(self, session: Session) -> None:
+        """Every scope's budget and the shared rate limits (plus the batch's own) apply to
+        each model call of this job; waiting for a limit shows in the job's ``waiting`` field."""
+        spec, options = self.spec, self._options
+        if options.spend is not None:
+            session.spend_guard = options.spend.guard(spec.budget_scopes(), spec.budgets())
+        limiter = options.rate_limiter
+        if limiter is not None:
+            extra = spec.batch_rate_limits()
+            if extra:
+                limiter = limiter.with_limits(extra, f"batch:{spec.batch_id or spec.job_id}")
+            session.rate_limiter = limiter
+        session.wait_observer = self._on_wait
+
+    def _on_wait(self, reason: str | None) -> None:
+        self._bus.emit_progress(self.claim, {"waiting": reason or ""})
 
     async def _load_baseline(self, state: State) -> None:
         """Usage and run count before this job, so progress and resume count only this job.
@@ -352,8 +388,8 @@ class JobRun:
         usage: dict[str, Any] = {
             key: int(state.usage[key]) - int(self._base_usage.get(key, 0)) for key in USAGE_KEYS
         }
-        usage["cost_usd"] = float(state.usage["cost_usd"]) - float(
-            self._base_usage.get("cost_usd", 0.0)
+        usage["cost_usd"] = round_cost(
+            float(state.usage["cost_usd"]) - float(self._base_usage.get("cost_usd", 0.0))
         )
         return usage
 
@@ -365,7 +401,7 @@ class JobRun:
             return RunResult(
                 text=str(last_end.get("text") or ""),
                 events=prior,
-                status=str(last_end.get("status") or state.status),
+                status=run_status(last_end.get("status") or state.status),
                 usage=self._job_usage(state),
                 output=last_end.get("output"),
             )
@@ -394,6 +430,7 @@ class JobRun:
 
     async def _fail(self, message: str) -> JobOutcome:
         """Fail the job before or around its run (refused, busy session, crash loop, bug)."""
+        message = redact(message)  # error texts quote configs and outputs: never a secret
         event = AgentEvent(type="error", content=message)
         self._emit(event)
         return await self._finish(RunResult(text="", events=[event], status="error"), message)
@@ -434,7 +471,7 @@ class JobRun:
         )
 
 
-_FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption")
+_FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption", "budget_exceeded")
 
 
 def failure_reason(result: RunResult) -> str | None:

@@ -8,6 +8,7 @@ embedded mode work without the ``fleet`` extra.
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,11 +16,15 @@ from typing import Any
 from dispatch.errors import FleetUnavailable
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
+from dispatch.urls import scheme_of
 
 RUN_JOB_TASK = "rho_agent.run_job"
 """The name of the Celery task that runs a JobSpec (registered by ``workers``)."""
 
 _REPR_PROMPT = 80
+_ARGS_PROMPT = 60
+_KEY_IN_TEXT = re.compile(r"\b(sk-|dtn_)[A-Za-z0-9_-]{16,}")
+"""An API key pasted into a prompt: masked in what Flower shows (and stores in Redis)."""
 _CHUNK = 100
 _SEND_THREADS = 8
 
@@ -35,10 +40,13 @@ def require_fleet_extra() -> None:
 
 
 def celery_config(settings: FleetSettings) -> dict[str, Any]:
-    """Celery settings shared by dispatchers and workers."""
+    """Celery settings shared by dispatchers and workers (``broker_transport_options`` included:
+    a worker adds its own with ``transport_options``)."""
     return {
         "broker_url": settings.broker_url,
         **_transport_for(settings.broker_url),
+        **_queues_for(settings),
+        "broker_transport_options": transport_options(settings),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -53,21 +61,69 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
 
 def _transport_for(broker_url: str | None) -> dict[str, str]:
     """Our leaner subclass of kombu's Redis transport for plain ``redis://`` URLs; Celery's
-    default for anything else (TLS, sentinel)."""
-    if broker_url and broker_url.startswith("redis://"):
+    default for anything else (TLS, sentinel, amqp)."""
+    if broker_url and scheme_of(broker_url) == "redis":
         from dispatch.fleet.transport import TRANSPORT_PATH
 
         return {"broker_transport": TRANSPORT_PATH}
     return {}
 
 
+def _queues_for(settings: FleetSettings) -> dict[str, Any]:
+    """On RabbitMQ, job queues are quorum queues: replicated, and durable across a broker restart.
+
+    Celery then declares the default queue and every queue it creates on demand (the per-worker
+    ones, a job's own ``queue``) as quorum, and its workers use per-consumer prefetch (quorum
+    queues have no global QoS). RabbitMQ 3.x quorum queues ignore message priorities; 4.x has
+    two levels (above 4 is high).
+    """
+    if settings.broker_kind != "amqp":
+        return {}
+    return {
+        "task_default_queue_type": "quorum",
+        "task_create_missing_queue_type": "quorum",
+        "worker_detect_quorum_queues": True,
+        # With quorum queues Celery also declares its native delayed-delivery queues (for
+        # countdown/ETA tasks, which the fleet never sends): classic ones cost RabbitMQ less.
+        "broker_native_delayed_delivery_queue_type": "classic",
+    }
+
+
+def transport_options(
+    settings: FleetSettings, *, visibility_timeout_s: int | None = None
+) -> dict[str, Any]:
+    """kombu's transport options for the broker's kind.
+
+    - amqp: publisher confirms, so a ``submit`` returns only once RabbitMQ has taken the job;
+    - sentinel: the master's name;
+    - Redis kinds: the visibility timeout (a worker's setting: the unacked-message redelivery
+      time), which RabbitMQ does not need: it redelivers when the consumer's connection closes.
+    """
+    kind = settings.broker_kind
+    if kind == "amqp":
+        return {"confirm_publish": True}
+    options: dict[str, Any] = {}
+    if kind == "sentinel":
+        options["master_name"] = settings.sentinel_master
+    if visibility_timeout_s is not None:
+        options["visibility_timeout"] = visibility_timeout_s
+    return options
+
+
+def task_argsrepr(spec: JobSpec) -> str:
+    """Flower's args column, to scan the task list by: the prompt's start and the labels.
+
+    ``'Summarise README.md' team=docs``; the task name stays ``rho_agent.run_job``.
+    """
+    shown = repr(_excerpt(" ".join(spec.prompts[0].split()), _ARGS_PROMPT))
+    labels = " ".join(f"{key}={_excerpt(value, 40)}" for key, value in sorted(spec.labels.items()))
+    return f"{shown} {labels}" if labels else shown
+
+
 def task_kwargsrepr(spec: JobSpec) -> str:
     """What Flower shows as the job's arguments: readable, short, never a secret."""
-    prompt = spec.prompts[0]
-    if len(prompt) > _REPR_PROMPT:
-        prompt = prompt[: _REPR_PROMPT - 1] + "…"
     shown: dict[str, Any] = {
-        "prompt": prompt,
+        "prompt": _excerpt(spec.prompts[0], _REPR_PROMPT),
         "model": spec.model,
         "profile": spec.profile_label,
         "session_id": spec.session_id,
@@ -75,8 +131,14 @@ def task_kwargsrepr(spec: JobSpec) -> str:
     if len(spec.prompts) > 1:
         shown["runs"] = len(spec.prompts)
     if spec.labels:
-        shown["labels"] = spec.labels
+        shown["labels"] = {key: _excerpt(value, 40) for key, value in spec.labels.items()}
     return repr(shown)
+
+
+def _excerpt(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with API-key-shaped words masked."""
+    text = _KEY_IN_TEXT.sub(r"\1***", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class CeleryBroker:
@@ -117,7 +179,7 @@ class CeleryBroker:
                     queue=spec.queue or self.settings.queue,
                     priority=spec.priority,
                     producer=producer,
-                    argsrepr="()",
+                    argsrepr=task_argsrepr(spec),
                     kwargsrepr=task_kwargsrepr(spec),
                 )
 

@@ -24,8 +24,9 @@ local function done_entry(job_id, result_json)
 end
 """
 
-# KEYS: job, events, cancel flag, session owner, leases
-# ARGV: job_id, worker, lease_ms, retention_s, events maxlen, job key prefix
+# KEYS: job, events, cancel flag, session owner, leases, session trace, session hash
+# ARGV: job_id, worker, lease_ms, retention_s, events maxlen, job key prefix,
+#       '1' if the job starts a new session
 # Returns action, attempt, detail, and how many earlier attempts were handed back (not failures).
 # A queued job holds a lease too (from submission, or from the sweeper's re-send), so a delivery
 # that is never claimed (its worker died first, or the broker lost the message) is re-sent.
@@ -59,6 +60,10 @@ if owner and owner ~= ARGV[1] then
   if owner_status == 'queued' or owner_status == 'running' then
     return {'busy', attempt, owner, handbacks}
   end
+end
+if ARGV[7] == '1' and attempt == 1
+   and (redis.call('EXISTS', KEYS[6]) == 1 or redis.call('EXISTS', KEYS[7]) == 1) then
+  return {'exists', attempt, '', handbacks}
 end
 redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4])
 return {'run', attempt, '', handbacks}
@@ -299,5 +304,163 @@ redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[5])
 return 2
+"""
+)
+
+# Reserve one model call's estimate in every budget scope of a job, or in none (a refusal).
+# KEYS: budgets index. ARGV: budget key prefix, estimate usd, estimate tokens, retention_s, then
+# five values per scope: scope, max usd, max tokens, window s ('' = none), own ('1': the limits
+# travel with the job and are recorded; '0': use the stored budget, if the scope has one).
+# Returns {'ok', counter keys...} or {'over', scope, refusal json}. A refusal marks the scope's
+# window exhausted, so every later reservation in it is refused too.
+RESERVE = (
+    _NOW
+    + """
+local est_usd, est_tok, retention = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local chosen = {}
+for i = 5, #ARGV, 5 do
+  local scope, def = ARGV[i], ARGV[1] .. ARGV[i]
+  local max_usd, max_tok, window = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local known = true
+  if ARGV[i + 4] == '1' then
+    if redis.call('EXISTS', def) == 0 then
+      redis.call('HSET', def, 'max_cost_usd', max_usd, 'max_tokens', max_tok, 'window_s', window)
+      redis.call('EXPIRE', def, retention)
+    end
+  else
+    local stored = redis.call('HMGET', def, 'max_cost_usd', 'max_tokens', 'window_s')
+    known = stored[1] ~= false or stored[2] ~= false
+    max_usd, max_tok, window = stored[1] or '', stored[2] or '', stored[3] or ''
+  end
+  if known then
+    local counter, ttl = def .. '@all', retention
+    if window ~= '' then
+      counter = def .. '@' .. math.floor(now_ms / 1000 / tonumber(window))
+      ttl = math.max(retention, 2 * tonumber(window))
+    end
+    local c = redis.call('HMGET', counter, 'spent_usd', 'reserved_usd', 'spent_tokens',
+      'reserved_tokens', 'exhausted')
+    if c[5] then return {'over', scope, c[5]} end
+    local spent_usd, held_usd = tonumber(c[1] or '0'), tonumber(c[2] or '0')
+    local spent_tok, held_tok = tonumber(c[3] or '0'), tonumber(c[4] or '0')
+    local refusal = nil
+    if max_usd ~= '' and spent_usd + held_usd + est_usd > tonumber(max_usd) then
+      refusal = {kind = 'usd', limit = tonumber(max_usd), spent = spent_usd,
+        reserved = held_usd, need = est_usd}
+    elseif max_tok ~= '' and spent_tok + held_tok + est_tok > tonumber(max_tok) then
+      refusal = {kind = 'tokens', limit = tonumber(max_tok), spent = spent_tok,
+        reserved = held_tok, need = est_tok}
+    end
+    if refusal then
+      local encoded = cjson.encode(refusal)
+      redis.call('HSET', counter, 'exhausted', encoded)
+      redis.call('EXPIRE', counter, ttl)
+      return {'over', scope, encoded}
+    end
+    table.insert(chosen, {counter, ttl, scope})
+  end
+end
+local out = {'ok'}
+for _, item in ipairs(chosen) do
+  redis.call('HINCRBYFLOAT', item[1], 'reserved_usd', est_usd)
+  redis.call('HINCRBY', item[1], 'reserved_tokens', est_tok)
+  redis.call('EXPIRE', item[1], item[2])
+  redis.call('ZADD', KEYS[1], now_ms, item[3])
+  table.insert(out, item[1])
+end
+redis.call('EXPIRE', KEYS[1], retention)
+return out
+"""
+)
+
+# Settle a reservation: release the estimate, add the real use. Counters that expired meanwhile
+# are not brought back. KEYS: the counters the reservation named.
+# ARGV: estimate usd, estimate tokens, spent usd, spent tokens.
+SETTLE = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HINCRBYFLOAT', KEYS[i], 'reserved_usd', -tonumber(ARGV[1]))
+    redis.call('HINCRBY', KEYS[i], 'reserved_tokens', -tonumber(ARGV[2]))
+    redis.call('HINCRBYFLOAT', KEYS[i], 'spent_usd', ARGV[3])
+    redis.call('HINCRBY', KEYS[i], 'spent_tokens', ARGV[4])
+  end
+end
+return #KEYS
+"""
+
+# Admit one model call into every rate-limit bucket it belongs to, or into none.
+# KEYS: per bucket its log (sorted set of 'id:tokens' by admission ms) and its state hash
+# ('held' tokens in the log, 'paused_until' ms). ARGV: tokens, call id, then three values per
+# bucket: max requests ('' = none), max tokens ('' = none), span ms (window + guard).
+# Returns {wait ms, paused}: {0, 0} when admitted, else how long until it could be.
+RATE_ACQUIRE = (
+    _NOW
+    + """
+local tokens = tonumber(ARGV[1])
+local wait, paused = 0, 0
+local function used(member) return tonumber(string.match(member, ':(%d+)$')) end
+for b = 1, #KEYS / 2 do
+  local log, state = KEYS[2 * b - 1], KEYS[2 * b]
+  local a = 3 + (b - 1) * 3
+  local max_req, max_tok, span = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local until_ms = tonumber(redis.call('HGET', state, 'paused_until') or '0')
+  if until_ms > now_ms then
+    wait, paused = math.max(wait, until_ms - now_ms), 1
+  end
+  local old = redis.call('ZRANGEBYSCORE', log, '-inf', now_ms - span)
+  if #old > 0 then
+    local freed = 0
+    for _, member in ipairs(old) do freed = freed + used(member) end
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', now_ms - span)
+    redis.call('HINCRBY', state, 'held', -freed)
+  end
+  if redis.call('EXISTS', log) == 0 then redis.call('HSET', state, 'held', 0) end
+  if max_req ~= '' then
+    local n, limit = redis.call('ZCARD', log), tonumber(max_req)
+    if n >= limit then
+      local oldest = redis.call('ZRANGE', log, n - limit, n - limit, 'WITHSCORES')
+      wait = math.max(wait, tonumber(oldest[2]) + span - now_ms)
+    end
+  end
+  if max_tok ~= '' then
+    local held, limit = tonumber(redis.call('HGET', state, 'held') or '0'), tonumber(max_tok)
+    if held > 0 and held + tokens > limit then
+      local entries = redis.call('ZRANGE', log, 0, -1, 'WITHSCORES')
+      for i = 1, #entries, 2 do
+        if held + tokens <= limit then break end
+        held = held - used(entries[i])
+        wait = math.max(wait, tonumber(entries[i + 1]) + span - now_ms)
+      end
+    end
+  end
+end
+if wait > 0 then return {wait, paused} end
+for b = 1, #KEYS / 2 do
+  local span = tonumber(ARGV[3 + (b - 1) * 3 + 2])
+  redis.call('ZADD', KEYS[2 * b - 1], now_ms, ARGV[2] .. ':' .. ARGV[1])
+  redis.call('HINCRBY', KEYS[2 * b], 'held', tokens)
+  redis.call('PEXPIRE', KEYS[2 * b - 1], span + 1000)
+  if redis.call('PTTL', KEYS[2 * b]) < span + 1000 then
+    redis.call('PEXPIRE', KEYS[2 * b], span + 1000)
+  end
+end
+return {0, 0}
+"""
+)
+
+# Pause rate-limit buckets (a 429 with Retry-After): nobody is admitted until then.
+# KEYS: the buckets' state hashes. ARGV: pause ms.
+RATE_PAUSE = (
+    _NOW
+    + """
+local until_ms = now_ms + tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local current = tonumber(redis.call('HGET', KEYS[i], 'paused_until') or '0')
+  if until_ms > current then redis.call('HSET', KEYS[i], 'paused_until', until_ms) end
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[1]) + 1000 then
+    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1]) + 1000)
+  end
+end
+return until_ms
 """
 )

@@ -34,12 +34,14 @@ from dispatch.engine.bus import (
 from dispatch.fleet import lua
 from dispatch.fleet.outage import RedisOutage, survive
 from dispatch.fleet.records import VanishedRecords
+from dispatch.fleet.redis_clients import async_client
 from dispatch.fleet.writer import BatchWriter, Fence
 from dispatch.info import JobInfo, job_fields
 from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
+from rho_agent.redact import redact, redact_data
 
 T = TypeVar("T")
 logger = logging.getLogger("dispatch.redis_bus")
@@ -115,14 +117,15 @@ class RedisBus:
         """
         if not settings.bus_url:
             raise ValueError("RedisBus needs a Redis URL (RHO_AGENT_BROKER_URL or REDIS_URL)")
-        pool = aioredis.BlockingConnectionPool.from_url(
+        client = async_client(
             settings.bus_url,
+            master_name=settings.sentinel_master,
             decode_responses=True,
             max_connections=_MAX_CONNECTIONS,
             timeout=60,
             health_check_interval=30,
         )
-        return cls(aioredis.Redis(connection_pool=pool), settings)
+        return cls(client, settings)
 
     # -- dispatcher side ----------------------------------------------------------------------
 
@@ -180,12 +183,12 @@ class RedisBus:
                 job_id,
                 self._retention,
                 self._maxlen,
-                json.dumps(result_dict(result)),
-                json.dumps(event_entry(result.events[0])),
+                json.dumps(redact_data(result_dict(result))),
+                json.dumps(redact_data(event_entry(result.events[0]))),
                 self.keys.dispatcher_prefix(),
                 self.keys.session_prefix(),
                 mode,
-                error,
+                redact(error),
             ],
         )
         return outcome
@@ -227,6 +230,8 @@ class RedisBus:
                     self.keys.cancel(spec.job_id),
                     self.keys.session_owner(spec.session_id),
                     self.keys.leases(),
+                    self.keys.trace(spec.session_id),
+                    self.keys.session(spec.session_id),
                 ],
                 args=[
                     spec.job_id,
@@ -235,6 +240,7 @@ class RedisBus:
                     self._retention,
                     self._maxlen,
                     self.keys.job_prefix(),
+                    "0" if spec.continue_session else "1",
                 ],
             ),
             f"claiming job {spec.job_id}",
@@ -340,8 +346,8 @@ class RedisBus:
                     spec.job_id,
                     attempt,
                     status,
-                    json.dumps(result_dict(result), ensure_ascii=False),
-                    error or "",
+                    json.dumps(redact_data(result_dict(result)), ensure_ascii=False),
+                    redact(error or ""),
                     self._retention,
                     self._maxlen,
                     self.keys.dispatcher_prefix(),
@@ -351,9 +357,6 @@ class RedisBus:
         )
         self.records.released(spec.job_id)
         return bool(done)
-
-    async def cancel_requested(self, job_id: str) -> bool:
-        return bool(await self._r.exists(self.keys.cancel(job_id)))
 
     async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]:
         key = self.keys.cancels()

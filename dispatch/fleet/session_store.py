@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import builtins
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
+from dispatch.errors import FleetUnavailable
 from dispatch.fleet.redis_bus import decode_entry
+from dispatch.fleet.redis_clients import sync_client
 from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import find_secrets, portable_config
@@ -45,22 +49,31 @@ class RedisSessionStore:
             )
         self.keys: Keys = settings.keys
         self._retention = settings.retention_s
-        self._r: Any = redis.Redis.from_url(target, decode_responses=True)
+        self._r: Any = sync_client(
+            target, master_name=settings.sentinel_master, decode_responses=True
+        )
 
     def create_session(self, agent: Agent, *, session_id: str | None = None) -> Session:
         """A new Session whose every trace record goes to Redis as it happens."""
         chosen = validate_session_id(session_id) if session_id else new_session_id()
-        if self._r.exists(self.keys.trace(chosen)):
-            raise SessionError(f"session {chosen} already exists; resume it instead")
         config = portable_config(agent.config)
-        if find_secrets(config):
-            raise SessionError("the agent config holds a secret; keep API keys in the environment")
+        found = find_secrets(config)
+        if found:
+            raise SessionError(
+                f"the agent config holds what looks like a secret at {', '.join(found)}; keep "
+                "API keys in the environment"
+            )
         now = datetime.now(UTC)
+        # The id is claimed atomically (HSETNX): two processes creating it at once get one each.
+        taken = self._r.exists(self.keys.trace(chosen)) or not self._r.hsetnx(
+            self.keys.session(chosen), "created_at", now.isoformat()
+        )
+        if taken:
+            raise SessionError(f"session {chosen} already exists; resume it instead")
         pipe = self._r.pipeline(transaction=False)
         pipe.hset(
             self.keys.session(chosen),
             mapping={
-                "created_at": now.isoformat(),
                 "model": agent.config.model,
                 "profile": agent.profile.name,
                 "status": "idle",
@@ -88,11 +101,12 @@ class RedisSessionStore:
 
     def list(self) -> builtins.list[SessionInfo]:
         """Every session in the index, newest first."""
-        ids: builtins.list[str] = self._r.zrevrange(self.keys.sessions(), 0, -1)
-        pipe = self._r.pipeline(transaction=False)
-        for session_id in ids:
-            pipe.hgetall(self.keys.session(session_id))
-        rows: builtins.list[dict[str, str]] = pipe.execute()
+        with _reachable():
+            ids: builtins.list[str] = self._r.zrevrange(self.keys.sessions(), 0, -1)
+            pipe = self._r.pipeline(transaction=False)
+            for session_id in ids:
+                pipe.hgetall(self.keys.session(session_id))
+            rows: builtins.list[dict[str, str]] = pipe.execute()
         return [_info(sid, row) for sid, row in zip(ids, rows, strict=True) if row]
 
     def get_latest_id(self) -> str | None:
@@ -100,7 +114,8 @@ class RedisSessionStore:
         return latest[0] if latest else None
 
     def info(self, session_id: str) -> SessionInfo:
-        row = self._r.hgetall(self.keys.session(validate_session_id(session_id)))
+        with _reachable():
+            row = self._r.hgetall(self.keys.session(validate_session_id(session_id)))
         if not row:
             raise SessionNotFound(f"no session {session_id} in Redis (or it expired)")
         return _info(session_id, row)
@@ -108,7 +123,8 @@ class RedisSessionStore:
     def load_state(self, session_id: str) -> State:
         """The session's State from its trace (read-only)."""
         key = self.keys.trace(validate_session_id(session_id))
-        entries = self._r.xrange(key)
+        with _reachable():
+            entries = self._r.xrange(key)
         if not entries:
             raise SessionNotFound(f"no session {session_id} in Redis (or it expired)")
         items = [item for _, fields in entries for item in decode_entry(fields["d"])]
@@ -118,7 +134,9 @@ class RedisSessionStore:
         raw = self._r.hget(self.keys.session(validate_session_id(session_id)), "config")
         if not raw:
             raise SessionNotFound(f"session {session_id} has no saved config; pass an agent")
-        return AgentConfig.from_dict(json.loads(raw), source=f"session {session_id}")
+        config = AgentConfig.from_dict(json.loads(raw), source=f"session {session_id}")
+        config.prompt_is_text = True  # stored as text: never a file on this machine
+        return config
 
     def close(self) -> None:
         self._r.close()
@@ -152,6 +170,18 @@ class RedisTraceSink:
 
     def close(self) -> None:
         return None
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """Redis unreachable (refused, timed out, gone mid-read): ``FleetUnavailable``, one line."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise FleetUnavailable(
+            f"cannot read the fleet's sessions: Redis is unreachable ({exc}); check --broker or "
+            "RHO_AGENT_BROKER_URL and that Redis is running"
+        ) from None
 
 
 def _info(session_id: str, row: dict[str, str]) -> SessionInfo:

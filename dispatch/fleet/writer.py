@@ -36,6 +36,7 @@ from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatch.fleet import lua
+from rho_agent.redact import redact_data
 
 logger = logging.getLogger("dispatch.writer")
 
@@ -115,13 +116,13 @@ class BatchWriter:
 
         Items queued for the same stream in one batch share one stream entry: field ``d`` holds
         a JSON list of them (``decode_entry`` reads both forms), so a session's burst of trace
-        records costs one XADD.
+        records costs one XADD. Secrets are redacted here, the one door to Redis for running jobs.
         """
-        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        payload = json.dumps(redact_data(data), separators=(",", ":"), ensure_ascii=False)
         self._put(_Write("xadd", key, {"d": payload}, maxlen, fence, self._queued + 1))
 
     def hset(self, key: str, fields: dict[str, str], fence: Fence | None = None) -> None:
-        self._put(_Write("hset", key, dict(fields), None, fence, self._queued + 1))
+        self._put(_Write("hset", key, redact_data(dict(fields)), None, fence, self._queued + 1))
 
     def zadd(self, key: str, scores: dict[str, float], fence: Fence | None = None) -> None:
         self._put(_Write("zadd", key, dict(scores), None, fence, self._queued + 1))

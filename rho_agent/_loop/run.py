@@ -8,8 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rho_agent.events import AgentEvent, RunError, RunResult
-from rho_agent.state import USAGE_KEYS, empty_usage
+from rho_agent.events import AgentEvent, RunError, RunResult, RunStatus
+from rho_agent.redact import default_redactor
+from rho_agent.state import USAGE_KEYS, empty_usage, round_cost
 
 logger = logging.getLogger("rho_agent.session")
 
@@ -32,6 +33,8 @@ class RunContext:
     _callback_failed: bool = False
 
     def emit(self, event: AgentEvent) -> None:
+        """Hand ``event`` (its secrets redacted) to the run's events and the caller's callback."""
+        _redact_event(event)
         self.events.append(event)
         if self.on_event is None:
             return
@@ -47,14 +50,31 @@ class RunContext:
     def add_usage(self, usage: dict[str, int], cost_usd: float) -> None:
         for key in USAGE_KEYS:
             self.usage[key] += usage.get(key, 0)
-        self.usage["cost_usd"] += cost_usd
+        self.usage["cost_usd"] = round_cost(self.usage["cost_usd"] + cost_usd)
 
-    def result(self, status: str) -> RunResult:
+    def result(self, status: RunStatus) -> RunResult:
+        redactor = default_redactor()
+        error = self.error
+        if error is not None:
+            error = RunError(error.type, redactor.text(error.message), error.partial)
         return RunResult(
-            text=self.text,
+            text=redactor.text(self.text),
             events=self.events,
             status=status,
             usage=dict(self.usage),
-            error=self.error,
-            output=self.output,
+            error=error,
+            output=redactor.data(self.output),
         )
+
+
+def _redact_event(event: AgentEvent) -> None:
+    """Redact the event's text fields in place (it was just built for this emit)."""
+    redactor = default_redactor()
+    if event.content is not None:
+        event.content = redactor.text(event.content)
+    if event.tool_result is not None:
+        event.tool_result = redactor.text(event.tool_result)
+    if event.tool_args is not None:
+        event.tool_args = redactor.data(event.tool_args)
+    if event.tool_metadata is not None:
+        event.tool_metadata = redactor.data(event.tool_metadata)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+from rho_agent.backends._beneath import read_beneath, write_beneath
 from rho_agent.backends._local_search import glob_files, grep_files
 from rho_agent.backends.base import CommandResult, FileEntry, GrepMatch
 from rho_agent.errors import BackendError
@@ -184,6 +185,16 @@ class LocalBackend:
             Path(path).write_bytes(data)
 
         await asyncio.to_thread(write)
+
+    async def read_file_beneath(self, root: str, path: str) -> bytes:
+        """Read ``path`` below ``root`` without following a symlink swapped in (``_beneath``)."""
+        return await asyncio.to_thread(read_beneath, root, path, self._max_file_bytes)
+
+    async def write_file_beneath(
+        self, root: str, path: str, data: bytes, *, single_link: bool
+    ) -> None:
+        """Write ``path`` below ``root`` without following a symlink swapped in (``_beneath``)."""
+        await asyncio.to_thread(write_beneath, root, path, data, single_link=single_link)
 
     async def list_dir(self, path: str) -> list[FileEntry]:
         return await asyncio.to_thread(_list, path)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from rich.console import Console
 
-OFFLINE_BEHAVIOUR = "tool-then-answer"
+OFFLINE_BEHAVIOUR = "workspace"
 
 
 def should_go_offline(*, offline: bool, base_url: str | None) -> bool:

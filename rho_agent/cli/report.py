@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from rho_agent.errors import RhoAgentError
 
@@ -51,17 +52,17 @@ def report(
             with Dispatcher(broker) as dispatcher:
                 if dispatcher.mode != "fleet":
                     _err.print(
-                        f"[red]error:[/] {batch} is not a file, and a batch id needs a fleet: "
-                        "pass --broker redis://... or set RHO_AGENT_BROKER_URL"
+                        f"[red]error:[/] {escape(batch)} is not a file, and a batch id needs a "
+                        "fleet: pass --broker redis://... or set RHO_AGENT_BROKER_URL"
                     )
                     raise typer.Exit(2)
                 found = report_from_fleet(dispatcher, batch, scan)
     except RhoAgentError as exc:
-        _err.print(f"[red]error:[/] {exc}")
+        _err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     text = json.dumps(found.to_json(), indent=2) if as_json else render(found)
     if output is None:
         sys.stdout.write(text + "\n")
     else:
         output.write_text(text + "\n", encoding="utf-8")
-        _err.print(f"wrote {output} ({len(found.rows)} jobs)")
+        _err.print(f"wrote {escape(str(output))} ({len(found.rows)} jobs)")

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from rho_agent.agent import Agent
 from rho_agent.cli import _exit
@@ -157,7 +158,7 @@ async def _run(config: AgentConfig, prompt: str, resume: str | None) -> RunResul
     session.approval_callback = _ask_on_terminal
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(session.cancel()))
-    err.print(f"[dim]session {session.state.session_id} · {config.model}[/]")
+    err.print(Text(f"session {session.state.session_id} · {config.model}", style="dim"))
     try:
         result = await session.run(prompt=prompt, on_event=_show)
     finally:
@@ -173,19 +174,22 @@ async def _run(config: AgentConfig, prompt: str, resume: str | None) -> RunResul
 
 
 def _show(event: AgentEvent) -> None:
+    """Print one event; model and tool text goes in as ``Text``, never parsed as markup."""
     if event.type == "text" and event.content:
         sys.stdout.write(event.content)
         sys.stdout.flush()
     elif event.type == "tool_start":
-        err.print(f"\n[cyan]→ {event.tool_name}[/] [dim]{_short(event.tool_args)}[/]")
+        err.print(Text.assemble("\n", (f"→ {event.tool_name} ", "cyan"), _dim(event.tool_args)))
     elif event.type == "tool_end":
         ok = (event.tool_metadata or {}).get("success", True)
-        mark = "[green]✓[/]" if ok else "[red]✗[/]"
-        err.print(f"{mark} [dim]{_short(event.tool_result)}[/]")
+        mark = ("✓ ", "green") if ok else ("✗ ", "red")
+        err.print(Text.assemble(mark, _dim(event.tool_result)))
     elif event.type == "tool_blocked":
-        err.print(f"[yellow]⊘ {event.tool_name} blocked:[/] {event.tool_result}")
-    elif event.type in ("error", "cancelled", "interruption", "max_turns"):
-        err.print(f"\n[red]{event.type}:[/] {event.content}")
+        err.print(
+            Text.assemble((f"⊘ {event.tool_name} blocked: ", "yellow"), event.tool_result or "")
+        )
+    elif event.type in ("error", "cancelled", "interruption", "max_turns", "budget_exceeded"):
+        err.print(Text.assemble("\n", (f"{event.type}: ", "red"), event.content or ""))
     elif event.type == "compact_end":
         err.print("[dim](history compacted)[/]")
 
@@ -195,6 +199,10 @@ async def _ask_on_terminal(tool_name: str, tool_args: dict[str, Any]) -> bool:
         raise ApprovalInterrupt(f"{tool_name} needs approval and the terminal is not interactive")
     question = f"Allow {tool_name} {_short(tool_args)}?"
     return await asyncio.to_thread(typer.confirm, question, default=False, err=True)
+
+
+def _dim(value: object) -> Text:
+    return Text(_short(value), style="dim")
 
 
 def _short(value: object, limit: int = 160) -> str:

@@ -1,21 +1,31 @@
-"""``rho-agent sessions``: list stored sessions, show one as a transcript, export one as JSON."""
+"""``rho-agent sessions``: list stored sessions, show one as a transcript, export one as JSON.
+
+The sessions are read from a directory store (``--dir``, or the default directory), or from the
+fleet's Redis (``--broker``, or ``$RHO_AGENT_BROKER_URL`` when ``--dir`` is not given), where
+dispatched jobs keep theirs: the same three commands work on both.
+"""
 
 from __future__ import annotations
 
+import builtins
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, Protocol, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dispatch.errors import FleetUnavailable
 from rho_agent.cli import _exit
 from rho_agent.cli._tables import JsonFlag, print_json, print_table
 from rho_agent.errors import RhoAgentError
+from rho_agent.state import State
 from rho_agent.store.directory import SessionInfo, SessionStore
 from rho_agent.store.export import export_session
 from rho_agent.trace import Record
@@ -38,7 +48,16 @@ StoreDir = Annotated[
         "~/.config/rho-agent/sessions).",
     ),
 ]
+Broker = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        help="Read the fleet's sessions from this Redis URL (default: $RHO_AGENT_BROKER_URL, "
+        "unless --dir is given).",
+    ),
+]
 SessionId = Annotated[str, typer.Argument(help="Session id, as `rho-agent sessions` lists it.")]
+BROKER_URL_ENV = "RHO_AGENT_BROKER_URL"
 
 _STATUS_STYLE = {
     "completed": "green",
@@ -47,6 +66,7 @@ _STATUS_STYLE = {
     "interrupted": "yellow",
     "cancelled": "yellow",
     "max_turns": "yellow",
+    "budget_exceeded": "yellow",
     "error": "red",
     "crashed": "red",
 }
@@ -56,22 +76,60 @@ _STATUS_STYLE = {
 def list_sessions(
     ctx: typer.Context,
     directory: StoreDir = None,
+    broker: Broker = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many.")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """List stored sessions, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    store = SessionStore(directory)
-    infos = _guarded(store.list)[: max(limit, 0)]
+    with _opened(directory, broker) as (store, where):
+        infos = _guarded(store.list)[: max(limit, 0)]
     if as_json:
         print_json([asdict(info) for info in infos])
         return
     console = Console()
     if not infos:
-        console.print(Text(f"No sessions in {store.path}."))
+        console.print(Text(f"No sessions in {where}."))
         return
     print_table(console, _sessions_table(infos))
+
+
+class _Store(Protocol):
+    """What these commands read: both ``SessionStore`` and ``RedisSessionStore`` offer it."""
+
+    def list(self) -> builtins.list[SessionInfo]: ...
+    def info(self, session_id: str) -> SessionInfo: ...
+    def load_state(self, session_id: str) -> State: ...
+
+
+@contextmanager
+def _opened(directory: Path | None, broker: str | None) -> Iterator[tuple[_Store, str]]:
+    """The store to read and how to name it: ``--dir``, else the fleet's Redis if a broker is
+    given or set, else the default directory."""
+    if directory is not None and broker is not None:
+        _fail(
+            "give --dir (a sessions directory) or --broker (the fleet's Redis), not both",
+            _exit.USAGE,
+        )
+    url = broker or (None if directory is not None else os.environ.get(BROKER_URL_ENV))
+    if not url:
+        store = SessionStore(directory)
+        yield store, str(store.path)
+        return
+    from dispatch.fleet.celery_broker import require_fleet_extra
+
+    try:
+        require_fleet_extra()
+    except FleetUnavailable as exc:
+        _fail(str(exc), _exit.USAGE)
+    from dispatch.fleet.session_store import RedisSessionStore
+
+    fleet = _guarded(lambda: RedisSessionStore(url))
+    try:
+        yield fleet, "the fleet's Redis"
+    finally:
+        fleet.close()
 
 
 def _sessions_table(infos: list[SessionInfo]) -> Table:
@@ -92,20 +150,23 @@ def _sessions_table(infos: list[SessionInfo]) -> Table:
 def show_session(
     session_id: SessionId,
     directory: StoreDir = None,
+    broker: Broker = None,
     full: Annotated[bool, typer.Option(help="Do not shorten tool arguments and results.")] = False,
 ) -> None:
     """Print a session as a readable transcript, with usage and cost."""
-    store = SessionStore(directory)
-    state = _guarded(lambda: store.load_state(session_id))
-    info = _guarded(lambda: store.info(session_id))
+    with _opened(directory, broker) as (store, _):
+        state = _guarded(lambda: store.load_state(session_id))
+        info = _guarded(lambda: store.info(session_id))
     console = Console(highlight=False)
     usage = state.usage
     console.print(Text(f"Session {info.id}", style="bold"))
     console.print(
-        f"status {info.status} · created {info.created_at.astimezone():%Y-%m-%d %H:%M:%S} · "
-        f"model {info.model} · profile {info.profile} · runs {state.run_count}"
+        Text(
+            f"status {info.status} · created {info.created_at.astimezone():%Y-%m-%d %H:%M:%S} · "
+            f"model {info.model} · profile {info.profile} · runs {state.run_count}"
+        )
     )
-    console.print(f"usage {_usage_text(usage)}", end="\n\n")
+    console.print(Text(f"usage {_usage_text(usage)}"), end="\n\n")
     _Transcript(console, limit=None if full else 400).render(state.records)
 
 
@@ -113,19 +174,20 @@ def show_session(
 def export_command(
     session_id: SessionId,
     directory: StoreDir = None,
+    broker: Broker = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
 ) -> None:
     """Export a session as JSON for analysis tools (format: docs/sessions.md)."""
-    store = SessionStore(directory)
-    state = _guarded(lambda: store.load_state(session_id))
+    with _opened(directory, broker) as (store, _):
+        state = _guarded(lambda: store.load_state(session_id))
     document = json.dumps(export_session(state), indent=2, ensure_ascii=False) + "\n"
     if output is None:
         typer.echo(document, nl=False)
         return
     output.write_text(document, encoding="utf-8")
-    Console(stderr=True).print(f"wrote {output}")
+    Console(stderr=True).print(Text(f"wrote {output}"))
 
 
 class _Transcript:
@@ -167,7 +229,7 @@ class _Transcript:
         return text[: self.limit] + f"… ({len(text) - self.limit} more characters)"
 
     def _run_start(self, record: Record) -> None:
-        self.console.rule(f"Run {record.get('run', '?')}", style="dim")
+        self.console.rule(Text(f"Run {record.get('run', '?')}"), style="dim")
 
     def _run_resume(self, record: Record) -> None:
         self.console.print(
@@ -232,10 +294,15 @@ def _one_line(text: str) -> str:
 
 
 def _guarded(action: Callable[[], T]) -> T:
-    """Run ``action``; a rho-agent error becomes a one-line message and its exit code."""
+    """Run ``action``; a rho-agent error becomes a one-line message and its exit code (3 when
+    the fleet's Redis cannot be reached)."""
     try:
         return action()
     except RhoAgentError as exc:
         code, message = _exit.classify(exc)
-        _exit.report(message)
-        raise typer.Exit(code) from None
+        _fail(message, code)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    _exit.report(message)
+    raise typer.Exit(code) from None

@@ -12,17 +12,17 @@ from __future__ import annotations
 import builtins
 import os
 import shutil
-import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from rho_agent.agent import Agent
 from rho_agent.config import AgentConfig
-from rho_agent.errors import SessionError, SessionLocked, SessionNotFound, TraceError
+from rho_agent.errors import SessionError, SessionNotFound, TraceError
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.session import Session
 from rho_agent.state import State
+from rho_agent.store import holders
 from rho_agent.store.layout import (
     TRACE_FILE,
     SessionMeta,
@@ -66,7 +66,6 @@ class SessionStore:
         if path is None:
             path = os.environ.get(SESSIONS_DIR_ENV) or DEFAULT_SESSIONS_DIR
         self.path = Path(path).expanduser()
-        self._sinks: dict[str, weakref.ref[StoreSink]] = {}
 
     def __repr__(self) -> str:
         return f"SessionStore({str(self.path)!r})"
@@ -84,7 +83,7 @@ class SessionStore:
                 created_at=datetime.now(UTC),
                 model=agent.config.model,
                 profile=agent.profile.name,
-                config_dir=_config_dir(agent.config),
+                config_dir=agent.config.config_dir,
             )
             write_meta(directory, meta)
             sink = StoreSink(directory, meta, lock)
@@ -93,17 +92,19 @@ class SessionStore:
             lock.release()
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        self._sinks[session_id] = weakref.ref(sink)
+        holders.register(directory, sink)
         return session
 
     def resume(self, session_id: str, agent: Agent | None = None) -> Session:
         """The stored session, ready to ``run`` again (or ``resume_run`` if its run never ended).
 
-        Without ``agent`` the agent is rebuilt from the saved config. Raises ``SessionNotFound``,
-        or ``SessionLocked`` if another process or Session has it open.
+        Without ``agent`` the agent is rebuilt from the saved config. An idle Session of this
+        process (from any ``SessionStore``) that still holds the session hands it over and can no
+        longer write. Raises ``SessionNotFound``, or ``SessionLocked`` if another process has it
+        open or a Session of this process is in the middle of a run.
         """
         directory = self._existing_directory(session_id)
-        lock = self._take_lock(session_id, directory)
+        lock = holders.take_lock(directory, session_id)
         try:
             repair_torn_tail(directory / TRACE_FILE)
             state = self._read_state(directory)
@@ -117,7 +118,7 @@ class SessionStore:
         except BaseException:
             lock.release()
             raise
-        self._sinks[session_id] = weakref.ref(sink)
+        holders.register(directory, sink)
         return session
 
     def _new_directory(self, session_id: str | None) -> tuple[str, Path]:
@@ -136,19 +137,6 @@ class SessionStore:
                 continue
             return chosen, directory
         raise SessionError(f"could not make a unique session id in {self.path}")
-
-    def _take_lock(self, session_id: str, directory: Path) -> SessionLock:
-        """The session's lock: from an idle Session of this store (handed over), or a new one."""
-        reference = self._sinks.get(session_id)
-        holder = reference() if reference is not None else None
-        if holder is None or not holder.holds_lock:
-            return SessionLock.acquire(directory, session_id)
-        if holder.run_in_progress:
-            raise SessionLocked(
-                f"session {session_id} has a run in progress in this process; await it, "
-                "or close that Session (await session.close()) before resuming the session again"
-            )
-        return holder.hand_over()
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -248,11 +236,6 @@ class SessionStore:
                 f"not {directory.name!r}; a trace must start with its session_start record"
             )
         return state
-
-
-def _config_dir(config: AgentConfig) -> str | None:
-    value = config.extras.get("_config_dir")
-    return value if isinstance(value, str) else None
 
 
 def _is_valid_id(name: str) -> bool:

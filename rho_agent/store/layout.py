@@ -93,8 +93,7 @@ def read_config(session_dir: Path, config_dir: str | None) -> AgentConfig:
             "pass an agent: store.resume(session_id, agent)"
         ) from None
     config = AgentConfig.from_dict(data or {}, source=str(path))
-    if config_dir is not None:
-        config.extras["_config_dir"] = config_dir
+    config.config_dir = config_dir
     return config
 
 

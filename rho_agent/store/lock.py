@@ -3,7 +3,8 @@
 An exclusive ``fcntl.flock`` on ``<session dir>/lock``. The kernel drops the lock when its holder
 dies, so a lock nobody holds while the trace says "running" means the process crashed. Locks belong
 to an open file, not to a process: a second ``open`` in the same process conflicts like another
-process would. POSIX only; on network file systems ``flock`` may not be enforced.
+process would, which is why ``holders`` hands a lock over within the process instead of acquiring
+it twice. POSIX only; on network file systems ``flock`` may not be enforced.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class SessionLock:
                     holder = _read_holder(fd)
                     os.close(fd)
                     raise SessionLocked(
-                        f"session {session_id} is open in another process or Session "
-                        f"({holder}); wait for it to finish, or close that Session first"
+                        f"session {session_id} is open in another process ({holder}); wait for "
+                        "it to finish, or close that Session first"
                     ) from None
                 time.sleep(0.01)
         _write_holder(fd)

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from rho_agent.testing._responses import Responder, ScriptedResponse, text, tool_call
+from rho_agent.testing._workspace import workspace
 
-BEHAVIOURS = ("echo", "tool-then-answer", "noop-tools:N")
+BEHAVIOURS = ("echo", "tool-then-answer", "workspace", "noop-tools:N")
 
 _Respond = Callable[[dict[str, Any]], ScriptedResponse]
 
@@ -22,7 +23,9 @@ def behaviour(name: str, delay: float = 0.0) -> Responder:
 
     ``echo`` answers ``"Echo: <last user message>"``. ``tool-then-answer`` calls the ``list`` tool
     with ``{"path": "."}`` unless the last message is a tool result, which it then summarises as
-    ``"Done: <first line of the result>"``. ``noop-tools:N`` calls the ``noop`` tool with ``{}``
+    ``"Done: <first line of the result>"``. ``workspace`` reads the file the prompt names, or lists
+    the working directory, and answers from what it found, specifically to the question (what
+    offline mode uses). ``noop-tools:N`` calls the ``noop`` tool with ``{}``
     until the current run (messages after the last user message) holds N tool results, then
     answers ``"done"``.
     """
@@ -32,6 +35,8 @@ def behaviour(name: str, delay: float = 0.0) -> Responder:
         return _delayed(_echo, delay)
     if name == "tool-then-answer":
         return _delayed(_tool_then_answer, delay)
+    if name == "workspace":
+        return _delayed(workspace, delay)
     if name.startswith("noop-tools:"):
         turns = name.removeprefix("noop-tools:")
         if turns.isdigit():

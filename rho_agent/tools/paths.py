@@ -5,6 +5,10 @@ the working dir, the path is resolved through ``..`` and symlinks before the che
 lead outside. Symlinks are resolved by backends that implement ``PathResolver`` (``LocalBackend``
 does); on others the check is lexical, and the sandbox itself is the outer boundary.
 
+A check followed by an open is a race: a directory of the path can be swapped for a symlink in
+between. Backends that implement ``BeneathFiles`` (``LocalBackend``) open the checked path below
+the working dir without following any link, so ``read_checked``/``write_checked`` close that gap.
+
 Paths are POSIX: both backends run on POSIX filesystems.
 """
 
@@ -27,6 +31,17 @@ class PathResolver(Protocol):
     async def realpath(self, path: str) -> str:
         """``path`` with every symlink resolved (missing trailing parts kept as they are)."""
         ...
+
+
+@runtime_checkable
+class BeneathFiles(Protocol):
+    """Optional backend capability: read and write files below a root, following no symlink."""
+
+    async def read_file_beneath(self, root: str, path: str) -> bytes: ...
+
+    async def write_file_beneath(
+        self, root: str, path: str, data: bytes, *, single_link: bool
+    ) -> None: ...
 
 
 def resolve_path(path: str, working_dir: str) -> str:
@@ -59,7 +74,12 @@ def display_path(path: str, working_dir: str) -> str:
 async def real_path(backend: ExecutionBackend, path: str) -> str:
     """``path`` with symlinks resolved when the backend can, else as given."""
     if isinstance(backend, PathResolver):
-        return await backend.realpath(path)
+        try:
+            return await backend.realpath(path)
+        except OSError as exc:  # a link removed while it was being read
+            raise ToolError(
+                f"{path} changed while it was being resolved ({exc.strerror}); try again"
+            ) from None
     return path
 
 
@@ -89,7 +109,7 @@ async def path_for_write(invocation: ToolInvocation, path: str) -> str:
 async def _confined(invocation: ToolInvocation, given: str, resolved: str, action: str) -> str:
     backend = invocation.backend
     real = await real_path(backend, resolved)
-    root = await real_path(backend, posixpath.normpath(backend.working_dir))
+    root = await _root(backend)
     if is_within(real, root):
         return real
     shown = given if real == given else f"{given} (resolves to {real})"
@@ -97,3 +117,26 @@ async def _confined(invocation: ToolInvocation, given: str, resolved: str, actio
         f"{shown} is outside the working directory {backend.working_dir}; the permission "
         f"profile {invocation.profile.name!r} only allows tools to {action} inside it"
     )
+
+
+async def read_checked(invocation: ToolInvocation, path: str) -> bytes:
+    """Read ``path`` (from ``path_for_read``), below the working dir when the profile confines
+    reads and the backend can open without following links."""
+    backend = invocation.backend
+    if invocation.profile.read == "working_dir" and isinstance(backend, BeneathFiles):
+        return await backend.read_file_beneath(await _root(backend), path)
+    return await backend.read_file(path)
+
+
+async def write_checked(invocation: ToolInvocation, path: str, data: bytes) -> None:
+    """Write ``path`` (from ``path_for_write``), below the working dir when the profile confines
+    writes, refusing a file with several hard links there (its other names may be outside)."""
+    backend = invocation.backend
+    if invocation.profile.write == "working_dir" and isinstance(backend, BeneathFiles):
+        await backend.write_file_beneath(await _root(backend), path, data, single_link=True)
+        return
+    await backend.write_file(path, data)
+
+
+async def _root(backend: ExecutionBackend) -> str:
+    return await real_path(backend, posixpath.normpath(backend.working_dir))

@@ -56,7 +56,13 @@ def running_fleet(
         fleet = Fleet(db, tmp)
         try:
             for index in range(workers):
-                fleet.add_worker(f"w{index}", "WARNING", RHO_AGENT_AGENT_FACTORY=factory, **env)
+                fleet.add_worker(
+                    f"w{index}",
+                    "WARNING",
+                    RHO_AGENT_AGENT_FACTORY=factory,
+                    RHO_AGENT_ALLOWED_BASE_URLS=server.base_url,
+                    **env,
+                )
             for worker in fleet.workers.values():
                 worker.wait_ready(WORKER_START_TIMEOUT)
             config = AgentConfig(base_url=server.base_url, working_dir=str(tmp))

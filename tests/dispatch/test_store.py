@@ -10,7 +10,7 @@ import pytest
 
 from dispatch import FleetSettings
 from dispatch.fleet.session_store import RedisSessionStore
-from rho_agent import Agent, AgentConfig, SessionNotFound
+from rho_agent import Agent, AgentConfig, SessionError, SessionLocked, SessionNotFound
 from rho_agent.testing import ScriptedModelServer, behaviour
 from tests.integration.fleet import REDIS_HOST, claimed_db
 
@@ -51,3 +51,28 @@ def test_unknown_sessions(store: RedisSessionStore) -> None:
     with pytest.raises(SessionNotFound):
         store.resume("nope")
     assert store.list() == [] and store.get_latest_id() is None
+
+
+def test_an_existing_id_cannot_be_created_again(store: RedisSessionStore, tmp_path: Path) -> None:
+    agent = Agent(AgentConfig(working_dir=str(tmp_path)))
+    session = store.create_session(agent, session_id="taken-1")
+    with pytest.raises(SessionError, match="session taken-1 already exists"):
+        store.create_session(agent, session_id="taken-1")  # before any record was written
+    assert session.state.session_id == "taken-1"
+    store._r.hset(store.keys.session("by-a-job"), "created_at", "2026-01-01T00:00:00+00:00")
+    with pytest.raises(SessionError, match="already exists"):
+        store.create_session(agent, session_id="by-a-job")
+
+
+def test_a_session_a_live_job_owns_cannot_be_resumed(
+    store: RedisSessionStore, tmp_path: Path
+) -> None:
+    agent = Agent(AgentConfig(working_dir=str(tmp_path)))
+    session = store.create_session(agent, session_id="owned-1")
+    session.state.append("session_start", session_id="owned-1")
+    store._r.set(store.keys.session_owner("owned-1"), "j-live")
+    store._r.hset(store.keys.job("j-live"), "status", "running")
+    with pytest.raises(SessionLocked, match="fleet job j-live"):
+        store.resume("owned-1")
+    store._r.hset(store.keys.job("j-live"), "status", "completed")
+    assert store.resume("owned-1").state.session_id == "owned-1"

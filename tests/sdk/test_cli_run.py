@@ -68,12 +68,14 @@ def test_run_exits_non_zero_on_error(model_server: ScriptedModelServer, tmp_path
     assert "invalid api key" in done.stderr
 
 
-def test_offline_mode_without_a_key(tmp_path: Path) -> None:
+def test_offline_mode_without_a_key_reads_the_file_the_prompt_names(tmp_path: Path) -> None:
     env = cli_env(tmp_path)
     env.pop("OPENAI_API_KEY", None)
-    done = rho(["run", "what is here?", "--working-dir", str(tmp_path)], env)
+    (tmp_path / "README.md").write_text("\n# Demo project\n\nIt demonstrates.\n")
+    done = rho(["run", "Summarise README.md", "--working-dir", str(tmp_path)], env)
     assert done.returncode == 0, done.stderr
-    assert "offline mode" in done.stderr and done.stdout.startswith("Done:")
+    assert "offline mode" in done.stderr and "→ read {'path': 'README.md'}" in done.stderr
+    assert done.stdout.strip() == 'Summary: README.md has 4 lines and starts with "# Demo project".'
 
 
 def test_ctrl_c_cancels_cleanly(model_server: ScriptedModelServer, tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from rho_agent import (
     SessionStore,
     State,
 )
+from rho_agent.store.lock import is_locked
 from rho_agent.testing import ScriptedModelServer, text, tool_call
 from tests.sdk.helpers import ProbeTool
 from tests.sdk.test_trace import assert_same_state
@@ -265,21 +266,35 @@ async def test_session_ids_are_validated(store: SessionStore, tmp_path: Path) ->
 # -- locking and crashes ---------------------------------------------------------------------
 
 
-async def test_a_second_opener_gets_a_clear_error_until_the_first_closes(
+async def test_a_second_store_in_this_process_takes_over_an_idle_session(
     model_server: ScriptedModelServer, store: SessionStore, tmp_path: Path
 ) -> None:
-    session = store.create_session(make_agent(model_server, tmp_path))
-    session_id = session.state.session_id
+    # A notebook re-running a cell: a new SessionStore on the same directory (spelt differently)
+    # resumes a session an idle Session of the first store still holds.
+    agent = make_agent(model_server, tmp_path)
+    model_server.script(text("first"))
+    old = store.create_session(agent)
+    session_id = old.state.session_id
+    await old.run(prompt="one")
+    other_store = SessionStore(store.path / ".." / store.path.name)
+    new = other_store.resume(session_id, agent)
     trace = store.path / session_id / "trace.jsonl"
-    before = trace.read_bytes()
-    other_store = SessionStore(store.path)  # its own lock file handle, like another process
-    with pytest.raises(SessionLocked, match=f"session {session_id} is open .*pid {os.getpid()}"):
-        other_store.resume(session_id)
-    assert trace.read_bytes() == before
-    await session.close()
-    reopened = other_store.resume(session_id)
-    assert reopened.state.session_id == session_id
-    await reopened.close()
+    size = trace.stat().st_size
+    with pytest.raises(SessionError, match="resumed by a newer Session"):
+        await old.run(prompt="stale object")
+    assert trace.stat().st_size == size
+    model_server.script(text("second"))
+    assert (await new.run(prompt="two")).text == "second"
+    await old.close()  # closing the superseded object must not unlock the new one
+    newest = SessionStore(store.path).resume(session_id)  # and the newest hands over again
+    with pytest.raises(SessionError, match="resumed by a newer Session"):
+        await new.run(prompt="stale again")
+    assert [m.get("content") for m in newest.state.messages if m.get("role") == "user"] == [
+        "one",
+        "two",
+    ]
+    await new.close()
+    await newest.close()
 
 
 async def test_resuming_in_the_same_store_hands_over_and_the_old_object_stops_writing(
@@ -296,14 +311,13 @@ async def test_resuming_in_the_same_store_hands_over_and_the_old_object_stops_wr
     assert trace.stat().st_size == size
     model_server.script(text("fine"))
     assert (await new.run(prompt="current object")).text == "fine"
-    await old.close()  # closing the superseded object must not unlock the new one
-    with pytest.raises(SessionLocked):
-        SessionStore(store.path).resume(session_id)
+    await old.close()
     await new.close()
 
 
+@pytest.mark.parametrize("same_store", [True, False], ids=["same-store", "other-store"])
 async def test_resuming_while_a_run_is_in_progress_in_this_process_is_refused(
-    model_server: ScriptedModelServer, store: SessionStore, tmp_path: Path
+    model_server: ScriptedModelServer, store: SessionStore, tmp_path: Path, same_store: bool
 ) -> None:
     model_server.script(text("slow", delay=1.0))
     session = store.create_session(make_agent(model_server, tmp_path))
@@ -312,8 +326,9 @@ async def test_resuming_while_a_run_is_in_progress_in_this_process_is_refused(
         if session.state.status == "running":
             break
         await asyncio.sleep(0.01)
+    resumer = store if same_store else SessionStore(store.path)
     with pytest.raises(SessionLocked, match="run in progress in this process"):
-        store.resume(session.state.session_id)
+        resumer.resume(session.state.session_id)
     assert store.list()[0].status == "running"
     await session.cancel()
     await task
@@ -331,12 +346,22 @@ async def main() -> None:
 
 asyncio.run(main())
 """
+IDLE_CHILD = """
+import sys, time
+from rho_agent import SessionStore
+
+session = SessionStore(sys.argv[1]).resume(sys.argv[2])
+print("resumed", flush=True)
+time.sleep(60)
+"""
 
 
 @contextlib.contextmanager
-def child_process(store: SessionStore, session_id: str) -> Iterator[subprocess.Popen[str]]:
+def child_process(
+    store: SessionStore, session_id: str, script: str = CHILD
+) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(store.path), session_id],
+        [sys.executable, "-c", script, str(store.path), session_id],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -349,6 +374,26 @@ def child_process(store: SessionStore, session_id: str) -> Iterator[subprocess.P
         process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+async def test_another_process_holding_an_idle_session_is_refused_with_its_pid(
+    model_server: ScriptedModelServer, store: SessionStore, tmp_path: Path
+) -> None:
+    session = store.create_session(make_agent(model_server, tmp_path))
+    session_id = session.state.session_id
+    await session.close()
+    trace = store.path / session_id / "trace.jsonl"
+    with child_process(store, session_id, IDLE_CHILD) as child:
+        assert child.stdout is not None
+        assert await asyncio.to_thread(child.stdout.readline) == "resumed\n"
+        before = trace.read_bytes()
+        for resumer in (store, SessionStore(store.path)):
+            with pytest.raises(SessionLocked, match=f"open in another process \\(pid {child.pid} "):
+                resumer.resume(session_id)
+        assert trace.read_bytes() == before
+        child.kill()
+    resumed = store.resume(session_id)  # the kernel dropped the dead child's lock
+    await resumed.close()
 
 
 async def test_another_process_locks_the_session_and_its_death_shows_as_crashed(
@@ -506,9 +551,7 @@ def test_a_session_dropped_without_close_is_released_when_collected(tmp_path: Pa
     store = SessionStore(tmp_path)
     session = store.create_session(Agent(AgentConfig(working_dir=str(tmp_path))))
     session_id = session.state.session_id
-    with pytest.raises(SessionLocked):
-        SessionStore(tmp_path).resume(session_id)
+    assert is_locked(tmp_path / session_id)
     del session
     gc.collect()
-    resumed = SessionStore(tmp_path).resume(session_id)
-    asyncio.run(resumed.close())
+    assert not is_locked(tmp_path / session_id)

@@ -8,6 +8,7 @@ never leaves a billed sandbox behind.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import posixpath
@@ -184,19 +185,28 @@ async def _upload(sandbox: AsyncSandbox, uploads: tuple[Upload, ...], working_di
             await sandbox.fs.create_folder(folder, "755")
         for batch in _batches(files):
             await sandbox.fs.upload_files(
-                [daytona.FileUpload(source=str(path), destination=dest) for path, dest in batch]
+                [
+                    daytona.FileUpload(
+                        source=source if isinstance(source, bytes) else str(source),
+                        destination=dest,
+                    )
+                    for source, dest in batch
+                ]
             )
 
 
 def _plan_uploads(
     uploads: tuple[Upload, ...], working_dir: str
-) -> tuple[list[tuple[Path, str]], list[str]]:
-    """Every local file with its sandbox path, and the empty folders to create."""
-    files: list[tuple[Path, str]] = []
+) -> tuple[list[tuple[Path | bytes, str]], list[str]]:
+    """Every file (a local path, or inline bytes) with its sandbox path, and the empty folders."""
+    files: list[tuple[Path | bytes, str]] = []
     folders: list[str] = []
     for upload in uploads:
-        local = Path(upload.local).expanduser()
         remote = posixpath.normpath(posixpath.join(working_dir, upload.remote))
+        if upload.content is not None:
+            files.append((base64.b64decode(upload.content), remote))
+            continue
+        local = Path(str(upload.local)).expanduser()
         if local.is_dir():
             folders.extend(_collect(local, remote, files))
         elif local.is_file():
@@ -209,7 +219,7 @@ def _plan_uploads(
     return files, folders
 
 
-def _collect(local: Path, remote: str, files: list[tuple[Path, str]]) -> list[str]:
+def _collect(local: Path, remote: str, files: list[tuple[Path | bytes, str]]) -> list[str]:
     """Add every file under ``local`` to ``files``; return the empty folders to create."""
     empty: list[str] = [] if any(local.iterdir()) else [remote]
     for directory, subdirectories, names in os.walk(local):
@@ -226,11 +236,12 @@ def _collect(local: Path, remote: str, files: list[tuple[Path, str]]) -> list[st
     return empty
 
 
-def _batches(files: list[tuple[Path, str]]) -> list[list[tuple[Path, str]]]:
-    batches: list[list[tuple[Path, str]]] = []
+def _batches(files: list[tuple[Path | bytes, str]]) -> list[list[tuple[Path | bytes, str]]]:
+    batches: list[list[tuple[Path | bytes, str]]] = []
     size = 0
     for item in files:
-        item_size = item[0].stat().st_size
+        source = item[0]
+        item_size = len(source) if isinstance(source, bytes) else source.stat().st_size
         full = batches and len(batches[-1]) >= _UPLOAD_BATCH_FILES
         if not batches or full or size + item_size > _UPLOAD_BATCH_BYTES:
             batches.append([])

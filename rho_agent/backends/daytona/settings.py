@@ -12,7 +12,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from rho_agent.errors import ConfigError
 
@@ -28,12 +36,26 @@ class Upload(BaseModel):
 
     ``remote`` is absolute, or relative to the sandbox working dir. A directory's contents land
     under ``remote`` (``./src`` -> ``/home/daytona/src`` gives ``/home/daytona/src/a.py``).
+    ``content`` (base64) replaces ``local`` for one file whose bytes travel with the config: a
+    fleet job's uploads arrive that way, read where the job was submitted (``inline_uploads``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    local: str = Field(min_length=1)
+    local: str | None = Field(default=None, min_length=1)
+    content: str | None = None
     remote: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.local is None) == (self.content is None):
+            raise ValueError("an upload has either local (a path) or content (base64), not both")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_source(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Data with only the source it has (``to_dict()`` stays as the user wrote it)."""
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class Resources(BaseModel):

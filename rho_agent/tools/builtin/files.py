@@ -9,7 +9,13 @@ from rho_agent.tools._schema import parse_arguments
 from rho_agent.tools._truncate import MAX_OUTPUT_CHARS
 from rho_agent.tools.base import ToolInvocation, ToolOutput
 from rho_agent.tools.builtin._common import Arguments, BuiltinTool, fs_error
-from rho_agent.tools.paths import display_path, path_for_read, path_for_write
+from rho_agent.tools.paths import (
+    display_path,
+    path_for_read,
+    path_for_write,
+    read_checked,
+    write_checked,
+)
 
 MAX_LINE_CHARS = 2000
 DEFAULT_READ_LINES = 2000
@@ -55,7 +61,7 @@ class ReadTool(BuiltinTool):
         args = parse_arguments(ReadArguments, invocation.arguments, self.name)
         path = await path_for_read(invocation, args.path)
         try:
-            data = await invocation.backend.read_file(path)
+            data = await read_checked(invocation, path)
         except OSError as exc:
             raise fs_error(exc, args.path) from None
         if b"\0" in data[:_BINARY_PROBE]:
@@ -117,7 +123,7 @@ class WriteTool(BuiltinTool):
         path = await path_for_write(invocation, args.path)
         data = args.content.encode("utf-8")
         try:
-            await invocation.backend.write_file(path, data)
+            await write_checked(invocation, path, data)
         except OSError as exc:
             raise fs_error(exc, args.path) from None
         shown = display_path(path, invocation.backend.working_dir)
@@ -147,7 +153,7 @@ class EditTool(BuiltinTool):
         path = await path_for_write(invocation, args.path)
         backend = invocation.backend
         try:
-            text = (await backend.read_file(path)).decode("utf-8")
+            text = (await read_checked(invocation, path)).decode("utf-8")
         except FileNotFoundError:
             raise ToolError(f"{args.path} does not exist; create it with the write tool") from None
         except OSError as exc:
@@ -159,7 +165,7 @@ class EditTool(BuiltinTool):
         first_line = text[: text.index(old)].count("\n") + 1
         updated = text.replace(old, new) if args.replace_all else text.replace(old, new, 1)
         try:
-            await backend.write_file(path, updated.encode("utf-8"))
+            await write_checked(invocation, path, updated.encode("utf-8"))
         except OSError as exc:
             raise fs_error(exc, args.path) from None
         shown = display_path(path, backend.working_dir)

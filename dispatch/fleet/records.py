@@ -46,11 +46,12 @@ class VanishedRecords:
     def released(self, job_id: str) -> None:
         self._running.pop(job_id, None)
 
-    async def restore(self, job_id: str) -> bool:
+    async def restore(self, job_id: str, attempt: int | None = None) -> bool:
         """Re-create the job's record if Redis has none; True if the record now says this
-        worker's attempt runs the job (re-created now or a moment ago), False if it says not."""
+        worker's attempt (``attempt``, by default the latest it claimed) runs the job (re-created
+        now or a moment ago), False if it says another attempt does."""
         running = self._running.get(job_id)
-        if running is None:
+        if running is None or attempt not in (None, running.attempt):
             return False
         keys = self._settings.keys
         spec = running.spec

@@ -290,6 +290,11 @@ class RedisBus:
         self._checking.add(task)
         task.add_done_callback(self._checking.discard)
 
+    async def _flushed(self) -> None:
+        await self._writer.flush()
+        if self._checking:
+            await asyncio.gather(*self._checking, return_exceptions=True)
+
     async def restore_missing(self, running: set[str]) -> list[str]:
         """Re-create the records Redis lost of the jobs this worker runs (``running``)."""
         restored = await self.records.restore_missing(running)
@@ -300,7 +305,8 @@ class RedisBus:
     async def _refused(self, claim: Claim) -> None:
         try:  # Redis just came back from a restart: its pooled connections may be stale
             restored = await self._survive(
-                lambda: self.records.restore(claim.job_id), f"checking job {claim.job_id}"
+                lambda: self.records.restore(claim.job_id, claim.attempt),
+                f"checking job {claim.job_id}",
             )
             if restored:
                 self._writer.expire_again()
@@ -319,9 +325,10 @@ class RedisBus:
             callback(claim)
 
     async def flush(self) -> None:
-        """Wait until Redis stored every queued write; ``RedisOutage`` past the outage limit."""
+        """Wait until Redis stored every queued write and every refusal among them is reported;
+        ``RedisOutage`` past the outage limit."""
         try:
-            await asyncio.wait_for(self._writer.flush(), self.settings.redis_outage_s)
+            await asyncio.wait_for(self._flushed(), self.settings.redis_outage_s)
         except TimeoutError:
             raise RedisOutage(
                 f"Redis did not store this worker's writes within {self.settings.redis_outage_s:g}"

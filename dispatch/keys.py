@@ -19,6 +19,7 @@ key                                    type         what
 ``{p}approvals``                       sorted set   jobs awaiting approval by their deadline (ms)
 ``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in
 ``{p}sweeper``                         string       lock so one sweeper runs per interval
+``{p}janitor``                         string       lock so one janitor tidies the indexes at a time
 ``{p}batch:{id}``                      hash         a dispatch's job ids by entry index, ``total``
 ``{p}budget:{scope}``                  hash         a budget: max_cost_usd, max_tokens, window_s
 ``{p}budget:{scope}@{window}``         hash         its spend in one window: spent, reserved
@@ -95,6 +96,9 @@ class Keys:
 
     def sweeper_lock(self) -> str:
         return f"{self.prefix}sweeper"
+
+    def janitor_lock(self) -> str:
+        return f"{self.prefix}janitor"
 
     def worker(self, name: str) -> str:
         """The last heartbeat of one worker (hash)."""

@@ -25,6 +25,7 @@ from dispatch.fleet.redis_bus import RedisBus
 from dispatch.fleet.script_batch import ScriptBatcher
 from dispatch.fleet.spend import RedisSpendLedger
 from dispatch.spec import JobSpec
+from workers.janitor import Janitor
 from workers.lease import LeaseKeeper, Sweeper
 from workers.progress import FlowerProgress, TaskIds
 from workers.worker_settings import WorkerSettings
@@ -123,7 +124,7 @@ class SessionHost:
         await host.start()
         self._bus = bus
         self._broker = CeleryBroker(settings.fleet)
-        keeper = LeaseKeeper(bus.client, settings.fleet.keys, host, settings.lease_ms)
+        keeper = LeaseKeeper(bus, host, settings.lease_ms)
         sweeper = Sweeper(
             bus.client,
             settings.fleet.keys,
@@ -132,10 +133,12 @@ class SessionHost:
             grace_ms=settings.fleet.queued_lease_s * 1000,
             retention_s=settings.fleet.retention_s,
             events_maxlen=settings.fleet.events_maxlen,
+            lease_ms=settings.lease_ms,
         )
         self._tasks = [
             asyncio.create_task(keeper.run(), name="rho-leases"),
             asyncio.create_task(sweeper.run(), name="rho-sweeper"),
+            asyncio.create_task(Janitor(bus.client, settings.fleet).run(), name="rho-janitor"),
         ]
         if self._app is not None:
             progress = FlowerProgress(

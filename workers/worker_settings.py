@@ -78,6 +78,16 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "where the worker's health file is written",
     ),
     (
+        "RHO_AGENT_WORKER_RESTARTS",
+        "0",
+        "(set by `rho-agent fleet up`) times this worker was restarted after it exited",
+    ),
+    (
+        "RHO_AGENT_REDIS_OUTAGE_LIMIT",
+        "60",
+        "seconds Redis may be unreachable (or a job's record missing) before giving up on it",
+    ),
+    (
         ALLOWED_BASE_URLS_ENV,
         "OPENAI_BASE_URL",
         "model endpoints (comma-separated) jobs may name; the API key goes only to these",

@@ -186,13 +186,20 @@ class FleetBroker:
 
         ``for event in job.events()`` reads here rather than through the dispatcher's loop: one
         thread wakes when an event arrives instead of two (the loop's, then the caller's), which
-        on a busy machine is most of an event's delivery time (docs/benchmarks.md).
+        on a busy machine is most of an event's delivery time (docs/benchmarks.md). A Redis
+        restart or outage shorter than ``RHO_AGENT_REDIS_OUTAGE_LIMIT`` is ridden out.
         """
+        from dispatch.fleet.outage import survive_sync
         from dispatch.fleet.redis_bus import stream_entries
 
         key = self._settings.keys.events(job_id)
         block = int(block_s * 1000) if block_s > 0 else None
-        return stream_entries(self._redis.xread({key: after}, count=EVENT_PAGE, block=block))
+        reply = survive_sync(
+            lambda: self._redis.xread({key: after}, count=EVENT_PAGE, block=block),
+            limit_s=self._settings.redis_outage_s,
+            what=f"reading the events of job {job_id}",
+        )
+        return stream_entries(reply)
 
     def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
         """Store a batch's job ids in Redis (before its jobs are sent: a crash in between leaves
@@ -207,13 +214,29 @@ class FleetBroker:
         return dict(self._redis.hgetall(self._settings.keys.batch(batch_id)))
 
     def publish(self, specs: list[JobSpec]) -> None:
-        """Record the jobs as queued, then send them (blocking; any thread)."""
+        """Record the jobs as queued, then send them (blocking; any thread).
+
+        Both ride out a Redis outage of up to ``RHO_AGENT_REDIS_OUTAGE_LIMIT``; a send retried
+        after a failure may deliver some jobs twice, and the second copy is skipped.
+        """
+        from kombu.exceptions import OperationalError
+
+        from dispatch.fleet.outage import RETRYABLE, survive_sync
         from dispatch.fleet.redis_bus import queue_submit
 
-        pipe = self._redis.pipeline(transaction=False)
-        queue_submit(pipe, specs, self._settings, self._settings.queue)
-        pipe.execute()
-        self._celery.send(specs)
+        def record() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            queue_submit(pipe, specs, self._settings, self._settings.queue)
+            pipe.execute()
+
+        limit = self._settings.redis_outage_s
+        survive_sync(record, limit_s=limit, what="recording the jobs")
+        survive_sync(
+            lambda: self._celery.send(specs),
+            limit_s=limit,
+            what="sending the jobs",
+            retry_on=(*RETRYABLE, OperationalError),
+        )
 
     async def apublish(self, specs: list[JobSpec]) -> None:
         await asyncio.to_thread(self.publish, specs)

@@ -44,7 +44,13 @@ class _Core:
         self.loop = LoopThread(f"rho-dispatcher-{dispatcher_id}")
         self._broker: Broker | None = None
         self._lock = threading.Lock()
-        self.fan_in = FanIn(lambda: self.bus, dispatcher_id, self.read_events)
+        self.fan_in = FanIn(
+            lambda: self.bus,
+            dispatcher_id,
+            self.read_events,
+            self._resend,
+            missing_limit_s=settings.redis_outage_s,
+        )
         self._followers: set[asyncio.Task[None]] = set()
         self._models: dict[str, OutputSchema] = {}
         """Jobs whose answers become instances of a pydantic model when read back."""
@@ -85,9 +91,13 @@ class _Core:
         return self._jobs(specs, observers)
 
     def _expect(self, specs: list[JobSpec], schema: OutputSchema | None) -> None:
-        self.fan_in.expect(spec.job_id for spec in specs)
+        self.fan_in.expect(specs)
         if schema is not None and schema.model is not None:
             self._models.update((spec.job_id, schema) for spec in specs)
+
+    async def _resend(self, specs: list[JobSpec]) -> None:
+        """Send jobs again whose records Redis lost (the fan-in found them missing)."""
+        await self.broker.apublish(specs)
 
     def _jobs(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
         from dispatch.job import Job

@@ -78,6 +78,10 @@ class JobHost:
             if run.attempt > 0
         ]
 
+    def job_ids(self) -> set[str]:
+        """Every job this host holds right now, claimed or still being claimed."""
+        return set(self._runs)
+
     def progress(self) -> list[tuple[str, dict[str, Any]]]:
         """``(job id, turns/tokens/cost)`` of every job running here with a session."""
         found = []

@@ -438,6 +438,31 @@ return out
 """
 )
 
+# KEYS: job, leases, jobs index, session owner.
+# ARGV: job_id, attempt, worker, lease_ms, retention_s, submitted_at, then hash field / value
+# pairs (the submitted job's fields). Re-creates the record of a job this worker is running
+# when Redis lost it (a restart without persistence). Returns 2 if it did, 1 if the record exists
+# and says this attempt runs the job (re-created already), 0 if another attempt owns it.
+RESTORE_RUNNING = (
+    _NOW
+    + """
+if redis.call('HEXISTS', KEYS[1], 'spec') == 1 then
+  local state = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+  if state[1] == 'running' and state[2] == ARGV[2] then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', ARGV[2], 'worker', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'started_at', now_s)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[4]), ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[5])
+return 2
+"""
+)
+
 # Reserve one model call's estimate in every budget scope of a job, or in none (a refusal).
 # KEYS: budgets index. ARGV: budget key prefix, estimate usd, estimate tokens, retention_s, then
 # five values per scope: scope, max usd, max tokens, window s ('' = none), own ('1': the limits

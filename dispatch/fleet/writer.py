@@ -149,6 +149,11 @@ class BatchWriter:
         await self._disconnect()
         self._connection = None
 
+    def expire_again(self) -> None:
+        """Send ``EXPIRE`` again for every key written from now on: Redis lost keys (a restart
+        without persistence), so keys this writer expired a moment ago may be new ones."""
+        self._expired_at.clear()
+
     def _put(self, write: _Write) -> None:
         self._queue.append(write)
         self._queued += 1
@@ -260,8 +265,9 @@ class BatchWriter:
         """Put sent-but-unconfirmed writes back at the head of the queue, in order."""
         resend = [write for sent in self._in_flight for write in sent.writes]
         self._in_flight.clear()
-        for write in resend:  # their EXPIREs may not have landed either
-            self._expired_at.pop(write.key, None)
+        # Their EXPIREs may not have landed, and Redis may have restarted without its data:
+        # every key written from now on may be new and needs its EXPIRE again.
+        self._expired_at.clear()
         self._queue = resend + self._queue
 
     def _commands(self, batch: list[_Write]) -> tuple[list[list[Any]], list[Fence]]:

@@ -36,6 +36,10 @@ class FleetSettings:
     queued_lease_s: int = 600
     """How long a queued (or re-sent) job may wait for a worker to claim it before the sweeper
     sends it again: a lost message or a worker that died before claiming it costs this long."""
+    fan_out_max_depth: int = 2
+    """How deep ``fan_out`` may nest: a job's children are one level below it (0: no fan-out)."""
+    fan_out_max_children: int = 50
+    """How many sub-jobs one ``fan_out`` call may start."""
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +56,16 @@ class FleetSettings:
         if self.embedded_concurrency < 1:
             raise SettingsError(
                 f"embedded concurrency must be at least 1, got {self.embedded_concurrency}"
+            )
+        if self.fan_out_max_depth < 0:
+            raise SettingsError(
+                f"RHO_AGENT_FAN_OUT_MAX_DEPTH must be 0 (no fan-out) or more, got "
+                f"{self.fan_out_max_depth}"
+            )
+        if self.fan_out_max_children < 1:
+            raise SettingsError(
+                f"RHO_AGENT_FAN_OUT_MAX_CHILDREN must be at least 1, got "
+                f"{self.fan_out_max_children}; set RHO_AGENT_FAN_OUT_MAX_DEPTH=0 to forbid fan-out"
             )
         if not self.queue.strip():
             raise SettingsError("the queue name must not be empty (RHO_AGENT_QUEUE)")
@@ -99,6 +113,8 @@ def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "RHO_AGENT_EVENTS_MAXLEN": "events_maxlen",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "embedded_concurrency",
         "RHO_AGENT_QUEUED_LEASE": "queued_lease_s",
+        "RHO_AGENT_FAN_OUT_MAX_DEPTH": "fan_out_max_depth",
+        "RHO_AGENT_FAN_OUT_MAX_CHILDREN": "fan_out_max_children",
     }
     for name, attr in int_vars.items():
         if env.get(name):

@@ -67,6 +67,9 @@ class JobSpec(BaseModel):
     submitted_at: float = Field(default_factory=time.time)
     output_schema: dict[str, Any] | None = None
     """The JSON schema the last prompt's answer must match (content, never a path)."""
+    depth: int = Field(default=0, ge=0)
+    """How many ``fan_out`` parents this job has above it (0: submitted by a dispatcher); it
+    travels with the job so the depth limit holds on whichever worker runs it."""
 
     @field_validator("job_id", "session_id", "reply_to")
     @classmethod

@@ -59,6 +59,7 @@ class EmbeddedBroker:
     """Runs jobs on the dispatcher's loop through a JobHost over a MemoryBus."""
 
     def __init__(self, settings: FleetSettings, loop: LoopThread) -> None:
+        from dispatch.engine.fan_out import FanOutLimits
         from dispatch.engine.host import JobHost
         from dispatch.engine.memory_bus import MemoryBus
         from dispatch.engine.run import RunnerOptions
@@ -67,9 +68,9 @@ class EmbeddedBroker:
         self.bus: JobBus = memory
         self._loop = loop
         self._queue = settings.queue
-        self._host = JobHost(
-            memory, RunnerOptions(worker="embedded"), concurrency=settings.embedded_concurrency
-        )
+        limits = FanOutLimits(settings.fan_out_max_depth, settings.fan_out_max_children)
+        options = RunnerOptions(worker="embedded", publish=self._start, fan_out=limits)
+        self._host = JobHost(memory, options, concurrency=settings.embedded_concurrency)
         self._tasks: set[asyncio.Task[object]] = set()
         self._batches: dict[str, dict[str, str]] = {}
 
@@ -92,6 +93,11 @@ class EmbeddedBroker:
     async def _send(self, specs: list[JobSpec]) -> None:
         """Record the jobs, then start them (at most ``concurrency`` run at once)."""
         await self.bus.submit(specs, self._queue)
+        await self._start(specs)
+
+    async def _start(self, specs: list[JobSpec]) -> None:
+        """Run recorded jobs on this loop: a dispatcher's, or a ``fan_out`` call's children
+        (sub-sessions in this process, through the same host)."""
         await self._host.start()
         for spec in specs:
             task: asyncio.Task[object] = asyncio.create_task(self._run(spec))

@@ -11,6 +11,7 @@ cancellation (worker shutdown) escapes, leaving the job to be resumed elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import OrderedDict
@@ -26,9 +27,11 @@ from dispatch.engine.bus import (
     cancelled_before_start,
     entry_event,
     event_entry,
+    failure_reason,
 )
 from dispatch.engine.ceiling import check_ceiling
 from dispatch.engine.endpoints import check_endpoint
+from dispatch.engine.fan_out import FanOutLimits, JobSubJobs, Publish, Waiting, cancel_children
 from dispatch.errors import FleetError
 from dispatch.spec import JobSpec
 from rho_agent.agent import Agent
@@ -48,6 +51,8 @@ class RunnerOptions:
     """How a host runs jobs: its name, lease length, profile ceiling, time limit, attempts.
 
     ``allowed_base_urls``: the model endpoints jobs may name (normalised; None: any).
+    ``publish`` sends a ``fan_out`` call's children to whatever runs jobs (None: this host
+    cannot start sub-jobs, and the tool says so); ``fan_out`` limits how far they go.
     """
 
     worker: str = "embedded"
@@ -57,6 +62,8 @@ class RunnerOptions:
     max_attempts: int = 3
     agent_factory: Callable[[AgentConfig], Agent] = Agent
     allowed_base_urls: tuple[str, ...] | None = None
+    publish: Publish | None = None
+    fan_out: FanOutLimits = field(default_factory=FanOutLimits)
 
 
 @dataclass
@@ -134,11 +141,14 @@ class JobRun:
         bus: RunnerBus,
         options: RunnerOptions,
         agents: AgentCache | None = None,
+        waiting: Waiting = contextlib.nullcontext,
     ) -> None:
         self.spec = spec
         self._bus = bus
         self._options = options
         self._agents = agents or AgentCache(options.agent_factory, size=1)
+        self._waiting = waiting
+        self._sub_jobs: JobSubJobs | None = None
         self._attempt = 0
         self._events = 0
         self._cancelled = False
@@ -275,6 +285,16 @@ class JobRun:
         # Before a tool runs, its tool_start is confirmed in Redis: a refused write (a newer
         # attempt owns the job) stops this run before the side effect, not after.
         session.before_tool = self._bus.flush
+        if self._options.publish is not None:
+            self._sub_jobs = JobSubJobs(
+                spec,
+                agent.profile,
+                self._bus,
+                self._options.publish,
+                self._options.fan_out,
+                self._waiting,
+            )
+            session.sub_jobs = self._sub_jobs
         self._session = session
         await self._load_baseline(session.state)
         return session
@@ -403,6 +423,20 @@ class JobRun:
         self._timed_out = True
         self._cancelled = True
 
+    @property
+    def _started_children(self) -> bool:
+        return self._sub_jobs is not None and self._sub_jobs.started_children
+
+    async def _cancel_children(self) -> None:
+        """The tree never outlives its root: stop the children this job left unfinished."""
+        try:
+            asked = await cancel_children(self._bus, self.job_id)
+        except Exception:
+            logger.exception("cancelling the sub-jobs of job %s failed", self.job_id)
+            return
+        if asked:
+            logger.info("job %s ended; cancelled %d unfinished sub-job(s)", self.job_id, asked)
+
     # -- finishing ----------------------------------------------------------------------------
 
     async def _fail(self, message: str) -> JobOutcome:
@@ -432,6 +466,8 @@ class JobRun:
         owned = not self._fenced and await self._bus.finish(
             self.spec, self._attempt, result, reason
         )
+        if owned and (status != "completed" or self._started_children):
+            await self._cancel_children()
         outcome_status = status if owned else "superseded"
         if not owned:
             logger.warning(
@@ -446,20 +482,3 @@ class JobRun:
             usage=dict(result.usage),
             turns=self._turns,
         )
-
-
-_FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption")
-
-
-def failure_reason(result: RunResult) -> str | None:
-    """Why a run that did not complete ended, so JobInfo.error, the results file and Flower can
-    say it: its RunError (``ModelError: ...``), else its last error, max_turns, cancelled or
-    interruption event's text."""
-    if result.status == "completed":
-        return None
-    if result.error is not None:
-        return str(result.error)
-    for event in reversed(result.events):
-        if event.type in _FAILURE_EVENTS and event.content:
-            return event.content
-    return f"the run ended with status {result.status}"

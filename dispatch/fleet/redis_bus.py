@@ -97,6 +97,7 @@ class RedisBus:
         self._start = client.register_script(lua.START)
         self._finish = client.register_script(lua.FINISH)
         self._cancel = client.register_script(lua.CANCEL)
+        self._submit_children = client.register_script(lua.SUBMIT_CHILDREN)
 
     @classmethod
     def from_settings(cls, settings: FleetSettings) -> RedisBus:
@@ -292,6 +293,21 @@ class RedisBus:
 
     async def cancel_requested(self, job_id: str) -> bool:
         return bool(await self._r.exists(self.keys.cancel(job_id)))
+
+    async def submit_children(self, parent_id: str, specs: Sequence[JobSpec]) -> list[str]:
+        args: list[Any] = [
+            self.keys.job_prefix(),
+            self._retention,
+            self.settings.queued_lease_s * 1000,
+        ]
+        for spec in specs:
+            fields = job_fields(spec, queue=spec.queue or self.settings.queue)
+            args += [spec.job_id, repr(spec.submitted_at), json.dumps(fields)]
+        keys = [self.keys.jobs(), self.keys.leases(), self.keys.children(parent_id)]
+        return list(await self._submit_children(keys=keys, args=args))
+
+    async def children(self, job_id: str) -> list[str]:
+        return sorted(await self._r.smembers(self.keys.children(job_id)))
 
     async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]:
         key = self.keys.cancels()

@@ -16,6 +16,12 @@ file's stem)::
     approval: [bash, write]  # tools that need a human decision when auto_approve is off
     shell_timeout: 60        # seconds (default and maximum for one bash command)
     tools: [read, grep]      # optional: only these built-in tools exist
+    grants: [fan_out]        # optional: tools no profile has unless it names them here
+
+``fan_out`` (sub-jobs on the queue, see ``rho_agent.tools.builtin.fan_out``) is such a grant: it
+lets an agent start more agents, so no built-in profile has it. A grant is not a permission on
+the machine, so a worker's ceiling does not weigh it (the worker's fan-out limits do); a fan-out
+child never gets a grant or a policy its parent lacks.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ WritePolicy = Literal["none", "working_dir", "anywhere"]
 ReadPolicy = Literal["working_dir", "anywhere"]
 
 BUILTIN_TOOL_NAMES = ("bash", "read", "write", "edit", "glob", "grep", "list")
+GRANTABLE_TOOL_NAMES = ("fan_out",)
+"""Tools a profile has only when its ``grants`` name them."""
 DEFAULT_PROFILE = "readonly"
 """What ``load_profile(None)`` gives: the profile that cannot change anything."""
 
@@ -59,6 +67,18 @@ class _ProfileData(BaseModel):
     approval: list[str] = Field(default_factory=list)
     shell_timeout: float = Field(default=120.0, gt=0)
     tools: list[str] | None = None
+    grants: list[str] = Field(default_factory=list)
+
+    @field_validator("grants")
+    @classmethod
+    def _known_grants(cls, grants: list[str]) -> list[str]:
+        unknown = sorted(set(grants) - set(GRANTABLE_TOOL_NAMES))
+        if unknown:
+            raise ValueError(
+                f"unknown grant(s) {', '.join(unknown)}; choose from "
+                f"{', '.join(GRANTABLE_TOOL_NAMES)}"
+            )
+        return grants
 
     @field_validator("tools")
     @classmethod
@@ -96,6 +116,7 @@ class PermissionProfile:
     ``write``: where write/edit may touch files. ``read``: where read/glob/grep/list may look.
     ``approval``: tool names that need a human decision when ``auto_approve`` is off.
     ``shell_timeout``: default and maximum seconds one bash command may run.
+    ``grants``: tools beyond the built-ins that only a profile naming them has (``fan_out``).
     """
 
     name: str
@@ -106,10 +127,12 @@ class PermissionProfile:
     shell_timeout: float = 120.0
     tools: frozenset[str] | None = None
     """If set, only these built-in tools exist; ``None`` means every tool the policies allow."""
+    grants: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         # Accept any iterable of names, and fail here (not mid-run) on a bad value.
         object.__setattr__(self, "approval", _name_set(self.approval, "approval"))
+        object.__setattr__(self, "grants", _name_set(self.grants, "grants"))
         if self.tools is not None:
             object.__setattr__(self, "tools", _name_set(self.tools, "tools"))
         _ProfileData.check(profile_to_dict(self), source=f"PermissionProfile({self.name!r})")
@@ -125,6 +148,10 @@ class PermissionProfile:
             for name in BUILTIN_TOOL_NAMES
             if name not in hidden and (self.tools is None or name in self.tools)
         ]
+
+    def tool_names(self) -> list[str]:
+        """Every tool this profile offers: its built-in tools, then its grants."""
+        return [*self.builtin_tools(), *sorted(self.grants)]
 
     def needs_approval(self, handler: ToolHandler) -> bool:
         """Whether a call of ``handler`` waits for a human decision (when auto_approve is off)."""
@@ -212,12 +239,13 @@ def profile_from_dict(data: Mapping[str, Any], *, source: str = "profile") -> Pe
         approval=frozenset(checked.approval),
         shell_timeout=checked.shell_timeout,
         tools=None if checked.tools is None else frozenset(checked.tools),
+        grants=frozenset(checked.grants),
     )
 
 
 def profile_to_dict(profile: PermissionProfile) -> dict[str, Any]:
     """The profile as JSON/YAML-ready data; ``profile_from_dict`` reads it back."""
-    return {
+    data: dict[str, Any] = {
         "name": profile.name,
         "shell": profile.shell,
         "write": profile.write,
@@ -226,6 +254,9 @@ def profile_to_dict(profile: PermissionProfile) -> dict[str, Any]:
         "shell_timeout": profile.shell_timeout,
         "tools": None if profile.tools is None else sorted(profile.tools),
     }
+    if profile.grants:  # absent when empty: a profile without grants reads as before
+        data["grants"] = sorted(profile.grants)
+    return data
 
 
 BUILTIN_PROFILES: Mapping[str, PermissionProfile] = MappingProxyType(

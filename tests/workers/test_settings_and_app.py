@@ -51,6 +51,8 @@ def test_every_variable_is_read() -> None:
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "3",
         "RHO_AGENT_ALLOWED_BASE_URLS": "http://127.0.0.1:9/v1/, https://Models.Example/v1",
         "RHO_AGENT_PRICES": '{"my-llama": {"input": 1, "output": 2}}',
+        "RHO_AGENT_FAN_OUT_MAX_DEPTH": "0",
+        "RHO_AGENT_FAN_OUT_MAX_CHILDREN": "7",
     }
     read_elsewhere = {  # by workers.shutdown and workers.health, at worker start
         "RHO_AGENT_SHUTDOWN_GRACE", "RHO_AGENT_HEARTBEAT_INTERVAL", "RHO_AGENT_HEALTH_DIR",
@@ -65,6 +67,7 @@ def test_every_variable_is_read() -> None:
     )
     assert (fleet.retention_s, fleet.events_maxlen, fleet.embedded_concurrency) == (3600, 500, 3)
     assert fleet.queued_lease_s == 90
+    assert (fleet.fan_out_max_depth, fleet.fan_out_max_children) == (0, 7)
     assert (settings.concurrency, settings.max_profile, settings.job_time_limit_s) == (
         40,
         "readonly",

@@ -247,3 +247,22 @@ async def test_a_new_session_redelivered_after_a_crash_is_not_refused(bus: JobBu
         await bus.set_fields(job.job_id, {"status": "queued"})  # what its sweeper does
     decision = await bus.start(job, "w2", 60_000)
     assert (decision.action, decision.attempt) == ("run", 2)
+
+
+async def test_children_are_recorded_once_and_a_resubmission_resets_none(bus: JobBus) -> None:
+    first, second, third = spec(job_id="p1-c0"), spec(job_id="p1-c1"), spec(job_id="p1-c2")
+    assert sorted(await bus.submit_children("p1", [first, second])) == ["p1-c0", "p1-c1"]
+    assert await bus.children("p1") == ["p1-c0", "p1-c1"]
+    await bus.start(first, "w1", 60_000)
+    result = RunResult(text="done", status="completed")
+    await bus.start(second, "w1", 60_000)
+    assert await bus.finish(second, 1, result, None)
+    # A resumed parent submits the same children again (and one more): only the new one, and
+    # none that runs or ran, is recorded anew; the queued ones are the ones to send.
+    again = [spec(job_id="p1-c0"), spec(job_id="p1-c1"), third]
+    assert await bus.submit_children("p1", again) == ["p1-c2"]
+    infos = await bus.get_info(["p1-c0", "p1-c1", "p1-c2"])
+    assert [info.status if info else None for info in infos] == ["running", "completed", "queued"]
+    assert [info.attempt if info else None for info in infos] == [1, 1, 0]
+    assert await bus.children("p1") == ["p1-c0", "p1-c1", "p1-c2"]
+    assert await bus.children("nobody") == []

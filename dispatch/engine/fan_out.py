@@ -154,6 +154,8 @@ class JobSubJobs:
             prompts=[prompt],
             config=config,
             session_id=job_id,
+            # The parent's batch label and others carry over: spend scopes keyed on a batch or
+            # label (budgets) cover the whole tree without knowing about fan-out.
             labels={**parent.labels, PARENT_LABEL: parent.job_id},
             timeout_s=parent.timeout_s,
             queue=parent.queue,

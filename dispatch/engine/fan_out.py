@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from dispatch.engine.bus import START, CancelOutcome, RunnerBus, failure_reason
-from dispatch.spec import JobSpec
+from dispatch.spec import JobSpec, describe
 from rho_agent.errors import ToolError
 from rho_agent.events import RunError, RunResult
 from rho_agent.permissions.profile import (
@@ -58,9 +61,17 @@ class FanOutLimits:
     max_children: int = 50
 
 
-def child_job_id(parent_id: str, call_id: str, index: int) -> str:
-    """The same id for the same (parent, call, index), readable as the parent's descendant."""
-    digest = hashlib.sha256(f"{parent_id}\0{call_id}".encode()).hexdigest()[:10]
+def child_job_id(parent_id: str, request: SubJobRequest, index: int) -> str:
+    """The same id for the same (parent, call, index), readable as the parent's descendant.
+
+    The call's arguments are part of it too: a model server that reuses tool call ids across
+    turns then still gets new children for a new question (a resumed call has the same ones).
+    """
+    call = json.dumps(
+        [request.call_id, request.prompts, request.output_schema, request.profile],
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(f"{parent_id}\0{call}".encode()).hexdigest()[:10]
     return f"{parent_id[:100]}-f{digest}-{index}"
 
 
@@ -148,22 +159,25 @@ class JobSubJobs:
         self, request: SubJobRequest, index: int, prompt: str, config: dict[str, Any]
     ) -> JobSpec:
         parent = self._parent
-        job_id = child_job_id(parent.job_id, request.call_id, index)
-        return JobSpec(
-            job_id=job_id,
-            prompts=[prompt],
-            config=config,
-            session_id=job_id,
-            # The parent's batch label and others carry over: spend scopes keyed on a batch or
-            # label (budgets) cover the whole tree without knowing about fan-out.
-            labels={**parent.labels, PARENT_LABEL: parent.job_id},
-            timeout_s=parent.timeout_s,
-            queue=parent.queue,
-            priority=parent.priority,
-            reply_to=parent.job_id,
-            output_schema=request.output_schema,
-            depth=parent.depth + 1,
-        )
+        job_id = child_job_id(parent.job_id, request, index)
+        try:
+            return JobSpec(
+                job_id=job_id,
+                prompts=[prompt],
+                config=config,
+                session_id=job_id,
+                # The parent's batch label and others carry over: spend scopes keyed on a
+                # batch or label (budgets) cover the whole tree without knowing about fan-out.
+                labels={**parent.labels, PARENT_LABEL: parent.job_id},
+                timeout_s=parent.timeout_s,
+                queue=parent.queue,
+                priority=parent.priority,
+                reply_to=parent.job_id,
+                output_schema=request.output_schema,
+                depth=parent.depth + 1,
+            )
+        except ValidationError as exc:  # the model's output_schema: say what is wrong with it
+            raise ToolError(describe(exc, f"fan_out sub-job {index}")) from None
 
     # -- waiting ------------------------------------------------------------------------------
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from dispatch import Dispatcher, FleetSettings
+from dispatch.engine.fan_out import child_job_id
 from rho_agent import AgentConfig, PermissionProfile
 from rho_agent.testing import ScriptedModelServer
+from rho_agent.tools.sub_jobs import SubJobRequest
 from tests.fan_out_support import (
     child_requests,
     fan_out_config,
@@ -167,3 +169,24 @@ def test_cancelling_the_parent_cancels_every_child(
         time.sleep(0.05)
     statuses = [info.status for info in infos if info is not None]
     assert statuses.count("cancelled") == 8, statuses
+
+
+def test_a_bad_output_schema_is_refused_with_what_is_wrong(
+    dispatcher: Dispatcher, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = fan_out_model(2, output_schema={"type": "nonsense"})
+    config = fan_out_config(model_server.base_url, str(tmp_path))
+    result = dispatcher.submit("split it", config).result(timeout=30)
+    assert "invalid fan_out sub-job 0: field 'output_schema'" in result.text
+    assert child_requests(model_server.requests) == []
+
+
+def test_the_same_call_id_with_new_prompts_gets_new_children() -> None:
+    first = SubJobRequest("call_0", ["a", "b"])
+    again = SubJobRequest("call_0", ["a", "b"])  # the same call, run again after a crash
+    assert child_job_id("j-1", first, 0) == child_job_id("j-1", again, 0)
+    assert child_job_id("j-1", first, 0) != child_job_id("j-1", first, 1)
+    assert child_job_id("j-1", first, 0) != child_job_id("j-1", SubJobRequest("call_0", ["c"]), 0)
+    assert child_job_id("j-1", first, 0) != child_job_id("j-2", first, 0)
+    assert child_job_id("j-1", first, 0).startswith("j-1-f")
+    assert len(child_job_id("j" * 128, first, 49)) <= 128

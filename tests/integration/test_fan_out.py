@@ -145,3 +145,29 @@ def test_a_parent_whose_worker_dies_resumes_and_reattaches_to_its_children(
     assert len(set(child_ids)) == 20
     assert all(requests[prompt] <= attempts[prompt] for prompt in attempts), (requests, attempts)
     assert parent_requests(model_server) == 2, "the fan_out call was not asked for again"
+
+
+def test_a_two_slot_worker_runs_a_parent_and_its_children_without_deadlock(
+    fleet: Fleet, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    # Children inherit the parent's queue, which only this worker consumes: one thread holds the
+    # waiting parent, the other runs the children one after another.
+    small = fleet.add_worker("wsmall", RHO_AGENT_WORKER_CONCURRENCY="2")
+    small.wait_ready()
+    try:
+        model_server.responder = fan_out_model(4, child_delay=0.2)
+        config = fan_out_config(model_server.base_url, str(tmp_path))
+        with fleet.dispatcher() as dispatcher:
+            parent = dispatcher.submit(PARENT_PROMPT, config, queue=fleet.queue_of("wsmall"))
+            result = parent.result(timeout=60)
+            seen = tool_result(result.text)
+            workers = {
+                info.worker
+                for info in dispatcher.infos([child["job_id"] for child in seen["children"]])
+                if info is not None
+            }
+        assert (result.status, seen["completed"]) == ("completed", 4)
+        assert workers == {"wsmall"}
+    finally:
+        small.stop()
+        del fleet.workers["wsmall"]

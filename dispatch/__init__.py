@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dispatch.dispatcher import Dispatcher
 from dispatch.errors import (
+    ApprovalRefused,
     FleetError,
     FleetUnavailable,
     JobNotFound,
@@ -24,13 +25,14 @@ from dispatch.errors import (
     ReduceError,
     SettingsError,
 )
-from dispatch.info import JobInfo
+from dispatch.info import JobInfo, PendingCall
 from dispatch.job import EventStream, Job
 from dispatch.reduce import Reduction
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 
 __all__ = [
+    "ApprovalRefused",
     "Dispatcher",
     "EventStream",
     "FleetError",
@@ -43,6 +45,7 @@ __all__ = [
     "JobSpec",
     "JobSpecError",
     "JobTimeout",
+    "PendingCall",
     "ReduceError",
     "Reduction",
     "SettingsError",

@@ -5,9 +5,11 @@ A JSONL file has one entry per line; a YAML file is a list of entries, or a mapp
 mapping with ``prompt`` (or ``prompts`` for a multi-run in one session) and optionally
 ``session_id`` (continue that session), ``job_id``, ``labels``, ``timeout_s``, ``queue``,
 ``priority``, ``output_schema`` (a JSON schema, inline or the path of a ``.json`` file next to
-the batch file: the answer is then typed, see ``rho_agent.output``), ``config`` (a mapping of
-AgentConfig fields) or AgentConfig fields at top level (``model: gpt-5``), which override the
-batch's config for that entry.
+the batch file: the answer is then typed, see ``rho_agent.output``), ``max_cost_usd`` and
+``max_tokens`` (that job's budget), ``config`` (a mapping of AgentConfig fields) or AgentConfig
+fields at top level (``model: gpt-5``), which override the batch's config for that entry. A YAML
+mapping may also hold ``budget`` (``max_cost_usd`` and/or ``max_tokens`` for the whole batch)
+and ``rate_limits`` (the batch's own, see docs/budgets.md).
 
 Running a batch (progress, results, batch ids, resume) is ``dispatch.batch_run``; ``run_batch``
 and its types are re-exported here.
@@ -23,11 +25,19 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from dispatch.batch_run import BatchOutcome, BatchProgress, BatchRun, result_line, run_batch
+from dispatch.batch_run import (
+    BatchOutcome,
+    BatchProgress,
+    BatchRun,
+    new_batch_id,
+    result_line,
+    run_batch,
+)
 from dispatch.errors import JobSpecError
 from dispatch.spec import JobSpec, build_spec, describe
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
+from rho_agent.output import load_schema_file
 
 __all__ = [
     "BatchOutcome",
@@ -38,13 +48,9 @@ __all__ = [
     "run_batch",
 ]
 
-_JOB_KEYS = frozenset(
-    {
-        "prompt", "prompts", "session_id", "job_id", "labels", "timeout_s", "queue", "priority",
-        "output_schema",
-    }
-)  # fmt: skip
-_OPTION_KEYS = ("labels", "timeout_s", "queue", "priority")
+_OPTION_KEYS = ("labels", "timeout_s", "queue", "priority", "max_cost_usd", "max_tokens")
+_JOB_KEYS = frozenset({"prompt", "prompts", "session_id", "job_id", "output_schema", *_OPTION_KEYS})
+_BATCH_KEYS = frozenset({"config", "jobs", "budget", "rate_limits"})
 _CONFIG_KEYS = frozenset(item.name for item in fields(AgentConfig))
 
 
@@ -67,21 +73,46 @@ def load_batch(
     except OSError as exc:
         raise JobSpecError(f"cannot read batch file {file}: {exc.strerror}") from None
     base = config or AgentConfig()
+    batch: dict[str, Any] = {}
     if file.suffix.lower() == ".jsonl":
         entries = _jsonl_entries(text, file)
     elif file.suffix.lower() in (".yaml", ".yml"):
-        entries, base = _yaml_entries(text, file, base)
+        entries, base, batch = _yaml_entries(text, file, base)
     else:
         raise JobSpecError(f"batch file {file} must end in .jsonl, .yaml or .yml")
     if not entries:
         raise JobSpecError(f"batch file {file} has no entries")
     specs = [_entry_spec(entry, base, f"{file}:{where}", file.parent) for where, entry in entries]
-    if output_schema is None:
-        return specs
-    return [
-        spec if spec.output_schema is not None else _with_schema(spec, output_schema)
-        for spec in specs
-    ]
+    if output_schema is not None:
+        specs = [
+            spec if spec.output_schema is not None else _with_schema(spec, output_schema)
+            for spec in specs
+        ]
+    return with_batch(specs, **batch)
+
+
+def with_batch(
+    specs: list[JobSpec],
+    *,
+    batch_id: str | None = None,
+    max_cost_usd: float | None = None,
+    max_tokens: int | None = None,
+    rate_limits: list[dict[str, Any]] | None = None,
+) -> list[JobSpec]:
+    """The specs as one batch: one batch id (``batch_id``, else the specs' own, else a new one),
+    the batch's shared budget and its rate limits."""
+    found = next((spec.batch_id for spec in specs if spec.batch_id), None)
+    update: dict[str, Any] = {"batch_id": batch_id or found or new_batch_id()}
+    if max_cost_usd is not None:
+        update["batch_max_cost_usd"] = max_cost_usd
+    if max_tokens is not None:
+        update["batch_max_tokens"] = max_tokens
+    if rate_limits is not None:
+        update["rate_limits"] = rate_limits
+    try:
+        return [JobSpec.model_validate({**spec.model_dump(), **update}) for spec in specs]
+    except ValidationError as exc:
+        raise JobSpecError(describe(exc, "batch")) from None
 
 
 def _with_schema(spec: JobSpec, schema: dict[str, Any]) -> JobSpec:
@@ -97,16 +128,10 @@ def load_schema(value: Any, folder: Path, where: str) -> dict[str, Any]:
         return value
     if not isinstance(value, str):
         raise JobSpecError(f"{where}: output_schema must be a JSON schema or a .json file path")
-    file = (folder / value).expanduser()
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise JobSpecError(f"{where}: cannot read output schema {file}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise JobSpecError(f"{where}: output schema {file} is not valid JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise JobSpecError(f"{where}: output schema {file} must hold a JSON object")
-    return data
+        return load_schema_file((folder / value).expanduser())
+    except ConfigError as exc:
+        raise JobSpecError(f"{where}: {exc}") from None
 
 
 def _jsonl_entries(text: str, file: Path) -> list[tuple[str, Any]]:
@@ -123,23 +148,39 @@ def _jsonl_entries(text: str, file: Path) -> list[tuple[str, Any]]:
 
 def _yaml_entries(
     text: str, file: Path, base: AgentConfig
-) -> tuple[list[tuple[str, Any]], AgentConfig]:
+) -> tuple[list[tuple[str, Any]], AgentConfig, dict[str, Any]]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise JobSpecError(f"batch file {file} is not valid YAML: {exc}") from None
+    batch: dict[str, Any] = {}
     if isinstance(data, dict):
-        unknown = set(data) - {"config", "jobs"}
+        unknown = set(data) - _BATCH_KEYS
         if unknown or not isinstance(data.get("jobs"), list):
             raise JobSpecError(
-                f"batch file {file}: a mapping needs 'jobs' (a list) and optionally 'config' "
-                f"(unexpected: {sorted(unknown) or 'no jobs list'})"
+                f"batch file {file}: a mapping needs 'jobs' (a list) and optionally 'config', "
+                f"'budget', 'rate_limits' (unexpected: {sorted(unknown) or 'no jobs list'})"
             )
         base = _with_overrides(base, data.get("config") or {}, str(file), file.parent)
+        batch = _batch_options(data, file)
         data = data["jobs"]
     if not isinstance(data, list):
         raise JobSpecError(f"batch file {file} must hold a list of entries (or config + jobs)")
-    return [(f"entry {index}", entry) for index, entry in enumerate(data, start=1)], base
+    entries = [(f"entry {index}", entry) for index, entry in enumerate(data, start=1)]
+    return entries, base, batch
+
+
+def _batch_options(data: dict[str, Any], file: Path) -> dict[str, Any]:
+    budget = data.get("budget") or {}
+    if not isinstance(budget, dict) or set(budget) - {"max_cost_usd", "max_tokens"}:
+        raise JobSpecError(
+            f"batch file {file}: 'budget' takes max_cost_usd and/or max_tokens, e.g. "
+            "budget: {max_cost_usd: 5}"
+        )
+    options = dict(budget)
+    if "rate_limits" in data:
+        options["rate_limits"] = data["rate_limits"]
+    return options
 
 
 def _entry_spec(entry: Any, base: AgentConfig, where: str, folder: Path) -> JobSpec:

@@ -23,7 +23,7 @@ from dispatch.errors import JobSpecError
 from dispatch.info import JobInfo
 from dispatch.job import Job
 from dispatch.spec import JobSpec
-from rho_agent.events import RunResult, output_data
+from rho_agent.events import RunResult, output_data, run_status
 from rho_agent.state import round_cost
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ class BatchProgress:
     total: int
     completed: int = 0
     failed: int = 0
+    budget_exceeded: int = 0
+    """Of the failed: jobs a budget stopped."""
     running: int = 0
     queued: int = 0
     input_tokens: int = 0
@@ -237,6 +239,7 @@ class BatchRun:
             self.progress.completed += 1
         else:
             self.progress.failed += 1
+            self.progress.budget_exceeded += result.status == "budget_exceeded"
 
     def _write(self, line: dict[str, Any]) -> None:
         if self._output is not None:
@@ -249,6 +252,7 @@ class BatchRun:
             total=done.total,
             completed=done.completed,
             failed=done.failed,
+            budget_exceeded=done.budget_exceeded,
             running=live.running,
             queued=live.queued,
             input_tokens=done.input_tokens + live.input_tokens,
@@ -299,7 +303,7 @@ def line_result(line: Mapping[str, Any]) -> RunResult:
     """The RunResult a results-file line stands for (a resumed batch's completed entries)."""
     return RunResult(
         text=str(line.get("text") or ""),
-        status=str(line.get("status") or "error"),
+        status=run_status(line.get("status") or "error"),
         usage=dict(line.get("usage") or {}),
     )
 

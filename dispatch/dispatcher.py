@@ -16,12 +16,14 @@ from types import TracebackType
 from typing import Any, Self
 
 from dispatch._client.core import _Core
+from dispatch.batch_run import new_batch_id
 from dispatch.errors import BatchNotFound
 from dispatch.info import JobInfo
 from dispatch.job import Job
 from dispatch.reduce import Reduction, plan_reduce
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec, build_spec
+from rho_agent.budgets import Budget, BudgetStatus
 from rho_agent.config import AgentConfig
 from rho_agent.events import RunResult
 from rho_agent.output import OutputSchema, SchemaLike
@@ -73,7 +75,8 @@ class Dispatcher:
         ``output_schema`` (a pydantic model class or a JSON schema dict) types the answer of the
         last prompt: ``result.output`` holds it validated (an instance of the model), or the
         status is ``invalid_output`` (see ``rho_agent.output``).
-        ``options``: ``labels`` (dict), ``timeout_s``, ``queue``, ``priority`` (0-9).
+        ``options``: ``labels`` (dict), ``timeout_s``, ``queue``, ``priority`` (0-9),
+        ``max_cost_usd`` and ``max_tokens`` (this job's budget), ``rate_limits`` (its own).
         """
         schema = _schema(output_schema)
         spec = self._spec(prompt, config, session_id, options, schema)
@@ -103,9 +106,12 @@ class Dispatcher:
     ) -> list[Job]:
         """Fan out: one job per prompt, each in a new session; Jobs in the prompts' order.
 
-        ``output_schema`` types every answer, as in ``submit``.
+        ``output_schema`` types every answer, as in ``submit``. ``batch_max_cost_usd`` /
+        ``batch_max_tokens`` budget the whole fan-out together, ``max_cost_usd`` /
+        ``max_tokens`` each job; ``rate_limits`` are the fan-out's own.
         """
         schema = _schema(output_schema)
+        options.setdefault("batch_id", new_batch_id())
         specs = [self._spec(prompt, config, None, options, schema) for prompt in prompts]
         return self._core.submit(specs, [], schema)
 
@@ -118,6 +124,7 @@ class Dispatcher:
         **options: Any,
     ) -> list[Job]:
         schema = _schema(output_schema)
+        options.setdefault("batch_id", new_batch_id())
         specs = [self._spec(prompt, config, None, options, schema) for prompt in prompts]
         return await self._core.asubmit(specs, [], schema)
 
@@ -184,6 +191,10 @@ class Dispatcher:
         """The most recently submitted jobs, newest first."""
         return self._core.loop.call(self._core.recent(limit))
 
+    def approvals(self, limit: int = 100) -> list[JobInfo]:
+        """Jobs awaiting approval (their ``pending_approvals``), the soonest to expire first."""
+        return self._core.loop.call(self._core.awaiting(limit))
+
     def attach(self, job_ids: Sequence[str]) -> list[Job | None]:
         """Handles on existing jobs in one round trip (``None`` for unknown or expired ids)."""
         infos = self.infos(job_ids)
@@ -209,6 +220,17 @@ class Dispatcher:
             )
         total = int(fields.pop("total"))
         return total, {int(index): job_id for index, job_id in fields.items()}
+
+    # -- budgets ------------------------------------------------------------------------------
+
+    def set_budget(self, budget: Budget) -> None:
+        """Set a label (``label:team=ops``) or fleet-wide (``fleet``) budget; it applies to the
+        next model call of every job in that scope, already running or not."""
+        self._core.broker.set_budget(budget)
+
+    def budgets(self) -> list[BudgetStatus]:
+        """Every budget scope with its limit, spent and reserved in its current window."""
+        return self._core.broker.budget_statuses()
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@
         ├── BatchNotFound             no batch with that id (never dispatched, or expired)
         ├── JobTimeout                ``Job.result(timeout=...)`` ran out of time (a TimeoutError)
         ├── FleetUnavailable          the fleet extra is not installed or the broker is unreachable
+        ├── ApprovalRefused           an approve/deny that cannot apply (not awaiting, unknown or
+        │                             already decided call id); nothing was changed
         └── ReduceError               a reduce cannot be planned (a result too big for any reducer)
 
 Run-time failures of the agent itself are not exceptions here: they are a job status plus an
@@ -58,6 +60,19 @@ class JobTimeout(FleetError, TimeoutError):
 
 class FleetUnavailable(FleetError):
     """The fleet cannot be reached or its optional dependencies are missing."""
+
+
+class ApprovalRefused(FleetError):
+    """An approval decision could not be applied, atomically: nothing was changed.
+
+    ``reason`` is ``not_awaiting`` (the job is not awaiting approval, say why in the message),
+    ``unknown_call`` (a call id that is not pending on the job) or ``already_decided`` (that call
+    was approved or denied before).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ReduceError(FleetError):

@@ -8,12 +8,19 @@ the caller's own thread, so an event wakes one thread, not two.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from dispatch.engine.bus import START, SeenEvents, StreamEntry, entry_event, is_finished
+from dispatch.engine.bus import (
+    START,
+    CancelOutcome,
+    SeenEvents,
+    StreamEntry,
+    entry_event,
+    is_finished,
+)
 from dispatch.errors import JobNotFound
-from dispatch.info import JobInfo
+from dispatch.info import JobInfo, JobStatus
 from rho_agent.events import AgentEvent, RunResult
 from rho_agent.state import State, StateObserver
 
@@ -46,12 +53,13 @@ class Job:
             raise JobNotFound(f"job {self.id} does not exist (never submitted, or expired)")
         return info
 
-    def status(self) -> str:
-        """``queued``, ``running``, ``completed``, ``error``, ``cancelled``, ``interrupted`` or
-        ``max_turns``."""
+    def status(self) -> JobStatus:
+        """``queued``, ``running``, ``awaiting_approval``, ``completed``, ``error``,
+        ``cancelled``, ``interrupted``, ``max_turns``, ``invalid_output`` or
+        ``budget_exceeded``."""
         return self.info().status
 
-    async def astatus(self) -> str:
+    async def astatus(self) -> JobStatus:
         return (await self.ainfo()).status
 
     # -- result -------------------------------------------------------------------------------
@@ -89,17 +97,46 @@ class Job:
         """
         self._core.observe(self.id, self.session_id, observer)
 
+    # -- approvals ----------------------------------------------------------------------------
+
+    def approve(self, call_ids: Sequence[str] | None = None) -> str:
+        """Approve pending tool calls of this ``awaiting_approval`` job (None: every undecided
+        one). Once every pending call is decided the job continues, on any worker, from its
+        trace: approved calls run, denied ones are answered with their reason.
+
+        Returns ``queued`` (the job goes on) or ``waiting`` (other calls still need a decision).
+        Raises ApprovalRefused, changing nothing, when the job is not awaiting approval or a
+        call id is not pending or was decided already (docs/approvals.md).
+        """
+        return self._core.loop.call(self._decide(True, call_ids, ""))
+
+    async def aapprove(self, call_ids: Sequence[str] | None = None) -> str:
+        return await self._core.loop.acall(self._decide(True, call_ids, ""))
+
+    def deny(self, call_ids: Sequence[str] | None = None, *, reason: str = "") -> str:
+        """Deny pending tool calls (None: every undecided one); the model reads ``reason`` as
+        the call's result. Returns and raises as ``approve``."""
+        return self._core.loop.call(self._decide(False, call_ids, reason))
+
+    async def adeny(self, call_ids: Sequence[str] | None = None, *, reason: str = "") -> str:
+        return await self._core.loop.acall(self._decide(False, call_ids, reason))
+
+    async def _decide(self, approve: bool, call_ids: Sequence[str] | None, reason: str) -> str:
+        ids = None if call_ids is None else list(call_ids)
+        return (await self._core.decide(self.id, approve, ids, reason)).action
+
     # -- cancel -------------------------------------------------------------------------------
 
-    def cancel(self) -> str:
-        """Cancel the job: a queued job is revoked at once, a running one stops within a second.
+    def cancel(self) -> CancelOutcome:
+        """Cancel the job: a queued job (or one awaiting approval) ends at once, a running one
+        stops within a second.
 
         Returns ``cancelled`` (it never ran), ``requested`` (its worker is stopping it),
         ``finished`` (too late) or ``unknown``.
         """
         return self._core.loop.call(self._core.cancel(self.id))
 
-    async def acancel(self) -> str:
+    async def acancel(self) -> CancelOutcome:
         return await self._core.loop.acall(self._core.cancel(self.id))
 
 

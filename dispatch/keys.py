@@ -17,10 +17,16 @@ key                                    type         what
 ``{p}jobs``                            sorted set   job ids by submission time (``rho-agent jobs``)
 ``{p}leases``                          sorted set   queued and running job ids by lease expiry (ms)
 ``{p}cancels``                         stream       cancel requests, read by every worker
+``{p}approvals``                       sorted set   jobs awaiting approval by their deadline (ms)
 ``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in (a
                                                     fan-out parent's job id stands for ``{id}``)
 ``{p}sweeper``                         string       lock so one sweeper runs per interval
 ``{p}batch:{id}``                      hash         a dispatch's job ids by entry index, ``total``
+``{p}budget:{scope}``                  hash         a budget: max_cost_usd, max_tokens, window_s
+``{p}budget:{scope}@{window}``         hash         its spend in one window: spent, reserved
+``{p}budgets``                         sorted set   budget scopes by last use
+``{p}rate:{bucket}``                   sorted set   calls admitted in the window, ``id:tokens``
+``{p}rate:{bucket}:state``             hash         tokens held in the window, paused-until (ms)
 =====================================  ===========  ==============================================
 """
 
@@ -82,6 +88,10 @@ class Keys:
     def cancels(self) -> str:
         return f"{self.prefix}cancels"
 
+    def approvals(self) -> str:
+        """Jobs awaiting approval, scored by the Redis-time ms their approval expires."""
+        return f"{self.prefix}approvals"
+
     def done(self, dispatcher_id: str) -> str:
         return f"{self.prefix}dispatcher:{dispatcher_id}:done"
 
@@ -100,6 +110,20 @@ class Keys:
         """Worker names scored by their last beat in Redis server ms (sorted set)."""
         return f"{self.prefix}workers"
 
+    def budget(self, scope: str) -> str:
+        """A budget's definition (hash); its windows' spend is ``budget(scope) + '@' + window``."""
+        return f"{self.prefix}budget:{scope}"
+
+    def budgets(self) -> str:
+        """Budget scopes scored by their last reservation (Redis server ms)."""
+        return f"{self.prefix}budgets"
+
+    def rate_log(self, bucket: str) -> str:
+        return f"{self.prefix}rate:{bucket}"
+
+    def rate_state(self, bucket: str) -> str:
+        return f"{self.prefix}rate:{bucket}:state"
+
     # Prefixes for the Lua scripts, which build a few names themselves (agree with the above).
 
     def job_prefix(self) -> str:
@@ -110,6 +134,9 @@ class Keys:
 
     def dispatcher_prefix(self) -> str:
         return f"{self.prefix}dispatcher:"
+
+    def budget_prefix(self) -> str:
+        return f"{self.prefix}budget:"
 
     def pattern(self) -> str:
         """A ``SCAN MATCH`` pattern for every key of this prefix (for cleanup)."""

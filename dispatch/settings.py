@@ -13,9 +13,10 @@ from typing import Any
 
 from dispatch.errors import SettingsError
 from dispatch.keys import DEFAULT_PREFIX, Keys
+from dispatch.urls import BrokerKind, UrlError, parse_sentinel_url, url_kind
 
 BROKER_URL_ENV = "RHO_AGENT_BROKER_URL"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_URL_ENV = "RHO_AGENT_REDIS_URL"
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,9 @@ class FleetSettings:
     """Where the fleet lives and how long it keeps what jobs write.
 
     ``broker_url`` ``None`` means embedded mode: jobs run in this process, no Redis needed.
-    ``redis_url`` holds the job bus (events, traces, metadata) and defaults to the broker URL.
+    ``redis_url`` holds the job bus (events, traces, metadata) and defaults to the broker URL;
+    an ``amqp://`` broker carries jobs only, so it needs one. ``sentinel_master`` is the master
+    name the Sentinels of a ``sentinel://`` URL know (``dispatch.urls`` describes the forms).
     """
 
     broker_url: str | None = None
@@ -36,6 +39,10 @@ class FleetSettings:
     queued_lease_s: int = 600
     """How long a queued (or re-sent) job may wait for a worker to claim it before the sweeper
     sends it again: a lost message or a worker that died before claiming it costs this long."""
+    approval_ttl_s: int = 24 * 3600
+    """How long a job's tool calls wait for a person's decision before they are denied as
+    expired (docs/approvals.md); cut to the retention, or the job would be gone first."""
+    sentinel_master: str = "mymaster"
     fan_out_max_depth: int = 2
     """How deep ``fan_out`` may nest: a job's children are one level below it (0: no fan-out)."""
     fan_out_max_children: int = 50
@@ -51,6 +58,13 @@ class FleetSettings:
                 f"the queued lease must be at least 1 s (RHO_AGENT_QUEUED_LEASE), got "
                 f"{self.queued_lease_s}"
             )
+        if self.approval_ttl_s < 1:
+            raise SettingsError(
+                f"the approval time must be at least 1 s (RHO_AGENT_APPROVAL_TTL), got "
+                f"{self.approval_ttl_s}"
+            )
+        # A job must outlive its wait: a longer approval time is cut to the retention.
+        object.__setattr__(self, "approval_ttl_s", min(self.approval_ttl_s, self.retention_s))
         if self.events_maxlen < 100:
             raise SettingsError(f"events maxlen must be at least 100, got {self.events_maxlen}")
         if self.embedded_concurrency < 1:
@@ -69,8 +83,38 @@ class FleetSettings:
             )
         if not self.queue.strip():
             raise SettingsError("the queue name must not be empty (RHO_AGENT_QUEUE)")
-        for what, url in (("broker URL", self.broker_url), ("Redis URL", self.redis_url)):
-            _check_redis_url(what, url)
+        self._check_urls()
+
+    def _check_urls(self) -> None:
+        """Fail at construction on a URL no worker could use, naming the variable and the fix."""
+        try:
+            broker = url_kind(self.broker_url, BROKER_URL_ENV) if self.broker_url else None
+            bus = url_kind(self.redis_url, REDIS_URL_ENV) if self.redis_url else None
+            for url, name in ((self.broker_url, BROKER_URL_ENV), (self.redis_url, REDIS_URL_ENV)):
+                if url and url_kind(url, name) == "sentinel":
+                    parse_sentinel_url(url, name)
+        except UrlError as exc:
+            raise SettingsError(str(exc)) from None
+        if bus == "amqp":
+            raise SettingsError(
+                f"{REDIS_URL_ENV} must name a Redis (redis://, rediss:// or sentinel://): job "
+                "events, traces and leases live there; put the amqp:// URL in "
+                f"{BROKER_URL_ENV}"
+            )
+        if broker == "amqp" and bus is None:
+            raise SettingsError(
+                f"an amqp:// broker carries jobs only: set {REDIS_URL_ENV} to the Redis that "
+                "holds job events, traces and leases, e.g. redis://127.0.0.1:6379/0"
+            )
+        if not self.sentinel_master.strip():
+            raise SettingsError(
+                "the Sentinel master name must not be empty (RHO_AGENT_SENTINEL_MASTER)"
+            )
+
+    @property
+    def broker_kind(self) -> BrokerKind | None:
+        """What carries the jobs: ``redis``, ``sentinel``, ``amqp``, or None (embedded)."""
+        return url_kind(self.broker_url, BROKER_URL_ENV) if self.broker_url else None
 
     @property
     def bus_url(self) -> str | None:
@@ -85,25 +129,15 @@ class FleetSettings:
         return cls(**values)
 
 
-def _check_redis_url(what: str, url: str | None) -> None:
-    """The fleet speaks Redis only: an ``http://`` or ``amqp://`` URL is a usage error, said
-    before anything connects (the URL is not echoed: it may hold a password)."""
-    if url is not None and not url.startswith(REDIS_SCHEMES):
-        scheme = url.split("://", 1)[0] if "://" in url else "no scheme"
-        raise SettingsError(
-            f"the {what} must be a Redis URL starting with redis://, rediss:// or unix:// "
-            f"(got {scheme}); for example --broker redis://127.0.0.1:6379/0"
-        )
-
-
 def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     """The FleetSettings fields set in ``env`` (used by the worker settings too)."""
     values: dict[str, Any] = {}
     text_vars = {
         BROKER_URL_ENV: "broker_url",
-        "RHO_AGENT_REDIS_URL": "redis_url",
+        REDIS_URL_ENV: "redis_url",
         "RHO_AGENT_KEY_PREFIX": "key_prefix",
         "RHO_AGENT_QUEUE": "queue",
+        "RHO_AGENT_SENTINEL_MASTER": "sentinel_master",
     }
     for name, attr in text_vars.items():
         if env.get(name):
@@ -113,6 +147,7 @@ def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "RHO_AGENT_EVENTS_MAXLEN": "events_maxlen",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "embedded_concurrency",
         "RHO_AGENT_QUEUED_LEASE": "queued_lease_s",
+        "RHO_AGENT_APPROVAL_TTL": "approval_ttl_s",
         "RHO_AGENT_FAN_OUT_MAX_DEPTH": "fan_out_max_depth",
         "RHO_AGENT_FAN_OUT_MAX_CHILDREN": "fan_out_max_children",
     }

@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dispatch.errors import JobSpecError
+from rho_agent.budgets import Budget, label_scope
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
 from rho_agent.output import check_json_schema
@@ -30,6 +31,7 @@ from rho_agent.permissions.profile import (
     profile_to_dict,
 )
 from rho_agent.prompts import load_template, looks_like_path
+from rho_agent.ratelimits import RateLimit, rate_limits_from_data
 from rho_agent.redact import SECRET_NAME, default_redactor, redact
 
 SPEC_VERSION: Final = 1
@@ -67,11 +69,21 @@ class JobSpec(BaseModel):
     submitted_at: float = Field(default_factory=time.time)
     output_schema: dict[str, Any] | None = None
     """The JSON schema the last prompt's answer must match (content, never a path)."""
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=0)
+    batch_id: str | None = None
+    batch_max_cost_usd: float | None = Field(default=None, ge=0)
+    batch_max_tokens: int | None = Field(default=None, ge=0)
+    rate_limits: list[dict[str, Any]] = Field(default_factory=list)
     depth: int = Field(default=0, ge=0)
     """How many ``fan_out`` parents this job has above it (0: submitted by a dispatcher); it
     travels with the job so the depth limit holds on whichever worker runs it."""
+    parent_budgets: list[dict[str, Any]] = Field(default_factory=list)
+    """The job budgets of the ``fan_out`` parents above this job (``scope``, ``max_cost_usd``,
+    ``max_tokens``): its model calls count against them too, so a parent's budget covers its
+    whole tree."""
 
-    @field_validator("job_id", "session_id", "reply_to")
+    @field_validator("job_id", "session_id", "reply_to", "batch_id")
     @classmethod
     def _check_id(cls, value: str | None) -> str | None:
         if value is not None and not ID_PATTERN.match(value):
@@ -119,6 +131,27 @@ class JobSpec(BaseModel):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("parent_budgets")
+    @classmethod
+    def _check_parent_budgets(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for item in value:
+            try:
+                budget = Budget(**item)
+            except (ConfigError, TypeError) as exc:
+                raise ValueError(str(exc)) from None
+            if not budget.scope.startswith("job:") or budget.window_s is not None:
+                raise ValueError(f"{budget.scope!r} is not a parent job's budget")
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            rate_limits_from_data(value, source="rate_limits")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @classmethod
     def decode(cls, payload: Any) -> JobSpec:
         """Parse an untrusted payload (dict or JSON); raise JobSpecError saying what is wrong."""
@@ -152,6 +185,40 @@ class JobSpec(BaseModel):
             raise JobSpecError(redact(str(exc))) from None
         config.prompt_is_text = True  # never a file on the machine that runs the job
         return config
+
+    def budgets(self) -> list[Budget]:
+        """The budgets that travel with this job: its own (here or in ``config.extras``), its
+        batch's and its ``fan_out`` parents'. Label and fleet budgets are the fleet's, stored
+        apart."""
+        found = []
+        extras = self.config.get("extras") or {}
+        usd = self.max_cost_usd if self.max_cost_usd is not None else extras.get("max_cost_usd")
+        tokens = self.max_tokens if self.max_tokens is not None else extras.get("max_tokens")
+        try:
+            if usd is not None or tokens is not None:
+                found.append(Budget(f"job:{self.job_id}", max_cost_usd=usd, max_tokens=tokens))
+            if self.batch_id and (
+                self.batch_max_cost_usd is not None or self.batch_max_tokens is not None
+            ):
+                found.append(
+                    Budget(
+                        f"batch:{self.batch_id}",
+                        max_cost_usd=self.batch_max_cost_usd,
+                        max_tokens=self.batch_max_tokens,
+                    )
+                )
+        except ConfigError as exc:
+            raise JobSpecError(f"job {self.job_id}: {exc}") from None
+        return found + [Budget(**item) for item in self.parent_budgets]
+
+    def budget_scopes(self) -> list[str]:
+        """Every scope whose budget this job's model calls count against (where one is set)."""
+        scopes = [budget.scope for budget in self.budgets()]
+        scopes += [label_scope(key, value) for key, value in sorted(self.labels.items())]
+        return [*scopes, "fleet"]
+
+    def batch_rate_limits(self) -> list[RateLimit]:
+        return rate_limits_from_data(self.rate_limits, source=f"job {self.job_id} rate_limits")
 
     @property
     def model(self) -> str:

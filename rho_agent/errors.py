@@ -10,6 +10,7 @@
     │   └── PermissionDenied   the profile forbids this call (becomes a ``tool_blocked`` event)
     │       └── ConfinementUnavailable  the OS cannot enforce the profile here (fail closed)
     ├── BackendError           the execution backend (local or Daytona) failed
+    ├── BudgetExceeded         a spending budget refused the next model call ("budget_exceeded")
     ├── ModelError             the model API failed after retries (becomes status "error")
     │   └── ContextWindowExceeded  the next request would not fit the model's window, even compacted
     ├── OutputInvalid          an answer does not match its output schema (one corrective turn,
@@ -66,12 +67,29 @@ class BackendError(RhoAgentError):
     """The execution backend failed (process spawn, sandbox API, file I/O)."""
 
 
-class ModelError(RhoAgentError):
-    """The model API failed in a way retries did not fix."""
+class BudgetExceeded(RhoAgentError):
+    """A budget scope refused to reserve the next model call; the run ends ``budget_exceeded``.
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    The message names the scope, its limit and what was spent; ``scope`` names it for code.
+    """
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+
+class ModelError(RhoAgentError):
+    """The model API failed in a way retries did not fix.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds when it sent one (a 429).
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.retry_after = retry_after
 
 
 class ContextWindowExceeded(ModelError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 EventType = Literal[
     "text",
@@ -19,16 +19,39 @@ EventType = Literal[
     "interruption",
     "max_turns",
     "output_invalid",
+    "budget_exceeded",
+    "job_restarted",
 ]
+"""``job_restarted`` comes from the fleet: an attempt resumed a job on another worker."""
 
-RunStatus = Literal["completed", "error", "cancelled", "interrupted", "max_turns", "invalid_output"]
+RunStatus = Literal[
+    "completed",
+    "error",
+    "cancelled",
+    "interrupted",
+    "max_turns",
+    "invalid_output",
+    "budget_exceeded",
+    "awaiting_approval",
+]
+"""``awaiting_approval`` comes from the fleet: a job parked until someone decides its tool calls
+(a local run that needs a decision ends ``interrupted``)."""
+
+RUN_STATUSES: frozenset[str] = frozenset(get_args(RunStatus))
+
+
+def run_status(value: object) -> RunStatus:
+    """A run status read back from data (a trace, a stored result); unknown ones are refused."""
+    if isinstance(value, str) and value in RUN_STATUSES:
+        return cast(RunStatus, value)
+    raise ValueError(f"unknown run status {value!r}; expected one of {sorted(RUN_STATUSES)}")
 
 
 @dataclass
 class AgentEvent:
     """One thing that happened during a run; ``type`` says which fields are set."""
 
-    type: str
+    type: EventType
     content: str | None = None
     tool_name: str | None = None
     tool_call_id: str | None = None
@@ -55,9 +78,9 @@ class RunError:
     """Why a run failed, for callers that only hold its result.
 
     ``type`` is the exception's class name (``ModelError`` for a model API that failed after its
-    retries), ``max_turns`` or ``invalid_output``; ``message`` says what went wrong, as the
-    run's ``error`` event does. ``partial`` says the run's text is an answer this failure cut
-    off mid-stream.
+    retries), ``max_turns``, ``invalid_output`` or ``budget_exceeded``; ``message`` says what
+    went wrong, as the run's ``error`` event does. ``partial`` says the run's text is an answer
+    this failure cut off mid-stream.
     """
 
     type: str
@@ -90,7 +113,7 @@ class RunResult:
 
     text: str
     events: list[AgentEvent] = field(default_factory=list)
-    status: str = "completed"
+    status: RunStatus = "completed"
     usage: dict[str, int] = field(default_factory=dict)
     error: RunError | None = None
     output: Any = None
@@ -110,7 +133,7 @@ class RunResult:
         error = data.get("error")
         return cls(
             text=str(data.get("text", "")),
-            status=str(data.get("status", "completed")),
+            status=run_status(data.get("status", "completed")),
             usage=dict(data.get("usage") or {}),
             events=[AgentEvent.from_dict(event) for event in data.get("events") or []],
             error=RunError.from_dict(error) if isinstance(error, dict) else None,

@@ -18,6 +18,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -156,6 +157,19 @@ class OutputSchema:
     def asked_by(self, mode: StructuredOutput) -> OutputSchema:
         """This schema, asked for with ``mode`` (``extras.structured_output``)."""
         return replace(self, mode=mode)
+
+
+def load_schema_file(path: Path) -> dict[str, Any]:
+    """A JSON schema file's content: it travels in the jobs, never its path."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read output schema {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"output schema {path} is not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"output schema {path} must hold a JSON object")
+    return data
 
 
 def check_json_schema(schema: dict[str, Any]) -> None:

@@ -11,19 +11,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from rho_agent import compaction
+from rho_agent._loop import spend_step as _spend_step
 from rho_agent._loop import tool_step as _tool_step
 from rho_agent._loop.run import EventCallback, RunContext
 from rho_agent.agent import Agent
 from rho_agent.backends.base import ExecutionBackend
-from rho_agent.errors import ConfigError, ModelError, OutputInvalid, SessionError
-from rho_agent.events import AgentEvent, CompactResult, RunError, RunResult
+from rho_agent.budgets import DEFAULT_OUTPUT_ALLOWANCE, MemorySpendLedger, SpendGuard, job_budget
+from rho_agent.errors import BudgetExceeded, ConfigError, ModelError, OutputInvalid, SessionError
+from rho_agent.events import AgentEvent, CompactResult, RunError, RunResult, RunStatus
 from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.model.base import ModelRequest
 from rho_agent.output import FINAL_ANSWER_TOOL, OutputSchema, SchemaLike, structured_output_mode
 from rho_agent.pricing import context_window
+from rho_agent.ratelimits import RateLimiter
 from rho_agent.state import State, round_cost
 from rho_agent.tools.base import ToolHandler, ToolInvocation
 from rho_agent.tools.registry import ToolRegistry
@@ -39,9 +42,14 @@ CANCEL_POLL_SECONDS = 0.1
 class Session:
     """The execution context for running prompts with one Agent; owns the State.
 
-    Settable: ``approval_callback(tool_name, tool_args) -> bool`` (sync or async),
-    ``cancel_check() -> bool``, ``before_tool() -> Awaitable[None]``, ``sub_jobs``,
-    ``auto_compact``, ``context_window``, ``max_turns``.
+    Settable: ``approval_callback(tool_name, tool_args) -> bool`` (sync or async; raising
+    ``PermissionDenied`` denies the call with that reason, ``ApprovalInterrupt`` pauses the run),
+    ``cancel_check() -> bool``, ``before_tool() -> Awaitable[None]``, ``auto_compact``,
+    ``context_window``, ``max_turns``, ``spend_guard`` (budgets every model call reserves
+    against; ``extras.max_cost_usd`` / ``extras.max_tokens`` give a session one of its own),
+    ``rate_limiter`` (shared rate limits), ``output_allowance`` (output tokens reserved for a call
+    with no ``extras.max_output_tokens``) and ``wait_observer(reason | None)`` (told when a call
+    starts and stops waiting for a limit), ``sub_jobs``.
 
     ``before_tool`` is awaited after a tool call's ``tool_start`` is recorded and before the tool
     runs (``cancel_check`` is asked right after it). The fleet makes the record durable there and
@@ -70,7 +78,15 @@ class Session:
         self.auto_compact = True
         self.context_window = context_window(agent.config.model, agent.config.context_window())
         self.max_turns = int(agent.config.extras.get("max_turns", DEFAULT_MAX_TURNS))
-        self._client = agent.create_client()
+        self.spend_guard: SpendGuard | None = None
+        self.rate_limiter: RateLimiter | None = None
+        extras = agent.config.extras
+        self.output_allowance: int = (
+            _whole_tokens(extras, "output_allowance") or DEFAULT_OUTPUT_ALLOWANCE
+        )
+        self._output_cap = _whole_tokens(extras, "max_output_tokens")
+        self.wait_observer: Callable[[str | None], None] | None = None
+        self._client = _spend_step.GuardedClient(self, agent.create_client())
         self._backend: ExecutionBackend | None = None
         self._task: asyncio.Task[str] | None = None
         self._cancel_requested = False
@@ -84,6 +100,9 @@ class Session:
             self._record_start()
         elif session_id is not None and session_id != state.session_id:
             raise SessionError(f"session_id {session_id!r} does not match the state's id")
+        own = job_budget(f"session:{self.state.session_id}", agent.config.extras)
+        if own is not None:
+            self.spend_guard = MemorySpendLedger().guard([], own=[own])
 
     def _record_start(self) -> None:
         profile = self.agent.profile.name
@@ -163,6 +182,8 @@ class Session:
             if not self._cancel_requested or (current is not None and current.cancelling()):
                 raise  # cancelled from outside (shutdown): leave the run resumable
             status = self._record_cancelled(run)
+        except BudgetExceeded as exc:
+            status = self._record_budget_exceeded(run, exc)
         except ModelError as exc:
             status = self._record_error(run, exc, str(exc))
         except Exception as exc:
@@ -177,7 +198,9 @@ class Session:
         self.state.append("run_end", **end)
         return run.result(status)
 
-    async def _loop(self, run: RunContext, prompt: str | None, schema: OutputSchema | None) -> str:
+    async def _loop(
+        self, run: RunContext, prompt: str | None, schema: OutputSchema | None
+    ) -> RunStatus:
         if not self.state.messages:
             self.state.append("message", role="system", content=self.agent.system_prompt)
         if self.state.pending_turn is not None:
@@ -218,6 +241,7 @@ class Session:
             reasoning_effort=config.reasoning_effort,
             service_tier=config.service_tier,
             response_format=config.response_format,
+            max_output_tokens=self._output_cap,
         )
         if schema is not None and schema.mode == "response_format":
             request.response_format = schema.response_format()
@@ -244,7 +268,9 @@ class Session:
             tools = [*tools, schema.final_answer_tool()]
         return tools
 
-    def _check_output(self, run: RunContext, schema: OutputSchema) -> str | None:
+    def _check_output(
+        self, run: RunContext, schema: OutputSchema
+    ) -> RunStatus | Literal["retry"] | None:
         """Validate the answer: None if it is valid, "retry" after adding the one corrective
         message, else "invalid_output" (with the error recorded)."""
         try:
@@ -287,7 +313,7 @@ class Session:
             )
         )
 
-    async def _continue_pending_turn(self, run: RunContext) -> str | None:
+    async def _continue_pending_turn(self, run: RunContext) -> RunStatus | None:
         """Run the pending turn's unanswered tool calls; "interrupted" if some await approval."""
         calls = [_tool_step.prepare(self, call) for call in self.state.unanswered_tool_calls()]
         self.check_cancelled()
@@ -332,7 +358,7 @@ class Session:
                 self._task.cancel()
                 return
 
-    def _record_cancelled(self, run: RunContext) -> str:
+    def _record_cancelled(self, run: RunContext) -> RunStatus:
         self._record_partial_text(run)
         _tool_step.answer_unfinished(
             self, "Cancelled: the run was cancelled before this call finished."
@@ -341,7 +367,22 @@ class Session:
         run.emit(AgentEvent("cancelled", content="run cancelled"))
         return "cancelled"
 
-    def _record_error(self, run: RunContext, exc: Exception, message: str) -> str:
+    def _record_budget_exceeded(self, run: RunContext, exc: BudgetExceeded) -> RunStatus:
+        _tool_step.answer_unfinished(self, f"Stopped: {exc}")
+        run.error = RunError("budget_exceeded", str(exc))
+        self.state.append("error", message=str(exc))
+        run.emit(AgentEvent("budget_exceeded", content=str(exc)))
+        return "budget_exceeded"
+
+    def report_waiting(self, reason: str | None) -> None:
+        """Tell ``wait_observer`` a model call waits for a shared limit (None: it goes on)."""
+        if self.wait_observer is not None:
+            try:
+                self.wait_observer(reason)
+            except Exception:
+                logger.exception("wait_observer raised; the run goes on")
+
+    def _record_error(self, run: RunContext, exc: Exception, message: str) -> RunStatus:
         partial = self._record_partial_text(run)
         _tool_step.answer_unfinished(
             self, f"Error: the run failed before this call finished: {message}"
@@ -474,6 +515,19 @@ class Session:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def _whole_tokens(extras: dict[str, Any], name: str) -> int | None:
+    """``extras.max_output_tokens`` (the output cap sent with every request, and reserved) or
+    ``extras.output_allowance`` (what a call without a cap reserves for its output)."""
+    value = extras.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(
+            f"AgentConfig.extras.{name} must be a whole number of tokens >= 1, got {value!r}"
+        )
+    return value
 
 
 def _prompt_not_yet_recorded(state: State) -> str | None:

@@ -22,6 +22,13 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.delenv("RHO_AGENT_BROKER_URL", raising=False)
 
 
+@pytest.fixture(scope="module")
+def broker(request: pytest.FixtureRequest) -> str:
+    """The broker of a test's fleet: ``redis``, unless the test is parametrized over brokers
+    (``tests.integration.fleet.on_both_brokers``)."""
+    return str(getattr(request, "param", "redis"))
+
+
 @pytest.fixture(scope="session")
 def _shared_model_server() -> Iterator[ScriptedModelServer]:
     with ScriptedModelServer() as server:

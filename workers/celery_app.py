@@ -16,7 +16,12 @@ from celery.exceptions import Reject
 from celery.signals import after_setup_logger, worker_ready, worker_shutdown
 
 from dispatch.errors import JobSpecError
-from dispatch.fleet.celery_broker import RUN_JOB_TASK, celery_config, require_fleet_extra
+from dispatch.fleet.celery_broker import (
+    RUN_JOB_TASK,
+    celery_config,
+    require_fleet_extra,
+    transport_options,
+)
 from rho_agent.redact import install_log_redaction
 from workers.lifecycle import install_lifecycle
 from workers.pool_threads import start_pool_threads
@@ -46,7 +51,9 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         # every worker to send them) is running.
         "worker_send_task_events": False,
         "worker_hijack_root_logger": False,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": transport_options(
+            settings.fleet, visibility_timeout_s=settings.visibility_timeout_s
+        ),
     }
 
 

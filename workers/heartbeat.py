@@ -27,6 +27,7 @@ from typing import Any
 
 from dispatch.fleet import lua
 from dispatch.keys import Keys
+from dispatch.settings import FleetSettings
 from workers.health import Beat, HealthSettings
 
 logger = logging.getLogger("workers.heartbeat")
@@ -94,16 +95,19 @@ class Heartbeat:
             logger.warning("writing the worker heartbeat to Redis failed (%s); retrying", exc)
         return beat
 
-    def close(self, redis_url: str | None) -> None:
+    def close(self, fleet: FleetSettings) -> None:
         """On a clean stop: remove the health file and the Redis record (blocking)."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        if not redis_url:
+        if not fleet.bus_url:
             return
         import redis
 
+        from dispatch.fleet.redis_clients import sync_client
+
         try:
-            with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
+            bus = sync_client(fleet.bus_url, master_name=fleet.sentinel_master, socket_timeout=5)
+            with bus as client:
                 client.delete(self.keys.worker(self.worker))
                 client.zrem(self.keys.workers(), self.worker)
         except redis.RedisError as exc:

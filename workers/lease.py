@@ -5,7 +5,9 @@ which must exceed the longest job or live jobs run twice (celery#5935), so it ca
 workers' jobs come back fast. Instead every running job holds a lease in Redis that its worker's
 ``LeaseKeeper`` renews every third of the lease; a ``Sweeper`` (one per worker, one active at a
 time) re-sends jobs whose lease lapsed. The attempt counter in the job hash makes a stale worker's
-writes and results lose (see ``dispatch.fleet.lua``).
+writes and results lose (see ``dispatch.fleet.lua``). The sweeper also ends the wait of jobs
+whose approval expired: their undecided calls are denied and they are sent again
+(docs/approvals.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from dispatch.engine.approval import EXPIRED_REASON
 from dispatch.engine.host import JobHost
 from dispatch.engine.loop import still_running
 from dispatch.errors import JobSpecError
@@ -92,14 +95,25 @@ class Sweeper:
     """Every ``interval_s``, re-sends jobs whose lease lapsed (at most one sweeper at a time)."""
 
     def __init__(
-        self, client: Any, keys: Keys, resend: Resend, *, interval_s: float, grace_ms: int
+        self,
+        client: Any,
+        keys: Keys,
+        resend: Resend,
+        *,
+        interval_s: float,
+        grace_ms: int,
+        retention_s: int,
+        events_maxlen: int,
     ) -> None:
         self._client = client
         self._claim = client.register_script(lua.CLAIM_LAPSED)
+        self._expire = client.register_script(lua.EXPIRE_APPROVALS)
         self._keys = keys
         self._resend = resend
         self._interval_s = interval_s
         self._grace_ms = grace_ms
+        self._retention_s = retention_s
+        self._events_maxlen = events_maxlen
 
     async def run(self) -> None:
         while still_running():
@@ -125,4 +139,23 @@ class Sweeper:
                 "job %s: its worker stopped (attempt %s); sent again", job.job_id, job.attempt
             )
             requeued.append(job.job_id)
-        return requeued
+        return requeued + await self._expire_approvals()
+
+    async def _expire_approvals(self) -> list[str]:
+        flat: list[str] = await self._expire(
+            keys=[self._keys.approvals(), self._keys.leases()],
+            args=[
+                self._keys.job_prefix(),
+                self._grace_ms,
+                self._retention_s,
+                self._events_maxlen,
+                EXPIRED_REASON,
+                500,
+            ],
+        )
+        expired = []
+        for job in requeued_jobs(flat, "continued after its approval expired"):
+            await asyncio.to_thread(self._resend, job.spec, job.attempt)
+            logger.warning("job %s: its approval expired; continuing with denials", job.job_id)
+            expired.append(job.job_id)
+        return expired

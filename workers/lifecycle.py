@@ -81,7 +81,7 @@ class Lifecycle:
             beating.cancel()  # cancels the task on the loop; wait so no beat lands after close
             with contextlib.suppress(Exception):
                 self.host.loop.call(_settle(), timeout=_STOP_BEAT_S)
-        self.heartbeat.close(self.settings.fleet.bus_url)
+        self.heartbeat.close(self.settings.fleet)
 
 
 def install_lifecycle(

@@ -21,7 +21,10 @@ from dispatch.engine.host import JobHost
 from dispatch.engine.loop import LoopThread, stop_tasks
 from dispatch.engine.run import JobOutcome, RunnerOptions
 from dispatch.fleet.celery_broker import CeleryBroker
+from dispatch.fleet.ratelimit import RedisRateLimiter
 from dispatch.fleet.redis_bus import RedisBus
+from dispatch.fleet.script_batch import ScriptBatcher
+from dispatch.fleet.spend import RedisSpendLedger
 from dispatch.spec import JobSpec
 from workers.lease import LeaseKeeper, Sweeper
 from workers.progress import FlowerProgress, TaskIds
@@ -102,6 +105,7 @@ class SessionHost:
             logging.getLogger(name).setLevel(logging.WARNING)
         bus = RedisBus.from_settings(settings.fleet)
         await bus.client.ping()
+        keys, scripts = settings.fleet.keys, ScriptBatcher(bus.client)
         options = RunnerOptions(
             worker=settings.worker_name,
             lease_ms=settings.lease_ms,
@@ -109,7 +113,12 @@ class SessionHost:
             default_timeout_s=settings.job_time_limit_s,
             max_attempts=settings.max_attempts,
             agent_factory=settings.build_agent(),
+            approval_ttl_s=settings.fleet.approval_ttl_s,
             allowed_base_urls=settings.allowed_base_urls,
+            spend=RedisSpendLedger(
+                bus.client, keys, retention_s=settings.fleet.retention_s, batcher=scripts
+            ),
+            rate_limiter=RedisRateLimiter(bus.client, keys, settings.rate_limits, scripts),
             publish=self._publish,
             fan_out=FanOutLimits(
                 max_depth=settings.fleet.fan_out_max_depth,
@@ -127,6 +136,8 @@ class SessionHost:
             self._resend,
             interval_s=settings.sweep_interval_s,
             grace_ms=settings.fleet.queued_lease_s * 1000,
+            retention_s=settings.fleet.retention_s,
+            events_maxlen=settings.fleet.events_maxlen,
         )
         self._tasks = [
             asyncio.create_task(keeper.run(), name="rho-leases"),

@@ -21,10 +21,20 @@ from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError, ProfileError
 from rho_agent.permissions import PermissionProfile, load_profile
 from rho_agent.pricing import ModelPrice, load_prices
+from rho_agent.ratelimits import RateLimit, load_rate_limits
 
 SETTINGS: tuple[tuple[str, str, str], ...] = (
-    (BROKER_URL_ENV, "(required)", "Redis URL of the Celery broker, e.g. redis://127.0.0.1:6379/0"),
-    ("RHO_AGENT_REDIS_URL", "broker URL", "Redis URL for job events, traces and metadata"),
+    (
+        BROKER_URL_ENV,
+        "(required)",
+        "Celery broker: redis://, sentinel://host:26379;sentinel://... or amqp:// (RabbitMQ)",
+    ),
+    (
+        "RHO_AGENT_REDIS_URL",
+        "broker URL",
+        "Redis (redis:// or sentinel://) for job events, traces and leases; required with amqp://",
+    ),
+    ("RHO_AGENT_SENTINEL_MASTER", "mymaster", "master name the Sentinels of sentinel:// URLs know"),
     ("RHO_AGENT_KEY_PREFIX", "rho:", "prefix of every Redis key the fleet writes"),
     ("RHO_AGENT_QUEUE", "rho-agent", "Celery queue the worker consumes and dispatchers send to"),
     ("RHO_AGENT_RETENTION", "604800", "seconds job metadata, events and traces are kept"),
@@ -39,6 +49,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "RHO_AGENT_QUEUED_LEASE",
         "600",
         "seconds a queued or re-sent job may wait unclaimed before the sweeper sends it again",
+    ),
+    (
+        "RHO_AGENT_APPROVAL_TTL",
+        "86400",
+        "seconds a job's tool calls wait for approval before they are denied as expired",
     ),
     ("RHO_AGENT_VISIBILITY_TIMEOUT", "3600", "Celery's redelivery time for unacked messages"),
     ("RHO_AGENT_WORKER_NAME", "host-pid", "name recorded on the jobs this worker runs"),
@@ -73,6 +88,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "prices for models genai-prices lacks or misprices: a YAML/JSON file or inline JSON",
     ),
     (
+        "RHO_AGENT_RATE_LIMITS",
+        "(none)",
+        "fleet-wide rate limits per model and endpoint: a YAML/JSON file or inline JSON",
+    ),
+    (
         "RHO_AGENT_FAN_OUT_MAX_DEPTH",
         "2",
         "how deep `fan_out` sub-jobs may nest (0: the tool refuses every call)",
@@ -100,6 +120,8 @@ class WorkerSettings:
     """Normalised; empty means the worker's own endpoint (``OPENAI_BASE_URL``, else OpenAI)."""
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
     """USD per million tokens by model; they win over the catalogue's and a job config's."""
+    rate_limits: tuple[RateLimit, ...] = ()
+    """Requests and tokens per window, per model and endpoint, shared by every worker."""
 
     def __post_init__(self) -> None:
         if not self.fleet.broker_url:
@@ -156,11 +178,7 @@ class WorkerSettings:
             if env.get(name):
                 values[attr] = env[name]
         values["allowed_base_urls"] = allowed_base_urls(env)
-        if env.get("RHO_AGENT_PRICES"):
-            try:
-                values["prices"] = load_prices(env["RHO_AGENT_PRICES"], source="RHO_AGENT_PRICES")
-            except ConfigError as exc:
-                raise SettingsError(str(exc)) from None
+        values.update(_priced_and_limited(env))
         return cls(**values)  # type: ignore[arg-type]
 
     def ceiling(self) -> PermissionProfile:
@@ -198,6 +216,21 @@ class WorkerSettings:
     @property
     def lease_ms(self) -> int:
         return int(self.lease_ttl_s * 1000)
+
+
+def _priced_and_limited(env: Mapping[str, str]) -> dict[str, object]:
+    """``prices`` and ``rate_limits`` from their variables (files or inline JSON)."""
+    values: dict[str, object] = {}
+    try:
+        if env.get("RHO_AGENT_PRICES"):
+            values["prices"] = load_prices(env["RHO_AGENT_PRICES"], source="RHO_AGENT_PRICES")
+        if env.get("RHO_AGENT_RATE_LIMITS"):
+            values["rate_limits"] = tuple(
+                load_rate_limits(env["RHO_AGENT_RATE_LIMITS"], source="RHO_AGENT_RATE_LIMITS")
+            )
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    return values
 
 
 def _with_prices(

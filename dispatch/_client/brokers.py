@@ -7,12 +7,18 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from dispatch.engine.approval import EXPIRED_REASON
 from dispatch.engine.bus import EVENT_PAGE, DispatchBus, JobBus, StreamEntry
-from dispatch.engine.loop import LoopThread
+from dispatch.engine.loop import LoopThread, still_running, stop_tasks
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
+from rho_agent.budgets import Budget, BudgetStatus, MemorySpendLedger
+from rho_agent.ratelimits import MemoryRateLimiter
 
 logger = logging.getLogger("dispatch")
+
+_EXPIRY_POLL_S = 0.25
+"""How often an embedded dispatcher looks for approvals that expired (a dict scan)."""
 
 
 class Broker(Protocol):
@@ -37,12 +43,24 @@ class Broker(Protocol):
         """Take a job that will never run off the queue (on the dispatcher's loop)."""
         ...
 
+    async def resend(self, spec: JobSpec, attempt: int) -> None:
+        """Send a job the bus queued again after its ``attempt`` (an approval decided it)."""
+        ...
+
     def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
         """Store a batch's ``total`` and job id by entry index (blocking; any thread)."""
         ...
 
     def read_batch(self, batch_id: str) -> dict[str, str]:
         """What ``record_batch`` stored for ``batch_id`` (empty if nothing)."""
+        ...
+
+    def set_budget(self, budget: Budget) -> None:
+        """Store a label or fleet budget (blocking; any thread)."""
+        ...
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        """Every budget scope with its spend in its current window (blocking; any thread)."""
         ...
 
     async def close(self) -> None: ...
@@ -68,11 +86,19 @@ class EmbeddedBroker:
         self.bus: JobBus = memory
         self._loop = loop
         self._queue = settings.queue
-        limits = FanOutLimits(settings.fan_out_max_depth, settings.fan_out_max_children)
-        options = RunnerOptions(worker="embedded", publish=self._start, fan_out=limits)
+        self.ledger = MemorySpendLedger()
+        options = RunnerOptions(
+            worker="embedded",
+            spend=self.ledger,
+            rate_limiter=MemoryRateLimiter(),
+            approval_ttl_s=settings.approval_ttl_s,
+            publish=self._run_recorded,
+            fan_out=FanOutLimits(settings.fan_out_max_depth, settings.fan_out_max_children),
+        )
         self._host = JobHost(memory, options, concurrency=settings.embedded_concurrency)
         self._tasks: set[asyncio.Task[object]] = set()
         self._batches: dict[str, dict[str, str]] = {}
+        self._expiry: asyncio.Task[None] | None = None
 
     def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
         """Remember a batch's job ids (only this process can see an embedded batch)."""
@@ -93,16 +119,32 @@ class EmbeddedBroker:
     async def _send(self, specs: list[JobSpec]) -> None:
         """Record the jobs, then start them (at most ``concurrency`` run at once)."""
         await self.bus.submit(specs, self._queue)
-        await self._start(specs)
+        await self._run_recorded(specs)
 
-    async def _start(self, specs: list[JobSpec]) -> None:
+    async def _run_recorded(self, specs: list[JobSpec]) -> None:
         """Run recorded jobs on this loop: a dispatcher's, or a ``fan_out`` call's children
         (sub-sessions in this process, through the same host)."""
         await self._host.start()
+        if self._expiry is None:
+            self._expiry = asyncio.create_task(self._expire_approvals(), name="rho-approvals")
         for spec in specs:
-            task: asyncio.Task[object] = asyncio.create_task(self._run(spec))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(spec)
+
+    def _start(self, spec: JobSpec) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(self._run(spec))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resend(self, spec: JobSpec, attempt: int) -> None:
+        self._start(spec)
+
+    async def _expire_approvals(self) -> None:
+        """Deny the pending calls of jobs nobody decided in time, and continue them."""
+        while still_running():
+            await asyncio.sleep(_EXPIRY_POLL_S)
+            for spec, _ in await self.bus.expire_approvals(EXPIRED_REASON):
+                logger.warning("job %s: its approval expired; continuing with denials", spec.job_id)
+                self._start(spec)
 
     async def _run(self, spec: JobSpec) -> object:
         try:
@@ -114,7 +156,15 @@ class EmbeddedBroker:
     async def revoke(self, job_id: str) -> None:
         return None
 
+    def set_budget(self, budget: Budget) -> None:
+        self.ledger.set_budget(budget)
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        return self.ledger.statuses()
+
     async def close(self) -> None:
+        if self._expiry is not None:
+            await stop_tasks([self._expiry])
         await self._host.stop()
 
 
@@ -127,15 +177,16 @@ class FleetBroker:
     """
 
     def __init__(self, settings: FleetSettings) -> None:
-        import redis
-
         from dispatch.fleet.celery_broker import CeleryBroker
         from dispatch.fleet.redis_bus import RedisBus
+        from dispatch.fleet.redis_clients import sync_client
 
         assert settings.bus_url is not None
         self._settings = settings
         self._celery = CeleryBroker(settings)
-        self._redis: Any = redis.Redis.from_url(settings.bus_url, decode_responses=True)
+        self._redis: Any = sync_client(
+            settings.bus_url, master_name=settings.sentinel_master, decode_responses=True
+        )
         self.bus: DispatchBus = RedisBus.from_settings(settings)
 
     def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:
@@ -177,6 +228,19 @@ class FleetBroker:
 
     async def revoke(self, job_id: str) -> None:
         await asyncio.to_thread(self._celery.revoke, job_id)
+
+    async def resend(self, spec: JobSpec, attempt: int) -> None:
+        await asyncio.to_thread(self._celery.send, [spec], attempt_suffix=f"-a{attempt}")
+
+    def set_budget(self, budget: Budget) -> None:
+        from dispatch.fleet.spend import set_budget
+
+        set_budget(self._redis, self._settings.keys, budget, retention_s=self._settings.retention_s)
+
+    def budget_statuses(self) -> list[BudgetStatus]:
+        from dispatch.fleet.spend import budget_statuses
+
+        return budget_statuses(self._redis, self._settings.keys)
 
     async def close(self) -> None:
         await self.bus.close()

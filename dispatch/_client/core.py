@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 from dispatch._client.brokers import Broker, open_broker
 from dispatch._client.fanin import FanIn
-from dispatch.engine.bus import START, DispatchBus, StreamEntry
+from dispatch.engine.approval import DENIED_REASON, MAX_REASON, DecideOutcome, decision_value
+from dispatch.engine.bus import START, CancelOutcome, DispatchBus, StreamEntry
 from dispatch.engine.fan_out import cancel_children
 from dispatch.engine.loop import LoopThread
-from dispatch.errors import JobNotFound
+from dispatch.errors import ApprovalRefused, JobNotFound
 from dispatch.info import JobInfo
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
@@ -136,7 +137,27 @@ class _Core:
         entries = await self.bus.read_trace(session_id)
         return State.from_records([entry.data["record"] for entry in entries])
 
-    async def cancel(self, job_id: str) -> str:
+    # -- approvals ----------------------------------------------------------------------------
+
+    async def decide(
+        self, job_id: str, approve: bool, call_ids: list[str] | None, reason: str
+    ) -> DecideOutcome:
+        """Record a decision; once every pending call is decided, send the job again."""
+        if call_ids is not None and not call_ids:
+            raise ApprovalRefused(
+                f"no call ids given for job {job_id}; pass None to decide every pending call",
+                reason="unknown_call",
+            )
+        text = (reason.strip() or DENIED_REASON)[:MAX_REASON]
+        outcome = await self.bus.decide(job_id, decision_value(approve), call_ids, text)
+        if outcome.spec is not None:
+            await self.broker.resend(outcome.spec, outcome.attempt)
+        return outcome
+
+    async def awaiting(self, limit: int) -> list[JobInfo]:
+        return await self.bus.awaiting(limit)
+
+    async def cancel(self, job_id: str) -> CancelOutcome:
         outcome = await self.bus.request_cancel(job_id)
         if outcome == "unknown":
             raise JobNotFound(f"job {job_id} does not exist (never submitted, or expired)")

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dispatch.engine.bus import START, DispatchBus, StreamEntry, is_finished
 from dispatch.engine.loop import still_running
 from dispatch.errors import JobNotFound, JobTimeout
+from dispatch.info import AWAITING_APPROVAL
 from rho_agent.events import RunResult
 
 logger = logging.getLogger("dispatch")
@@ -53,11 +54,12 @@ class FanIn:
         unknown: list[str] = []
         with self._lock:
             for job_id in dict.fromkeys(job_ids):
-                if job_id in self._early:
+                if job_id in self._early and not _paused(self._early[job_id]):
                     known[job_id] = self._early.pop(job_id)
                 elif job_id in self._pending:
                     futures[job_id] = self._register(job_id)
-                else:
+                else:  # not ours, or parked for approval then: ask the bus where it is now
+                    self._early.pop(job_id, None)
                     unknown.append(job_id)
         try:
             waits: list[asyncio.Future[object]] = [asyncio.shield(f) for f in futures.values()]
@@ -172,3 +174,8 @@ class FanIn:
         for future in waiters:
             if not future.done():
                 future.set_result(result)
+
+
+def _paused(result: RunResult | None) -> bool:
+    """A result that was only a pause: the job may have been approved and gone on since."""
+    return result is not None and result.status == AWAITING_APPROVAL

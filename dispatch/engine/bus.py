@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from dispatch.info import JobInfo
+from dispatch.info import Decision, JobInfo, PendingCall
 from dispatch.spec import JobSpec
 from rho_agent.events import AgentEvent, RunResult, output_data
+
+if TYPE_CHECKING:
+    from dispatch.engine.approval import DecideOutcome
 
 START = "0"
 EVENT_PAGE = 1000
@@ -116,7 +119,18 @@ class RunnerBus(Protocol):
         (JobInfo.error); False if another attempt owns the job now."""
         ...
 
-    async def cancel_requested(self, job_id: str) -> bool: ...
+    async def await_approval(
+        self,
+        spec: JobSpec,
+        attempt: int,
+        result: RunResult,
+        error: str | None,
+        pending: list[PendingCall],
+        ttl_s: float,
+    ) -> bool:
+        """Park the job as ``awaiting_approval`` with its ``pending`` calls (they expire after
+        ``ttl_s``); its waiters get ``result``. False if another attempt owns the job now."""
+        ...
 
     async def reject(self, job_id: str, error: str) -> bool: ...
 
@@ -157,6 +171,23 @@ class DispatchBus(Protocol):
     async def request_cancel(self, job_id: str) -> CancelOutcome: ...
 
     async def children(self, job_id: str) -> list[str]: ...
+
+    async def decide(
+        self, job_id: str, decision: Decision, call_ids: Sequence[str] | None, reason: str
+    ) -> DecideOutcome:
+        """Record ``decision`` for ``call_ids`` (None: every undecided call) of a job awaiting
+        approval, atomically; queue the job again once every call is decided. Raises
+        ApprovalRefused (changing nothing) or JobNotFound."""
+        ...
+
+    async def awaiting(self, limit: int) -> list[JobInfo]:
+        """Jobs awaiting approval, the soonest to expire first."""
+        ...
+
+    async def expire_approvals(self, reason: str) -> list[tuple[JobSpec, int]]:
+        """Deny, with ``reason``, the undecided calls of jobs whose approval time is over and
+        queue them again; returns each spec with its last attempt, to be sent."""
+        ...
 
     async def read_done(
         self, dispatcher_id: str, after: str, block_s: float
@@ -259,7 +290,7 @@ def rejected(error: str) -> RunResult:
     return RunResult(text="", events=[event], status="error", usage={})
 
 
-_FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption")
+_FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption", "budget_exceeded")
 
 
 def failure_reason(result: RunResult) -> str | None:

@@ -1,8 +1,8 @@
 """The profile ceiling: the most permissive permission profile a worker agrees to run.
 
-A job's profile is allowed when on every axis (shell, write, read, shell timeout, tool set) it asks
-for no more than the ceiling (``PermissionProfile.exceeds``), so custom YAML profiles are judged by
-what they allow, not by their name.
+A job's profile is allowed when on every axis (shell, write, read, network, shell timeout, env
+names, tool set) it asks for no more than the ceiling (``PermissionProfile.exceeds``), so custom
+YAML profiles are judged by what they allow, not by their name.
 """
 
 from __future__ import annotations

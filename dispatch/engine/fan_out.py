@@ -6,8 +6,9 @@ A parent job's ``fan_out`` call becomes ordinary jobs on the same bus and queue,
 - its ``depth`` (the parent's plus one), checked against ``FanOutLimits`` where the parent runs;
 - the parent's config, with a profile no more permissive than the parent's (asking for more is
   refused, never quietly granted or lowered);
-- the parent's labels (its batch, for budgets) plus ``parent=<job id>``, queue, priority and
-  time limit;
+- the parent's labels plus ``parent=<job id>``, queue, priority and time limit, and its
+  budgets: the parent's job budget (``parent_budgets``), batch budget and rate limits, so one
+  budget covers the tree;
 - an id derived from (parent job id, tool call id, prompt index): a parent resumed after a crash
   runs the same call again and re-attaches to the same children instead of starting them twice.
 
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from dispatch.engine.bus import START, CancelOutcome, RunnerBus, failure_reason
+from dispatch.info import AWAITING_APPROVAL
 from dispatch.spec import JobSpec, describe
 from rho_agent.errors import ToolError
 from rho_agent.events import RunError, RunResult
@@ -95,6 +97,11 @@ class JobSubJobs:
         self._waiting = waiting
         self.started_children = False
         """Whether a ``fan_out`` call of this attempt recorded children."""
+        self._tree_budgets = [
+            {"scope": b.scope, "max_cost_usd": b.max_cost_usd, "max_tokens": b.max_tokens}
+            for b in parent.budgets()
+            if b.scope.startswith("job:")
+        ]
 
     async def run(self, request: SubJobRequest) -> list[SubJobResult]:
         self._check_limits(request)
@@ -166,8 +173,7 @@ class JobSubJobs:
                 prompts=[prompt],
                 config=config,
                 session_id=job_id,
-                # The parent's batch label and others carry over: spend scopes keyed on a
-                # batch or label (budgets) cover the whole tree without knowing about fan-out.
+                # Label budgets cover the tree too: the children carry the parent's labels.
                 labels={**parent.labels, PARENT_LABEL: parent.job_id},
                 timeout_s=parent.timeout_s,
                 queue=parent.queue,
@@ -175,6 +181,13 @@ class JobSubJobs:
                 reply_to=parent.job_id,
                 output_schema=request.output_schema,
                 depth=parent.depth + 1,
+                # One budget for the tree: the children spend from the parent's job budget
+                # (and its parents'), its batch budget and the batch's rate limits.
+                parent_budgets=self._tree_budgets,
+                batch_id=parent.batch_id,
+                batch_max_cost_usd=parent.batch_max_cost_usd,
+                batch_max_tokens=parent.batch_max_tokens,
+                rate_limits=parent.rate_limits,
             )
         except ValidationError as exc:  # the model's output_schema: say what is wrong with it
             raise ToolError(describe(exc, f"fan_out sub-job {index}")) from None
@@ -184,27 +197,45 @@ class JobSubJobs:
     async def _await(self, job_ids: list[str]) -> dict[str, RunResult]:
         """Every child's result, read from the parent's done stream (from its start: a resumed
         parent finds the children that finished while it was away). Polled without blocking, so
-        a thousand waiting parents hold no Redis connection between reads."""
+        a thousand waiting parents hold no Redis connection between reads. A child that pauses
+        for a person's approval is not done yet: its decision sends it on, and its end comes
+        later on the same stream."""
         pending = set(job_ids)
-        found: dict[str, RunResult | None] = {}
+        found: dict[str, RunResult] = {}
         after, pause = START, _POLL_FIRST_S
         while pending:
             entries = await self._bus.read_done(self._parent.job_id, after, 0.0)
-            for entry in entries:
-                after = entry.id
-                job_id = str(entry.data.get("job_id"))
-                if job_id in pending:
-                    pending.discard(job_id)
-                    raw = entry.data.get("result")
-                    found[job_id] = RunResult.from_dict(raw) if isinstance(raw, dict) else None
+            ended = await self._ended([entry.data for entry in entries], pending)
+            for job_id, result in ended.items():
+                pending.discard(job_id)
+                found[job_id] = result
+            after = entries[-1].id if entries else after
             if pending and not entries:
                 await asyncio.sleep(pause)
                 pause = min(_POLL_MAX_S, pause * 1.5)
             elif entries:
                 pause = _POLL_FIRST_S
-        missing = [job_id for job_id, result in found.items() if result is None]
+        return found
+
+    async def _ended(
+        self, entries: list[dict[str, Any]], pending: set[str]
+    ) -> dict[str, RunResult]:
+        """The children among ``entries`` that ended, with their results (a result too large
+        to ride on the done entry is read from the job)."""
+        inline: dict[str, RunResult | None] = {}
+        for data in entries:
+            job_id = str(data.get("job_id"))
+            if job_id in pending:
+                raw = data.get("result")
+                inline[job_id] = RunResult.from_dict(raw) if isinstance(raw, dict) else None
+        missing = [job_id for job_id, result in inline.items() if result is None]
         fetched = dict(zip(missing, await self._bus.get_results(missing), strict=True))
-        return {job_id: found[job_id] or _expired(fetched.get(job_id)) for job_id in job_ids}
+        results = {job_id: result or _expired(fetched[job_id]) for job_id, result in inline.items()}
+        return {
+            job_id: result
+            for job_id, result in results.items()
+            if result.status != AWAITING_APPROVAL
+        }
 
 
 class TreeBus(Protocol):

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispatch.engine.approval import DecideOutcome, encode_pending, refused
 from dispatch.engine.bus import (
     EVENT_PAGE,
     START,
@@ -27,7 +28,14 @@ from dispatch.engine.bus import (
     rejected,
     result_dict,
 )
-from dispatch.info import TERMINAL_STATUSES, JobInfo, job_fields
+from dispatch.info import (
+    AWAITING_APPROVAL,
+    TERMINAL_STATUSES,
+    Decision,
+    JobInfo,
+    PendingCall,
+    job_fields,
+)
 from dispatch.keys import Keys
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
@@ -63,6 +71,8 @@ class MemoryBus:
         self._sessions: dict[str, dict[str, str]] = {}
         self._children: dict[str, list[str]] = {}
         self._refused_callbacks: list[Refused] = []
+        self._awaiting: dict[str, float] = {}
+        """Jobs awaiting approval by their deadline (epoch seconds)."""
 
     # -- dispatcher side ----------------------------------------------------------------------
 
@@ -89,9 +99,12 @@ class MemoryBus:
         fields = self._jobs.get(job_id)
         if fields is None:
             return "unknown"
-        if fields["status"] in TERMINAL_STATUSES:
+        if fields["status"] == AWAITING_APPROVAL:
+            self._awaiting.pop(job_id, None)
+            self._release(job_id, fields["session_id"])
+        elif fields["status"] in TERMINAL_STATUSES:
             return "finished"
-        if fields["status"] == "queued":
+        if fields["status"] in ("queued", AWAITING_APPROVAL):
             result = cancelled_before_start()
             self._stream(self._keys.events(job_id)).append(event_entry(result.events[0]))
             self._write_finish(job_id, fields, result, None)
@@ -99,6 +112,64 @@ class MemoryBus:
         self._cancel_flags.add(job_id)
         self._stream(self._keys.cancels()).append({"job_id": job_id})
         return "requested"
+
+    async def decide(
+        self, job_id: str, decision: Decision, call_ids: Sequence[str] | None, reason: str
+    ) -> DecideOutcome:
+        fields = self._jobs.get(job_id)
+        if fields is None:
+            raise refused(job_id, "not_found", "")
+        if fields["status"] != AWAITING_APPROVAL:
+            raise refused(job_id, "not_awaiting", fields["status"])
+        pending = [str(call["call_id"]) for call in json.loads(fields["pending_approvals"])]
+        decisions: dict[str, dict[str, str]] = json.loads(fields.get("approval_decisions") or "{}")
+        chosen = [c for c in pending if c not in decisions] if call_ids is None else call_ids
+        for call_id in chosen:
+            if call_id not in pending:
+                raise refused(job_id, "unknown_call", call_id)
+            if call_id in decisions:
+                earlier = decisions[call_id]["decision"]
+                raise refused(job_id, "already_decided", f"{call_id} {earlier}")
+        for call_id in chosen:
+            decisions[call_id] = {"decision": decision}
+            if decision == "denied":
+                decisions[call_id]["reason"] = reason
+        fields["approval_decisions"] = json.dumps(decisions)
+        left = sum(1 for call_id in pending if call_id not in decisions)
+        if left:
+            return DecideOutcome("waiting", undecided=left)
+        return self._requeue(job_id, fields)
+
+    async def awaiting(self, limit: int) -> list[JobInfo]:
+        ordered = sorted(self._awaiting, key=self._awaiting.__getitem__)[:limit]
+        return [JobInfo.from_fields(job_id, self._jobs[job_id]) for job_id in ordered]
+
+    async def expire_approvals(self, reason: str) -> list[tuple[JobSpec, int]]:
+        now = time.time()
+        out = []
+        for job_id in [job for job, deadline in self._awaiting.items() if deadline <= now]:
+            fields = self._jobs[job_id]
+            decisions = json.loads(fields.get("approval_decisions") or "{}")
+            for call in json.loads(fields["pending_approvals"]):
+                decisions.setdefault(call["call_id"], {"decision": "denied", "reason": reason})
+            fields["approval_decisions"] = json.dumps(decisions)
+            outcome = self._requeue(job_id, fields)
+            assert outcome.spec is not None
+            out.append((outcome.spec, outcome.attempt))
+        return out
+
+    def _requeue(self, job_id: str, fields: dict[str, str]) -> DecideOutcome:
+        """Every pending call is decided: queue the job again, as the Lua ``requeue`` does."""
+        self._awaiting.pop(job_id, None)
+        fields.update(
+            status="queued",
+            continuations=str(int(fields.get("continuations") or 0) + 1),
+            resumed_by="approval",
+        )
+        fields.pop("finished_at", None)
+        self._stream(self._keys.events(job_id)).append(lifecycle_entry("approval_decided"))
+        spec = JobSpec.decode(fields["spec"])
+        return DecideOutcome("queued", spec, int(fields.get("attempt") or 0))
 
     async def read_done(self, dispatcher_id: str, after: str, block_s: float) -> list[StreamEntry]:
         return await self._read(self._keys.done(dispatcher_id), after, block_s, 10_000)
@@ -128,18 +199,21 @@ class MemoryBus:
         fields.update(status="running", worker=worker, attempt=str(attempt))
         fields.setdefault("started_at", repr(time.time()))
         kind = "started" if attempt == 1 else "restarted"
+        if fields.pop("resumed_by", "") == "approval":
+            kind = "continued"
         self._stream(self._keys.events(spec.job_id)).append(
             lifecycle_entry(kind, attempt=attempt, worker=worker)
         )
         if spec.job_id in self._cancel_flags:
             return StartDecision("cancelled", attempt)
+        continuations = int(fields.get("continuations") or 0)
         owner = self._owners.get(spec.session_id)
         if owner and owner != spec.job_id and self._active(owner):
-            return StartDecision("busy", attempt, owner)
+            return StartDecision("busy", attempt, owner, continuations)
         if not spec.continue_session and attempt == 1 and self._session_exists(spec.session_id):
             return StartDecision("exists", attempt)
         self._owners[spec.session_id] = spec.job_id
-        return StartDecision("run", attempt)
+        return StartDecision("run", attempt, handbacks=continuations)
 
     async def get_fields(self, job_id: str) -> dict[str, str]:
         return dict(self._jobs.get(job_id, {}))
@@ -187,13 +261,39 @@ class MemoryBus:
         fields = self._jobs.get(spec.job_id)
         if fields is None or fields.get("attempt") != str(attempt):
             return False
-        if fields["status"] in TERMINAL_STATUSES:
+        if fields["status"] != "running":
             return False
-        if self._owners.get(spec.session_id) == spec.job_id:
-            del self._owners[spec.session_id]
-        self._cancel_flags.discard(spec.job_id)
+        self._release(spec.job_id, spec.session_id)
         self._write_finish(spec.job_id, fields, result, error)
         return True
+
+    async def await_approval(
+        self,
+        spec: JobSpec,
+        attempt: int,
+        result: RunResult,
+        error: str | None,
+        pending: list[PendingCall],
+        ttl_s: float,
+    ) -> bool:
+        fields = self._jobs.get(spec.job_id)
+        if fields is None or fields.get("attempt") != str(attempt):
+            return False
+        if fields["status"] != "running":
+            return False
+        self._cancel_flags.discard(spec.job_id)
+        deadline = time.time() + ttl_s
+        self._awaiting[spec.job_id] = deadline
+        fields.pop("approval_decisions", None)
+        fields.update(pending_approvals=encode_pending(pending), approval_deadline=repr(deadline))
+        self._write_finish(spec.job_id, fields, result, error, lifecycle="awaiting_approval")
+        return True
+
+    def _release(self, job_id: str, session_id: str) -> None:
+        """The job is over: its session and cancel flag are free."""
+        if self._owners.get(session_id) == job_id:
+            del self._owners[session_id]
+        self._cancel_flags.discard(job_id)
 
     async def reject(self, job_id: str, error: str) -> bool:
         fields = self._jobs.get(job_id)
@@ -203,9 +303,6 @@ class MemoryBus:
         self._stream(self._keys.events(job_id)).append(event_entry(result.events[0]))
         self._write_finish(job_id, fields, result, error)
         return True
-
-    async def cancel_requested(self, job_id: str) -> bool:
-        return job_id in self._cancel_flags
 
     async def submit_children(self, parent_id: str, specs: Sequence[JobSpec]) -> list[str]:
         known = self._children.setdefault(parent_id, [])
@@ -251,7 +348,13 @@ class MemoryBus:
         return stream.after(after, count)
 
     def _write_finish(
-        self, job_id: str, fields: dict[str, str], result: RunResult, error: str | None
+        self,
+        job_id: str,
+        fields: dict[str, str],
+        result: RunResult,
+        error: str | None,
+        *,
+        lifecycle: str = "finished",
     ) -> None:
         fields.update(
             status=result.status,
@@ -260,14 +363,15 @@ class MemoryBus:
             finished_at=repr(time.time()),
         )
         self._stream(self._keys.events(job_id)).append(
-            lifecycle_entry("finished", status=fields["status"])
+            lifecycle_entry(lifecycle, status=fields["status"])
         )
         if fields.get("dispatcher"):
             done = {"job_id": job_id, "result": result_dict(result)}
             self._stream(self._keys.done(fields["dispatcher"])).append(done)
 
     def _active(self, job_id: str) -> bool:
-        return self._jobs.get(job_id, {}).get("status") in ("queued", "running")
+        """Whether the job holds its session (a job awaiting approval still does)."""
+        return self._jobs.get(job_id, {}).get("status") in ("queued", "running", AWAITING_APPROVAL)
 
     def _forget_expired(self) -> None:
         cutoff = time.time() - self._retention_s
@@ -278,5 +382,6 @@ class MemoryBus:
         ]
         for job_id in expired:
             del self._jobs[job_id]
+            self._awaiting.pop(job_id, None)
             self._streams.pop(self._keys.events(job_id), None)
             self._children.pop(job_id, None)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dispatch.engine.approval import decided_calls, pending_calls
 from dispatch.engine.bus import (
     Claim,
     RunnerBus,
@@ -33,12 +34,15 @@ from dispatch.engine.ceiling import check_ceiling
 from dispatch.engine.endpoints import check_endpoint
 from dispatch.engine.fan_out import FanOutLimits, JobSubJobs, Publish, Waiting, cancel_children
 from dispatch.errors import FleetError
+from dispatch.info import AWAITING_APPROVAL
 from dispatch.spec import JobSpec
 from rho_agent.agent import Agent
+from rho_agent.budgets import SpendLedger
 from rho_agent.config import AgentConfig
 from rho_agent.errors import RhoAgentError, SessionNotFound
-from rho_agent.events import AgentEvent, RunResult
+from rho_agent.events import AgentEvent, RunResult, run_status
 from rho_agent.permissions.profile import PermissionProfile
+from rho_agent.ratelimits import RateLimiter
 from rho_agent.redact import redact
 from rho_agent.session import Session
 from rho_agent.state import USAGE_KEYS, State, empty_usage, round_cost
@@ -48,7 +52,8 @@ logger = logging.getLogger("dispatch.engine.run")
 
 @dataclass(frozen=True)
 class RunnerOptions:
-    """How a host runs jobs: its name, lease length, profile ceiling, time limit, attempts.
+    """How a host runs jobs: its name, lease length, profile ceiling, time limit, attempts, and
+    the budgets (``spend``) and rate limits every model call of its jobs goes through.
 
     ``allowed_base_urls``: the model endpoints jobs may name (normalised; None: any).
     ``publish`` sends a ``fan_out`` call's children to whatever runs jobs (None: this host
@@ -62,6 +67,10 @@ class RunnerOptions:
     max_attempts: int = 3
     agent_factory: Callable[[AgentConfig], Agent] = Agent
     allowed_base_urls: tuple[str, ...] | None = None
+    spend: SpendLedger | None = None
+    rate_limiter: RateLimiter | None = None
+    approval_ttl_s: float = 86_400.0
+    """How long a job's pending tool calls wait for a decision before they are denied."""
     publish: Publish | None = None
     fan_out: FanOutLimits = field(default_factory=FanOutLimits)
 
@@ -157,6 +166,9 @@ class JobRun:
         self._turns = 0
         self._base_runs = 0
         self._base_usage: dict[str, Any] = empty_usage()
+        self._continuations = 0
+        """Times the job was queued again after an approval (each added a run to the session)."""
+        self._decisions: dict[str, dict[str, Any]] = {}
         self._session: Session | None = None
         self._finished = False
 
@@ -224,8 +236,8 @@ class JobRun:
         if self._attempt - decision.handbacks > options.max_attempts:
             return await self._fail(
                 f"gave up after {options.max_attempts} attempts: the workers running this job "
-                "stopped each time (see the worker logs); graceful hand-backs at shutdown are "
-                f"not counted ({decision.handbacks} here)"
+                "stopped each time (see the worker logs); graceful hand-backs at shutdown and "
+                f"continuations after an approval are not counted ({decision.handbacks} here)"
             )
         return await self._run_claimed()
 
@@ -285,6 +297,7 @@ class JobRun:
         # Before a tool runs, its tool_start is confirmed in Redis: a refused write (a newer
         # attempt owns the job) stops this run before the side effect, not after.
         session.before_tool = self._bus.flush
+        self._apply_limits(session)
         if self._options.publish is not None:
             self._sub_jobs = JobSubJobs(
                 spec,
@@ -297,7 +310,26 @@ class JobRun:
             session.sub_jobs = self._sub_jobs
         self._session = session
         await self._load_baseline(session.state)
+        if self._decisions:  # continuing after a decision: it answers the pending calls
+            session.approval_callback = decided_calls(session.state, self._decisions)
         return session
+
+    def _apply_limits(self, session: Session) -> None:
+        """Every scope's budget and the shared rate limits (plus the batch's own) apply to
+        each model call of this job; waiting for a limit shows in the job's ``waiting`` field."""
+        spec, options = self.spec, self._options
+        if options.spend is not None:
+            session.spend_guard = options.spend.guard(spec.budget_scopes(), spec.budgets())
+        limiter = options.rate_limiter
+        if limiter is not None:
+            extra = spec.batch_rate_limits()
+            if extra:
+                limiter = limiter.with_limits(extra, f"batch:{spec.batch_id or spec.job_id}")
+            session.rate_limiter = limiter
+        session.wait_observer = self._on_wait
+
+    def _on_wait(self, reason: str | None) -> None:
+        self._bus.emit_progress(self.claim, {"waiting": reason or ""})
 
     async def _load_baseline(self, state: State) -> None:
         """Usage and run count before this job, so progress and resume count only this job.
@@ -307,6 +339,9 @@ class JobRun:
         if self._attempt > 1:
             fields = await self._bus.get_fields(self.job_id)
             self._turns = int(fields.get("turns") or 0)
+            self._continuations = int(fields.get("continuations") or 0)
+            if self._continuations:
+                self._decisions = json.loads(fields.get("approval_decisions") or "{}")
             if "base_runs" in fields:
                 self._base_runs = int(fields["base_runs"])
                 self._base_usage = json.loads(fields["base_usage"])
@@ -333,11 +368,16 @@ class JobRun:
     async def _run_prompts(self, session: Session) -> RunResult:
         """Run the prompts not run yet; the last one's answer must match the output schema."""
         prompts = self.spec.prompts
-        done = session.state.run_count - self._base_runs
+        # A continuation after an approval is one more run of the same prompt.
+        done = session.state.run_count - self._base_runs - self._continuations
         results: list[RunResult] = []
         if session.state.has_unfinished_run:
             schema = self.spec.output_schema if done == len(prompts) - 1 else None
             results.append(await session.resume_run(on_event=self._on_event, output_schema=schema))
+            done += 1
+        elif self._decisions and session.state.pending_approvals:
+            schema = self.spec.output_schema if done == len(prompts) - 1 else None
+            results.append(await session.run(on_event=self._on_event, output_schema=schema))
             done += 1
         for index in range(done, len(prompts)):
             if results and results[-1].status != "completed":
@@ -398,7 +438,7 @@ class JobRun:
             return RunResult(
                 text=str(last_end.get("text") or ""),
                 events=prior,
-                status=str(last_end.get("status") or state.status),
+                status=run_status(last_end.get("status") or state.status),
                 usage=self._job_usage(state),
                 output=last_end.get("output"),
             )
@@ -451,6 +491,9 @@ class JobRun:
         that ended badly on its own (model down, max_turns, cancelled) is explained by its
         events, so every failure carries its reason."""
         self._finished = True
+        # A job cancelled as it paused ends ``interrupted`` (the cancel wins) instead of parking.
+        if error is None and result.status == "interrupted" and self._pending():
+            return await self._await_approval(result)
         status = result.status if error is None else "error"
         reason = error or failure_reason(result)
         if self._session is not None:
@@ -476,6 +519,40 @@ class JobRun:
         return JobOutcome(
             self.job_id,
             outcome_status,
+            attempt=self._attempt,
+            worker=self._options.worker,
+            error=reason,
+            usage=dict(result.usage),
+            turns=self._turns,
+        )
+
+    def _pending(self) -> bool:
+        session = self._session
+        return session is not None and bool(session.state.pending_approvals) and not self._cancelled
+
+    async def _await_approval(self, result: RunResult) -> JobOutcome:
+        """Park the job until someone decides its pending calls; this attempt ends here and
+        its worker slot is free (a decision queues the job again: docs/approvals.md)."""
+        assert self._session is not None
+        state = self._session.state
+        self._bus.emit_session(
+            self.claim, self.spec.session_id, {"status": state.status}, new=False
+        )
+        pending = pending_calls(state)
+        reason = failure_reason(result)
+        parked = RunResult(
+            text=result.text,
+            events=result.events,
+            status=AWAITING_APPROVAL,
+            usage=result.usage,
+            output=result.output,
+        )
+        owned = not self._fenced and await self._bus.await_approval(
+            self.spec, self._attempt, parked, reason, pending, self._options.approval_ttl_s
+        )
+        return JobOutcome(
+            self.job_id,
+            AWAITING_APPROVAL if owned else "superseded",
             attempt=self._attempt,
             worker=self._options.worker,
             error=reason,

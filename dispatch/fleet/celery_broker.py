@@ -16,6 +16,7 @@ from typing import Any
 from dispatch.errors import FleetUnavailable
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
+from dispatch.urls import scheme_of
 
 RUN_JOB_TASK = "rho_agent.run_job"
 """The name of the Celery task that runs a JobSpec (registered by ``workers``)."""
@@ -39,10 +40,13 @@ def require_fleet_extra() -> None:
 
 
 def celery_config(settings: FleetSettings) -> dict[str, Any]:
-    """Celery settings shared by dispatchers and workers."""
+    """Celery settings shared by dispatchers and workers (``broker_transport_options`` included:
+    a worker adds its own with ``transport_options``)."""
     return {
         "broker_url": settings.broker_url,
         **_transport_for(settings.broker_url),
+        **_queues_for(settings),
+        "broker_transport_options": transport_options(settings),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -57,12 +61,53 @@ def celery_config(settings: FleetSettings) -> dict[str, Any]:
 
 def _transport_for(broker_url: str | None) -> dict[str, str]:
     """Our leaner subclass of kombu's Redis transport for plain ``redis://`` URLs; Celery's
-    default for anything else (TLS, sentinel)."""
-    if broker_url and broker_url.startswith("redis://"):
+    default for anything else (TLS, sentinel, amqp)."""
+    if broker_url and scheme_of(broker_url) == "redis":
         from dispatch.fleet.transport import TRANSPORT_PATH
 
         return {"broker_transport": TRANSPORT_PATH}
     return {}
+
+
+def _queues_for(settings: FleetSettings) -> dict[str, Any]:
+    """On RabbitMQ, job queues are quorum queues: replicated, and durable across a broker restart.
+
+    Celery then declares the default queue and every queue it creates on demand (the per-worker
+    ones, a job's own ``queue``) as quorum, and its workers use per-consumer prefetch (quorum
+    queues have no global QoS). RabbitMQ 3.x quorum queues ignore message priorities; 4.x has
+    two levels (above 4 is high).
+    """
+    if settings.broker_kind != "amqp":
+        return {}
+    return {
+        "task_default_queue_type": "quorum",
+        "task_create_missing_queue_type": "quorum",
+        "worker_detect_quorum_queues": True,
+        # With quorum queues Celery also declares its native delayed-delivery queues (for
+        # countdown/ETA tasks, which the fleet never sends): classic ones cost RabbitMQ less.
+        "broker_native_delayed_delivery_queue_type": "classic",
+    }
+
+
+def transport_options(
+    settings: FleetSettings, *, visibility_timeout_s: int | None = None
+) -> dict[str, Any]:
+    """kombu's transport options for the broker's kind.
+
+    - amqp: publisher confirms, so a ``submit`` returns only once RabbitMQ has taken the job;
+    - sentinel: the master's name;
+    - Redis kinds: the visibility timeout (a worker's setting: the unacked-message redelivery
+      time), which RabbitMQ does not need: it redelivers when the consumer's connection closes.
+    """
+    kind = settings.broker_kind
+    if kind == "amqp":
+        return {"confirm_publish": True}
+    options: dict[str, Any] = {}
+    if kind == "sentinel":
+        options["master_name"] = settings.sentinel_master
+    if visibility_timeout_s is not None:
+        options["visibility_timeout"] = visibility_timeout_s
+    return options
 
 
 def task_argsrepr(spec: JobSpec) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from dispatch.engine.approval import DecideOutcome, encode_pending, refused
 from dispatch.engine.bus import (
     EVENT_PAGE,
     START,
@@ -30,15 +31,16 @@ from dispatch.engine.bus import (
     result_dict,
 )
 from dispatch.fleet import lua
+from dispatch.fleet.redis_clients import async_client
 from dispatch.fleet.writer import BatchWriter, Fence
-from dispatch.info import JobInfo, job_fields
+from dispatch.info import Decision, JobInfo, PendingCall, job_fields
 from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
 from rho_agent.redact import redact, redact_data
 
-_INFO_FIELDS = list(JobInfo.model_fields)
+_INFO_FIELDS = [*JobInfo.model_fields, "approval_decisions"]
 _MAX_CONNECTIONS = 64
 
 
@@ -97,6 +99,9 @@ class RedisBus:
         self._start = client.register_script(lua.START)
         self._finish = client.register_script(lua.FINISH)
         self._cancel = client.register_script(lua.CANCEL)
+        self._await_approval = client.register_script(lua.AWAIT_APPROVAL)
+        self._decide = client.register_script(lua.DECIDE)
+        self._expire_approvals = client.register_script(lua.EXPIRE_APPROVALS)
         self._submit_children = client.register_script(lua.SUBMIT_CHILDREN)
 
     @classmethod
@@ -108,14 +113,15 @@ class RedisBus:
         """
         if not settings.bus_url:
             raise ValueError("RedisBus needs a Redis URL (RHO_AGENT_BROKER_URL or REDIS_URL)")
-        pool = aioredis.BlockingConnectionPool.from_url(
+        client = async_client(
             settings.bus_url,
+            master_name=settings.sentinel_master,
             decode_responses=True,
             max_connections=_MAX_CONNECTIONS,
             timeout=60,
             health_check_interval=30,
         )
-        return cls(aioredis.Redis(connection_pool=pool), settings)
+        return cls(client, settings)
 
     # -- dispatcher side ----------------------------------------------------------------------
 
@@ -171,9 +177,57 @@ class RedisBus:
                 self.keys.session_prefix(),
                 mode,
                 redact(error),
+                self.keys.approvals(),
             ],
         )
         return outcome
+
+    async def decide(
+        self, job_id: str, decision: Decision, call_ids: Sequence[str] | None, reason: str
+    ) -> DecideOutcome:
+        reply = await self._decide(
+            keys=[self.keys.job(job_id), self.keys.leases(), self.keys.approvals()],
+            args=[
+                job_id,
+                decision,
+                "*" if call_ids is None else json.dumps(list(call_ids)),
+                reason,
+                self.settings.queued_lease_s * 1000,
+                self._retention,
+                self._maxlen,
+            ],
+        )
+        action = str(reply[0])
+        if action == "waiting":
+            return DecideOutcome("waiting", undecided=int(reply[1]))
+        if action == "queued":
+            return DecideOutcome("queued", JobSpec.decode(reply[2]), int(reply[3]))
+        raise refused(job_id, action, str(reply[1]))
+
+    async def awaiting(self, limit: int) -> list[JobInfo]:
+        job_ids = await self._r.zrange(self.keys.approvals(), 0, limit - 1)
+        return [
+            info
+            for info in await self.get_info(job_ids)
+            if info is not None and info.status == "awaiting_approval"
+        ]
+
+    async def expire_approvals(self, reason: str) -> list[tuple[JobSpec, int]]:
+        flat: list[str] = await self._expire_approvals(
+            keys=[self.keys.approvals(), self.keys.leases()],
+            args=[
+                self.keys.job_prefix(),
+                self.settings.queued_lease_s * 1000,
+                self._retention,
+                self._maxlen,
+                reason,
+                500,
+            ],
+        )
+        return [
+            (JobSpec.decode(flat[index + 1]), int(flat[index + 2]))
+            for index in range(0, len(flat), 3)
+        ]
 
     async def read_done(self, dispatcher_id: str, after: str, block_s: float) -> list[StreamEntry]:
         return await self._read(self.keys.done(dispatcher_id), after, block_s, 10_000)
@@ -291,8 +345,37 @@ class RedisBus:
         )
         return bool(done)
 
-    async def cancel_requested(self, job_id: str) -> bool:
-        return bool(await self._r.exists(self.keys.cancel(job_id)))
+    async def await_approval(
+        self,
+        spec: JobSpec,
+        attempt: int,
+        result: RunResult,
+        error: str | None,
+        pending: list[PendingCall],
+        ttl_s: float,
+    ) -> bool:
+        await self._writer.flush()
+        done = await self._await_approval(
+            keys=[
+                self.keys.job(spec.job_id),
+                self.keys.events(spec.job_id),
+                self.keys.leases(),
+                self.keys.approvals(),
+                self.keys.cancel(spec.job_id),
+            ],
+            args=[
+                spec.job_id,
+                attempt,
+                json.dumps(redact_data(result_dict(result)), ensure_ascii=False),
+                redact(error or ""),
+                self._retention,
+                self._maxlen,
+                self.keys.dispatcher_prefix(),
+                redact(encode_pending(pending)),
+                ttl_s,
+            ],
+        )
+        return bool(done)
 
     async def submit_children(self, parent_id: str, specs: Sequence[JobSpec]) -> list[str]:
         args: list[Any] = [

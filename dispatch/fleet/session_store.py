@@ -23,6 +23,7 @@ import redis
 
 from dispatch.errors import FleetUnavailable
 from dispatch.fleet.redis_bus import decode_entry
+from dispatch.fleet.redis_clients import sync_client
 from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import find_secrets, portable_config
@@ -48,7 +49,9 @@ class RedisSessionStore:
             )
         self.keys: Keys = settings.keys
         self._retention = settings.retention_s
-        self._r: Any = redis.Redis.from_url(target, decode_responses=True)
+        self._r: Any = sync_client(
+            target, master_name=settings.sentinel_master, decode_responses=True
+        )
 
     def create_session(self, agent: Agent, *, session_id: str | None = None) -> Session:
         """A new Session whose every trace record goes to Redis as it happens."""

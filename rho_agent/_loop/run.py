@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rho_agent.events import AgentEvent, RunError, RunResult
+from rho_agent.events import AgentEvent, RunError, RunResult, RunStatus
 from rho_agent.redact import default_redactor
 from rho_agent.state import USAGE_KEYS, empty_usage, round_cost
 
@@ -52,7 +52,7 @@ class RunContext:
             self.usage[key] += usage.get(key, 0)
         self.usage["cost_usd"] = round_cost(self.usage["cost_usd"] + cost_usd)
 
-    def result(self, status: str) -> RunResult:
+    def result(self, status: RunStatus) -> RunResult:
         redactor = default_redactor()
         error = self.error
         if error is not None:

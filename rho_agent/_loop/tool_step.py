@@ -113,7 +113,9 @@ async def decide(
 ) -> list[PreparedCall]:
     """Ask for approval where needed, in order; return the calls left pending by an interruption.
 
-    Denied calls are answered at once (``tool_blocked``); approved ones stay in ``calls``.
+    Denied calls are answered at once (``tool_blocked``); approved ones stay in ``calls``. A
+    callback that raises ``PermissionDenied`` denies the call with its message as the reason the
+    model reads (the fleet passes on a person's reason this way).
     """
     pending: list[PreparedCall] = []
     for call in list(calls):
@@ -126,6 +128,10 @@ async def decide(
             approved = await _ask(session.approval_callback, call)
         except ApprovalInterrupt:
             pending.append(call)
+            continue
+        except PermissionDenied as exc:
+            calls.remove(call)
+            block(session, run, call, str(exc))
             continue
         if not approved:
             calls.remove(call)

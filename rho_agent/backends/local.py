@@ -8,7 +8,10 @@ whatever those background processes are still running.
 
 A command run for a permission profile (``profile=``) is confined by the operating system as
 ``rho_agent.sandbox`` derives from it, and every command gets an allowlisted environment without
-the worker's secrets (``rho_agent.sandbox.tool_environment``).
+the worker's secrets (``rho_agent.sandbox.tool_environment``). Confined commands are forked by a
+confined launcher that backends of this process with the same policy and working directory share
+(``rho_agent.sandbox.LauncherPool``); exit codes, timeouts, cancellation, output limits and
+background processes behave as for the others.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from rho_agent.backends._beneath import read_beneath, write_beneath
 from rho_agent.backends._local_search import glob_files, grep_files
@@ -32,6 +35,7 @@ from rho_agent.errors import BackendError
 from rho_agent.permissions import PermissionProfile
 from rho_agent.sandbox import (
     UNCONFINED,
+    LauncherPool,
     Sandbox,
     SandboxPolicy,
     check_extra_names,
@@ -50,7 +54,9 @@ class LocalBackend:
     ``working_dir`` defaults to the current directory. ``max_output_bytes`` bounds the output
     kept per command (head and tail); ``max_file_bytes`` the size of a file ``read_file`` loads.
     ``sandbox`` confines commands (default: probe this machine, see ``Sandbox.from_env``);
-    ``env_names`` adds variable names to the environment allowlist of commands.
+    ``env_names`` adds variable names to the environment allowlist of commands (a profile's
+    ``env`` adds more for the commands run for it). ``launchers`` starts confined commands
+    (default: the process's shared ``LauncherPool``).
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class LocalBackend:
         max_file_bytes: int = 64 * 1024 * 1024,
         sandbox: Sandbox | None = None,
         env_names: Iterable[str] = (),
+        launchers: LauncherPool | None = None,
     ) -> None:
         self._working_dir = os.path.abspath(working_dir if working_dir is not None else os.getcwd())
         self._max_output_bytes = max_output_bytes
@@ -69,6 +76,8 @@ class LocalBackend:
         self._leftover_groups: set[int] = set()
         self._sandbox = sandbox if sandbox is not None else Sandbox.from_env()
         self._env_names = check_extra_names(env_names)
+        self._pool = launchers if launchers is not None else LauncherPool.shared()
+        self._joined: set[SandboxPolicy] = set()
 
     def __repr__(self) -> str:
         return f"LocalBackend(working_dir={self._working_dir!r})"
@@ -82,10 +91,14 @@ class LocalBackend:
         os.makedirs(self._working_dir, exist_ok=True)
 
     async def close(self) -> None:
-        """Kill the background processes commands left running."""
+        """Kill the background processes commands left running; leave the confined launchers
+        (the last backend to leave one stops it)."""
         for group in sorted(self._leftover_groups):
             _kill_group(group)
         self._leftover_groups.clear()
+        joined, self._joined = self._joined, set()
+        for policy in joined:
+            await asyncio.to_thread(self._pool.leave, policy, self._working_dir)
 
     async def realpath(self, path: str) -> str:
         return await asyncio.to_thread(os.path.realpath, path)
@@ -102,16 +115,12 @@ class LocalBackend:
         if not await asyncio.to_thread(os.path.isdir, directory):
             raise BackendError(f"cannot run the command: directory {directory} does not exist")
         policy = UNCONFINED if profile is None else SandboxPolicy.for_profile(profile)
-        launch = self._sandbox.launch(
-            policy,
-            [self._shell, "-c", command],
-            working_dir=self._working_dir,
-            env=tool_environment(os.environ, self._env_names),
-        )
-        try:
-            return await self._run(launch.argv, launch.env, directory, timeout)
-        finally:
-            await asyncio.to_thread(launch.cleanup)
+        argv = [self._shell, "-c", command]
+        names = self._env_names if profile is None else (*self._env_names, *profile.env)
+        env = tool_environment(os.environ, names)
+        if self._sandbox.confines(policy):
+            return await self._run_confined(policy, argv, env, directory, timeout)
+        return await self._run(argv, env, directory, timeout)
 
     async def _run(
         self, argv: list[str], env: dict[str, str], directory: str, limit: float
@@ -134,9 +143,35 @@ class LocalBackend:
             os.close(write_fd)
         return await self._supervise(process, read_fd, limit)
 
-    async def _supervise(
-        self, process: asyncio.subprocess.Process, read_fd: int, limit: float
+    async def _run_confined(
+        self,
+        policy: SandboxPolicy,
+        argv: list[str],
+        env: dict[str, str],
+        directory: str,
+        limit: float,
     ) -> CommandResult:
+        read_fd, write_fd = os.pipe()
+        try:
+            if policy not in self._joined:  # before using it, so no other backend stops it
+                self._pool.join(policy, self._working_dir)
+                self._joined.add(policy)
+            launcher = self._pool.current(policy, self._working_dir)
+            if launcher is None:  # start it without blocking the loop
+                launcher = await asyncio.to_thread(self._pool.start, policy, self._working_dir)
+            process = await launcher.spawn(argv, env, directory, write_fd)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        try:
+            return await self._supervise(process, read_fd, limit)
+        finally:
+            if not process.close():
+                await asyncio.to_thread(process.remove_scratch)
+
+    async def _supervise(self, process: _Process, read_fd: int, limit: float) -> CommandResult:
         loop = asyncio.get_running_loop()
         capture = _Capture(self._max_output_bytes, loop.create_future())
         transport: asyncio.BaseTransport | None = None
@@ -208,6 +243,18 @@ class LocalBackend:
         return await _in_thread_stoppable(
             lambda stop: grep_files(pattern, path, include, limit, stop)
         )
+
+
+class _Process(Protocol):
+    """What ``_supervise`` needs of a command: an asyncio subprocess or a ``ConfinedProcess``."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
 
 
 class _Capture(asyncio.Protocol):

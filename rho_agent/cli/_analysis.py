@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 from rich.progress import Progress, TaskID
 
 from rho_agent.errors import ConfigError
+from rho_agent.output import load_schema_file
 
 if TYPE_CHECKING:
     from dispatch import Dispatcher, Job, JobSpec
@@ -25,19 +26,6 @@ if TYPE_CHECKING:
     from rho_agent.events import RunResult
 
 TABLE_FORMATS = ("csv", "jsonl")
-
-
-def read_schema(path: Path) -> dict[str, Any]:
-    """A JSON schema file's content (it travels in the jobs, never its path)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read schema file {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"schema file {path} is not valid JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"schema file {path} must hold a JSON schema object")
-    return data
 
 
 @dataclass(frozen=True)
@@ -60,7 +48,7 @@ class Analysis:
         return cls(
             table=cast("TableFormat | None", fmt),
             reduce=reduce,
-            reduce_schema=read_schema(reduce_schema) if reduce_schema else None,
+            reduce_schema=load_schema_file(reduce_schema) if reduce_schema else None,
             batch_id=batch_id if reduce else "",
         )
 

@@ -16,8 +16,11 @@ Tracebacks are for bugs, so they are shown only with ``rho-agent --debug``.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Final
 
+import typer
 from rich.console import Console
 from rich.text import Text
 
@@ -33,6 +36,24 @@ MODEL_UNREACHABLE = "cannot reach the model API"
 """How ``ModelError`` begins when the endpoint did not answer (rho_agent.model.openai_client)."""
 
 _INFRA_MODULES = ("redis.", "kombu.", "amqp.", "celery.")
+
+
+BrokerOption = Annotated[
+    str | None,
+    typer.Option("--broker", help="Redis URL of the fleet (default: $RHO_AGENT_BROKER_URL)."),
+]
+"""The ``--broker`` flag of the fleet commands."""
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Show rho-agent's own errors as one red line and their exit code, without a traceback."""
+    try:
+        yield
+    except RhoAgentError as exc:
+        code, message = classify(exc)
+        report(message)
+        raise typer.Exit(code) from None
 
 
 def report(message: str) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from rho_agent.cli import fleet_commands, fleet_ops, report, run, sessions
+from rho_agent.cli import approvals, fleet_commands, fleet_ops, report, run, sessions
 
 app = typer.Typer(
     name="rho-agent",
@@ -17,7 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (run, sessions, fleet_commands, fleet_ops, report):
+for module in (run, sessions, fleet_commands, fleet_ops, report, approvals):
     app.add_typer(module.commands)
 
 _debug = False

@@ -1,4 +1,5 @@
-"""Fleet commands: ``dispatch FILE``, ``watch JOB_ID``, ``jobs``, ``worker`` and ``flower``.
+"""Fleet commands: ``dispatch FILE``, ``watch JOB_ID``, ``jobs``, ``budgets``, ``worker`` and
+``flower``.
 
 Thin wrappers: the logic lives in ``dispatch`` (batch files, jobs, events) and ``workers`` (the
 Celery app), imported lazily so the rest of the CLI works without the ``fleet`` extra.
@@ -6,7 +7,6 @@ Celery app), imported lazily so the rest of the CLI works without the ``fleet`` 
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -27,32 +27,18 @@ from rho_agent.cli import _exit
 from rho_agent.cli._results_file import ResultsFile
 from rho_agent.cli._tables import JsonFlag, print_json, print_table
 from rho_agent.config import AgentConfig
-from rho_agent.errors import ConfigError, RhoAgentError
+from rho_agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from dispatch import Dispatcher, JobInfo
     from dispatch.batch_run import BatchProgress, BatchRun
+    from rho_agent.budgets import BudgetStatus
     from rho_agent.events import AgentEvent, RunResult
 
 commands = typer.Typer()
 """This module's commands, merged into the ``rho-agent`` app by ``rho_agent.cli.app``."""
 
-Broker = Annotated[
-    str | None,
-    typer.Option("--broker", help="Redis URL of the fleet (default: $RHO_AGENT_BROKER_URL)."),
-]
 _err = Console(stderr=True)
-
-
-@contextmanager
-def _fleet_errors() -> Iterator[None]:
-    """Show rho-agent's own errors as one red line and their exit code, without a traceback."""
-    try:
-        yield
-    except RhoAgentError as exc:
-        code, message = _exit.classify(exc)
-        _exit.report(message)
-        raise typer.Exit(code) from None
 
 
 def _dispatcher(broker: str | None, *, need_fleet: bool = False) -> Dispatcher:
@@ -83,7 +69,7 @@ def dispatch_batch(
             help="JSONL results file, replaced only once results exist (default: stdout).",
         ),
     ] = None,
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     concurrency: Annotated[
         int | None, typer.Option(help="Embedded mode: jobs run at once in this process.")
     ] = None,
@@ -111,6 +97,12 @@ def dispatch_batch(
     reduce_schema: Annotated[
         Path | None, typer.Option("--reduce-schema", help="JSON schema of the reduce's answer.")
     ] = None,
+    max_cost_usd: Annotated[
+        float | None, typer.Option("--max-cost-usd", help="Budget of the whole batch, in USD.")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Budget of the whole batch, in tokens.")
+    ] = None,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -128,13 +120,14 @@ def dispatch_batch(
     docs/analysis.md for --schema, --format and --reduce.
     """
     from dispatch import Dispatcher
-    from dispatch.batch import load_batch
+    from dispatch.batch import load_batch, with_batch
     from dispatch.batch_run import BatchRun, line_result, new_batch_id
     from dispatch.settings import FleetSettings
-    from rho_agent.cli._analysis import Analysis, read_schema
+    from rho_agent.cli._analysis import Analysis
     from rho_agent.cli._offline import offline_model, should_go_offline
+    from rho_agent.output import load_schema_file
 
-    with _fleet_errors(), ExitStack() as stack:
+    with _exit.one_line_errors(), ExitStack() as stack:
         settings = FleetSettings.from_env(broker_url=broker, embedded_concurrency=concurrency)
         fleet = settings.broker_url is not None
         _check_dispatch_options(fleet=fleet, offline=offline, resume=resume, output=output)
@@ -143,8 +136,11 @@ def dispatch_batch(
             base.base_url = stack.enter_context(offline_model(_err))
         batch_id = resume or new_batch_id()
         analysis = Analysis.from_options(fmt, reduce, reduce_schema, batch_id)
-        specs = load_batch(file, base, output_schema=read_schema(schema) if schema else None)
+        specs = load_batch(file, base, output_schema=load_schema_file(schema) if schema else None)
         specs = analysis.label(specs)
+        specs = with_batch(
+            specs, batch_id=batch_id, max_cost_usd=max_cost_usd, max_tokens=max_tokens
+        )
         results = ResultsFile(output, batch_id) if output else None
         done = {i: line_result(line) for i, line in results.completed.items()} if results else {}
         dispatcher = stack.enter_context(Dispatcher(settings=settings))
@@ -322,7 +318,7 @@ def collect_results(
         Path | None,
         typer.Option("--output", "-o", help="JSONL results file (default: stdout)."),
     ] = None,
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     wait: Annotated[bool, typer.Option(help="Wait for the jobs still running.")] = False,
 ) -> None:
     """Collect the results of a fleet batch, now or later; exit 0 only if all completed.
@@ -331,7 +327,7 @@ def collect_results(
     """
     from dispatch.batch_run import BatchRun, line_result
 
-    with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+    with _exit.one_line_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
         total, _ = dispatcher.batch_jobs(batch_id)
         results = ResultsFile(output, batch_id) if output else None
         done = {i: line_result(line) for i, line in results.completed.items()} if results else {}
@@ -384,8 +380,9 @@ def _progress() -> Progress:
 
 
 def _stats(progress: BatchProgress) -> str:
+    stopped = f" ({progress.budget_exceeded} by budget)" if progress.budget_exceeded else ""
     return (
-        f"failed {progress.failed} · running {progress.running} · "
+        f"failed {progress.failed}{stopped} · running {progress.running} · "
         f"tokens {progress.input_tokens + progress.output_tokens:,} · "
         f"${progress.cost_usd:.4f}"
     )
@@ -394,10 +391,10 @@ def _stats(progress: BatchProgress) -> str:
 @commands.command("watch")
 def watch(
     job_id: Annotated[str, typer.Argument(help="Job id, as `rho-agent jobs` lists it.")],
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
 ) -> None:
     """Follow a fleet job's events live, from its first event to its end."""
-    with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+    with _exit.one_line_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
         job = dispatcher.job(job_id)
         out = Console()
         for event in job.events():
@@ -432,13 +429,13 @@ def _show_event(out: Console, event: AgentEvent) -> None:
 
 @commands.command("jobs")
 def jobs(
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many.")] = 20,
     as_json: JsonFlag = False,
 ) -> None:
     """List the fleet's most recent jobs with live progress (turns, tokens, cost) and, for a
     job that failed, why."""
-    with _fleet_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+    with _exit.one_line_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
         infos = dispatcher.jobs(limit)
     if as_json:
         print_json([info.model_dump() for info in infos])
@@ -457,7 +454,7 @@ def _job_row(info: JobInfo, now: float) -> list[str]:
     age = now - info.submitted_at if info.submitted_at else 0.0
     return [
         info.job_id,
-        info.status,
+        f"{info.status}: {info.waiting}" if info.waiting and not info.finished else info.status,
         info.model,
         info.profile,
         str(info.turns),
@@ -472,7 +469,7 @@ def _job_row(info: JobInfo, now: float) -> list[str]:
 
 @commands.command("worker")
 def worker(
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     concurrency: Annotated[
         int | None,
         typer.Option(help="Jobs at once ($RHO_AGENT_WORKER_CONCURRENCY, 500)."),
@@ -486,31 +483,107 @@ def worker(
     """Start a fleet worker (the same as `celery -A workers worker`)."""
     from workers.ops.launch import run_worker
 
-    _set_env(
+    overrides = _given(
         RHO_AGENT_BROKER_URL=broker,
         RHO_AGENT_WORKER_CONCURRENCY=None if concurrency is None else str(concurrency),
         RHO_AGENT_MAX_PROFILE=max_profile,
         RHO_AGENT_QUEUE=queue,
     )
-    with _fleet_errors():
-        run_worker(loglevel=loglevel)
+    with _exit.one_line_errors():
+        run_worker(loglevel=loglevel, overrides=overrides)
 
 
 @commands.command("flower")
 def flower(
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     port: Annotated[int, typer.Option(help="Port of the web UI.")] = 5555,
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Open Flower on the fleet (the same as `celery -A workers flower`)."""
     from workers.ops.launch import run_flower
 
-    _set_env(RHO_AGENT_BROKER_URL=broker)
-    with _fleet_errors():
-        run_flower(port=port, address=address)
+    with _exit.one_line_errors():
+        run_flower(port=port, address=address, overrides=_given(RHO_AGENT_BROKER_URL=broker))
 
 
-def _set_env(**values: str | None) -> None:
-    for name, value in values.items():
-        if value is not None:
-            os.environ[name] = value
+def _given(**flags: str | None) -> dict[str, str]:
+    """The settings the command line gave, as variable name to value (unset flags left out)."""
+    return {name: value for name, value in flags.items() if value is not None}
+
+
+# -- budgets -------------------------------------------------------------------------------------
+
+budgets_app = typer.Typer(help="Spending budgets of the fleet (see docs/budgets.md).")
+commands.add_typer(budgets_app, name="budgets")
+
+
+@budgets_app.callback(invoke_without_command=True)
+def list_budgets(
+    ctx: typer.Context, broker: _exit.BrokerOption = None, as_json: JsonFlag = False
+) -> None:
+    """List every budget scope: limit, spent and reserved in its current window."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _exit.one_line_errors(), _dispatcher(broker, need_fleet=True) as dispatcher:
+        statuses = dispatcher.budgets()
+    if as_json:
+        print_json([status.to_dict() for status in statuses])
+        return
+    table = Table("scope", "limit", "spent", "reserved", "window", "state")
+    for status in statuses:
+        table.add_row(*(Text(cell) for cell in _budget_row(status)))
+    print_table(Console(), table)
+
+
+@budgets_app.command("set")
+def set_budget(
+    scope: Annotated[str, typer.Argument(help="'fleet' or 'label:KEY=VALUE', e.g. label:team=ops")],
+    usd: Annotated[float | None, typer.Option("--usd", help="Limit in USD.")] = None,
+    tokens: Annotated[int | None, typer.Option("--tokens", help="Limit in tokens.")] = None,
+    window: Annotated[
+        str | None, typer.Option("--window", help="'1d', '12h', '30m' (default: no window).")
+    ] = None,
+    broker: _exit.BrokerOption = None,
+) -> None:
+    """Set (or change) a label or fleet-wide budget; running jobs see it at their next call."""
+    from rho_agent.budgets import Budget, parse_window
+
+    with _exit.one_line_errors():
+        if scope != "fleet" and not scope.startswith("label:"):
+            _exit.report(
+                f"budget scope {scope!r}: set budgets for 'fleet' or 'label:KEY=VALUE'; jobs and "
+                "batches carry their own (max_cost_usd, --max-cost-usd, batch_max_cost_usd)"
+            )
+            raise typer.Exit(_exit.USAGE)
+        budget = Budget(scope, max_cost_usd=usd, max_tokens=tokens, window_s=parse_window(window))
+        with _dispatcher(broker, need_fleet=True) as dispatcher:
+            dispatcher.set_budget(budget)
+    print_json(budget.to_dict())
+
+
+def _budget_row(status: BudgetStatus) -> list[str]:
+    budget = status.budget
+    limits, spent, reserved = [], [], []
+    if budget.max_cost_usd is not None:
+        limits.append(f"${budget.max_cost_usd:,.4f}")
+        spent.append(f"${status.spent_usd:,.4f}")
+        reserved.append(f"${status.reserved_usd:,.4f}")
+    if budget.max_tokens is not None:
+        limits.append(f"{budget.max_tokens:,} tok")
+        spent.append(f"{status.spent_tokens:,} tok")
+        reserved.append(f"{status.reserved_tokens:,} tok")
+    return [
+        budget.scope,
+        " / ".join(limits),
+        " / ".join(spent),
+        " / ".join(reserved),
+        _budget_window(status),
+        "exhausted" if status.exhausted else "open",
+    ]
+
+
+def _budget_window(status: BudgetStatus) -> str:
+    if status.budget.window_s is None or status.window_start is None:
+        return "-"
+    start = time.strftime("%Y-%m-%d %H:%M", time.gmtime(status.window_start))
+    return f"{status.budget.window_s}s from {start} UTC"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
@@ -22,7 +20,6 @@ from rich.text import Text
 
 from rho_agent.cli import _exit
 from rho_agent.cli._tables import JsonFlag, print_json, print_table
-from rho_agent.errors import RhoAgentError
 
 if TYPE_CHECKING:
     from workers.ops.local_fleet import Child, Endpoints, LocalFleet
@@ -37,22 +34,7 @@ fleet_app = typer.Typer(
 )  # fmt: skip
 commands.add_typer(fleet_app, name="fleet")
 
-Broker = Annotated[
-    str | None,
-    typer.Option("--broker", help="Redis URL of the fleet (default: $RHO_AGENT_BROKER_URL)."),
-]
 _err = Console(stderr=True, highlight=False)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Show rho-agent's own errors as one red line and their exit code, without a traceback."""
-    try:
-        yield
-    except RhoAgentError as exc:
-        code, message = _exit.classify(exc)
-        _exit.report(message)
-        raise typer.Exit(code) from None
 
 
 class _Interrupts:
@@ -107,7 +89,7 @@ def up(
     from workers.ops.local_fleet import LocalFleet, LocalFleetOptions
 
     interrupts = _Interrupts()
-    with _errors():
+    with _exit.one_line_errors():
         options = LocalFleetOptions(
             workers=workers,
             concurrency=concurrency,
@@ -169,7 +151,7 @@ def _print_endpoints(endpoints: Endpoints, fleet: LocalFleet) -> None:
 
 @fleet_app.command("status")
 def status(
-    broker: Broker = None,
+    broker: _exit.BrokerOption = None,
     as_json: JsonFlag = False,
     limit: Annotated[int, typer.Option(help="Show at most this many jobs in flight.")] = 50,
 ) -> None:
@@ -177,7 +159,7 @@ def status(
     from dispatch.settings import FleetSettings
     from workers.ops.status import read_status
 
-    with _errors():
+    with _exit.one_line_errors():
         report = read_status(FleetSettings.from_env(broker_url=broker), limit=limit)
     if as_json:
         print_json(report.to_dict())

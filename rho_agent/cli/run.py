@@ -188,7 +188,7 @@ def _show(event: AgentEvent) -> None:
         err.print(
             Text.assemble((f"⊘ {event.tool_name} blocked: ", "yellow"), event.tool_result or "")
         )
-    elif event.type in ("error", "cancelled", "interruption", "max_turns"):
+    elif event.type in ("error", "cancelled", "interruption", "max_turns", "budget_exceeded"):
         err.print(Text.assemble("\n", (f"{event.type}: ", "red"), event.content or ""))
     elif event.type == "compact_end":
         err.print("[dim](history compacted)[/]")

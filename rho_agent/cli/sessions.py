@@ -66,6 +66,7 @@ _STATUS_STYLE = {
     "interrupted": "yellow",
     "cancelled": "yellow",
     "max_turns": "yellow",
+    "budget_exceeded": "yellow",
     "error": "red",
     "crashed": "red",
 }

@@ -17,6 +17,11 @@ class ModelRequest:
     reasoning_effort: str | None = None
     service_tier: str | None = None
     response_format: dict[str, Any] | None = None
+    max_output_tokens: int | None = None
+    """The output cap sent to the server (``max_completion_tokens``); None sends none."""
+    max_retries: int | None = None
+    """Overrides the client's own retries of failed requests for this call (a rate-limited call
+    sets 0, so the first 429 reaches the shared rate limiter instead of each client alone)."""
 
 
 @dataclass

@@ -139,7 +139,11 @@ class OpenAIModelClient:
             except ModelError:
                 raise
             except openai.APIStatusError as exc:
-                raise ModelError(_status_message(exc), status_code=exc.status_code) from None
+                raise ModelError(
+                    _status_message(exc),
+                    status_code=exc.status_code,
+                    retry_after=_retry_after(exc.response.headers),
+                ) from None
             except openai.APIConnectionError as exc:
                 raise ModelError(
                     f"cannot reach the model API at {client.base_url}: {exc}"
@@ -162,7 +166,7 @@ class OpenAIModelClient:
             "/chat/completions",
             cast_to=httpx2.Response,
             body=_request_kwargs(request),
-            options=_REQUEST_OPTIONS,
+            options=_request_options(request),
             stream=True,
         )
         try:
@@ -226,7 +230,28 @@ def _request_kwargs(request: ModelRequest) -> dict[str, Any]:
         kwargs["service_tier"] = request.service_tier
     if request.response_format is not None:
         kwargs["response_format"] = request.response_format
+    if request.max_output_tokens is not None:
+        kwargs["max_completion_tokens"] = request.max_output_tokens
     return kwargs
+
+
+def _request_options(request: ModelRequest) -> openai.RequestOptions:
+    if request.max_retries is None:
+        return _REQUEST_OPTIONS
+    return {**_REQUEST_OPTIONS, "max_retries": request.max_retries}
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (a number of seconds), if present."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            return max(float(raw) * scale, 0.0)
+        except ValueError:
+            continue
+    return None
 
 
 def _status_message(exc: openai.APIStatusError) -> str:

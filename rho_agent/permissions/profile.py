@@ -16,7 +16,12 @@ file's stem)::
     approval: [bash, write]  # tools that need a human decision when auto_approve is off
     shell_timeout: 60        # seconds (default and maximum for one bash command)
     tools: [read, grep]      # optional: only these built-in tools exist
+    network: inet            # none | inet | all (default: none when bash cannot write, else all)
+    env: [DEBUG, PGHOST]     # variable names passed on to tool processes (never secret-looking)
     grants: [fan_out]        # optional: tools no profile has unless it names them here
+
+``network`` and ``env`` are enforced by the operating system and the backend, not by a tool
+handler: docs/security.md says how.
 
 ``fan_out`` (sub-jobs on the queue, see ``rho_agent.tools.builtin.fan_out``) is such a grant: it
 lets an agent start more agents, so no built-in profile has it. A grant is not a permission on
@@ -30,12 +35,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from rho_agent.errors import ProfileError
+from rho_agent.errors import ConfigError, ProfileError
+from rho_agent.sandbox.environment import check_extra_names
 
 if TYPE_CHECKING:
     from rho_agent.tools.base import ToolHandler
@@ -43,6 +49,9 @@ if TYPE_CHECKING:
 ShellPolicy = Literal["none", "readonly", "allowed"]
 WritePolicy = Literal["none", "working_dir", "anywhere"]
 ReadPolicy = Literal["working_dir", "anywhere"]
+NetworkPolicy = Literal["none", "inet", "all"]
+"""What bash may reach: ``none`` (no socket of any kind), ``inet`` (IPv4 and IPv6 sockets only,
+so no unix-socket services), ``all``."""
 
 BUILTIN_TOOL_NAMES = ("bash", "read", "write", "edit", "glob", "grep", "list")
 GRANTABLE_TOOL_NAMES = ("fan_out",)
@@ -53,6 +62,8 @@ DEFAULT_PROFILE = "readonly"
 _SHELL_ORDER: tuple[str, ...] = ("none", "readonly", "allowed")
 _WRITE_ORDER: tuple[str, ...] = ("none", "working_dir", "anywhere")
 _READ_ORDER: tuple[str, ...] = ("working_dir", "anywhere")
+_NETWORK_ORDER: tuple[str, ...] = ("none", "inet", "all")
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class _ProfileData(BaseModel):
@@ -67,6 +78,18 @@ class _ProfileData(BaseModel):
     approval: list[str] = Field(default_factory=list)
     shell_timeout: float = Field(default=120.0, gt=0)
     tools: list[str] | None = None
+    network: NetworkPolicy | None = None
+    env: list[Annotated[str, Field(pattern=_ENV_NAME)]] = Field(default_factory=list)
+
+    @field_validator("env")
+    @classmethod
+    def _no_secret_names(cls, names: list[str]) -> list[str]:
+        try:
+            check_extra_names(names)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return names
+
     grants: list[str] = Field(default_factory=list)
 
     @field_validator("grants")
@@ -116,6 +139,10 @@ class PermissionProfile:
     ``write``: where write/edit may touch files. ``read``: where read/glob/grep/list may look.
     ``approval``: tool names that need a human decision when ``auto_approve`` is off.
     ``shell_timeout``: default and maximum seconds one bash command may run.
+    ``network``: what bash may connect to (``None``: ``none`` when bash cannot write, as under
+    ``shell="readonly"`` or ``write="none"``, else ``all``; see ``bash_network``).
+    ``env``: names of variables passed on from the worker's environment to tool processes, on
+    top of the base allowlist; names that look secret are refused.
     ``grants``: tools beyond the built-ins that only a profile naming them has (``fan_out``).
     """
 
@@ -127,6 +154,8 @@ class PermissionProfile:
     shell_timeout: float = 120.0
     tools: frozenset[str] | None = None
     """If set, only these built-in tools exist; ``None`` means every tool the policies allow."""
+    network: NetworkPolicy | None = None
+    env: tuple[str, ...] = ()
     grants: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
@@ -135,7 +164,21 @@ class PermissionProfile:
         object.__setattr__(self, "grants", _name_set(self.grants, "grants"))
         if self.tools is not None:
             object.__setattr__(self, "tools", _name_set(self.tools, "tools"))
+        if isinstance(self.env, str):
+            raise ProfileError(
+                f"PermissionProfile.env must be a collection of variable names, not the string "
+                f"{self.env!r}; write ({self.env!r},)"
+            )
+        object.__setattr__(self, "env", tuple(sorted(set(self.env))))
         _ProfileData.check(profile_to_dict(self), source=f"PermissionProfile({self.name!r})")
+
+    @property
+    def bash_network(self) -> NetworkPolicy:
+        """``network``, or its default: ``none`` when bash cannot write (readonly shell or no
+        write policy), since a connection is a way to change things, else ``all``."""
+        if self.network is not None:
+            return self.network
+        return "none" if self.shell == "readonly" or self.write == "none" else "all"
 
     def builtin_tools(self) -> list[str]:
         """The built-in tools this profile offers, in order: no bash without a shell policy, no
@@ -164,6 +207,7 @@ class PermissionProfile:
             ("shell", _SHELL_ORDER, self.shell, ceiling.shell),
             ("write", _WRITE_ORDER, self.write, ceiling.write),
             ("read", _READ_ORDER, self.read, ceiling.read),
+            ("network", _NETWORK_ORDER, self.bash_network, ceiling.bash_network),
         ):
             if order.index(mine) > order.index(theirs):
                 excess.append(f"{label}: {mine!r} is more than {theirs!r}")
@@ -171,6 +215,9 @@ class PermissionProfile:
             excess.append(
                 f"shell_timeout: {self.shell_timeout:g} s is more than {ceiling.shell_timeout:g} s"
             )
+        more_env = sorted(set(self.env) - set(ceiling.env))
+        if more_env:
+            excess.append(f"env: {', '.join(more_env)} not passed to tools by this worker")
         extra = [name for name in self.builtin_tools() if name not in ceiling.builtin_tools()]
         if ceiling.tools is not None and extra:  # policy differences are reported above
             excess.append(f"tools: {', '.join(extra)} not allowed")
@@ -239,12 +286,18 @@ def profile_from_dict(data: Mapping[str, Any], *, source: str = "profile") -> Pe
         approval=frozenset(checked.approval),
         shell_timeout=checked.shell_timeout,
         tools=None if checked.tools is None else frozenset(checked.tools),
+        network=checked.network,
+        env=tuple(checked.env),
         grants=frozenset(checked.grants),
     )
 
 
 def profile_to_dict(profile: PermissionProfile) -> dict[str, Any]:
-    """The profile as JSON/YAML-ready data; ``profile_from_dict`` reads it back."""
+    """The profile as JSON/YAML-ready data; ``profile_from_dict`` reads it back.
+
+    ``network``, ``env`` and ``grants`` appear only when set, so that a job a new dispatcher
+    sends without them still runs on a worker that predates them.
+    """
     data: dict[str, Any] = {
         "name": profile.name,
         "shell": profile.shell,
@@ -254,7 +307,11 @@ def profile_to_dict(profile: PermissionProfile) -> dict[str, Any]:
         "shell_timeout": profile.shell_timeout,
         "tools": None if profile.tools is None else sorted(profile.tools),
     }
-    if profile.grants:  # absent when empty: a profile without grants reads as before
+    if profile.network is not None:
+        data["network"] = profile.network
+    if profile.env:
+        data["env"] = list(profile.env)
+    if profile.grants:
         data["grants"] = sorted(profile.grants)
     return data
 

@@ -1,21 +1,21 @@
-"""Confine this process with Landlock, seccomp and a reduced capability set, then exec a command.
+"""Confine this process with Landlock, seccomp and a reduced capability set.
 
-Run as ``python -I -S _confine.py [--write DIR]... [--no-network] [--no-metadata] -- PROG ARGS``
-by ``rho_agent.sandbox``. It is a script on purpose: it confines itself after its own start and
-before ``execve``, in a fresh single-threaded process, so nothing is done between ``fork`` and
-``exec`` of the (threaded) worker. It imports only the standard library (``-S`` keeps
-site-packages out) to start in a few milliseconds; the package imports it too, for the ABI probe.
+Used by the launcher (``_launcher_server.py``, run as ``python -I -S``), which confines itself
+with ``confine`` and adds a narrower Landlock layer in each command's child with
+``apply_landlock``. It imports only the standard library, so that the launcher can start without
+site-packages; the package imports it too, for the ABI probe.
 
 What each layer stops:
 
 - Landlock (filesystem): every write-type access (write, truncate, create, remove, link, rename,
   device ioctl) except beneath the ``--write`` paths. Reads and execution stay open.
-- Landlock (network, ABI 4+): TCP bind and connect, with ``--no-network``.
+- Landlock (network, ABI 4+): TCP bind and connect, with network ``none``.
 - Landlock (scopes, ABI 6+): signals to, and abstract unix sockets of, processes outside.
-- seccomp: with ``--no-network``, ``socket()`` of every family (so UDP, raw, netlink and pathname
-  unix sockets such as a Redis or docker socket file); with ``--no-metadata``, chmod, chown,
-  utime and xattr calls, which Landlock does not control; always ``io_uring_setup`` (it could
-  open sockets past the filter) and system calls of another architecture.
+- seccomp: with network ``none``, ``socket()`` of every family (so UDP, raw, netlink and
+  pathname unix sockets such as a Redis or docker socket file); with ``inet``, of every family
+  but IPv4 and IPv6; with ``--no-metadata``, chmod, chown, utime and xattr calls, which Landlock
+  does not control; always ``io_uring_setup`` (it could open sockets past the filter) and system
+  calls of another architecture.
 - capabilities: all but reading and writing past file modes (DAC_OVERRIDE, DAC_READ_SEARCH,
   FOWNER) are dropped, so root in a tool process cannot reboot, load modules, change the
   network or mount.
@@ -68,6 +68,8 @@ class _Arch:
 
 
 _IO_URING_SETUP = 425
+_INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
+NETWORKS = ("none", "inet", "all")
 _ARCHES = {
     "x86_64": _Arch(
         0xC000003E,
@@ -153,13 +155,14 @@ def _write_access(abi: int) -> int:
     return access | (_FS_IOCTL_DEV if abi >= 5 else 0)
 
 
-def apply_landlock(abi: int, writable: list[str], *, no_network: bool) -> None:
-    """Allow write-type access only beneath ``writable``; TCP too unless ``no_network``."""
+def apply_landlock(abi: int, writable: list[str], *, no_tcp: bool) -> None:
+    """Allow write-type access only beneath ``writable``; no TCP bind or connect if ``no_tcp``
+    (else TCP is left as the layers below say)."""
     libc = _libc()
     handled = _write_access(abi)
     attr = _RulesetAttr(
         handled_access_fs=handled,
-        handled_access_net=(_NET_BIND_TCP | _NET_CONNECT_TCP) if no_network and abi >= 4 else 0,
+        handled_access_net=(_NET_BIND_TCP | _NET_CONNECT_TCP) if no_tcp and abi >= 4 else 0,
         scoped=(_SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL) if abi >= 6 else 0,
     )
     size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
@@ -213,30 +216,40 @@ def drop_capabilities() -> None:
     _check(libc.syscall(_ARCHES[os.uname().machine].capset, header, wanted), "capset")
 
 
-def _filter(arch: _Arch, blocked: list[int]) -> bytes:
-    """A classic BPF program: kill other architectures, EPERM for ``blocked``, allow the rest."""
+def _filter(arch: _Arch, blocked: list[int], *, inet_only: bool) -> bytes:
+    """A classic BPF program: kill other architectures, EPERM for ``blocked``, and with
+    ``inet_only`` for ``socket()`` of a family other than IPv4/IPv6; allow the rest."""
     ld_arch = (0x20, 0, 0, 4)  # BPF_LD|BPF_W|BPF_ABS, seccomp_data.arch
     ld_nr = (0x20, 0, 0, 0)  # seccomp_data.nr
+    ld_arg0 = (0x20, 0, 0, 16)  # the low 32 bits of seccomp_data.args[0] (little-endian)
     allow, errno, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # RET_ALLOW, ERRNO(EPERM), KILL
     checks: list[tuple[int, int]] = [(0x35, 0x40000000)] if arch.x32 else []  # JGE: x32 calls
     checks += [(0x15, number) for number in blocked]  # BPF_JMP|BPF_JEQ|BPF_K
     program = [ld_arch, (0x15, 1, 0, arch.audit), (0x06, 0, 0, kill), ld_nr]
+    extra = 1 if inet_only else 0
     for index, (op, value) in enumerate(checks):
-        program.append((op, len(checks) - index, 0, value))  # true: jump to the errno return
+        # true: jump over the remaining checks and the allow return, to the errno return
+        program.append((op, len(checks) - index + extra, 0, value))
+    if inet_only:
+        program.append((0x15, 2, 0, arch.socket))  # socket(): to the family check below
     program += [(0x06, 0, 0, allow), (0x06, 0, 0, errno)]
+    if inet_only:
+        ipv4, ipv6 = _INET_FAMILIES
+        program += [ld_arg0, (0x15, 2, 0, ipv4), (0x15, 1, 0, ipv6), (0x06, 0, 0, errno)]
+        program.append((0x06, 0, 0, allow))
     return b"".join(
         code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
         for code, jt, jf, k in program
     )
 
 
-def apply_seccomp(*, no_network: bool, no_metadata: bool) -> None:
+def apply_seccomp(*, network: str, no_metadata: bool) -> None:
     """Install the seccomp filter (after Landlock, whose calls it would not block anyway)."""
     arch = _ARCHES[os.uname().machine]
     blocked = [_IO_URING_SETUP]
-    blocked += [arch.socket] if no_network else []
+    blocked += [arch.socket] if network == "none" else []
     blocked += list(arch.metadata) if no_metadata else []
-    code = _filter(arch, blocked)
+    code = _filter(arch, blocked, inet_only=network == "inet")
     buffer = ctypes.create_string_buffer(code, len(code))
 
     class _Program(ctypes.Structure):
@@ -251,41 +264,18 @@ def apply_seccomp(*, no_network: bool, no_metadata: bool) -> None:
     )
 
 
-def confine(writable: list[str], *, no_network: bool, no_metadata: bool) -> None:
-    """Apply every layer to this process, or raise ``ConfineError``."""
+def confine(writable: list[str], *, network: str, no_metadata: bool) -> None:
+    """Apply every layer to this process, or raise ``ConfineError``.
+
+    ``network``: ``none`` (no socket), ``inet`` (IPv4 and IPv6 sockets only) or ``all``.
+    """
+    if network not in NETWORKS:
+        raise ConfineError(f"unknown network policy {network!r}")
     abi = landlock_abi()
     if abi < MIN_ABI:
         raise ConfineError(f"Landlock ABI {abi} is below {MIN_ABI}")
     if not machine_supported():
         raise ConfineError(f"no seccomp table for the {os.uname().machine} architecture")
     drop_capabilities()
-    apply_landlock(abi, writable, no_network=no_network)
-    apply_seccomp(no_network=no_network, no_metadata=no_metadata)
-
-
-def main(argv: list[str]) -> None:
-    """Parse the launcher's arguments, confine, exec; exit 126 with a message on failure."""
-    writable: list[str] = []
-    flags = set()
-    index = 0
-    while index < len(argv) and argv[index] != "--":
-        if argv[index] == "--write":
-            writable.append(argv[index + 1])
-            index += 2
-        else:
-            flags.add(argv[index])
-            index += 1
-    command = argv[index + 1 :]
-    if not command or not flags <= {"--no-network", "--no-metadata"}:
-        sys.stderr.write(f"rho-agent sandbox: bad launcher arguments {argv!r}\n")
-        sys.exit(2)
-    try:
-        confine(writable, no_network="--no-network" in flags, no_metadata="--no-metadata" in flags)
-    except (ConfineError, OSError) as exc:
-        sys.stderr.write(f"rho-agent sandbox: refusing to run the command unconfined: {exc}\n")
-        sys.exit(126)
-    os.execv(command[0], command)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    apply_landlock(abi, writable, no_tcp=network == "none")
+    apply_seccomp(network=network, no_metadata=no_metadata)

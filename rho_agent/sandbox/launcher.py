@@ -1,12 +1,9 @@
-"""Sandbox: turns a command and a SandboxPolicy into a confined process's argv and environment.
+"""Sandbox: whether a command under a SandboxPolicy runs confined, and whether it can be.
 
-Why a launcher that confines itself and then execs bash, rather than rules applied in a
-``preexec_fn``: the worker runs Celery threads and an asyncio loop, and code run between ``fork``
-and ``exec`` of a threaded process may deadlock on a lock another thread held (ctypes, the
-allocator, logging). The launcher (``_confine.py``, ``python -I -S``, standard library only) is
-a fresh single-threaded process; it adds about 10 ms to a bash call (see
-``tests/bench/bench_confinement.py`` and docs/security.md). A per-session launcher that forks
-commands would save most of that, but needs its own protocol for pipes, signals and exit codes.
+Why confined commands start from a launcher process (``session_launcher``) rather than with
+rules applied in a ``preexec_fn``: the worker runs Celery threads and an asyncio loop, and code
+run between ``fork`` and ``exec`` of a threaded process may deadlock on a lock another thread
+held (ctypes, the allocator, logging). The launcher is a fresh single-threaded process.
 
 Support is probed once, when a ``Sandbox`` is made. Where the kernel cannot confine (no Landlock,
 Landlock ABI below 3, an unknown CPU for seccomp, not Linux), a confined policy fails closed with
@@ -18,11 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from rho_agent.errors import ConfinementUnavailable
 from rho_agent.sandbox import _confine
@@ -32,11 +26,6 @@ logger = logging.getLogger(__name__)
 
 ALLOW_UNCONFINED_ENV = "RHO_AGENT_ALLOW_UNCONFINED"
 """Set to ``1`` to run confined profiles without OS confinement where it is unavailable."""
-
-WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty")
-"""Devices a confined command may open for writing (Landlock rules on the files themselves)."""
-
-_LAUNCHER = str(Path(_confine.__file__).resolve())
 
 
 @dataclass(frozen=True)
@@ -61,25 +50,12 @@ def probe() -> Support:
     return Support(abi, None)
 
 
-@dataclass(frozen=True)
-class Launch:
-    """How to start one command: ``argv`` and ``env`` for exec, ``scratch`` to remove after."""
-
-    argv: list[str]
-    env: dict[str, str]
-    scratch: str | None
-
-    def cleanup(self) -> None:
-        """Remove the call's scratch directory (what background processes left there too)."""
-        if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-
-
 class Sandbox:
     """Starts commands confined by a ``SandboxPolicy`` (see the module docstring).
 
     ``support`` replaces the probe (tests use it to show the fail-closed path);
     ``allow_unconfined`` is the operator's opt-out, read from the environment by ``from_env``.
+    The backend starts the confined processes (``SessionLauncher``).
     """
 
     def __init__(self, support: Support, *, allow_unconfined: bool = False) -> None:
@@ -97,42 +73,26 @@ class Sandbox:
         """Probe the machine and read ``RHO_AGENT_ALLOW_UNCONFINED`` from this process."""
         return cls(probe(), allow_unconfined=os.environ.get(ALLOW_UNCONFINED_ENV) == "1")
 
-    def launch(
-        self,
-        policy: SandboxPolicy,
-        argv: list[str],
-        *,
-        working_dir: str,
-        env: dict[str, str],
-    ) -> Launch:
-        """The argv and env that run ``argv`` under ``policy``; raise when it cannot be enforced.
+    def confines(self, policy: SandboxPolicy) -> bool:
+        """Whether to run a command under ``policy`` confined; raise when it must be and cannot.
 
-        A confined command gets a fresh scratch directory (its ``TMPDIR``), the only place it
-        may write besides the working directory when the policy allows that.
+        False for a policy that confines nothing, and, with the operator's opt-out, where the
+        machine cannot confine (logged at WARNING on every such command).
         """
         if not policy.confined:
-            return Launch(argv, env, None)
-        if self.support.problem is not None:
-            if not self.allow_unconfined:
-                raise ConfinementUnavailable(
-                    f"cannot run this command confined as the permission profile requires: "
-                    f"{self.support.problem}. Run on a Linux kernel with Landlock (ABI 3 or "
-                    f"later), or, accepting that bash is then limited only by the command "
-                    f"checker, set {ALLOW_UNCONFINED_ENV}=1 in the worker's environment"
-                )
-            logger.warning(
-                "running a command WITHOUT OS confinement (%s=1): %s",
-                ALLOW_UNCONFINED_ENV,
-                self.support.problem,
+            return False
+        if self.support.problem is None:
+            return True
+        if not self.allow_unconfined:
+            raise ConfinementUnavailable(
+                f"cannot run this command confined as the permission profile requires: "
+                f"{self.support.problem}. Run on a Linux kernel with Landlock (ABI 3 or "
+                f"later), or, accepting that bash is then limited only by the command "
+                f"checker, set {ALLOW_UNCONFINED_ENV}=1 in the worker's environment"
             )
-            return Launch(argv, env, None)
-        scratch = tempfile.mkdtemp(prefix="rho-scratch-")
-        flags = ["--write", scratch]
-        if policy.write_working_dir:
-            flags += ["--write", working_dir]
-        for device in WRITABLE_DEVICES:
-            flags += ["--write", device]
-        flags += ["--no-network"] if policy.network == "none" else []
-        flags += [] if policy.metadata else ["--no-metadata"]
-        launcher = [sys.executable, "-I", "-S", _LAUNCHER, *flags, "--", *argv]
-        return Launch(launcher, {**env, "TMPDIR": scratch}, scratch)
+        logger.warning(
+            "running a command WITHOUT OS confinement (%s=1): %s",
+            ALLOW_UNCONFINED_ENV,
+            self.support.problem,
+        )
+        return False

@@ -10,6 +10,7 @@ from tests.bench import (
     bench_model_cpu,
     bench_overhead,
     bench_reduce,
+    bench_spend,
     bench_trace,
 )
 from tests.bench.harness import Benchmark
@@ -23,4 +24,5 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     bench_trace.BENCHMARK,
     bench_model_cpu.BENCHMARK,
     bench_reduce.BENCHMARK,
+    bench_spend.BENCHMARK,
 )

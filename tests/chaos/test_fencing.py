@@ -1,6 +1,7 @@
 """Chaos: a stale worker is fenced off, no job is stranded, hand-backs are not failures.
 
-Real Redis, real worker processes (2 s leases, a 0.5 s sweep), the scripted model. Each test
+Real Redis, real worker processes (2 s leases, a 0.5 s sweep), the scripted model; the rolling
+SIGTERMs also run with RabbitMQ as the broker (Redis then holds only the job bus). Each test
 prints its counts (``[chaos] ...``): completed, lost, duplicate results, duplicate events stored
 and seen, and side-effecting calls (``mark``) that ran twice.
 """
@@ -19,7 +20,14 @@ from dispatch import Dispatcher
 from rho_agent import AgentConfig, AgentEvent
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
 from tests.chaos.counts import ChaosCounts, count_job, count_marks
-from tests.integration.fleet import Fleet, claimed_db, running_fleet, wait_until
+from tests.integration.fleet import (
+    Broker,
+    Fleet,
+    claimed_db,
+    on_both_brokers,
+    running_fleet,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(60)]
 
@@ -144,15 +152,17 @@ def test_a_worker_killed_before_claiming_strands_nothing(
     assert (counts.lost, counts.duplicate_results, counts.reexecuted_side_effects) == (0, 0, 0)
 
 
+@on_both_brokers
 def test_three_rolling_sigterms_do_not_fail_the_job(
-    model_server: ScriptedModelServer, tmp_path: Path
+    broker: Broker, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
     marks = tmp_path / "marks"
     model_server.responder = marking(marks, 8, delay=0.3)
     config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
     counts = ChaosCounts()
     fast = {"RHO_AGENT_SHUTDOWN_GRACE": "0"}
-    with running_fleet(tmp_path, {"w0": fast, "w1": fast}) as fleet, fleet.dispatcher() as d:
+    workers = {"w0": fast, "w1": fast}
+    with running_fleet(tmp_path, workers, broker) as fleet, fleet.dispatcher() as d:
         job = d.submit("mark eight times", config)
         seen: list[AgentEvent] = []
         terms = 0
@@ -169,7 +179,7 @@ def test_three_rolling_sigterms_do_not_fail_the_job(
         count_job(counts, fleet.redis(), fleet.settings.keys, job.id, result, seen)
         runs = count_marks(counts, marks)
         handbacks = fleet.redis().hget(fleet.settings.keys.job(job.id), "handbacks")
-    counts.report("three rolling SIGTERMs on the job's worker")
+    counts.report(f"three rolling SIGTERMs on the job's worker ({broker} broker)")
     assert terms == 3 and handbacks == "3"
     assert result.status == "completed", result.events[-1]
     assert info.attempt == 4, "three hand-backs and the attempt that finished"

@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,53 @@ def _probe_accepts(command: list[str]) -> None:
 
     assert command[:3] == PROBE, command
     assert main([*command[3:], "--dir", str(REPO / "no-such-dir")]) == 1  # parses, finds no file
+
+
+def assert_append_only_file(command: list[str]) -> None:
+    """``command`` starts Redis with an append-only file fsynced every second, in ``/data``
+    (the image's working directory, where the manifests mount a volume).
+
+    Where redis-server is installed, the flags are also given to a real one, which must accept
+    them and report ``appendonly yes``, ``appendfsync everysec``.
+    """
+    assert command[0] == "redis-server", command
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    assert (flags.get("--appendonly"), flags.get("--appendfsync")) == ("yes", "everysec")
+    assert "--dir" not in flags or flags["--dir"] == "/data"
+    if shutil.which("redis-server") is None:
+        return
+    import redis
+
+    from tests.integration.fleet import free_port, wait_until
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data:
+        server = subprocess.Popen(
+            [*command, "--port", str(port), "--bind", "127.0.0.1", "--dir", data],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            client = redis.Redis(port=port, decode_responses=True)
+            wait_until(lambda: _pings(client), 10, "redis-server with the manifest's flags")
+            assert client.config_get("append*") == {
+                "appendonly": "yes",
+                "appendfsync": "everysec",
+                "appendfilename": "appendonly.aof",
+                "appenddirname": "appendonlydir",
+            }
+            client.close()
+        finally:
+            server.kill()
+            server.wait(10)
+
+
+def _pings(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
 
 
 # -- Docker ---------------------------------------------------------------------------------------
@@ -98,7 +146,8 @@ def test_compose_runs_persistent_redis_scalable_workers_and_flower(compose: dict
     services = compose["services"]
     assert set(services) == {"redis", "worker", "flower"}
     redis = services["redis"]
-    assert "--appendonly" in redis["command"] and "redis-data" in compose["volumes"]
+    assert_append_only_file(redis["command"])
+    assert "redis-data" in compose["volumes"]
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
     for name, service in services.items():
         assert service["healthcheck"]["test"][0] == "CMD", name
@@ -227,8 +276,10 @@ def test_k8s_redis_persists_and_services_select_their_pods(
     k8s: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
     redis = k8s[("StatefulSet", "rho-agent-redis")]
-    assert "--appendonly" in _container(redis)["args"]
+    assert_append_only_file(_container(redis)["args"])
     assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    mounts = {mount["name"]: mount["mountPath"] for mount in _container(redis)["volumeMounts"]}
+    assert mounts["data"] == "/data", "the append-only file lives on the claimed volume"
     assert _config(k8s)["RHO_AGENT_BROKER_URL"].startswith("redis://rho-agent-redis:6379/")
     for (kind, name), service in k8s.items():
         if kind != "Service":

@@ -15,7 +15,9 @@ import pytest
 from dispatch.engine.bus import Claim, JobBus, entry_event, event_entry, is_finished
 from dispatch.engine.fan_out import cancel_children
 from dispatch.engine.memory_bus import MemoryBus
+from dispatch.errors import ApprovalRefused, JobNotFound
 from dispatch.fleet.redis_bus import RedisBus
+from dispatch.info import PendingCall
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec, build_spec
 from rho_agent import AgentConfig, AgentEvent, RunResult
@@ -141,9 +143,7 @@ async def test_cancelling_a_running_job_asks_its_worker(bus: JobBus) -> None:
     await bus.submit([job], "q")
     await bus.start(job, "w1", 60_000)
     position, _ = await bus.next_cancels("$", 0.0)
-    assert not await bus.cancel_requested(job.job_id)
     assert await bus.request_cancel(job.job_id) == "requested"
-    assert await bus.cancel_requested(job.job_id)
     _, job_ids = await bus.next_cancels(position, 1.0)
     assert job_ids == [job.job_id]
 
@@ -250,6 +250,107 @@ async def test_a_new_session_redelivered_after_a_crash_is_not_refused(bus: JobBu
     assert (decision.action, decision.attempt) == ("run", 2)
 
 
+# -- approvals --------------------------------------------------------------------------------
+
+
+async def parked_job(bus: JobBus, ttl_s: float = 60.0, session_id: str | None = None) -> JobSpec:
+    """A started job parked with two pending calls, ``c1`` and ``c2``."""
+    job = spec(session_id)
+    await bus.submit([job], "q")
+    await bus.start(job, "w1", 60_000)
+    pending = [
+        PendingCall(call_id="c1", tool_name="bash", arguments={"command": "ls", "list": []}),
+        PendingCall(call_id="c2", tool_name="write", arguments={}),
+    ]
+    paused = RunResult(text="", events=[], status="awaiting_approval", usage={})
+    assert await bus.await_approval(job, 1, paused, "approval required", pending, ttl_s)
+    return job
+
+
+async def test_a_parked_job_lists_its_calls_and_ends_waiters(bus: JobBus) -> None:
+    job = await parked_job(bus)
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and info.status == "awaiting_approval" and info.finished
+    assert [(c.call_id, c.arguments, c.decision) for c in info.pending_approvals] == [
+        ("c1", {"command": "ls", "list": []}, None),
+        ("c2", {}, None),
+    ]
+    assert [i.job_id for i in await bus.awaiting(10)] == [job.job_id]
+    [done] = await bus.read_done("d1", "0", 0.0)
+    assert done.data["result"]["status"] == "awaiting_approval", "gather returns the pause"
+    entries = await bus.read_events(job.job_id)
+    assert not any(is_finished(entry) for entry in entries), "events() may go on after it"
+    assert not await bus.await_approval(job, 1, RunResult(text=""), None, [], 60), "not running"
+
+
+async def test_decisions_are_atomic_and_refused_whole(bus: JobBus) -> None:
+    job = await parked_job(bus)
+    with pytest.raises(ApprovalRefused) as refused:
+        await bus.decide(job.job_id, "approved", ["c1", "nope"], "")
+    assert refused.value.reason == "unknown_call"
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and [c.decision for c in info.pending_approvals] == [None, None]
+    assert (await bus.decide(job.job_id, "denied", ["c2"], "no writes")).action == "waiting"
+    with pytest.raises(ApprovalRefused, match="already denied") as refused:
+        await bus.decide(job.job_id, "approved", ["c2"], "")
+    assert refused.value.reason == "already_decided"
+    decided = await bus.decide(job.job_id, "approved", None, "")
+    assert (decided.action, decided.spec, decided.attempt) == ("queued", job, 1)
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and info.status == "queued" and not info.finished
+    assert [(c.decision, c.reason) for c in info.pending_approvals] == [
+        ("approved", None),
+        ("denied", "no writes"),
+    ]
+    assert await bus.awaiting(10) == []
+    with pytest.raises(ApprovalRefused, match="it is queued") as refused:
+        await bus.decide(job.job_id, "approved", None, "")
+    assert refused.value.reason == "not_awaiting"
+    again = await bus.start(job, "w2", 60_000)
+    assert (again.action, again.attempt, again.handbacks) == ("run", 2, 1), "not a failure"
+    kinds = [e.data.get("type") for e in await bus.read_events(job.job_id)]
+    assert kinds[-2:] == ["approval_decided", "continued"]
+    with pytest.raises(JobNotFound):
+        await bus.decide("j-nope", "approved", None, "")
+
+
+async def test_concurrent_decisions_exactly_one_wins(bus: JobBus) -> None:
+    job = await parked_job(bus)
+    outcomes = await asyncio.gather(
+        *(bus.decide(job.job_id, "approved", None, "") for _ in range(5)),
+        return_exceptions=True,
+    )
+    wins = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert [w.action for w in wins] == ["queued"]
+    assert all(isinstance(o, ApprovalRefused) for o in outcomes if o not in wins)
+
+
+async def test_expired_approvals_are_denied_and_queued(bus: JobBus) -> None:
+    job = await parked_job(bus, ttl_s=0.3)
+    await bus.decide(job.job_id, "approved", ["c1"], "")
+    assert await bus.expire_approvals("too late") == []
+    await asyncio.sleep(0.4)
+    assert await bus.expire_approvals("too late") == [(job, 1)]
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and info.status == "queued"
+    assert [(c.decision, c.reason) for c in info.pending_approvals] == [
+        ("approved", None),
+        ("denied", "too late"),
+    ]
+    assert await bus.expire_approvals("too late") == []
+
+
+async def test_a_parked_job_keeps_its_session_until_cancelled(bus: JobBus) -> None:
+    job = await parked_job(bus)
+    other = spec(job.session_id)
+    await bus.submit([other], "q")
+    busy = await bus.start(other, "w2", 60_000)
+    assert (busy.action, busy.detail) == ("busy", job.job_id)
+    assert await bus.request_cancel(job.job_id) == "cancelled"
+    [info] = await bus.get_info([job.job_id])
+    assert info is not None and info.status == "cancelled" and await bus.awaiting(10) == []
+
+
 async def test_children_are_recorded_once_and_a_resubmission_resets_none(bus: JobBus) -> None:
     first, second, third = spec(job_id="p1-c0"), spec(job_id="p1-c1"), spec(job_id="p1-c2")
     assert sorted(await bus.submit_children("p1", [first, second])) == ["p1-c0", "p1-c1"]
@@ -282,5 +383,6 @@ async def test_cancel_children_stops_every_unfinished_descendant(bus: JobBus) ->
     infos = await bus.get_info(["t-run", "t-queued", "t-done", "t-grand"])
     statuses = [info.status if info else None for info in infos]
     assert statuses == ["running", "cancelled", "completed", "cancelled"]
-    assert await bus.cancel_requested("t-run"), "the running child's worker is asked to stop"
+    _, asked = await bus.next_cancels("0", 0.0)
+    assert "t-run" in asked, "the running child's worker is asked to stop"
     assert await cancel_children(bus, "no-children") == 0

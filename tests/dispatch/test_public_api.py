@@ -13,9 +13,9 @@ import workers
 
 def test_dispatch_exports() -> None:
     assert sorted(dispatch.__all__) == [
-        "Dispatcher", "EventStream", "FleetError", "FleetSettings", "FleetUnavailable", "Job",
-        "JobInfo", "JobNotFound", "JobRefused", "JobSpec", "JobSpecError", "JobTimeout",
-        "ReduceError", "Reduction", "SettingsError",
+        "ApprovalRefused", "Dispatcher", "EventStream", "FleetError", "FleetSettings",
+        "FleetUnavailable", "Job", "JobInfo", "JobNotFound", "JobRefused", "JobSpec",
+        "JobSpecError", "JobTimeout", "PendingCall", "ReduceError", "Reduction", "SettingsError",
     ]  # fmt: skip
     for name in dispatch.__all__:
         assert getattr(dispatch, name).__doc__, f"dispatch.{name} needs a docstring"

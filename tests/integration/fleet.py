@@ -2,7 +2,9 @@
 
 Each test module claims a whole Redis database (1-15, from the top) with a lock key in db 0, so
 Celery's own keys (queues, ``unacked``) never mix with another run's; the database is flushed when
-released. Workers run as subprocesses in their own process group and are killed with it.
+released. A fleet on RabbitMQ (``broker="amqp"``, 127.0.0.1:5672, guest/guest) also gets a vhost
+of its own, deleted afterwards; Redis then holds only the job bus. Workers run as subprocesses in
+their own process group and are killed with it.
 """
 
 from __future__ import annotations
@@ -18,14 +20,38 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import pytest
 import redis
 
 from dispatch import Dispatcher, FleetSettings
 from rho_agent import Agent, AgentConfig, ToolHandler, ToolInvocation, ToolOutput
 
 REDIS_HOST = "redis://127.0.0.1:6379"
+RABBITMQ_HOST = "amqp://guest:guest@127.0.0.1:5672"
+Broker = Literal["redis", "amqp"]
+BROKERS: tuple[Broker, ...] = ("redis", "amqp")
+on_both_brokers = pytest.mark.parametrize("broker", BROKERS, indirect=True, scope="module")
+"""Runs a test on a Redis-brokered fleet and on a RabbitMQ-brokered one (its module's ``fleet``
+fixture takes the ``broker`` fixture)."""
+on_redis_broker = pytest.mark.parametrize("broker", ["redis"], indirect=True, scope="module")
+"""Runs a test on the Redis-brokered fleet only (the one ``on_both_brokers`` tests share)."""
+on_amqp_broker = pytest.mark.parametrize("broker", ["amqp"], indirect=True, scope="module")
+"""Runs a test on the RabbitMQ-brokered fleet only."""
+
+
+def rabbitmq_queues(vhost: str) -> dict[str, str]:
+    """The queues of ``vhost`` and their types (classic, quorum)."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "type", "--no-table-headers"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return dict(line.split("\t")[:2] for line in listing.splitlines() if "\t" in line)
+
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CANARY_KEY = "sk-canary-" + "f1ee7" * 8
 """The API key workers (and the test's dispatcher) have: it must never reach Redis or Flower."""
@@ -52,6 +78,22 @@ def claimed_db() -> Iterator[int]:
             locks.close()
         return
     raise RuntimeError("no free Redis database (1-15) for the fleet tests")
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """A fresh RabbitMQ vhost that guest may use; deleted (queues and all) afterwards."""
+    name = f"rho-test-{secrets.token_hex(4)}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True)
+    try:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+        )
+        yield name
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True)
 
 
 def free_port() -> int:
@@ -103,7 +145,11 @@ class WorkerProcess:
         from dispatch.fleet.celery_broker import CeleryBroker
         from dispatch.settings import FleetSettings
 
-        broker = CeleryBroker(FleetSettings(broker_url=self.env["RHO_AGENT_BROKER_URL"]))
+        settings = FleetSettings(
+            broker_url=self.env["RHO_AGENT_BROKER_URL"],
+            redis_url=self.env.get("RHO_AGENT_REDIS_URL"),
+        )
+        broker = CeleryBroker(settings)
         try:
             replies = broker.app.control.ping(timeout=0.5) or []
         finally:
@@ -134,6 +180,8 @@ class Fleet:
 
     db: int
     tmp: Path
+    vhost: str | None = None
+    """The RabbitMQ vhost of the jobs' queues; None: Redis is the broker too."""
     prefix: str = field(default_factory=lambda: f"t{secrets.token_hex(3)}:")
     queue: str = field(default_factory=lambda: f"q{secrets.token_hex(3)}")
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
@@ -141,11 +189,26 @@ class Fleet:
 
     @property
     def url(self) -> str:
+        """The Redis of the job bus (and of the jobs' queues, without a vhost)."""
         return f"{REDIS_HOST}/{self.db}"
 
     @property
+    def broker_url(self) -> str:
+        return f"{RABBITMQ_HOST}/{self.vhost}" if self.vhost else self.url
+
+    @property
+    def redis_url(self) -> str | None:
+        """``RHO_AGENT_REDIS_URL``: set only when the broker is not this Redis."""
+        return self.url if self.vhost else None
+
+    @property
     def settings(self) -> FleetSettings:
-        return FleetSettings(broker_url=self.url, key_prefix=self.prefix, queue=self.queue)
+        return FleetSettings(
+            broker_url=self.broker_url,
+            redis_url=self.redis_url,
+            key_prefix=self.prefix,
+            queue=self.queue,
+        )
 
     def env(self, **overrides: str) -> dict[str, str]:
         python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
@@ -153,7 +216,8 @@ class Fleet:
             **os.environ,
             "PYTHONPATH": python_path,
             "OPENAI_API_KEY": CANARY_KEY,
-            "RHO_AGENT_BROKER_URL": self.url,
+            "RHO_AGENT_BROKER_URL": self.broker_url,
+            **({"RHO_AGENT_REDIS_URL": self.url} if self.vhost else {}),
             "RHO_AGENT_KEY_PREFIX": self.prefix,
             "RHO_AGENT_QUEUE": self.queue,
             "RHO_AGENT_LEASE_TTL": "2",
@@ -197,10 +261,22 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def running_fleet(tmp: Path, workers: dict[str, dict[str, str]]) -> Iterator[Fleet]:
+def broker_vhost(broker: Broker) -> Iterator[str | None]:
+    """A vhost of its own for an ``amqp`` fleet; None for a ``redis`` one."""
+    if broker == "redis":
+        yield None
+        return
+    with rabbitmq_vhost() as vhost:
+        yield vhost
+
+
+@contextlib.contextmanager
+def running_fleet(
+    tmp: Path, workers: dict[str, dict[str, str]], broker: Broker = "redis"
+) -> Iterator[Fleet]:
     """A fleet with the named workers (each with its extra environment), torn down afterwards."""
-    with claimed_db() as db:
-        fleet = Fleet(db, tmp)
+    with claimed_db() as db, broker_vhost(broker) as vhost:
+        fleet = Fleet(db, tmp, vhost)
         try:
             for name, env in workers.items():
                 fleet.add_worker(name, **env)

@@ -1,6 +1,9 @@
 """Crash safety: a worker killed mid-job, and a job outliving Celery's visibility timeout.
 
 The workers here have a 2 s lease and a 2 s visibility timeout, so both cases show up quickly.
+The kill runs on both brokers: on RabbitMQ the dead worker's unacknowledged message comes back
+at once (the broker redelivers when the connection closes) as well as through the sweeper, and
+the job still runs once.
 """
 
 from __future__ import annotations
@@ -15,15 +18,23 @@ import pytest
 
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
-from tests.integration.fleet import Fleet, running_fleet, wait_until
+from tests.integration.fleet import (
+    Broker,
+    Fleet,
+    on_both_brokers,
+    on_redis_broker,
+    running_fleet,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[Fleet]:
     short = {"RHO_AGENT_VISIBILITY_TIMEOUT": "2"}
-    with running_fleet(tmp_path_factory.mktemp("crash"), {"wa": short, "wb": short}) as started:
+    workers = {"wa": short, "wb": short}
+    with running_fleet(tmp_path_factory.mktemp(f"crash-{broker}"), workers, broker) as started:
         yield started
 
 
@@ -43,8 +54,9 @@ def marking(marks: Path, total: int, delay: float) -> Any:
     return respond
 
 
+@on_both_brokers
 def test_a_killed_workers_job_resumes_elsewhere_exactly_once(
-    fleet: Fleet, model_server: ScriptedModelServer, tmp_path: Path
+    fleet: Fleet, broker: Broker, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
     marks = tmp_path / "marks"
     model_server.responder = marking(marks, 6, delay=0.4)
@@ -70,9 +82,15 @@ def test_a_killed_workers_job_resumes_elsewhere_exactly_once(
     assert [event.type for event in result.events].count("tool_end") == 6
     assert (info.attempt, info.worker) == (2, "wb" if victim == "wa" else "wa")
     assert 0 < restarted_at - killed_at < 2 + 0.5 + 2.0, "lease + sweep interval + margin"
+    if broker == "amqp":
+        # RabbitMQ gave the survivor the dead worker's own delivery too, while the lease still
+        # held: START turned it away, and the sweeper's re-send is the one attempt 2 ran.
+        survivor = fleet.workers[info.worker or ""]
+        wait_until(lambda: "'reason': 'running elsewhere'" in survivor.log(), 5, "redelivery")
     fleet.add_worker(victim, RHO_AGENT_VISIBILITY_TIMEOUT="2").wait_ready()
 
 
+@on_redis_broker
 def test_a_job_longer_than_the_visibility_timeout_runs_once(
     fleet: Fleet, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:

@@ -1,8 +1,13 @@
-"""The fleet end to end: real Redis, two real worker processes, the scripted model server."""
+"""The fleet end to end: real Redis, two real worker processes, the scripted model server.
+
+The tests marked ``on_both_brokers`` run twice: with Redis as the broker, and with RabbitMQ as
+the broker (quorum queues, publisher confirms) and Redis as the job bus only.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -25,19 +30,25 @@ from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, 
 from tests.integration.fleet import (
     CANARY_KEY,
     REPO_ROOT,
+    Broker,
     Fleet,
     free_port,
+    on_amqp_broker,
+    on_both_brokers,
+    on_redis_broker,
+    rabbitmq_queues,
     running_fleet,
     wait_until,
 )
+from workers.ops.status import read_status
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[Fleet]:
     workers = {"wa": {"RHO_AGENT_WORKER_CONCURRENCY": "600"}, "wb": {}}
-    with running_fleet(tmp_path_factory.mktemp("fleet"), workers) as started:
+    with running_fleet(tmp_path_factory.mktemp(f"fleet-{broker}"), workers, broker) as started:
         yield started
 
 
@@ -64,6 +75,7 @@ def delayed_echo(delay: float) -> Any:
     return respond
 
 
+@on_both_brokers
 def test_a_job_runs_on_a_worker(dispatcher: Dispatcher, config: AgentConfig) -> None:
     class Recorder:
         def __init__(self) -> None:
@@ -86,10 +98,29 @@ def test_a_job_runs_on_a_worker(dispatcher: Dispatcher, config: AgentConfig) -> 
     assert recorder.records == state.records
 
 
-def test_fan_out_of_1000_jobs_comes_back_in_order(
-    dispatcher: Dispatcher, config: AgentConfig
+@on_amqp_broker
+def test_on_rabbitmq_every_job_queue_is_a_quorum_queue(
+    fleet: Fleet, dispatcher: Dispatcher, config: AgentConfig
 ) -> None:
-    prompts = [f"job number {index}" for index in range(1000)]
+    job = dispatcher.submit("which queue?", config, queue=fleet.queue_of("wb"))
+    assert job.result(timeout=20).status == "completed"
+    assert fleet.vhost is not None
+    queues = rabbitmq_queues(fleet.vhost)
+    job_queues = [fleet.queue, fleet.queue_of("wa"), fleet.queue_of("wb")]
+    assert {name: queues.get(name) for name in job_queues} == dict.fromkeys(job_queues, "quorum")
+    assert not fleet.redis().exists(fleet.queue), "no job went through Redis"
+    waiting = [dispatcher.submit(f"wait {n}", config, queue="unconsumed-amqp") for n in range(2)]
+    status = read_status(dataclasses.replace(fleet.settings, queue="unconsumed-amqp"))
+    assert status.queued == 2 and "guest:***@" in status.broker, "fleet status reads RabbitMQ"
+    assert [job.cancel() for job in waiting] == ["cancelled", "cancelled"]
+
+
+@on_both_brokers
+def test_fan_out_of_1000_jobs_comes_back_in_order(
+    broker: Broker, dispatcher: Dispatcher, config: AgentConfig
+) -> None:
+    count = 1000 if broker == "redis" else 300  # the same path; kept short on the second run
+    prompts = [f"job number {index}" for index in range(count)]
     started = time.monotonic()
     jobs = dispatcher.map(prompts, config)
     results = dispatcher.gather(jobs, timeout=120)
@@ -97,10 +128,11 @@ def test_fan_out_of_1000_jobs_comes_back_in_order(
     assert [result.text for result in results] == [f"Echo: {prompt}" for prompt in prompts]
     assert {result.status for result in results} == {"completed"}
     workers = {info.worker for info in dispatcher.infos([job.id for job in jobs]) if info}
-    print(f"\n1000 one-turn jobs through the fleet: {elapsed:.1f} s ({1000 / elapsed:.0f}/s)")
+    print(f"\n{count} one-turn jobs via {broker}: {elapsed:.1f} s ({count / elapsed:.0f}/s)")
     assert workers == {"wa", "wb"}
 
 
+@on_redis_broker
 def test_one_worker_holds_500_jobs_in_flight(
     fleet: Fleet, dispatcher: Dispatcher, config: AgentConfig, model_server: ScriptedModelServer
 ) -> None:
@@ -121,6 +153,7 @@ def test_one_worker_holds_500_jobs_in_flight(
     assert {info.worker for info in dispatcher.infos(ids) if info} == {"wa"}
 
 
+@on_both_brokers
 def test_cancel_stops_a_running_job_within_a_second(
     dispatcher: Dispatcher, config: AgentConfig, model_server: ScriptedModelServer
 ) -> None:
@@ -136,6 +169,7 @@ def test_cancel_stops_a_running_job_within_a_second(
     assert result.status == "cancelled" and job.state().status == "cancelled"
 
 
+@on_both_brokers
 def test_cancel_revokes_a_queued_job(dispatcher: Dispatcher, config: AgentConfig) -> None:
     job = dispatcher.submit("nobody consumes this queue", config, queue="unconsumed")
     assert job.status() == "queued"
@@ -144,6 +178,7 @@ def test_cancel_revokes_a_queued_job(dispatcher: Dispatcher, config: AgentConfig
     assert job.cancel() == "finished"
 
 
+@on_both_brokers
 def test_a_job_continues_a_session_on_another_worker(
     fleet: Fleet, dispatcher: Dispatcher, config: AgentConfig, model_server: ScriptedModelServer
 ) -> None:
@@ -162,6 +197,7 @@ def test_a_job_continues_a_session_on_another_worker(
     assert state.run_count == 2 and state.get_user_messages()[-1] == "what is my number?"
 
 
+@on_redis_broker
 def test_a_profile_above_the_ceiling_is_refused(
     dispatcher: Dispatcher, config: AgentConfig
 ) -> None:
@@ -173,6 +209,7 @@ def test_a_profile_above_the_ceiling_is_refused(
     assert "RHO_AGENT_MAX_PROFILE" in error
 
 
+@on_both_brokers
 def test_malformed_payloads_are_rejected_and_workers_go_on(
     fleet: Fleet, dispatcher: Dispatcher, config: AgentConfig
 ) -> None:
@@ -200,6 +237,7 @@ def test_malformed_payloads_are_rejected_and_workers_go_on(
     assert dispatcher.submit("still alive?", config).result(timeout=20).status == "completed"
 
 
+@on_redis_broker
 def test_secrets_never_reach_redis(
     fleet: Fleet, dispatcher: Dispatcher, config: AgentConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -266,6 +304,7 @@ def _get(url: str) -> str | None:
         return None
 
 
+@on_both_brokers
 def test_flower_shows_readable_jobs_and_live_progress(
     flower: str,
     dispatcher: Dispatcher,

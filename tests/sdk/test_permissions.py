@@ -154,12 +154,67 @@ def test_exceeds_a_ceiling() -> None:
     assert developer.exceeds(readonly) == [
         "shell: 'allowed' is more than 'readonly'",
         "write: 'working_dir' is more than 'none'",
+        "network: 'all' is more than 'none'",
     ]
     slow = PermissionProfile("slow", shell_timeout=600)
     assert slow.exceeds(readonly) == ["shell_timeout: 600 s is more than 120 s"]
     narrow = PermissionProfile("narrow", tools=frozenset({"read", "grep"}))
     assert readonly.exceeds(narrow) == ["tools: bash, glob, list not allowed"]
     assert PermissionProfile("r", tools=frozenset({"read"})).exceeds(narrow) == []
+
+
+def test_network_defaults_follow_what_bash_may_write() -> None:
+    readonly, developer, unrestricted = BUILTIN_PROFILES.values()
+    assert (readonly.network, readonly.bash_network) == (None, "none")
+    assert developer.bash_network == unrestricted.bash_network == "all"
+    assert PermissionProfile("w", shell="allowed", write="none").bash_network == "none"
+    assert (
+        PermissionProfile("d", shell="allowed", write="working_dir", network="inet").bash_network
+        == "inet"
+    )
+
+
+def test_yaml_network_and_env(tmp_path: Path) -> None:
+    path = tmp_path / "analyst.yaml"
+    path.write_text(
+        "shell: allowed\nwrite: working_dir\nnetwork: inet\nenv: [PGHOST, DEBUG, PGHOST]\n"
+    )
+    profile = load_profile(str(path))
+    assert (profile.network, profile.env) == ("inet", ("DEBUG", "PGHOST"))
+    assert profile_from_dict(profile_to_dict(profile)) == profile
+    assert "network" not in profile_to_dict(BUILTIN_PROFILES["readonly"])
+    assert "env" not in profile_to_dict(BUILTIN_PROFILES["readonly"])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"network": "tcp"}, "field 'network'"),
+        ({"env": ["OPENAI_API_KEY"]}, "OPENAI_API_KEY look like secrets"),
+        ({"env": ["REDIS_URL"]}, "REDIS_URL look like secrets"),
+        ({"env": ["NOT A NAME"]}, "field 'env.0'"),
+        ({"env": "DEBUG"}, "field 'env'"),
+    ],
+)
+def test_bad_network_or_env_names_the_field(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ProfileError, match=message):
+        profile_from_dict({"name": "p", **data}, source="job spec")
+
+
+def test_a_string_env_is_refused_by_the_constructor() -> None:
+    with pytest.raises(ProfileError, match="collection of variable names"):
+        PermissionProfile("p", env="DEBUG")  # type: ignore[arg-type]
+
+
+def test_network_and_env_count_against_a_ceiling() -> None:
+    developer = BUILTIN_PROFILES["developer"]
+    inet = PermissionProfile("i", shell="allowed", write="working_dir", network="inet")
+    assert inet.exceeds(developer) == []
+    assert developer.exceeds(inet) == ["network: 'all' is more than 'inet'"]
+    wants_env = PermissionProfile("e", env=("DEBUG", "PGHOST"))
+    ceiling = PermissionProfile("c", env=("DEBUG",))
+    assert wants_env.exceeds(ceiling) == ["env: PGHOST not passed to tools by this worker"]
+    assert ceiling.exceeds(wants_env) == []
 
 
 def test_builtin_tool_names_match_the_handlers() -> None:

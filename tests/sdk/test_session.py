@@ -20,6 +20,7 @@ from rho_agent import (
     State,
     compaction,
 )
+from rho_agent.errors import PermissionDenied
 from rho_agent.testing import (
     ScriptedModelServer,
     ScriptedResponse,
@@ -292,6 +293,26 @@ async def test_denied_approval_blocks_the_call(
     assert len(blocked) == 1 and blocked[0].tool_name == "probe"
     tool_message = next(m for m in session.state.messages if m["role"] == "tool")
     assert tool_message["content"].startswith("Blocked:")
+
+
+async def test_a_callback_raising_permission_denied_gives_the_model_its_reason(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.script(tool_call("probe", {"id": "x"}), text("understood"))
+    probe = ProbeTool(requires_approval=True)
+    session = make_session(model_server, tmp_path, probe=probe, auto_approve=False)
+
+    def deny(name: str, args: dict[str, Any]) -> bool:
+        raise PermissionDenied("the on-call engineer said no")
+
+    session.approval_callback = deny
+    result = await session.run(prompt="go")
+
+    assert result.status == "completed" and probe.calls == []
+    [blocked] = [e for e in result.events if e.type == "tool_blocked"]
+    assert blocked.tool_result == "the on-call engineer said no"
+    tool_message = next(m for m in session.state.messages if m["role"] == "tool")
+    assert tool_message["content"] == "Blocked: the on-call engineer said no"
 
 
 async def test_auto_approve_never_asks(model_server: ScriptedModelServer, tmp_path: Path) -> None:

@@ -180,6 +180,6 @@ def test_profiles_map_to_policies() -> None:
     from rho_agent.sandbox import SandboxPolicy
 
     yaml_like = PermissionProfile("custom", shell="allowed", write="none")
-    assert SandboxPolicy.for_profile(yaml_like) == SandboxPolicy(confined=True)
+    assert SandboxPolicy.for_profile(yaml_like) == SandboxPolicy("scratch", "none")
     assert not SandboxPolicy.for_profile(load_profile("unrestricted")).confined
     assert sys.platform == "linux"

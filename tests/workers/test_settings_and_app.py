@@ -12,6 +12,7 @@ import workers
 from dispatch import SettingsError
 from dispatch.fleet.celery_broker import RUN_JOB_TASK
 from rho_agent import Agent, AgentConfig, ModelPrice
+from rho_agent.ratelimits import RateLimit
 from workers.celery_app import create_app, worker_config
 from workers.worker_settings import SETTINGS, WorkerSettings
 
@@ -36,6 +37,7 @@ def test_every_variable_is_read() -> None:
         "RHO_AGENT_REDIS_URL": "redis://127.0.0.1:6379/1",
         "RHO_AGENT_KEY_PREFIX": "p:",
         "RHO_AGENT_QUEUE": "jobs",
+        "RHO_AGENT_SENTINEL_MASTER": "m1",
         "RHO_AGENT_RETENTION": "3600",
         "RHO_AGENT_EVENTS_MAXLEN": "500",
         "RHO_AGENT_WORKER_CONCURRENCY": "40",
@@ -45,12 +47,14 @@ def test_every_variable_is_read() -> None:
         "RHO_AGENT_SWEEP_INTERVAL": "1.5",
         "RHO_AGENT_MAX_ATTEMPTS": "2",
         "RHO_AGENT_QUEUED_LEASE": "90",
+        "RHO_AGENT_APPROVAL_TTL": "1800",
         "RHO_AGENT_VISIBILITY_TIMEOUT": "7200",
         "RHO_AGENT_WORKER_NAME": "w9",
         "RHO_AGENT_AGENT_FACTORY": "tests.integration.fleet:agent_with_mark_tool",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "3",
         "RHO_AGENT_ALLOWED_BASE_URLS": "http://127.0.0.1:9/v1/, https://Models.Example/v1",
         "RHO_AGENT_PRICES": '{"my-llama": {"input": 1, "output": 2}}',
+        "RHO_AGENT_RATE_LIMITS": '[{"model": "my-llama", "requests": 30, "window_s": 6}]',
         "RHO_AGENT_FAN_OUT_MAX_DEPTH": "0",
         "RHO_AGENT_FAN_OUT_MAX_CHILDREN": "7",
     }
@@ -66,7 +70,7 @@ def test_every_variable_is_read() -> None:
         "jobs",
     )
     assert (fleet.retention_s, fleet.events_maxlen, fleet.embedded_concurrency) == (3600, 500, 3)
-    assert fleet.queued_lease_s == 90
+    assert (fleet.queued_lease_s, fleet.approval_ttl_s, fleet.sentinel_master) == (90, 1800, "m1")
     assert (fleet.fan_out_max_depth, fleet.fan_out_max_children) == (0, 7)
     assert (settings.concurrency, settings.max_profile, settings.job_time_limit_s) == (
         40,
@@ -79,6 +83,14 @@ def test_every_variable_is_read() -> None:
     agent = settings.build_agent()(AgentConfig(model="my-llama"))
     assert "mark" in agent.registry.names  # the factory built it
     assert agent.price_table.price("my-llama") == ModelPrice(1, 1, 2)
+    assert settings.rate_limits == (RateLimit(model="my-llama", requests=30, window_s=6),)
+
+
+def test_bad_rate_limits_name_the_variable() -> None:
+    with pytest.raises(SettingsError, match=r"RHO_AGENT_RATE_LIMITS\[0\] sets neither"):
+        WorkerSettings.from_env({**BROKER, "RHO_AGENT_RATE_LIMITS": '[{"model": "m"}]'})
+    with pytest.raises(SettingsError, match=r"RHO_AGENT_RATE_LIMITS='/nope\.yaml': no such file"):
+        WorkerSettings.from_env({**BROKER, "RHO_AGENT_RATE_LIMITS": "/nope.yaml"})
 
 
 def test_fleet_prices_win_over_the_catalogue_and_the_job_config(tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.errors import FleetUnavailable, SettingsError
+from dispatch.settings import FleetSettings
+from dispatch.urls import redact_url
 from workers.ops.launch import FLOWER_TASK_COLUMNS
 from workers.shutdown import grace_from_env
 
@@ -134,8 +136,12 @@ class LocalFleet:
 
     def _broker(self) -> tuple[str, bool]:
         if self.options.broker_url:
-            if not _redis_answers(self.options.broker_url):
-                raise LocalFleetError(f"no Redis answers at {self.options.broker_url}")
+            # The bus must answer: the broker's Redis, or RHO_AGENT_REDIS_URL's for an amqp://
+            # broker (RabbitMQ itself is checked by the workers, which fail fast without it).
+            fleet = FleetSettings.from_env(self._env, broker_url=self.options.broker_url)
+            bus = fleet.bus_url or self.options.broker_url
+            if not _redis_answers(bus, fleet.sentinel_master):
+                raise LocalFleetError(f"no Redis answers at {redact_url(bus)}")
             return self.options.broker_url, False
         url = f"redis://127.0.0.1:{self.options.redis_port}/0"
         if _redis_answers(url):
@@ -178,9 +184,8 @@ class LocalFleet:
 
     def _await_workers(self, broker_url: str, names: tuple[str, ...]) -> None:
         from dispatch.fleet.celery_broker import CeleryBroker
-        from dispatch.settings import FleetSettings
 
-        broker = CeleryBroker(FleetSettings(broker_url=broker_url))
+        broker = CeleryBroker(FleetSettings.from_env(self._env, broker_url=broker_url))
         expected = {f"rho@{name}" for name in names}
         seen: set[str] = set()
 
@@ -267,11 +272,16 @@ def _signal(children: list[Child], signum: int) -> None:
                 child.process.send_signal(signum)
 
 
-def _redis_answers(url: str) -> bool:
+def _redis_answers(url: str, master_name: str = "mymaster") -> bool:
     import redis
 
+    from dispatch.fleet.redis_clients import sync_client
+
     try:
-        with redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5) as client:
+        client = sync_client(
+            url, master_name=master_name, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+        with client:
             return bool(client.ping())
     except (redis.RedisError, OSError):
         return False

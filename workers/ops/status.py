@@ -2,7 +2,8 @@
 
 - workers: each one's last heartbeat (``workers.heartbeat``), flagged *silent* once it is older
   than three beats plus five seconds (the worker died, hangs, or lost Redis);
-- queue depth: messages waiting in the Celery queue (Redis lists, one per priority step);
+- queue depth: messages waiting in the Celery queue (Redis lists, one per priority step; on
+  RabbitMQ, the queue's ready messages);
 - jobs in flight: every job holding a lease (running, or handed back and waiting to restart).
 
 Ages are measured on the Redis server's clock, as the leases are.
@@ -10,12 +11,12 @@ Ages are measured on the Redis server's clock, as the leases are.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from dispatch.errors import FleetUnavailable, SettingsError
 from dispatch.settings import FleetSettings
+from dispatch.urls import redact_url
 
 _PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: "{queue}\x06\x16{step}" per priority step
 _PRIORITY_STEPS = (3, 6, 9)
@@ -81,24 +82,32 @@ def read_status(settings: FleetSettings, *, limit: int = 100) -> FleetStatus:
     """Read the fleet's state; FleetUnavailable when its Redis does not answer."""
     import redis
 
+    from dispatch.fleet.redis_clients import sync_client
+
     if not settings.broker_url:
         raise SettingsError(
             "fleet status needs a broker: pass --broker or set RHO_AGENT_BROKER_URL"
         )
     bus_url = settings.bus_url or settings.broker_url
     try:
-        with redis.Redis.from_url(bus_url, decode_responses=True, socket_timeout=5) as bus:
+        master = settings.sentinel_master
+        with sync_client(
+            bus_url, master_name=master, decode_responses=True, socket_timeout=5
+        ) as bus:
             seconds, micros = bus.time()
             now_ms = seconds * 1000 + micros // 1000
             workers = _workers(bus, settings, now_ms)
             in_flight = _in_flight(bus, settings, now_ms, limit)
-        with redis.Redis.from_url(settings.broker_url, socket_timeout=5) as broker:
-            queued = _queue_depth(broker, settings.queue)
+        if settings.broker_kind == "amqp":
+            queued = _amqp_queue_depth(settings.broker_url, settings.queue)
+        else:
+            with sync_client(settings.broker_url, master_name=master, socket_timeout=5) as broker:
+                queued = _queue_depth(broker, settings.queue)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise FleetUnavailable(
-            f"cannot reach the fleet's Redis at {_redact(bus_url)} ({exc}); is it running?"
+            f"cannot reach the fleet's Redis at {redact_url(bus_url)} ({exc}); is it running?"
         ) from None
-    return FleetStatus(_redact(settings.broker_url), settings.queue, queued, workers, in_flight)
+    return FleetStatus(redact_url(settings.broker_url), settings.queue, queued, workers, in_flight)
 
 
 def _workers(client: Any, settings: FleetSettings, now_ms: int) -> list[WorkerView]:
@@ -162,6 +171,19 @@ def _queue_depth(client: Any, queue: str) -> int:
     return sum(int(length) for length in pipe.execute())
 
 
-def _redact(url: str) -> str:
-    """The URL without its password."""
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+def _amqp_queue_depth(broker_url: str, queue: str) -> int:
+    """Ready messages in the RabbitMQ queue (a passive declare: 0 when it does not exist yet)."""
+    from kombu.connection import Connection
+
+    connection = Connection(broker_url, connect_timeout=5)  # type: ignore[no-untyped-call]
+    try:
+        with connection:
+            channel = connection.default_channel
+            declared = channel.queue_declare(queue, passive=True)  # type: ignore[no-untyped-call]
+    except connection.channel_errors:
+        return 0
+    except connection.connection_errors as exc:
+        raise FleetUnavailable(
+            f"cannot reach the fleet's broker at {redact_url(broker_url)} ({exc}); is it running?"
+        ) from None
+    return int(declared.message_count)

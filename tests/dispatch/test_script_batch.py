@@ -1,0 +1,87 @@
+"""ScriptBatcher: concurrent Lua calls share round trips, each keeps its own reply and errors,
+and a Redis that lost its script cache (a restart) loads the script again."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from dispatch.fleet.script_batch import ScriptBatcher
+from tests.integration.fleet import free_port
+
+pytestmark = pytest.mark.integration
+
+ECHO_OR_FAIL = """
+if ARGV[1] == 'fail' then return redis.error_reply('asked to fail') end
+return redis.call('INCR', KEYS[1])
+"""
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[str]:
+    """A redis-server of this test's own: SCRIPT FLUSH must not touch the shared one."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while (
+            subprocess.run(
+                ["redis-cli", "-p", str(port), "ping"], capture_output=True, check=False
+            ).stdout.strip()
+            != b"PONG"
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test's redis-server did not start")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+async def client(own_redis: str) -> AsyncIterator[Any]:
+    connection = aioredis.Redis.from_url(own_redis, decode_responses=True)
+    yield connection
+    await connection.aclose()
+
+
+async def test_concurrent_calls_share_round_trips_and_keep_their_replies(client: Any) -> None:
+    script = client.register_script(ECHO_OR_FAIL)
+    batcher = ScriptBatcher(client)
+    await script(keys=["n"], args=["ok"])  # loaded
+    sent: list[int] = []
+    original = client.pipeline
+
+    def counting_pipeline(**options: Any) -> Any:
+        sent.append(1)
+        return original(**options)
+
+    client.pipeline = counting_pipeline
+    calls = [batcher.call(script, ["n"], ["fail" if i == 3 else "ok"]) for i in range(50)]
+    replies = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(replies[3], Exception) and "asked to fail" in str(replies[3])
+    numbers = [int(reply) for reply in replies if not isinstance(reply, BaseException)]
+    assert sorted(numbers) == list(range(2, 51)), "each call got its own reply"
+    assert len(sent) <= 2, f"50 calls made in one loop turn took {len(sent)} round trips"
+
+
+async def test_a_flushed_script_cache_loads_the_script_again(client: Any) -> None:
+    script = client.register_script(ECHO_OR_FAIL)
+    batcher = ScriptBatcher(client)
+    first = await batcher.call(script, ["m"], ["ok"])
+    await client.script_flush()
+    assert await batcher.call(script, ["m"], ["ok"]) == first + 1

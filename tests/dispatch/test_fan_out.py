@@ -190,3 +190,22 @@ def test_the_same_call_id_with_new_prompts_gets_new_children() -> None:
     assert child_job_id("j-1", first, 0) != child_job_id("j-2", first, 0)
     assert child_job_id("j-1", first, 0).startswith("j-1-f")
     assert len(child_job_id("j" * 128, first, 49)) <= 128
+
+
+def test_the_parents_budget_covers_its_children(
+    dispatcher: Dispatcher, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    # 6,000 tokens: the parent's first call and some children fit, not all five children.
+    model_server.responder = fan_out_model(5)
+    config = fan_out_config(model_server.base_url, str(tmp_path), output_allowance=100)
+    parent = dispatcher.submit("split it", config, max_tokens=6000)
+    assert parent.result(timeout=30).status == "budget_exceeded"
+    children = [job for job in dispatcher.jobs(50) if job.labels.get("parent") == parent.id]
+    refused = [child for child in children if child.status == "budget_exceeded"]
+    assert len(children) == 5 and 1 <= len(refused) < 5
+    assert all(f"budget job:{parent.id} exhausted" in (child.error or "") for child in refused)
+    [tree] = [
+        status for status in dispatcher.budgets() if status.budget.scope == f"job:{parent.id}"
+    ]
+    spent = sum(job.input_tokens + job.output_tokens for job in [parent.info(), *children])
+    assert tree.spent_tokens == spent <= 6000

@@ -53,12 +53,16 @@ def test_a_parent_fans_out_twenty_children_and_gets_every_result(
     config = fan_out_config(model_server.base_url, str(tmp_path))
     with fleet.dispatcher() as dispatcher:
         started = time.monotonic()
-        parent = dispatcher.submit(PARENT_PROMPT, config, labels={"batch": "b-fan"})
+        parent = dispatcher.submit(
+            PARENT_PROMPT, config, labels={"batch": "b-fan"}, max_tokens=10_000_000
+        )
         result = parent.result(timeout=60)
         elapsed = time.monotonic() - started
         seen = tool_result(result.text)
         child_ids = [child["job_id"] for child in seen["children"]]
         infos = [info for info in dispatcher.infos(child_ids) if info is not None]
+        [tree] = [s for s in dispatcher.budgets() if s.budget.scope == f"job:{parent.id}"]
+        tree_tokens = sum(i.input_tokens + i.output_tokens for i in [parent.info(), *infos])
     print(f"\nparent with 20 children on 2 workers: {elapsed:.2f} s")
     assert result.status == "completed"
     assert (seen["completed"], seen["failed"]) == (20, 0)
@@ -68,6 +72,7 @@ def test_a_parent_fans_out_twenty_children_and_gets_every_result(
     assert all(info.labels == {"batch": "b-fan", "parent": parent.id} for info in infos)
     assert Counter(child_requests(model_server.requests)) == {f"child {n}": 1 for n in range(20)}
     assert parent_requests(model_server) == 2
+    assert tree.spent_tokens == tree_tokens, "one budget: the parent's covers all 21 jobs"
 
 
 def test_a_child_at_the_depth_limit_is_refused_on_whichever_worker_runs_it(

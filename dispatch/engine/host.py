@@ -137,8 +137,8 @@ class _Slot:
 
     A ``fan_out`` parent lends its place while it waits: with every place held by waiting
     parents, their children would never start. It takes a place back to go on, but not when its
-    wait ends in an exception (a cancelled parent records its end at once instead of queueing
-    behind its own children).
+    wait is cancelled (a cancelled parent records its end at once instead of queueing behind its
+    own children).
     """
 
     def __init__(self, slots: asyncio.Semaphore | None) -> None:
@@ -162,6 +162,16 @@ class _Slot:
             return
         self._slots.release()
         self._held = False
-        yield
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise  # ends now, holding no place
+        except BaseException:
+            await self._take_back()
+            raise
+        await self._take_back()
+
+    async def _take_back(self) -> None:
+        assert self._slots is not None
         await self._slots.acquire()
         self._held = True

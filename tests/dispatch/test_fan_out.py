@@ -7,6 +7,7 @@ model on real workers).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from dispatch import Dispatcher, FleetSettings
 from dispatch.engine.fan_out import child_job_id
+from dispatch.engine.host import _Slot
 from rho_agent import AgentConfig, PermissionProfile
 from rho_agent.testing import ScriptedModelServer
 from rho_agent.tools.sub_jobs import SubJobRequest
@@ -209,3 +211,20 @@ def test_the_parents_budget_covers_its_children(
     ]
     spent = sum(job.input_tokens + job.output_tokens for job in [parent.info(), *children])
     assert tree.spent_tokens == spent <= 6000
+
+
+async def test_a_lent_slot_comes_back_after_a_failure_but_not_after_a_cancel() -> None:
+    slots = asyncio.Semaphore(1)
+    slot = _Slot(slots)
+    async with slot:
+        with pytest.raises(ValueError):
+            async with slot.lent():
+                assert not slots.locked(), "lent while waiting"
+                raise ValueError("the wait failed")
+        assert slots.locked(), "taken back: the run goes on under the limit"
+        with pytest.raises(asyncio.CancelledError):
+            async with slot.lent():
+                raise asyncio.CancelledError
+        assert not slots.locked(), "a cancelled parent ends without queueing for a place"
+    await slots.acquire()
+    assert slots.locked(), "one place, released exactly once"

@@ -18,8 +18,10 @@ from rho_agent.tools.base import ToolInvocation, ToolOutput
 from rho_agent.tools.builtin._common import Arguments, BuiltinTool
 from rho_agent.tools.sub_jobs import SubJobRequest
 
-CHILD_TEXT_LIMIT = 4000
-"""Characters of each child's answer the parent reads (the rest is cut and marked)."""
+ANSWERS_LIMIT = 40_000
+"""Characters of the children's text answers the parent reads in all, shared equally (at least
+``ANSWER_MIN`` each; the rest of an answer is cut and marked), so the result fits its context."""
+ANSWER_MIN = 400
 
 _DESCRIPTION = """\
 Split a task into independent sub-tasks that run as separate agents at the same time, and get \
@@ -70,10 +72,11 @@ class FanOutTool(BuiltinTool):
         )
         results = await invocation.sub_jobs.run(request)
         completed = sum(result.status == "completed" for result in results)
+        limit = max(ANSWER_MIN, ANSWERS_LIMIT // max(1, len(results)))
         summary = {
             "completed": completed,
             "failed": len(results) - completed,
-            "children": [result.to_dict(CHILD_TEXT_LIMIT) for result in results],
+            "children": [result.to_dict(limit) for result in results],
         }
         content = json.dumps(summary, ensure_ascii=False, separators=(",", ":"))
         return ToolOutput(content, metadata={"children": len(results), "completed": completed})

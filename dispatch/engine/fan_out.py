@@ -9,8 +9,9 @@ A parent job's ``fan_out`` call becomes ordinary jobs on the same bus and queue,
 - the parent's labels plus ``parent=<job id>``, queue, priority and time limit, and its
   budgets: the parent's job budget (``parent_budgets``), batch budget and rate limits, so one
   budget covers the tree;
-- an id derived from (parent job id, tool call id, prompt index): a parent resumed after a crash
-  runs the same call again and re-attaches to the same children instead of starting them twice.
+- an id derived from (parent job id, tool call id and arguments, prompt index): a parent resumed
+  after a crash runs the same call again and re-attaches to the same children instead of
+  starting them twice.
 
 Children report to the parent's own done stream (``reply_to`` is the parent's job id), which the
 waiting call reads without blocking a connection or a thread. A parent that ends in any way but

@@ -17,6 +17,9 @@ import pytest
 from dispatch import Dispatcher, FleetSettings
 from dispatch.engine.fan_out import child_job_id
 from dispatch.engine.host import _Slot
+from dispatch.engine.memory_bus import MemoryBus
+from dispatch.engine.run import JobRun, RunnerOptions
+from dispatch.spec import build_spec
 from rho_agent import AgentConfig, PermissionProfile
 from rho_agent.testing import ScriptedModelServer
 from rho_agent.tools.sub_jobs import SubJobRequest
@@ -228,3 +231,21 @@ async def test_a_lent_slot_comes_back_after_a_failure_but_not_after_a_cancel() -
         assert not slots.locked(), "a cancelled parent ends without queueing for a place"
     await slots.acquire()
     assert slots.locked(), "one place, released exactly once"
+
+
+async def test_a_parent_cancelled_while_its_worker_was_dead_cancels_its_children() -> None:
+    # The parent started children, its worker died, someone cancelled it, and the sweeper sent
+    # it again: the next attempt ends it as cancelled before running, and its tree with it.
+    bus = MemoryBus()
+    parent = build_spec("split it", AgentConfig())
+    child = build_spec("child 0", AgentConfig(), job_id=f"{parent.job_id}-f0-0")
+    await bus.submit([parent], "q")
+    await bus.start(parent, "w1", 60_000)
+    await bus.submit_children(parent.job_id, [child])
+    await bus.start(child, "w2", 60_000)
+    assert await bus.request_cancel(parent.job_id) == "requested"
+    await bus.set_fields(parent.job_id, {"status": "queued"})  # what the sweeper does
+    outcome = await JobRun(parent, bus, RunnerOptions()).run()
+    assert outcome.status == "cancelled"
+    _, asked = await bus.next_cancels("0", 0.0)
+    assert child.job_id in asked, "the running child's worker is told to stop"

@@ -249,3 +249,17 @@ async def test_a_parent_cancelled_while_its_worker_was_dead_cancels_its_children
     assert outcome.status == "cancelled"
     _, asked = await bus.next_cancels("0", 0.0)
     assert child.job_id in asked, "the running child's worker is told to stop"
+
+
+def test_cancelling_a_queued_parent_cancels_its_recorded_children(dispatcher: Dispatcher) -> None:
+    # A parent whose crashed attempt started a child, queued again: Job.cancel() ends it at once
+    # (no attempt runs to cancel the child), so the dispatcher cancels the recorded children.
+    core = dispatcher._core
+    bus = core.broker.bus  # the embedded MemoryBus: record jobs without running them
+    parent = build_spec("split it", AgentConfig())
+    child = build_spec("child 0", AgentConfig(), job_id=f"{parent.job_id}-f0-0")
+    assert isinstance(bus, MemoryBus)
+    core.loop.call(bus.submit([parent], "q"))
+    core.loop.call(bus.submit_children(parent.job_id, [child]))
+    assert dispatcher.job(parent.job_id).cancel() == "cancelled"
+    assert dispatcher.job(child.job_id).status() == "cancelled"

@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dispatch.errors import JobSpecError
+from rho_agent import jsoncodec
 from rho_agent.budgets import Budget, label_scope
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
@@ -157,7 +158,7 @@ class JobSpec(BaseModel):
         """Parse an untrusted payload (dict or JSON); raise JobSpecError saying what is wrong."""
         if isinstance(payload, str | bytes):
             try:
-                payload = json.loads(payload)
+                payload = jsoncodec.loads(payload)
             except json.JSONDecodeError as exc:
                 raise JobSpecError(f"job payload is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):

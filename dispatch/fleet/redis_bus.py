@@ -8,7 +8,6 @@ one event loop (redis.asyncio connections are bound to the loop that made them).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,6 +36,7 @@ from dispatch.info import Decision, JobInfo, PendingCall, job_fields
 from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
+from rho_agent import jsoncodec
 from rho_agent.events import RunResult
 from rho_agent.redact import redact, redact_data
 
@@ -46,7 +46,7 @@ _MAX_CONNECTIONS = 64
 
 def decode_entry(raw: str) -> list[dict[str, Any]]:
     """The items of one stream entry: one JSON object, or a list of them written together."""
-    data = json.loads(raw)
+    data = jsoncodec.loads(raw)
     return data if isinstance(data, list) else [data]
 
 
@@ -146,7 +146,7 @@ class RedisBus:
         for job_id in job_ids:
             pipe.hget(self.keys.job(job_id), "result")
         raws: list[str | None] = await pipe.execute()
-        return [RunResult.from_dict(json.loads(raw)) if raw else None for raw in raws]
+        return [RunResult.from_dict(jsoncodec.loads(raw)) if raw else None for raw in raws]
 
     async def recent_jobs(self, limit: int) -> list[str]:
         return list(await self._r.zrevrange(self.keys.jobs(), 0, limit - 1))
@@ -171,8 +171,8 @@ class RedisBus:
                 job_id,
                 self._retention,
                 self._maxlen,
-                json.dumps(redact_data(result_dict(result))),
-                json.dumps(redact_data(event_entry(result.events[0]))),
+                jsoncodec.dumps(redact_data(result_dict(result))),
+                jsoncodec.dumps(redact_data(event_entry(result.events[0]))),
                 self.keys.dispatcher_prefix(),
                 self.keys.session_prefix(),
                 mode,
@@ -190,7 +190,7 @@ class RedisBus:
             args=[
                 job_id,
                 decision,
-                "*" if call_ids is None else json.dumps(list(call_ids)),
+                "*" if call_ids is None else jsoncodec.dumps(list(call_ids)),
                 reason,
                 self.settings.queued_lease_s * 1000,
                 self._retention,
@@ -336,7 +336,7 @@ class RedisBus:
                 spec.job_id,
                 attempt,
                 status,
-                json.dumps(redact_data(result_dict(result)), ensure_ascii=False),
+                jsoncodec.dumps(redact_data(result_dict(result))),
                 redact(error or ""),
                 self._retention,
                 self._maxlen,
@@ -366,7 +366,7 @@ class RedisBus:
             args=[
                 spec.job_id,
                 attempt,
-                json.dumps(redact_data(result_dict(result)), ensure_ascii=False),
+                jsoncodec.dumps(redact_data(result_dict(result))),
                 redact(error or ""),
                 self._retention,
                 self._maxlen,

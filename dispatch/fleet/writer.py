@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatch.fleet import lua
+from rho_agent import jsoncodec
 from rho_agent.redact import redact_data
 
 logger = logging.getLogger("dispatch.writer")
@@ -118,7 +118,7 @@ class BatchWriter:
         a JSON list of them (``decode_entry`` reads both forms), so a session's burst of trace
         records costs one XADD. Secrets are redacted here, the one door to Redis for running jobs.
         """
-        payload = json.dumps(redact_data(data), separators=(",", ":"), ensure_ascii=False)
+        payload = jsoncodec.dumps(redact_data(data))
         self._put(_Write("xadd", key, {"d": payload}, maxlen, fence, self._queued + 1))
 
     def hset(self, key: str, fields: dict[str, str], fence: Fence | None = None) -> None:

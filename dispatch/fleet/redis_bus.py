@@ -385,7 +385,7 @@ class RedisBus:
         ]
         for spec in specs:
             fields = job_fields(spec, queue=spec.queue or self.settings.queue)
-            args += [spec.job_id, repr(spec.submitted_at), json.dumps(fields)]
+            args += [spec.job_id, repr(spec.submitted_at), jsoncodec.dumps(fields)]
         keys = [self.keys.jobs(), self.keys.leases(), self.keys.children(parent_id)]
         return list(await self._submit_children(keys=keys, args=args))
 

@@ -46,6 +46,10 @@ class FleetSettings:
     expired (docs/approvals.md); cut to the retention, or the job would be gone first."""
     sentinel_master: str = "mymaster"
     redis_outage_s: float = 60.0
+    fan_out_max_depth: int = 2
+    """How deep ``fan_out`` may nest: a job's children are one level below it (0: no fan-out)."""
+    fan_out_max_children: int = 50
+    """How many sub-jobs one ``fan_out`` call may start."""
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +77,16 @@ class FleetSettings:
         if self.redis_outage_s <= 0:
             raise SettingsError(
                 f"RHO_AGENT_REDIS_OUTAGE_LIMIT must be > 0 s, got {self.redis_outage_s}"
+            )
+        if self.fan_out_max_depth < 0:
+            raise SettingsError(
+                f"RHO_AGENT_FAN_OUT_MAX_DEPTH must be 0 (no fan-out) or more, got "
+                f"{self.fan_out_max_depth}"
+            )
+        if self.fan_out_max_children < 1:
+            raise SettingsError(
+                f"RHO_AGENT_FAN_OUT_MAX_CHILDREN must be at least 1, got "
+                f"{self.fan_out_max_children}; set RHO_AGENT_FAN_OUT_MAX_DEPTH=0 to forbid fan-out"
             )
         if not self.queue.strip():
             raise SettingsError("the queue name must not be empty (RHO_AGENT_QUEUE)")
@@ -141,6 +155,8 @@ def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "embedded_concurrency",
         "RHO_AGENT_QUEUED_LEASE": "queued_lease_s",
         "RHO_AGENT_APPROVAL_TTL": "approval_ttl_s",
+        "RHO_AGENT_FAN_OUT_MAX_DEPTH": "fan_out_max_depth",
+        "RHO_AGENT_FAN_OUT_MAX_CHILDREN": "fan_out_max_children",
     }
     for name, attr in int_vars.items():
         if env.get(name):

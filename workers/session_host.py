@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from dispatch.engine.fan_out import FanOutLimits
 from dispatch.engine.host import JobHost
 from dispatch.engine.loop import LoopThread, stop_tasks
 from dispatch.engine.run import JobOutcome, RunnerOptions
@@ -119,6 +120,11 @@ class SessionHost:
                 bus.client, keys, retention_s=settings.fleet.retention_s, batcher=scripts
             ),
             rate_limiter=RedisRateLimiter(bus.client, keys, settings.rate_limits, scripts),
+            publish=self._publish,
+            fan_out=FanOutLimits(
+                max_depth=settings.fleet.fan_out_max_depth,
+                max_children=settings.fleet.fan_out_max_children,
+            ),
         )
         host = JobHost(bus, options)
         await host.start()
@@ -156,6 +162,12 @@ class SessionHost:
             settings.lease_ttl_s,
         )
         return host
+
+    async def _publish(self, specs: list[JobSpec]) -> None:
+        """Send a ``fan_out`` call's children to the queue (any worker may run them)."""
+        assert self._broker is not None
+        if specs:
+            await asyncio.to_thread(self._broker.send, specs)
 
     def _resend(self, spec: JobSpec, lost_attempt: int) -> None:
         assert self._broker is not None

@@ -102,6 +102,12 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "(none)",
         "fleet-wide rate limits per model and endpoint: a YAML/JSON file or inline JSON",
     ),
+    (
+        "RHO_AGENT_FAN_OUT_MAX_DEPTH",
+        "2",
+        "how deep `fan_out` sub-jobs may nest (0: the tool refuses every call)",
+    ),
+    ("RHO_AGENT_FAN_OUT_MAX_CHILDREN", "50", "sub-jobs one `fan_out` call may start"),
     ("RHO_AGENT_EMBEDDED_CONCURRENCY", "64", "(dispatchers only) jobs run at once in-process"),
 )
 

@@ -77,6 +77,7 @@ class EmbeddedBroker:
     """Runs jobs on the dispatcher's loop through a JobHost over a MemoryBus."""
 
     def __init__(self, settings: FleetSettings, loop: LoopThread) -> None:
+        from dispatch.engine.fan_out import FanOutLimits
         from dispatch.engine.host import JobHost
         from dispatch.engine.memory_bus import MemoryBus
         from dispatch.engine.run import RunnerOptions
@@ -91,6 +92,8 @@ class EmbeddedBroker:
             spend=self.ledger,
             rate_limiter=MemoryRateLimiter(),
             approval_ttl_s=settings.approval_ttl_s,
+            publish=self._run_recorded,
+            fan_out=FanOutLimits(settings.fan_out_max_depth, settings.fan_out_max_children),
         )
         self._host = JobHost(memory, options, concurrency=settings.embedded_concurrency)
         self._tasks: set[asyncio.Task[object]] = set()
@@ -116,6 +119,11 @@ class EmbeddedBroker:
     async def _send(self, specs: list[JobSpec]) -> None:
         """Record the jobs, then start them (at most ``concurrency`` run at once)."""
         await self.bus.submit(specs, self._queue)
+        await self._run_recorded(specs)
+
+    async def _run_recorded(self, specs: list[JobSpec]) -> None:
+        """Run recorded jobs on this loop: a dispatcher's, or a ``fan_out`` call's children
+        (sub-sessions in this process, through the same host)."""
         await self._host.start()
         if self._expiry is None:
             self._expiry = asyncio.create_task(self._expire_approvals(), name="rho-approvals")

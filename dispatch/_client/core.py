@@ -19,6 +19,7 @@ from dispatch._client.brokers import Broker, open_broker
 from dispatch._client.fanin import FanIn
 from dispatch.engine.approval import DENIED_REASON, MAX_REASON, DecideOutcome, decision_value
 from dispatch.engine.bus import START, CancelOutcome, DispatchBus, StreamEntry
+from dispatch.engine.fan_out import cancel_children
 from dispatch.engine.loop import LoopThread
 from dispatch.errors import ApprovalRefused, JobNotFound
 from dispatch.info import JobInfo
@@ -172,6 +173,9 @@ class _Core:
             raise JobNotFound(f"job {job_id} does not exist (never submitted, or expired)")
         if outcome == "cancelled":
             await self.broker.revoke(job_id)
+            # It ended while queued: an attempt that crashed earlier may have started sub-jobs
+            # (a running job cancels its own when it ends).
+            await cancel_children(self.bus, job_id)
         return outcome
 
     # -- waiting ------------------------------------------------------------------------------

@@ -77,6 +77,35 @@ return {'run', attempt, '', handbacks}
 """
 )
 
+# Record a fan-out's children: each job only if its id is new (a resumed parent submits the same
+# ids again and must not reset a child that runs or ran), every id in the parent's children set.
+# KEYS: jobs (sorted set), leases, the parent's children set.
+# ARGV: job key prefix, retention_s, queued lease ms, then per child: job id, submitted_at,
+#       the job hash fields as a JSON object.
+# Returns the ids of the children that are queued now (to send; a queued one sent twice starts
+# once, since START skips a job that is already running).
+SUBMIT_CHILDREN = (
+    _NOW
+    + """
+local queued = {}
+for i = 4, #ARGV, 3 do
+  local job, key = ARGV[i], ARGV[1] .. ARGV[i]
+  if redis.call('EXISTS', key) == 0 then
+    for field, value in pairs(cjson.decode(ARGV[i + 2])) do
+      redis.call('HSET', key, field, value)
+    end
+    redis.call('EXPIRE', key, ARGV[2])
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], job)
+    redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[3]), job)
+  end
+  redis.call('SADD', KEYS[3], job)
+  if redis.call('HGET', key, 'status') == 'queued' then table.insert(queued, job) end
+end
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return queued
+"""
+)
+
 # KEYS: job, events, leases, session owner, cancel flag
 # ARGV: job_id, attempt, status, result json, error, retention_s, events maxlen, done key prefix
 FINISH = (

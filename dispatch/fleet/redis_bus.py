@@ -111,6 +111,7 @@ class RedisBus:
         self._await_approval = client.register_script(lua.AWAIT_APPROVAL)
         self._decide = client.register_script(lua.DECIDE)
         self._expire_approvals = client.register_script(lua.EXPIRE_APPROVALS)
+        self._submit_children = client.register_script(lua.SUBMIT_CHILDREN)
 
     @classmethod
     def from_settings(cls, settings: FleetSettings) -> RedisBus:
@@ -448,6 +449,21 @@ class RedisBus:
             ],
         )
         return bool(done)
+
+    async def submit_children(self, parent_id: str, specs: Sequence[JobSpec]) -> list[str]:
+        args: list[Any] = [
+            self.keys.job_prefix(),
+            self._retention,
+            self.settings.queued_lease_s * 1000,
+        ]
+        for spec in specs:
+            fields = job_fields(spec, queue=spec.queue or self.settings.queue)
+            args += [spec.job_id, repr(spec.submitted_at), jsoncodec.dumps(fields)]
+        keys = [self.keys.jobs(), self.keys.leases(), self.keys.children(parent_id)]
+        return list(await self._submit_children(keys=keys, args=args))
+
+    async def children(self, job_id: str) -> list[str]:
+        return sorted(await self._r.smembers(self.keys.children(job_id)))
 
     async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]:
         key = self.keys.cancels()

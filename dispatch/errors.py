@@ -8,6 +8,7 @@
         ├── JobSpecError              a job payload is malformed (names the field and the fix)
         ├── JobRefused                a worker will not run this job (profile above its ceiling)
         ├── JobNotFound               no job with that id (never submitted, or expired)
+        │   └── JobLost               its record vanished from Redis and it cannot be re-run
         ├── BatchNotFound             no batch with that id (never dispatched, or expired)
         ├── JobTimeout                ``Job.result(timeout=...)`` ran out of time (a TimeoutError)
         ├── FleetUnavailable          the fleet extra is not installed or the broker is unreachable
@@ -45,6 +46,11 @@ class JobNotFound(FleetError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "job not found"
+
+
+class JobLost(JobNotFound):
+    """A job's record vanished from Redis while it was awaited (Redis restarted without
+    persistence), and this dispatcher holds no copy of its spec to run it again."""
 
 
 class BatchNotFound(FleetError, KeyError):

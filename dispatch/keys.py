@@ -9,6 +9,7 @@ key                                    type         what
 ``{p}job:{id}``                        hash         status, session id, timing, usage, cost, worker
 ``{p}job:{id}:events``                 stream       the job's AgentEvents and lifecycle entries
 ``{p}job:{id}:cancel``                 string       set when someone asked to cancel the job
+``{p}job:{id}:children``               set          sub-jobs started by the job's ``fan_out``
 ``{p}session:{id}:trace``              stream       trace records: the session's State, exactly
 ``{p}session:{id}:owner``              string       id of the job currently running the session
 ``{p}session:{id}``                    hash         session summary for ``RedisSessionStore.list``
@@ -17,8 +18,10 @@ key                                    type         what
 ``{p}leases``                          sorted set   queued and running job ids by lease expiry (ms)
 ``{p}cancels``                         stream       cancel requests, read by every worker
 ``{p}approvals``                       sorted set   jobs awaiting approval by their deadline (ms)
-``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in
+``{p}dispatcher:{id}:done``            stream       finished job ids, for a dispatcher's fan-in (a
+                                                    fan-out parent's job id stands for ``{id}``)
 ``{p}sweeper``                         string       lock so one sweeper runs per interval
+``{p}janitor``                         string       lock so one janitor tidies the indexes at a time
 ``{p}batch:{id}``                      hash         a dispatch's job ids by entry index, ``total``
 ``{p}budget:{scope}``                  hash         a budget: max_cost_usd, max_tokens, window_s
 ``{p}budget:{scope}@{window}``         hash         its spend in one window: spent, reserved
@@ -61,6 +64,10 @@ class Keys:
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}:cancel"
 
+    def children(self, job_id: str) -> str:
+        """The ids of the sub-jobs a job's ``fan_out`` calls submitted (set)."""
+        return f"{self.prefix}job:{job_id}:children"
+
     def trace(self, session_id: str) -> str:
         return f"{self.prefix}session:{session_id}:trace"
 
@@ -95,6 +102,9 @@ class Keys:
 
     def sweeper_lock(self) -> str:
         return f"{self.prefix}sweeper"
+
+    def janitor_lock(self) -> str:
+        return f"{self.prefix}janitor"
 
     def worker(self, name: str) -> str:
         """The last heartbeat of one worker (hash)."""

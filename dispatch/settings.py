@@ -27,6 +27,8 @@ class FleetSettings:
     ``redis_url`` holds the job bus (events, traces, metadata) and defaults to the broker URL;
     an ``amqp://`` broker carries jobs only, so it needs one. ``sentinel_master`` is the master
     name the Sentinels of a ``sentinel://`` URL know (``dispatch.urls`` describes the forms).
+    ``redis_outage_s`` is how long workers and dispatchers ride out an unreachable Redis (and
+    how long a dispatcher lets a job's record stay missing) before giving up on it.
     """
 
     broker_url: str | None = None
@@ -43,6 +45,11 @@ class FleetSettings:
     """How long a job's tool calls wait for a person's decision before they are denied as
     expired (docs/approvals.md); cut to the retention, or the job would be gone first."""
     sentinel_master: str = "mymaster"
+    redis_outage_s: float = 60.0
+    fan_out_max_depth: int = 2
+    """How deep ``fan_out`` may nest: a job's children are one level below it (0: no fan-out)."""
+    fan_out_max_children: int = 50
+    """How many sub-jobs one ``fan_out`` call may start."""
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +73,20 @@ class FleetSettings:
         if self.embedded_concurrency < 1:
             raise SettingsError(
                 f"embedded concurrency must be at least 1, got {self.embedded_concurrency}"
+            )
+        if self.redis_outage_s <= 0:
+            raise SettingsError(
+                f"RHO_AGENT_REDIS_OUTAGE_LIMIT must be > 0 s, got {self.redis_outage_s}"
+            )
+        if self.fan_out_max_depth < 0:
+            raise SettingsError(
+                f"RHO_AGENT_FAN_OUT_MAX_DEPTH must be 0 (no fan-out) or more, got "
+                f"{self.fan_out_max_depth}"
+            )
+        if self.fan_out_max_children < 1:
+            raise SettingsError(
+                f"RHO_AGENT_FAN_OUT_MAX_CHILDREN must be at least 1, got "
+                f"{self.fan_out_max_children}; set RHO_AGENT_FAN_OUT_MAX_DEPTH=0 to forbid fan-out"
             )
         if not self.queue.strip():
             raise SettingsError("the queue name must not be empty (RHO_AGENT_QUEUE)")
@@ -134,10 +155,14 @@ def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "embedded_concurrency",
         "RHO_AGENT_QUEUED_LEASE": "queued_lease_s",
         "RHO_AGENT_APPROVAL_TTL": "approval_ttl_s",
+        "RHO_AGENT_FAN_OUT_MAX_DEPTH": "fan_out_max_depth",
+        "RHO_AGENT_FAN_OUT_MAX_CHILDREN": "fan_out_max_children",
     }
     for name, attr in int_vars.items():
         if env.get(name):
             values[attr] = env_int(env, name)
+    if env.get("RHO_AGENT_REDIS_OUTAGE_LIMIT"):
+        values["redis_outage_s"] = env_float(env, "RHO_AGENT_REDIS_OUTAGE_LIMIT")
     return values
 
 

@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dispatch.errors import JobSpecError
+from rho_agent import jsoncodec
 from rho_agent.budgets import Budget, label_scope
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ConfigError
@@ -75,6 +76,13 @@ class JobSpec(BaseModel):
     batch_max_cost_usd: float | None = Field(default=None, ge=0)
     batch_max_tokens: int | None = Field(default=None, ge=0)
     rate_limits: list[dict[str, Any]] = Field(default_factory=list)
+    depth: int = Field(default=0, ge=0)
+    """How many ``fan_out`` parents this job has above it (0: submitted by a dispatcher); it
+    travels with the job so the depth limit holds on whichever worker runs it."""
+    parent_budgets: list[dict[str, Any]] = Field(default_factory=list)
+    """The job budgets of the ``fan_out`` parents above this job (``scope``, ``max_cost_usd``,
+    ``max_tokens``): its model calls count against them too, so a parent's budget covers its
+    whole tree."""
 
     @field_validator("job_id", "session_id", "reply_to", "batch_id")
     @classmethod
@@ -124,6 +132,18 @@ class JobSpec(BaseModel):
                 raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("parent_budgets")
+    @classmethod
+    def _check_parent_budgets(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for item in value:
+            try:
+                budget = Budget(**item)
+            except (ConfigError, TypeError) as exc:
+                raise ValueError(str(exc)) from None
+            if not budget.scope.startswith("job:") or budget.window_s is not None:
+                raise ValueError(f"{budget.scope!r} is not a parent job's budget")
+        return value
+
     @field_validator("rate_limits")
     @classmethod
     def _check_rate_limits(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -138,7 +158,7 @@ class JobSpec(BaseModel):
         """Parse an untrusted payload (dict or JSON); raise JobSpecError saying what is wrong."""
         if isinstance(payload, str | bytes):
             try:
-                payload = json.loads(payload)
+                payload = jsoncodec.loads(payload)
             except json.JSONDecodeError as exc:
                 raise JobSpecError(f"job payload is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
@@ -168,8 +188,9 @@ class JobSpec(BaseModel):
         return config
 
     def budgets(self) -> list[Budget]:
-        """The budgets that travel with this job: its own (here or in ``config.extras``) and
-        its batch's. Label and fleet budgets are the fleet's, stored apart."""
+        """The budgets that travel with this job: its own (here or in ``config.extras``), its
+        batch's and its ``fan_out`` parents'. Label and fleet budgets are the fleet's, stored
+        apart."""
         found = []
         extras = self.config.get("extras") or {}
         usd = self.max_cost_usd if self.max_cost_usd is not None else extras.get("max_cost_usd")
@@ -189,7 +210,7 @@ class JobSpec(BaseModel):
                 )
         except ConfigError as exc:
             raise JobSpecError(f"job {self.job_id}: {exc}") from None
-        return found
+        return found + [Budget(**item) for item in self.parent_budgets]
 
     def budget_scopes(self) -> list[str]:
         """Every scope whose budget this job's model calls count against (where one is set)."""

@@ -42,11 +42,13 @@ def check_fits(
     """Raise ContextWindowExceeded, saying by how much and what to do, if the request is too big.
 
     Called after auto compaction had its chance, so an error here means compacting did not help.
+    Called before every model request, so the history is encoded once when it fits: the split
+    into history and tool definitions is worked out only for the error.
     """
-    history = count_tokens(messages, [])
     needed = count_tokens(messages, tools)
     if needed <= window:
         return
+    history = count_tokens(messages, [])
     tried = "even after compaction" if auto_compact else "and auto compaction is off"
     raise ContextWindowExceeded(
         f"the next request to {model} needs about {needed} tokens (history {history}, tool "

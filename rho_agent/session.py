@@ -30,6 +30,7 @@ from rho_agent.ratelimits import RateLimiter
 from rho_agent.state import State, round_cost
 from rho_agent.tools.base import ToolHandler, ToolInvocation
 from rho_agent.tools.registry import ToolRegistry
+from rho_agent.tools.sub_jobs import SubJobs
 from rho_agent.trace import TraceSink
 
 logger = logging.getLogger("rho_agent.session")
@@ -48,12 +49,15 @@ class Session:
     against; ``extras.max_cost_usd`` / ``extras.max_tokens`` give a session one of its own),
     ``rate_limiter`` (shared rate limits), ``output_allowance`` (output tokens reserved for a call
     with no ``extras.max_output_tokens``) and ``wait_observer(reason | None)`` (told when a call
-    starts and stops waiting for a limit).
+    starts and stops waiting for a limit), ``sub_jobs``.
 
     ``before_tool`` is awaited after a tool call's ``tool_start`` is recorded and before the tool
     runs (``cancel_check`` is asked right after it). The fleet makes the record durable there and
     learns whether its job was taken over, so a side effect never runs for an attempt that lost
     its job, and a resumed job knows which calls may have run.
+
+    ``sub_jobs`` is what the ``fan_out`` tool submits its children through; the job engine sets
+    it for the session of a job (see ``rho_agent.tools.sub_jobs``).
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class Session:
         self.approval_callback: _tool_step.ApprovalCallback | None = None
         self.cancel_check: Callable[[], bool] | None = None
         self.before_tool: Callable[[], Awaitable[None]] | None = None
+        self.sub_jobs: SubJobs | None = None
         self.auto_compact = True
         self.context_window = context_window(agent.config.model, agent.config.context_window())
         self.max_turns = int(agent.config.extras.get("max_turns", DEFAULT_MAX_TURNS))
@@ -476,6 +481,7 @@ class Session:
             backend=await self._started_backend(),
             profile=self.agent.profile,
             session_id=self.state.session_id,
+            sub_jobs=self.sub_jobs,
         )
 
     async def _started_backend(self) -> ExecutionBackend:

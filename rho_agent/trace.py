@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from rho_agent import jsoncodec
+
 TRACE_FORMAT_VERSION = 1
 RECORD_META_KEYS = frozenset({"v", "type", "ts"})
 
@@ -27,7 +29,7 @@ def now_iso() -> str:
 
 def encode_record(record: Record) -> bytes:
     """One JSONL line (compact, UTF-8, newline-terminated)."""
-    return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    return jsoncodec.dumpb(record) + b"\n"
 
 
 def decode_records(data: bytes | str) -> list[Record]:
@@ -41,7 +43,7 @@ def decode_records(data: bytes | str) -> list[Record]:
         return []
     try:
         # One C-level parse of the whole trace is several times faster than a loads per line.
-        parsed = json.loads("[" + ",".join(lines) + "]")
+        parsed = jsoncodec.loads("[" + ",".join(lines) + "]")
         if all(isinstance(item, dict) for item in parsed):
             return list(parsed)
     except json.JSONDecodeError:
@@ -49,7 +51,7 @@ def decode_records(data: bytes | str) -> list[Record]:
     records: list[Record] = []
     for number, line in enumerate(lines, start=1):
         try:
-            item = json.loads(line)
+            item = jsoncodec.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
                 break  # the torn tail of an interrupted write

@@ -33,6 +33,11 @@ HEALTH_SETTINGS: tuple[tuple[str, str, str], ...] = (
         "$TMPDIR/rho-agent-health",
         "directory where each worker writes its health file for probes",
     ),
+    (
+        "RHO_AGENT_WORKER_RESTARTS",
+        "0",
+        "(set by `rho-agent fleet up`) times this worker was restarted after it exited",
+    ),
 )
 """The variables the heartbeat and the probe read (deploy/README.md lists them)."""
 
@@ -50,6 +55,7 @@ class HealthSettings:
 
     interval_s: float = 5.0
     health_dir: Path = field(default_factory=default_health_dir)
+    restarts: int = 0
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.interval_s <= 300:
@@ -75,6 +81,9 @@ class HealthSettings:
                 ) from None
         if env.get("RHO_AGENT_HEALTH_DIR"):
             values["health_dir"] = Path(env["RHO_AGENT_HEALTH_DIR"])
+        restarts = env.get("RHO_AGENT_WORKER_RESTARTS", "")
+        if restarts.isdigit():
+            values["restarts"] = int(restarts)
         return cls(**values)
 
     def path(self, worker: str) -> Path:
@@ -94,6 +103,8 @@ class Beat:
     running: int
     interval_s: float
     version: int = 1
+    restarts: int = 0
+    """Times ``rho-agent fleet up`` restarted this worker after it exited unexpectedly."""
 
     @property
     def max_age_s(self) -> float:

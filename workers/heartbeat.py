@@ -81,6 +81,7 @@ class Heartbeat:
             consumer_at=self._consumer_at,
             running=self._running(),
             interval_s=self.settings.interval_s,
+            restarts=self.settings.restarts,
         )
         self._write_file(beat)
         sd_notify("WATCHDOG=1" if self._beats else "READY=1\nWATCHDOG=1")
@@ -134,6 +135,7 @@ def _redis_fields(beat: Beat) -> dict[str, str]:
         "running": str(beat.running),
         "interval_s": repr(beat.interval_s),
         "consumer_age_s": consumer_age,
+        "restarts": str(beat.restarts),
     }
 
 

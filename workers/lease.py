@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from dispatch.engine.host import JobHost
 from dispatch.engine.loop import still_running
 from dispatch.errors import JobSpecError
 from dispatch.fleet import lua
+from dispatch.fleet.redis_bus import RedisBus
 from dispatch.keys import Keys
 from dispatch.spec import JobSpec
 
@@ -60,11 +62,19 @@ def requeued_jobs(flat: list[str], why: str) -> Iterator[Requeued]:
 
 
 class LeaseKeeper:
-    """Renews the leases of every job this host runs; cancels the ones another worker took."""
+    """Renews the leases of every job this host runs; cancels the ones another worker took.
 
-    def __init__(self, client: Any, keys: Keys, host: JobHost, lease_ms: int) -> None:
-        self._renew = client.register_script(lua.RENEW)
-        self._keys = keys
+    A renewal that fails (Redis restarting or unreachable) is retried at the next one: the jobs
+    keep running in memory, and the sweeper waits a whole lease after an outage before it takes
+    any lease as lapsed (``Sweeper``). A job whose record Redis lost (restarted without
+    persistence) gets it back from this worker's copy of its spec
+    (``dispatch.fleet.records``), so its dispatcher sees it running instead of missing.
+    """
+
+    def __init__(self, bus: RedisBus, host: JobHost, lease_ms: int) -> None:
+        self._bus = bus
+        self._renew = bus.client.register_script(lua.RENEW)
+        self._keys = bus.keys
         self._host = host
         self._lease_ms = lease_ms
 
@@ -94,11 +104,17 @@ class LeaseKeeper:
                 claim.attempt,
             )
             self._host.stop_attempt(claim)  # not cancel_local: that stops every attempt here
+        await self._bus.restore_missing(self._host.job_ids())  # as of now, not before RENEW
         return lost
 
 
 class Sweeper:
-    """Every ``interval_s``, re-sends jobs whose lease lapsed (at most one sweeper at a time)."""
+    """Every ``interval_s``, re-sends jobs whose lease lapsed (at most one sweeper at a time).
+
+    Leases lapse for everyone while Redis is unreachable or restarting, although their workers
+    still run the jobs: so the sweeper takes a lease as lapsed only once Redis has been up, and
+    reachable from here without a gap, for a whole lease (every live worker renewed since).
+    """
 
     def __init__(
         self,
@@ -110,6 +126,7 @@ class Sweeper:
         grace_ms: int,
         retention_s: int,
         events_maxlen: int,
+        lease_ms: int,
     ) -> None:
         self._client = client
         self._claim = client.register_script(lua.CLAIM_LAPSED)
@@ -120,6 +137,9 @@ class Sweeper:
         self._grace_ms = grace_ms
         self._retention_s = retention_s
         self._events_maxlen = events_maxlen
+        self._lease_s = lease_ms / 1000
+        self._steady_since: float | None = None
+        self._last_answer = 0.0
 
     async def run(self) -> None:
         while still_running():
@@ -129,9 +149,24 @@ class Sweeper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._steady_since = None
                 logger.warning("sweeping for stopped jobs failed (%s); retrying", exc)
 
+    async def redis_steady(self) -> bool:
+        """Whether Redis has been up and answering here for at least one lease."""
+        asked = time.monotonic()
+        info = await self._client.info("server")
+        answered = time.monotonic()
+        gap = max(2 * self._interval_s, self._lease_s / 3)
+        if self._steady_since is None or answered - self._last_answer > gap or answered - asked > 1:
+            self._steady_since = answered  # an outage, a pause, or our first look
+        self._last_answer = answered
+        uptime_s = float(info.get("uptime_in_seconds", 0))
+        return uptime_s >= self._lease_s and answered - self._steady_since >= self._lease_s
+
     async def sweep_once(self) -> list[str]:
+        if not await self.redis_steady():
+            return []
         lock_ms = max(1, int(self._interval_s * 900))
         if not await self._client.set(self._keys.sweeper_lock(), "1", nx=True, px=lock_ms):
             return []

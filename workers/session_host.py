@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from dispatch.engine.fan_out import FanOutLimits
 from dispatch.engine.host import JobHost
 from dispatch.engine.loop import LoopThread, stop_tasks
 from dispatch.engine.run import JobOutcome, RunnerOptions
@@ -25,6 +26,7 @@ from dispatch.fleet.redis_bus import RedisBus
 from dispatch.fleet.script_batch import ScriptBatcher
 from dispatch.fleet.spend import RedisSpendLedger
 from dispatch.spec import JobSpec
+from workers.janitor import Janitor
 from workers.lease import LeaseKeeper, Sweeper
 from workers.progress import FlowerProgress, TaskIds
 from workers.worker_settings import WorkerSettings
@@ -118,12 +120,17 @@ class SessionHost:
                 bus.client, keys, retention_s=settings.fleet.retention_s, batcher=scripts
             ),
             rate_limiter=RedisRateLimiter(bus.client, keys, settings.rate_limits, scripts),
+            publish=self._publish,
+            fan_out=FanOutLimits(
+                max_depth=settings.fleet.fan_out_max_depth,
+                max_children=settings.fleet.fan_out_max_children,
+            ),
         )
         host = JobHost(bus, options)
         await host.start()
         self._bus = bus
         self._broker = CeleryBroker(settings.fleet)
-        keeper = LeaseKeeper(bus.client, settings.fleet.keys, host, settings.lease_ms)
+        keeper = LeaseKeeper(bus, host, settings.lease_ms)
         sweeper = Sweeper(
             bus.client,
             settings.fleet.keys,
@@ -132,10 +139,12 @@ class SessionHost:
             grace_ms=settings.fleet.queued_lease_s * 1000,
             retention_s=settings.fleet.retention_s,
             events_maxlen=settings.fleet.events_maxlen,
+            lease_ms=settings.lease_ms,
         )
         self._tasks = [
             asyncio.create_task(keeper.run(), name="rho-leases"),
             asyncio.create_task(sweeper.run(), name="rho-sweeper"),
+            asyncio.create_task(Janitor(bus.client, settings.fleet).run(), name="rho-janitor"),
         ]
         if self._app is not None:
             progress = FlowerProgress(
@@ -153,6 +162,12 @@ class SessionHost:
             settings.lease_ttl_s,
         )
         return host
+
+    async def _publish(self, specs: list[JobSpec]) -> None:
+        """Send a ``fan_out`` call's children to the queue (any worker may run them)."""
+        assert self._broker is not None
+        if specs:
+            await asyncio.to_thread(self._broker.send, specs)
 
     def _resend(self, spec: JobSpec, lost_attempt: int) -> None:
         assert self._broker is not None

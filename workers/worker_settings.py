@@ -78,6 +78,16 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "where the worker's health file is written",
     ),
     (
+        "RHO_AGENT_WORKER_RESTARTS",
+        "0",
+        "(set by `rho-agent fleet up`) times this worker was restarted after it exited",
+    ),
+    (
+        "RHO_AGENT_REDIS_OUTAGE_LIMIT",
+        "60",
+        "seconds Redis may be unreachable (or a job's record missing) before giving up on it",
+    ),
+    (
         ALLOWED_BASE_URLS_ENV,
         "OPENAI_BASE_URL",
         "model endpoints (comma-separated) jobs may name; the API key goes only to these",
@@ -92,6 +102,12 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "(none)",
         "fleet-wide rate limits per model and endpoint: a YAML/JSON file or inline JSON",
     ),
+    (
+        "RHO_AGENT_FAN_OUT_MAX_DEPTH",
+        "2",
+        "how deep `fan_out` sub-jobs may nest (0: the tool refuses every call)",
+    ),
+    ("RHO_AGENT_FAN_OUT_MAX_CHILDREN", "50", "sub-jobs one `fan_out` call may start"),
     ("RHO_AGENT_EMBEDDED_CONCURRENCY", "64", "(dispatchers only) jobs run at once in-process"),
 )
 

@@ -77,6 +77,7 @@ class EmbeddedBroker:
     """Runs jobs on the dispatcher's loop through a JobHost over a MemoryBus."""
 
     def __init__(self, settings: FleetSettings, loop: LoopThread) -> None:
+        from dispatch.engine.fan_out import FanOutLimits
         from dispatch.engine.host import JobHost
         from dispatch.engine.memory_bus import MemoryBus
         from dispatch.engine.run import RunnerOptions
@@ -91,6 +92,8 @@ class EmbeddedBroker:
             spend=self.ledger,
             rate_limiter=MemoryRateLimiter(),
             approval_ttl_s=settings.approval_ttl_s,
+            publish=self._run_recorded,
+            fan_out=FanOutLimits(settings.fan_out_max_depth, settings.fan_out_max_children),
         )
         self._host = JobHost(memory, options, concurrency=settings.embedded_concurrency)
         self._tasks: set[asyncio.Task[object]] = set()
@@ -116,6 +119,11 @@ class EmbeddedBroker:
     async def _send(self, specs: list[JobSpec]) -> None:
         """Record the jobs, then start them (at most ``concurrency`` run at once)."""
         await self.bus.submit(specs, self._queue)
+        await self._run_recorded(specs)
+
+    async def _run_recorded(self, specs: list[JobSpec]) -> None:
+        """Run recorded jobs on this loop: a dispatcher's, or a ``fan_out`` call's children
+        (sub-sessions in this process, through the same host)."""
         await self._host.start()
         if self._expiry is None:
             self._expiry = asyncio.create_task(self._expire_approvals(), name="rho-approvals")
@@ -186,13 +194,20 @@ class FleetBroker:
 
         ``for event in job.events()`` reads here rather than through the dispatcher's loop: one
         thread wakes when an event arrives instead of two (the loop's, then the caller's), which
-        on a busy machine is most of an event's delivery time (docs/benchmarks.md).
+        on a busy machine is most of an event's delivery time (docs/benchmarks.md). A Redis
+        restart or outage shorter than ``RHO_AGENT_REDIS_OUTAGE_LIMIT`` is ridden out.
         """
+        from dispatch.fleet.outage import survive_sync
         from dispatch.fleet.redis_bus import stream_entries
 
         key = self._settings.keys.events(job_id)
         block = int(block_s * 1000) if block_s > 0 else None
-        return stream_entries(self._redis.xread({key: after}, count=EVENT_PAGE, block=block))
+        reply = survive_sync(
+            lambda: self._redis.xread({key: after}, count=EVENT_PAGE, block=block),
+            limit_s=self._settings.redis_outage_s,
+            what=f"reading the events of job {job_id}",
+        )
+        return stream_entries(reply)
 
     def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
         """Store a batch's job ids in Redis (before its jobs are sent: a crash in between leaves
@@ -207,13 +222,29 @@ class FleetBroker:
         return dict(self._redis.hgetall(self._settings.keys.batch(batch_id)))
 
     def publish(self, specs: list[JobSpec]) -> None:
-        """Record the jobs as queued, then send them (blocking; any thread)."""
+        """Record the jobs as queued, then send them (blocking; any thread).
+
+        Both ride out a Redis outage of up to ``RHO_AGENT_REDIS_OUTAGE_LIMIT``; a send retried
+        after a failure may deliver some jobs twice, and the second copy is skipped.
+        """
+        from kombu.exceptions import OperationalError
+
+        from dispatch.fleet.outage import RETRYABLE, survive_sync
         from dispatch.fleet.redis_bus import queue_submit
 
-        pipe = self._redis.pipeline(transaction=False)
-        queue_submit(pipe, specs, self._settings, self._settings.queue)
-        pipe.execute()
-        self._celery.send(specs)
+        def record() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            queue_submit(pipe, specs, self._settings, self._settings.queue)
+            pipe.execute()
+
+        limit = self._settings.redis_outage_s
+        survive_sync(record, limit_s=limit, what="recording the jobs")
+        survive_sync(
+            lambda: self._celery.send(specs),
+            limit_s=limit,
+            what="sending the jobs",
+            retry_on=(*RETRYABLE, OperationalError),
+        )
 
     async def apublish(self, specs: list[JobSpec]) -> None:
         await asyncio.to_thread(self.publish, specs)

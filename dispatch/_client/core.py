@@ -19,6 +19,7 @@ from dispatch._client.brokers import Broker, open_broker
 from dispatch._client.fanin import FanIn
 from dispatch.engine.approval import DENIED_REASON, MAX_REASON, DecideOutcome, decision_value
 from dispatch.engine.bus import START, CancelOutcome, DispatchBus, StreamEntry
+from dispatch.engine.fan_out import cancel_children
 from dispatch.engine.loop import LoopThread
 from dispatch.errors import ApprovalRefused, JobNotFound
 from dispatch.info import JobInfo
@@ -44,7 +45,13 @@ class _Core:
         self.loop = LoopThread(f"rho-dispatcher-{dispatcher_id}")
         self._broker: Broker | None = None
         self._lock = threading.Lock()
-        self.fan_in = FanIn(lambda: self.bus, dispatcher_id, self.read_events)
+        self.fan_in = FanIn(
+            lambda: self.bus,
+            dispatcher_id,
+            self.read_events,
+            self._resend,
+            missing_limit_s=settings.redis_outage_s,
+        )
         self._followers: set[asyncio.Task[None]] = set()
         self._models: dict[str, OutputSchema] = {}
         """Jobs whose answers become instances of a pydantic model when read back."""
@@ -85,9 +92,13 @@ class _Core:
         return self._jobs(specs, observers)
 
     def _expect(self, specs: list[JobSpec], schema: OutputSchema | None) -> None:
-        self.fan_in.expect(spec.job_id for spec in specs)
+        self.fan_in.expect(specs)
         if schema is not None and schema.model is not None:
             self._models.update((spec.job_id, schema) for spec in specs)
+
+    async def _resend(self, specs: list[JobSpec]) -> None:
+        """Send jobs again whose records Redis lost (the fan-in found them missing)."""
+        await self.broker.apublish(specs)
 
     def _jobs(self, specs: list[JobSpec], observers: list[StateObserver]) -> list[Job]:
         from dispatch.job import Job
@@ -162,6 +173,9 @@ class _Core:
             raise JobNotFound(f"job {job_id} does not exist (never submitted, or expired)")
         if outcome == "cancelled":
             await self.broker.revoke(job_id)
+            # It ended while queued: an attempt that crashed earlier may have started sub-jobs
+            # (a running job cancels its own when it ends).
+            await cancel_children(self.bus, job_id)
         return outcome
 
     # -- waiting ------------------------------------------------------------------------------

@@ -5,6 +5,12 @@ dispatcher's done stream. One reader task follows that stream while anyone waits
 result to its waiters, so waiting for a thousand jobs costs a few reads, not a thousand polls.
 Results of jobs nobody waits for yet are kept (up to a bound) for when someone does; jobs this
 dispatcher did not submit are followed through their own events stream instead.
+
+A Redis that restarts without persistence forgets jobs. While anyone waits, the reader also
+checks every few seconds that the awaited jobs still have a record; one that stays missing for
+``RHO_AGENT_REDIS_OUTAGE_LIMIT`` (a worker still running it re-creates it well within that) is
+sent again from this dispatcher's copy of its spec, or, if this dispatcher did not submit it,
+fails the wait with ``JobLost``. Nothing waits forever on a job Redis no longer knows.
 """
 
 from __future__ import annotations
@@ -18,34 +24,53 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from dispatch.engine.bus import START, DispatchBus, StreamEntry, is_finished
 from dispatch.engine.loop import still_running
-from dispatch.errors import JobNotFound, JobTimeout
+from dispatch.errors import JobLost, JobNotFound, JobTimeout
 from dispatch.info import AWAITING_APPROVAL
+from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
 
 logger = logging.getLogger("dispatch")
 
 _EARLY_LIMIT = 10_000
+_MAX_RESENDS = 3
+"""Times one job is sent again after its record vanished before the wait fails."""
 ReadEvents = Callable[[str, str, float], Awaitable[tuple[list[StreamEntry], bool]]]
+Resend = Callable[[list[JobSpec]], Awaitable[None]]
 
 
 class FanIn:
     """Waits for jobs; ``expect`` may be called from any thread, the rest on the loop."""
 
-    def __init__(self, bus: Callable[[], DispatchBus], dispatcher_id: str, read: ReadEvents):
+    def __init__(
+        self,
+        bus: Callable[[], DispatchBus],
+        dispatcher_id: str,
+        read: ReadEvents,
+        resend: Resend,
+        *,
+        missing_limit_s: float,
+    ):
         self._bus = bus
         self._id = dispatcher_id
         self._read_events = read
+        self._resend = resend
+        self._missing_limit_s = missing_limit_s
+        self._audit_every_s = min(5.0, missing_limit_s / 3)
         self._lock = threading.Lock()
-        self._pending: set[str] = set()
+        self._pending: dict[str, JobSpec] = {}
+        self._missing_since: dict[str, float] = {}
+        self._resends: dict[str, int] = {}
+        self.resent = 0
+        """Jobs sent again because Redis lost their records (for tests and logs)."""
         self._early: OrderedDict[str, RunResult | None] = OrderedDict()
         self._waiters: defaultdict[str, list[asyncio.Future[RunResult | None]]] = defaultdict(list)
         self._after = START
         self._reader: asyncio.Task[None] | None = None
 
-    def expect(self, job_ids: Iterable[str]) -> None:
+    def expect(self, specs: Iterable[JobSpec]) -> None:
         """Jobs this dispatcher is about to send (call before sending them)."""
         with self._lock:
-            self._pending.update(job_ids)
+            self._pending.update((spec.job_id, spec) for spec in specs)
 
     async def results(self, job_ids: list[str], deadline: float | None) -> list[RunResult]:
         """Every job's result, in order, once all have finished (JobTimeout at the deadline)."""
@@ -121,11 +146,24 @@ class FanIn:
     async def _follow(self, job_id: str, deadline: float | None) -> None:
         """Follow another dispatcher's job through its events until the ``finished`` entry."""
         after = START
+        missing_since: float | None = None
         while True:
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 raise JobTimeout(f"job {job_id} did not finish in time; it keeps running")
-            entries, over = await self._read_events(job_id, after, min(1.0, remaining))
+            try:
+                entries, over = await self._read_events(job_id, after, min(1.0, remaining))
+            except JobNotFound:  # it existed when the wait began: Redis lost it
+                missing_since = missing_since or time.monotonic()
+                if time.monotonic() - missing_since >= self._missing_limit_s:
+                    raise JobLost(
+                        f"job {job_id} is lost: its record vanished from Redis (restarted "
+                        "without persistence?) and this dispatcher did not submit it, so it "
+                        "cannot send it again; submit it again"
+                    ) from None
+                await asyncio.sleep(min(1.0, self._audit_every_s))
+                continue
+            missing_since = None
             if over or any(is_finished(entry) for entry in entries):
                 return
             if entries:
@@ -148,9 +186,13 @@ class FanIn:
         return results
 
     async def _read_done(self) -> None:
+        next_audit = time.monotonic() + self._audit_every_s
         while self._waiters and still_running():
             try:
                 entries = await self._bus().read_done(self._id, self._after, 1.0)
+                if time.monotonic() >= next_audit:
+                    await self._audit()
+                    next_audit = time.monotonic() + self._audit_every_s
             except Exception as exc:
                 logger.warning("reading finished jobs failed (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
@@ -159,12 +201,51 @@ class FanIn:
                 self._after = entry.id
                 self._deliver(entry)
 
+    async def _audit(self) -> None:
+        """Send again (or give up on) awaited jobs whose record stayed missing too long."""
+        job_ids = [job_id for job_id in self._waiters if job_id in self._pending]
+        if not job_ids:
+            return
+        now = time.monotonic()
+        infos = await self._bus().get_info(job_ids)
+        resend: list[JobSpec] = []
+        for job_id, info in zip(job_ids, infos, strict=True):
+            if info is not None:
+                self._missing_since.pop(job_id, None)
+                continue
+            since = self._missing_since.setdefault(job_id, now)
+            if now - since < self._missing_limit_s:
+                continue
+            del self._missing_since[job_id]
+            self._resends[job_id] = count = self._resends.get(job_id, 0) + 1
+            if count > _MAX_RESENDS:
+                self._fail(job_id, f"its record vanished from Redis {count} times")
+            else:
+                resend.append(self._pending[job_id])
+        if resend:
+            logger.warning(
+                "%d job(s) vanished from Redis (restarted without persistence?); sending them "
+                "again from this dispatcher's copy: %s",
+                len(resend),
+                ", ".join(spec.job_id for spec in resend[:10]),
+            )
+            await self._resend(resend)
+            self.resent += len(resend)
+
+    def _fail(self, job_id: str, why: str) -> None:
+        error = JobLost(f"job {job_id} is lost: {why}; submit it again")
+        for future in self._waiters.get(job_id, []):
+            if not future.done():
+                future.set_exception(error)
+
     def _deliver(self, entry: StreamEntry) -> None:
         job_id = str(entry.data.get("job_id"))
         raw = entry.data.get("result")
         result = RunResult.from_dict(raw) if isinstance(raw, dict) else None
         with self._lock:
-            self._pending.discard(job_id)
+            self._pending.pop(job_id, None)
+            self._missing_since.pop(job_id, None)
+            self._resends.pop(job_id, None)
             waiters = self._waiters.get(job_id)
             if not waiters:
                 self._early[job_id] = result

@@ -136,6 +136,26 @@ class RunnerBus(Protocol):
 
     async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]: ...
 
+    # -- sub-jobs (the fan_out tool): a running job submits children and waits for them -------
+
+    async def submit_children(self, parent_id: str, specs: Sequence[JobSpec]) -> list[str]:
+        """Record ``specs`` as children of ``parent_id``, each only if no job has its id yet
+        (a resumed parent submits the same ids again); return the ids now ``queued``, which
+        the caller sends to the transport (a queued one sent twice starts once)."""
+        ...
+
+    async def children(self, job_id: str) -> list[str]:
+        """The ids of every child ``job_id`` submitted (empty if none)."""
+        ...
+
+    async def request_cancel(self, job_id: str) -> CancelOutcome: ...
+
+    async def read_done(
+        self, dispatcher_id: str, after: str, block_s: float
+    ) -> list[StreamEntry]: ...
+
+    async def get_results(self, job_ids: Sequence[str]) -> list[RunResult | None]: ...
+
 
 class DispatchBus(Protocol):
     """What a dispatcher needs: record jobs, read their state, cancel them."""
@@ -149,6 +169,8 @@ class DispatchBus(Protocol):
     async def recent_jobs(self, limit: int) -> list[str]: ...
 
     async def request_cancel(self, job_id: str) -> CancelOutcome: ...
+
+    async def children(self, job_id: str) -> list[str]: ...
 
     async def decide(
         self, job_id: str, decision: Decision, call_ids: Sequence[str] | None, reason: str
@@ -266,3 +288,20 @@ def rejected(error: str) -> RunResult:
     """The result of a job a worker refused before running it (a malformed payload)."""
     event = AgentEvent(type="error", content=error)
     return RunResult(text="", events=[event], status="error", usage={})
+
+
+_FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption", "budget_exceeded")
+
+
+def failure_reason(result: RunResult) -> str | None:
+    """Why a run that did not complete ended, so JobInfo.error, the results file and Flower can
+    say it: its RunError (``ModelError: ...``), else its last error, max_turns, cancelled or
+    interruption event's text."""
+    if result.status == "completed":
+        return None
+    if result.error is not None:
+        return str(result.error)
+    for event in reversed(result.events):
+        if event.type in _FAILURE_EVENTS and event.content:
+            return event.content
+    return f"the run ended with status {result.status}"

@@ -7,8 +7,10 @@ Celery worker process): jobs are JSON payloads decoded into JobSpecs and run by 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 from dispatch.engine.bus import Claim, RunnerBus
@@ -59,12 +61,11 @@ class JobHost:
             if isinstance(job_id, str) and _ID.match(job_id):
                 await self.bus.reject(job_id, str(exc))
             raise
-        run = JobRun(spec, self.bus, self.options, self._agents)
+        slot = _Slot(self._slots)
+        run = JobRun(spec, self.bus, self.options, self._agents, slot.lent)
         self._runs[spec.job_id].append(run)
         try:
-            if self._slots is None:
-                return await run.run()
-            async with self._slots:
+            async with slot:
                 return await run.run()
         finally:
             self._forget(run)
@@ -83,6 +84,10 @@ class JobHost:
         answer to their claim). A graceful shutdown sends them again: their messages are gone
         once their tasks end, so nothing else would run them before their queued lease lapses."""
         return [run.spec for runs in self._runs.values() for run in runs if run.attempt == 0]
+
+    def job_ids(self) -> set[str]:
+        """Every job this host holds right now, claimed or still being claimed."""
+        return set(self._runs)
 
     def progress(self) -> list[tuple[str, dict[str, Any]]]:
         """``(job id, turns/tokens/cost)`` of every job running here with a session."""
@@ -140,3 +145,48 @@ class JobHost:
             for job_id in job_ids:
                 if self.cancel_local(job_id):
                     logger.info("cancelling job %s on request", job_id)
+
+
+class _Slot:
+    """One job's place under the host's concurrency limit (none without a limit).
+
+    A ``fan_out`` parent lends its place while it waits: with every place held by waiting
+    parents, their children would never start. It takes a place back to go on, but not when its
+    wait is cancelled (a cancelled parent records its end at once instead of queueing behind its
+    own children).
+    """
+
+    def __init__(self, slots: asyncio.Semaphore | None) -> None:
+        self._slots = slots
+        self._held = False
+
+    async def __aenter__(self) -> None:
+        if self._slots is not None:
+            await self._slots.acquire()
+            self._held = True
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._slots is not None and self._held:
+            self._slots.release()
+            self._held = False
+
+    @contextlib.asynccontextmanager
+    async def lent(self) -> AsyncIterator[None]:
+        if self._slots is None or not self._held:
+            yield
+            return
+        self._slots.release()
+        self._held = False
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise  # ends now, holding no place
+        except BaseException:
+            await self._take_back()
+            raise
+        await self._take_back()
+
+    async def _take_back(self) -> None:
+        assert self._slots is not None
+        await self._slots.acquire()
+        self._held = True

@@ -69,6 +69,7 @@ class MemoryBus:
         self._cancel_flags: set[str] = set()
         self._owners: dict[str, str] = {}
         self._sessions: dict[str, dict[str, str]] = {}
+        self._children: dict[str, list[str]] = {}
         self._refused_callbacks: list[Refused] = []
         self._awaiting: dict[str, float] = {}
         """Jobs awaiting approval by their deadline (epoch seconds)."""
@@ -303,6 +304,18 @@ class MemoryBus:
         self._write_finish(job_id, fields, result, error)
         return True
 
+    async def submit_children(self, parent_id: str, specs: Sequence[JobSpec]) -> list[str]:
+        known = self._children.setdefault(parent_id, [])
+        for spec in specs:
+            if spec.job_id not in self._jobs:
+                self._jobs[spec.job_id] = job_fields(spec, queue=spec.queue or "")
+            if spec.job_id not in known:
+                known.append(spec.job_id)
+        return [spec.job_id for spec in specs if self._jobs[spec.job_id]["status"] == "queued"]
+
+    async def children(self, job_id: str) -> list[str]:
+        return list(self._children.get(job_id, []))
+
     async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]:
         stream = self._stream(self._keys.cancels())
         if after == "$":
@@ -371,3 +384,4 @@ class MemoryBus:
             del self._jobs[job_id]
             self._awaiting.pop(job_id, None)
             self._streams.pop(self._keys.events(job_id), None)
+            self._children.pop(job_id, None)

@@ -11,6 +11,7 @@ cancellation (worker shutdown) escapes, leaving the job to be resumed elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import OrderedDict
@@ -27,9 +28,11 @@ from dispatch.engine.bus import (
     cancelled_before_start,
     entry_event,
     event_entry,
+    failure_reason,
 )
 from dispatch.engine.ceiling import check_ceiling
 from dispatch.engine.endpoints import check_endpoint
+from dispatch.engine.fan_out import FanOutLimits, JobSubJobs, Publish, Waiting, cancel_children
 from dispatch.errors import FleetError
 from dispatch.info import AWAITING_APPROVAL
 from dispatch.spec import JobSpec
@@ -53,6 +56,8 @@ class RunnerOptions:
     the budgets (``spend``) and rate limits every model call of its jobs goes through.
 
     ``allowed_base_urls``: the model endpoints jobs may name (normalised; None: any).
+    ``publish`` sends a ``fan_out`` call's children to whatever runs jobs (None: this host
+    cannot start sub-jobs, and the tool says so); ``fan_out`` limits how far they go.
     """
 
     worker: str = "embedded"
@@ -66,6 +71,8 @@ class RunnerOptions:
     rate_limiter: RateLimiter | None = None
     approval_ttl_s: float = 86_400.0
     """How long a job's pending tool calls wait for a decision before they are denied."""
+    publish: Publish | None = None
+    fan_out: FanOutLimits = field(default_factory=FanOutLimits)
 
 
 @dataclass
@@ -143,11 +150,14 @@ class JobRun:
         bus: RunnerBus,
         options: RunnerOptions,
         agents: AgentCache | None = None,
+        waiting: Waiting = contextlib.nullcontext,
     ) -> None:
         self.spec = spec
         self._bus = bus
         self._options = options
         self._agents = agents or AgentCache(options.agent_factory, size=1)
+        self._waiting = waiting
+        self._sub_jobs: JobSubJobs | None = None
         self._attempt = 0
         self._events = 0
         self._cancelled = False
@@ -288,6 +298,16 @@ class JobRun:
         # attempt owns the job) stops this run before the side effect, not after.
         session.before_tool = self._bus.flush
         self._apply_limits(session)
+        if self._options.publish is not None:
+            self._sub_jobs = JobSubJobs(
+                spec,
+                agent.profile,
+                self._bus,
+                self._options.publish,
+                self._options.fan_out,
+                self._waiting,
+            )
+            session.sub_jobs = self._sub_jobs
         self._session = session
         await self._load_baseline(session.state)
         if self._decisions:  # continuing after a decision: it answers the pending calls
@@ -443,6 +463,20 @@ class JobRun:
         self._timed_out = True
         self._cancelled = True
 
+    @property
+    def _started_children(self) -> bool:
+        return self._sub_jobs is not None and self._sub_jobs.started_children
+
+    async def _cancel_children(self) -> None:
+        """The tree never outlives its root: stop the children this job left unfinished."""
+        try:
+            asked = await cancel_children(self._bus, self.job_id)
+        except Exception:
+            logger.exception("cancelling the sub-jobs of job %s failed", self.job_id)
+            return
+        if asked:
+            logger.info("job %s ended; cancelled %d unfinished sub-job(s)", self.job_id, asked)
+
     # -- finishing ----------------------------------------------------------------------------
 
     async def _fail(self, message: str) -> JobOutcome:
@@ -475,6 +509,8 @@ class JobRun:
         owned = not self._fenced and await self._bus.finish(
             self.spec, self._attempt, result, reason
         )
+        if owned and (status != "completed" or self._started_children):
+            await self._cancel_children()
         outcome_status = status if owned else "superseded"
         if not owned:
             logger.warning(
@@ -523,21 +559,3 @@ class JobRun:
             usage=dict(result.usage),
             turns=self._turns,
         )
-
-
-_FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption", "budget_exceeded")
-
-
-def failure_reason(result: RunResult) -> str | None:
-    """Why a run that did not complete ended, so JobInfo.error, the results file and Flower can
-    say it: its RunError (``ModelError: ...``), else its last error, max_turns, cancelled or
-    interruption event's text."""
-    if result.status == "completed":
-        return None
-
-    if result.error is not None:
-        return str(result.error)
-    for event in reversed(result.events):
-        if event.type in _FAILURE_EVENTS and event.content:
-            return event.content
-    return f"the run ended with status {result.status}"

@@ -77,6 +77,35 @@ return {'run', attempt, '', handbacks}
 """
 )
 
+# Record a fan-out's children: each job only if its id is new (a resumed parent submits the same
+# ids again and must not reset a child that runs or ran), every id in the parent's children set.
+# KEYS: jobs (sorted set), leases, the parent's children set.
+# ARGV: job key prefix, retention_s, queued lease ms, then per child: job id, submitted_at,
+#       the job hash fields as a JSON object.
+# Returns the ids of the children that are queued now (to send; a queued one sent twice starts
+# once, since START skips a job that is already running).
+SUBMIT_CHILDREN = (
+    _NOW
+    + """
+local queued = {}
+for i = 4, #ARGV, 3 do
+  local job, key = ARGV[i], ARGV[1] .. ARGV[i]
+  if redis.call('EXISTS', key) == 0 then
+    for field, value in pairs(cjson.decode(ARGV[i + 2])) do
+      redis.call('HSET', key, field, value)
+    end
+    redis.call('EXPIRE', key, ARGV[2])
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], job)
+    redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[3]), job)
+  end
+  redis.call('SADD', KEYS[3], job)
+  if redis.call('HGET', key, 'status') == 'queued' then table.insert(queued, job) end
+end
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return queued
+"""
+)
+
 # KEYS: job, events, leases, session owner, cancel flag
 # ARGV: job_id, attempt, status, result json, error, retention_s, events maxlen, done key prefix
 FINISH = (
@@ -437,6 +466,31 @@ for _, job in ipairs(due) do
   end
 end
 return out
+"""
+)
+
+# KEYS: job, leases, jobs index, session owner.
+# ARGV: job_id, attempt, worker, lease_ms, retention_s, submitted_at, then hash field / value
+# pairs (the submitted job's fields). Re-creates the record of a job this worker is running
+# when Redis lost it (a restart without persistence). Returns 2 if it did, 1 if the record exists
+# and says this attempt runs the job (re-created already), 0 if another attempt owns it.
+RESTORE_RUNNING = (
+    _NOW
+    + """
+if redis.call('HEXISTS', KEYS[1], 'spec') == 1 then
+  local state = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+  if state[1] == 'running' and state[2] == ARGV[2] then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', ARGV[2], 'worker', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'started_at', now_s)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[4]), ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[5])
+return 2
 """
 )
 

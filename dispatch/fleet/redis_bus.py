@@ -8,10 +8,11 @@ one event loop (redis.asyncio connections are bound to the loop that made them).
 
 from __future__ import annotations
 
-import json
+import asyncio
+import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -31,22 +32,27 @@ from dispatch.engine.bus import (
     result_dict,
 )
 from dispatch.fleet import lua
+from dispatch.fleet.outage import RedisOutage, survive
+from dispatch.fleet.records import VanishedRecords
 from dispatch.fleet.redis_clients import async_client
 from dispatch.fleet.writer import BatchWriter, Fence
 from dispatch.info import Decision, JobInfo, PendingCall, job_fields
 from dispatch.keys import Keys
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
+from rho_agent import jsoncodec
 from rho_agent.events import RunResult
 from rho_agent.redact import redact, redact_data
 
+T = TypeVar("T")
+logger = logging.getLogger("dispatch.redis_bus")
 _INFO_FIELDS = [*JobInfo.model_fields, "approval_decisions"]
 _MAX_CONNECTIONS = 64
 
 
 def decode_entry(raw: str) -> list[dict[str, Any]]:
     """The items of one stream entry: one JSON object, or a list of them written together."""
-    data = json.loads(raw)
+    data = jsoncodec.loads(raw)
     return data if isinstance(data, list) else [data]
 
 
@@ -77,6 +83,7 @@ def queue_submit(pipe: Any, specs: Sequence[JobSpec], settings: FleetSettings, q
     if specs:
         pipe.zadd(keys.jobs(), {spec.job_id: spec.submitted_at for spec in specs})
         pipe.zremrangebyscore(keys.jobs(), "-inf", specs[-1].submitted_at - settings.retention_s)
+        pipe.expire(keys.jobs(), settings.retention_s)
         deadline_ms = int((time.time() + settings.queued_lease_s) * 1000)
         pipe.zadd(keys.leases(), {spec.job_id: deadline_ms for spec in specs})
 
@@ -96,12 +103,15 @@ class RedisBus:
             client, retention_s=settings.retention_s, on_refused=self._writes_refused
         )
         self._refused_callbacks: list[Refused] = []
+        self._checking: set[asyncio.Task[None]] = set()
+        self.records = VanishedRecords(client, settings)
         self._start = client.register_script(lua.START)
         self._finish = client.register_script(lua.FINISH)
         self._cancel = client.register_script(lua.CANCEL)
         self._await_approval = client.register_script(lua.AWAIT_APPROVAL)
         self._decide = client.register_script(lua.DECIDE)
         self._expire_approvals = client.register_script(lua.EXPIRE_APPROVALS)
+        self._submit_children = client.register_script(lua.SUBMIT_CHILDREN)
 
     @classmethod
     def from_settings(cls, settings: FleetSettings) -> RedisBus:
@@ -130,10 +140,14 @@ class RedisBus:
         await pipe.execute()
 
     async def get_info(self, job_ids: Sequence[str]) -> list[JobInfo | None]:
-        pipe: Any = self.client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hmget(self.keys.job(job_id), _INFO_FIELDS)
-        rows: list[list[str | None]] = await pipe.execute()
+        async def read() -> list[list[str | None]]:
+            pipe: Any = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hmget(self.keys.job(job_id), _INFO_FIELDS)
+            rows: list[list[str | None]] = await pipe.execute()
+            return rows
+
+        rows = await self._survive(read, "reading job metadata")
         infos: list[JobInfo | None] = []
         for job_id, row in zip(job_ids, rows, strict=True):
             fields = {name: value for name, value in zip(_INFO_FIELDS, row, strict=True) if value}
@@ -141,11 +155,15 @@ class RedisBus:
         return infos
 
     async def get_results(self, job_ids: Sequence[str]) -> list[RunResult | None]:
-        pipe: Any = self.client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hget(self.keys.job(job_id), "result")
-        raws: list[str | None] = await pipe.execute()
-        return [RunResult.from_dict(json.loads(raw)) if raw else None for raw in raws]
+        async def read() -> list[str | None]:
+            pipe: Any = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), "result")
+            raws: list[str | None] = await pipe.execute()
+            return raws
+
+        raws = await self._survive(read, "reading job results")
+        return [RunResult.from_dict(jsoncodec.loads(raw)) if raw else None for raw in raws]
 
     async def recent_jobs(self, limit: int) -> list[str]:
         return list(await self._r.zrevrange(self.keys.jobs(), 0, limit - 1))
@@ -170,8 +188,8 @@ class RedisBus:
                 job_id,
                 self._retention,
                 self._maxlen,
-                json.dumps(redact_data(result_dict(result))),
-                json.dumps(redact_data(event_entry(result.events[0]))),
+                jsoncodec.dumps(redact_data(result_dict(result))),
+                jsoncodec.dumps(redact_data(event_entry(result.events[0]))),
                 self.keys.dispatcher_prefix(),
                 self.keys.session_prefix(),
                 mode,
@@ -189,7 +207,7 @@ class RedisBus:
             args=[
                 job_id,
                 decision,
-                "*" if call_ids is None else json.dumps(list(call_ids)),
+                "*" if call_ids is None else jsoncodec.dumps(list(call_ids)),
                 reason,
                 self.settings.queued_lease_s * 1000,
                 self._retention,
@@ -257,34 +275,41 @@ class RedisBus:
     # -- runner side --------------------------------------------------------------------------
 
     async def start(self, spec: JobSpec, worker: str, lease_ms: int) -> StartDecision:
-        action, attempt, detail, handbacks = await self._start(
-            keys=[
-                self.keys.job(spec.job_id),
-                self.keys.events(spec.job_id),
-                self.keys.cancel(spec.job_id),
-                self.keys.session_owner(spec.session_id),
-                self.keys.leases(),
-                self.keys.trace(spec.session_id),
-                self.keys.session(spec.session_id),
-            ],
-            args=[
-                spec.job_id,
-                worker,
-                lease_ms,
-                self._retention,
-                self._maxlen,
-                self.keys.job_prefix(),
-                "0" if spec.continue_session else "1",
-            ],
+        action, attempt, detail, handbacks = await self._survive(
+            lambda: self._start(
+                keys=[
+                    self.keys.job(spec.job_id),
+                    self.keys.events(spec.job_id),
+                    self.keys.cancel(spec.job_id),
+                    self.keys.session_owner(spec.session_id),
+                    self.keys.leases(),
+                    self.keys.trace(spec.session_id),
+                    self.keys.session(spec.session_id),
+                ],
+                args=[
+                    spec.job_id,
+                    worker,
+                    lease_ms,
+                    self._retention,
+                    self._maxlen,
+                    self.keys.job_prefix(),
+                    "0" if spec.continue_session else "1",
+                ],
+            ),
+            f"claiming job {spec.job_id}",
         )
         decided: StartAction = action
+        if decided != "skip":
+            self.records.claimed(spec, int(attempt), worker, lease_ms)
         return StartDecision(decided, int(attempt), str(detail), int(handbacks))
 
     async def get_fields(self, job_id: str) -> dict[str, str]:
-        return dict(await self._r.hgetall(self.keys.job(job_id)))
+        key = self.keys.job(job_id)
+        return dict(await self._survive(lambda: self._r.hgetall(key), f"reading job {job_id}"))
 
     async def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
-        await self._r.hset(self.keys.job(job_id), mapping=dict(fields))
+        key, mapping = self.keys.job(job_id), dict(fields)
+        await self._survive(lambda: self._r.hset(key, mapping=mapping), f"updating job {job_id}")
 
     def emit_event(self, claim: Claim, entry: dict[str, Any]) -> None:
         self._writer.xadd(self.keys.events(claim.job_id), entry, self._maxlen, self._fence(claim))
@@ -311,37 +336,86 @@ class RedisBus:
         return Fence(self.keys.job(claim.job_id), claim.attempt)
 
     def _writes_refused(self, fence: Fence) -> None:
+        """A refused write stops its run, unless the refusal only means Redis lost the job's
+        record (a restart without persistence): then the record is re-created instead."""
         claim = Claim(fence.job_key.removeprefix(self.keys.job_prefix()), fence.attempt)
+        task = asyncio.get_running_loop().create_task(self._refused(claim))
+        self._checking.add(task)
+        task.add_done_callback(self._checking.discard)
+
+    async def _flushed(self) -> None:
+        await self._writer.flush()
+        if self._checking:
+            await asyncio.gather(*self._checking, return_exceptions=True)
+
+    async def restore_missing(self, running: set[str]) -> list[str]:
+        """Re-create the records Redis lost of the jobs this worker runs (``running``)."""
+        restored = await self.records.restore_missing(running)
+        if restored:
+            self._writer.expire_again()
+        return restored
+
+    async def _refused(self, claim: Claim) -> None:
+        try:  # Redis just came back from a restart: its pooled connections may be stale
+            restored = await self._survive(
+                lambda: self.records.restore(claim.job_id, claim.attempt),
+                f"checking job {claim.job_id}",
+            )
+            if restored:
+                self._writer.expire_again()
+                return
+            status, attempt = await self._r.hmget(self.keys.job(claim.job_id), "status", "attempt")
+            logger.warning(
+                "job %s: a write of attempt %s was refused; the job is %s under attempt %s",
+                claim.job_id,
+                claim.attempt,
+                status,
+                attempt,
+            )
+        except Exception as exc:
+            logger.warning("checking job %s's record failed (%s)", claim.job_id, exc)
         for callback in self._refused_callbacks:
             callback(claim)
 
     async def flush(self) -> None:
-        await self._writer.flush()
+        """Wait until Redis stored every queued write and every refusal among them is reported;
+        ``RedisOutage`` past the outage limit."""
+        try:
+            await asyncio.wait_for(self._flushed(), self.settings.redis_outage_s)
+        except TimeoutError:
+            raise RedisOutage(
+                f"Redis did not store this worker's writes within {self.settings.redis_outage_s:g}"
+                " s (RHO_AGENT_REDIS_OUTAGE_LIMIT); they stay queued and are resent when it is back"
+            ) from None
 
     async def finish(
         self, spec: JobSpec, attempt: int, result: RunResult, error: str | None
     ) -> bool:
-        await self._writer.flush()
+        await self.flush()
         status = result.status
-        done = await self._finish(
-            keys=[
-                self.keys.job(spec.job_id),
-                self.keys.events(spec.job_id),
-                self.keys.leases(),
-                self.keys.session_owner(spec.session_id),
-                self.keys.cancel(spec.job_id),
-            ],
-            args=[
-                spec.job_id,
-                attempt,
-                status,
-                json.dumps(redact_data(result_dict(result)), ensure_ascii=False),
-                redact(error or ""),
-                self._retention,
-                self._maxlen,
-                self.keys.dispatcher_prefix(),
-            ],
+        done = await self._survive(
+            lambda: self._finish(
+                keys=[
+                    self.keys.job(spec.job_id),
+                    self.keys.events(spec.job_id),
+                    self.keys.leases(),
+                    self.keys.session_owner(spec.session_id),
+                    self.keys.cancel(spec.job_id),
+                ],
+                args=[
+                    spec.job_id,
+                    attempt,
+                    status,
+                    jsoncodec.dumps(redact_data(result_dict(result))),
+                    redact(error or ""),
+                    self._retention,
+                    self._maxlen,
+                    self.keys.dispatcher_prefix(),
+                ],
+            ),
+            f"finishing job {spec.job_id}",
         )
+        self.records.released(spec.job_id)
         return bool(done)
 
     async def await_approval(
@@ -365,7 +439,7 @@ class RedisBus:
             args=[
                 spec.job_id,
                 attempt,
-                json.dumps(redact_data(result_dict(result)), ensure_ascii=False),
+                jsoncodec.dumps(redact_data(result_dict(result))),
                 redact(error or ""),
                 self._retention,
                 self._maxlen,
@@ -375,6 +449,21 @@ class RedisBus:
             ],
         )
         return bool(done)
+
+    async def submit_children(self, parent_id: str, specs: Sequence[JobSpec]) -> list[str]:
+        args: list[Any] = [
+            self.keys.job_prefix(),
+            self._retention,
+            self.settings.queued_lease_s * 1000,
+        ]
+        for spec in specs:
+            fields = job_fields(spec, queue=spec.queue or self.settings.queue)
+            args += [spec.job_id, repr(spec.submitted_at), jsoncodec.dumps(fields)]
+        keys = [self.keys.jobs(), self.keys.leases(), self.keys.children(parent_id)]
+        return list(await self._submit_children(keys=keys, args=args))
+
+    async def children(self, job_id: str) -> list[str]:
+        return sorted(await self._r.smembers(self.keys.children(job_id)))
 
     async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]:
         key = self.keys.cancels()
@@ -389,4 +478,10 @@ class RedisBus:
 
     async def _read(self, key: str, after: str, block_s: float, count: int) -> list[StreamEntry]:
         block = int(block_s * 1000) if block_s > 0 else None
-        return stream_entries(await self._r.xread({key: after}, count=count, block=block))
+        reply = await self._survive(
+            lambda: self._r.xread({key: after}, count=count, block=block), f"reading {key}"
+        )
+        return stream_entries(reply)
+
+    async def _survive(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        return await survive(call, limit_s=self.settings.redis_outage_s, what=what)

@@ -81,6 +81,8 @@ class RedisSessionStore:
             },
         )
         pipe.zadd(self.keys.sessions(), {chosen: now.timestamp()})
+        pipe.zremrangebyscore(self.keys.sessions(), "-inf", now.timestamp() - self._retention)
+        pipe.expire(self.keys.sessions(), self._retention)
         pipe.expire(self.keys.session(chosen), self._retention)
         pipe.execute()
         return Session(agent, session_id=chosen, sinks=[self._sink(chosen)])

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dispatch.fleet import lua
+from rho_agent import jsoncodec
 from rho_agent.redact import redact_data
 
 logger = logging.getLogger("dispatch.writer")
@@ -118,7 +118,7 @@ class BatchWriter:
         a JSON list of them (``decode_entry`` reads both forms), so a session's burst of trace
         records costs one XADD. Secrets are redacted here, the one door to Redis for running jobs.
         """
-        payload = json.dumps(redact_data(data), separators=(",", ":"), ensure_ascii=False)
+        payload = jsoncodec.dumps(redact_data(data))
         self._put(_Write("xadd", key, {"d": payload}, maxlen, fence, self._queued + 1))
 
     def hset(self, key: str, fields: dict[str, str], fence: Fence | None = None) -> None:
@@ -148,6 +148,11 @@ class BatchWriter:
         self._task = None
         await self._disconnect()
         self._connection = None
+
+    def expire_again(self) -> None:
+        """Send ``EXPIRE`` again for every key written from now on: Redis lost keys (a restart
+        without persistence), so keys this writer expired a moment ago may be new ones."""
+        self._expired_at.clear()
 
     def _put(self, write: _Write) -> None:
         self._queue.append(write)
@@ -260,8 +265,9 @@ class BatchWriter:
         """Put sent-but-unconfirmed writes back at the head of the queue, in order."""
         resend = [write for sent in self._in_flight for write in sent.writes]
         self._in_flight.clear()
-        for write in resend:  # their EXPIREs may not have landed either
-            self._expired_at.pop(write.key, None)
+        # Their EXPIREs may not have landed, and Redis may have restarted without its data:
+        # every key written from now on may be new and needs its EXPIRE again.
+        self._expired_at.clear()
         self._queue = resend + self._queue
 
     def _commands(self, batch: list[_Write]) -> tuple[list[list[Any]], list[Fence]]:

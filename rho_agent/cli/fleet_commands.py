@@ -300,7 +300,7 @@ def _interrupted_summary(batch: BatchRun, fleet: bool, file: Path, output: Path 
 
 def _batch_exit_code(results: list[RunResult]) -> int:
     """0 all completed; 3 when every failure is the model endpoint being unreachable; else 1."""
-    from dispatch.engine.run import failure_reason
+    from dispatch.engine.bus import failure_reason
 
     failed = [result for result in results if result.status != "completed"]
     if not failed:

@@ -117,10 +117,11 @@ def up(
 
 
 def _run(fleet: LocalFleet) -> Child | None:
-    """Start, say where to look, and wait: the child that died, or None after Ctrl+C."""
+    """Start, say where to look, and supervise: restart workers that exit (with backoff, up to
+    a limit); the child that could not be kept running, or None after Ctrl+C."""
     try:
         _print_endpoints(fleet.start(), fleet)
-        while (dead := fleet.dead()) is None:
+        while (dead := fleet.supervise(lambda line: print(line, flush=True))) is None:
             time.sleep(0.5)
         return dead
     except KeyboardInterrupt:
@@ -176,7 +177,9 @@ def _print_status(report: FleetStatus) -> None:
         f"{len(report.in_flight)} in flight · {len(report.workers) - silent} workers live"
         + (f" · [red]{silent} silent[/]" if silent else "")
     )
-    workers = Table("worker", "host", "pid", "jobs", "last beat", "health", title="workers")
+    workers = Table(
+        "worker", "host", "pid", "jobs", "last beat", "restarts", "health", title="workers"
+    )
     for worker in report.workers:
         health = worker.health
         style = "red" if worker.silent or health.startswith("not") else ""
@@ -186,6 +189,7 @@ def _print_status(report: FleetStatus) -> None:
             str(worker.pid),
             str(worker.jobs),
             f"{worker.beat_age_s:.0f}s ago",
+            str(worker.restarts),
             Text(health, style=style),
         )
     if report.workers:

@@ -18,9 +18,15 @@ file's stem)::
     tools: [read, grep]      # optional: only these built-in tools exist
     network: inet            # none | inet | all (default: none when bash cannot write, else all)
     env: [DEBUG, PGHOST]     # variable names passed on to tool processes (never secret-looking)
+    grants: [fan_out]        # optional: tools no profile has unless it names them here
 
 ``network`` and ``env`` are enforced by the operating system and the backend, not by a tool
 handler: docs/security.md says how.
+
+``fan_out`` (sub-jobs on the queue, see ``rho_agent.tools.builtin.fan_out``) is such a grant: it
+lets an agent start more agents, so no built-in profile has it. A grant is not a permission on
+the machine, so a worker's ceiling does not weigh it (the worker's fan-out limits do); a fan-out
+child never gets a grant or a policy its parent lacks.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ NetworkPolicy = Literal["none", "inet", "all"]
 so no unix-socket services), ``all``."""
 
 BUILTIN_TOOL_NAMES = ("bash", "read", "write", "edit", "glob", "grep", "list")
+GRANTABLE_TOOL_NAMES = ("fan_out",)
+"""Tools a profile has only when its ``grants`` name them."""
 DEFAULT_PROFILE = "readonly"
 """What ``load_profile(None)`` gives: the profile that cannot change anything."""
 
@@ -81,6 +89,19 @@ class _ProfileData(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return names
+
+    grants: list[str] = Field(default_factory=list)
+
+    @field_validator("grants")
+    @classmethod
+    def _known_grants(cls, grants: list[str]) -> list[str]:
+        unknown = sorted(set(grants) - set(GRANTABLE_TOOL_NAMES))
+        if unknown:
+            raise ValueError(
+                f"unknown grant(s) {', '.join(unknown)}; choose from "
+                f"{', '.join(GRANTABLE_TOOL_NAMES)}"
+            )
+        return grants
 
     @field_validator("tools")
     @classmethod
@@ -122,6 +143,7 @@ class PermissionProfile:
     ``shell="readonly"`` or ``write="none"``, else ``all``; see ``bash_network``).
     ``env``: names of variables passed on from the worker's environment to tool processes, on
     top of the base allowlist; names that look secret are refused.
+    ``grants``: tools beyond the built-ins that only a profile naming them has (``fan_out``).
     """
 
     name: str
@@ -134,10 +156,12 @@ class PermissionProfile:
     """If set, only these built-in tools exist; ``None`` means every tool the policies allow."""
     network: NetworkPolicy | None = None
     env: tuple[str, ...] = ()
+    grants: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         # Accept any iterable of names, and fail here (not mid-run) on a bad value.
         object.__setattr__(self, "approval", _name_set(self.approval, "approval"))
+        object.__setattr__(self, "grants", _name_set(self.grants, "grants"))
         if self.tools is not None:
             object.__setattr__(self, "tools", _name_set(self.tools, "tools"))
         if isinstance(self.env, str):
@@ -167,6 +191,10 @@ class PermissionProfile:
             for name in BUILTIN_TOOL_NAMES
             if name not in hidden and (self.tools is None or name in self.tools)
         ]
+
+    def tool_names(self) -> list[str]:
+        """Every tool this profile offers: its built-in tools, then its grants."""
+        return [*self.builtin_tools(), *sorted(self.grants)]
 
     def needs_approval(self, handler: ToolHandler) -> bool:
         """Whether a call of ``handler`` waits for a human decision (when auto_approve is off)."""
@@ -260,14 +288,15 @@ def profile_from_dict(data: Mapping[str, Any], *, source: str = "profile") -> Pe
         tools=None if checked.tools is None else frozenset(checked.tools),
         network=checked.network,
         env=tuple(checked.env),
+        grants=frozenset(checked.grants),
     )
 
 
 def profile_to_dict(profile: PermissionProfile) -> dict[str, Any]:
     """The profile as JSON/YAML-ready data; ``profile_from_dict`` reads it back.
 
-    ``network`` and ``env`` appear only when set, so that a job a new dispatcher sends without
-    them still runs on a worker that predates them.
+    ``network``, ``env`` and ``grants`` appear only when set, so that a job a new dispatcher
+    sends without them still runs on a worker that predates them.
     """
     data: dict[str, Any] = {
         "name": profile.name,
@@ -282,6 +311,8 @@ def profile_to_dict(profile: PermissionProfile) -> dict[str, Any]:
         data["network"] = profile.network
     if profile.env:
         data["env"] = list(profile.env)
+    if profile.grants:
+        data["grants"] = sorted(profile.grants)
     return data
 
 

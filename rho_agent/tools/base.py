@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rho_agent.backends.base import ExecutionBackend
     from rho_agent.permissions.profile import PermissionProfile
+    from rho_agent.tools.sub_jobs import SubJobs
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class ToolInvocation:
     backend: ExecutionBackend
     profile: PermissionProfile
     session_id: str = ""
+    sub_jobs: SubJobs | None = None
+    """Runs sub-jobs for ``fan_out`` when the session runs as a job (``None`` otherwise)."""
 
 
 @dataclass

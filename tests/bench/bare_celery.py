@@ -40,10 +40,12 @@ def noop(index: int) -> int:
     return index
 
 
-def sleep(seconds: float) -> float:
-    """Occupy a pool slot the way a job waiting on its model does."""
+def sleep(seconds: float) -> list[float]:
+    """Occupy a pool slot the way a job waiting on its model does; returns the wall-clock times
+    it started and finished (benchmark 5 counts tasks in flight from them)."""
+    started = time.time()
     time.sleep(seconds)
-    return seconds
+    return [started, time.time()]
 
 
 # The worker entry point: `celery -A` needs an app object at module level.

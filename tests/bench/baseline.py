@@ -30,13 +30,14 @@ _CALL_ID = re.compile(r"call_scripted_\d+_\d+")
 
 
 def raw_client(base_url: str, connections: int | None = None) -> openai.AsyncOpenAI:
-    """The stock client. For big runs, ``connections`` raises its pool limits (default 1,000)
-    and its connect timeout is the SDK's (10 s, not 5 s), so only the client code differs."""
+    """The stock client. For big runs, ``connections`` puts it on ``DefaultAioHttpClient``
+    (openai's own advice for high concurrency, and the SDK's transport) with its pool raised to
+    ``connections`` and a generous connect timeout, so only the client code differs."""
     http_client = None
     if connections is not None:
         limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
         timeout = httpx2.Timeout(timeout=600, connect=CONNECT_TIMEOUT)
-        http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
+        http_client = openai.DefaultAioHttpClient(limits=limits, timeout=timeout)
     return openai.AsyncOpenAI(api_key="benchmark", base_url=base_url, http_client=http_client)
 
 

@@ -1,13 +1,21 @@
 """Benchmark 5: worker capacity, i.e. how many jobs one worker process keeps in flight.
 
-One fleet worker process gets N one-turn jobs at once (N = 100 and 1,000); the scripted server
-waits DELAY (1 s) before each answer, so a job spends its life waiting on the model, as agent
-jobs do. Jobs in flight is the peak number of jobs running at once (holding a lease, sampled
-from Redis every SAMPLE_EVERY seconds), and jobs/s = N / wall time. Baselines: a Celery prefork
-pool with the same number of processes (one) running the same work one job per process (a task
-that waits DELAY, as the job waits on its model; measured over PREFORK_JOBS tasks, since it runs
-them one after another), and for memory a bare threads pool of N slots running N such tasks.
-Memory is the worker process's peak RSS growth during the run, per job.
+One fleet worker process (JOBS slots) gets JOBS one-turn jobs at once; the scripted server waits
+DELAY (1 s) before each answer, so a job spends its life waiting on the model, as agent jobs do.
+The baseline is a bare Celery threads pool with the same number of slots, running JOBS tasks that
+each wait DELAY (as the job waits on its model) on the same Redis.
+
+Jobs in flight is reported two ways. The **mean** is the time-weighted number of jobs running
+over the steady phase, computed from every job's own start and finish times: from the first
+finish to the last start (when jobs both start and finish), or, if every job started before the
+first one finished, the span in which all of them ran. The **peak** is the largest number open
+at once by the same times. Both sides are measured the same way. By Little's law the mean is the
+start rate times DELAY: a worker that starts jobs slowly never holds many, whatever its peak.
+
+Memory is the worker process's peak RSS growth during a measured round, per job at the peak in
+flight. Both sides get the same warm-up first (a full round of JOBS), so the threads of both
+pools are started and both processes have already grown once; the figure is the fleet's KB per
+in-flight job over the threads pool's.
 """
 
 from __future__ import annotations
@@ -16,129 +24,168 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis
 from celery import Celery
 
 from tests.bench import bare_celery
 from tests.bench.fleet_support import RunningFleet, bare_workers, rss_kb, running_fleet
-from tests.bench.harness import Benchmark, Row, Settings, Stopwatch
+from tests.bench.harness import Benchmark, Row, Settings, Stopwatch, median
 
 SAMPLE_EVERY = 0.05
 DELAY = 1.0
 """Seconds the model takes to answer each call."""
+JOBS = 1000
 IN_FLIGHT_TARGET = 500
-"""The issue's target: at least this many jobs in flight in one worker process."""
-PREFORK_JOBS = 5
-
-
-@dataclass(frozen=True)
-class Sizes:
-    jobs: int
-    delay: float
+"""The issue's target: a mean of at least this many jobs in flight in one worker process."""
+MEMORY_TARGET_KB = 8.0
+"""The issue's target: at most this many KB per in-flight job over the threads pool."""
+REPETITIONS = 3
+RESULT_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
 class Capacity:
-    in_flight: float
+    """One measured round."""
+
+    mean_in_flight: float
+    peak_in_flight: float
     jobs_per_s: float
     kb_per_job: float
-    wall: float
+    """Peak RSS growth over the round / peak in flight."""
 
 
 def run(settings: Settings) -> list[Row]:
-    counts = (100, 1000)  # the issue's sizes; cheap enough for --quick too
-    largest = max(counts)
-    with bare_workers(settings.workdir, 1, 1, pool="prefork") as prefork:
-        one_per_process = _bare_capacity(prefork, Sizes(PREFORK_JOBS, DELAY), memory=False)
-    with bare_workers(settings.workdir, 1, largest) as bare:
-        threads = _bare_capacity(bare, Sizes(largest, DELAY), memory=True)
+    repetitions = REPETITIONS
+    with bare_workers(settings.workdir, 1, JOBS, redis=settings.redis) as bare:
+        pid = _bare_worker_pid(bare)
+        _bare_capacity(bare, pid)  # warm-up: the pool's threads started, the process grown
+        threads = [_bare_capacity(bare, pid) for _ in range(repetitions)]
     with running_fleet(
-        settings.workdir, 1, "echo", DELAY, RHO_AGENT_WORKER_CONCURRENCY=str(largest)
+        settings.workdir,
+        1,
+        "echo",
+        DELAY,
+        redis=settings.redis,
+        RHO_AGENT_WORKER_CONCURRENCY=str(JOBS),
     ) as fleet:
-        _fleet_capacity(fleet, Sizes(20, DELAY))  # warm up: the agent built, connections open
-        ours = {count: _fleet_capacity(fleet, Sizes(count, DELAY)) for count in counts}
-    rows = []
-    for count, capacity in ours.items():
-        rows.extend(_rows(count, capacity, one_per_process, count == largest))
-    rows.append(
-        Row(
-            name="5. worker memory per job in flight",
-            figure=ours[largest].kb_per_job,
-            unit="KB/job",
-            baseline=threads.kb_per_job,
-            target="report",
-            met=None,
-            details={
-                "jobs": largest,
-                "baseline": "bare Celery threads pool, one slot per job",
-                "note": "the fleet worker starts its pool threads (about 19 KB each) when it is "
-                "ready, so they are not in its growth; the baseline starts them during its run",
-            },
-        )
-    )
-    return rows
+        _fleet_capacity(fleet)  # the same warm-up
+        ours = [_fleet_capacity(fleet) for _ in range(repetitions)]
+    return _rows(ours, threads)
 
 
-def _rows(count: int, ours: Capacity, prefork: Capacity, targeted: bool) -> list[Row]:
-    details = {
+def _rows(ours: list[Capacity], threads: list[Capacity]) -> list[Row]:
+    def series(runs: list[Capacity], pick: Callable[[Capacity], float]) -> list[float]:
+        return [pick(run) for run in runs]
+
+    common = {
+        "jobs": JOBS,
         "model_delay_s": DELAY,
-        "fleet_wall_s": ours.wall,
-        "baseline": "Celery prefork pool, 1 process, one job per process",
-        "baseline_wall_s": prefork.wall,
-        "baseline_jobs": PREFORK_JOBS,
+        "baseline": f"bare Celery threads pool, {JOBS} slots, tasks that wait {DELAY:g} s",
     }
+    mean = series(ours, lambda c: c.mean_in_flight)
+    peak = series(ours, lambda c: c.peak_in_flight)
+    extra_kb = [o.kb_per_job - t.kb_per_job for o, t in zip(ours, threads, strict=True)]
     return [
         Row(
-            name=f"5. jobs in flight in one worker ({count:,} submitted)",
-            figure=ours.in_flight,
+            name=f"5. mean jobs in flight, steady phase ({JOBS:,} submitted, {JOBS:,} slots)",
+            figure=median(mean),
             unit="jobs",
-            baseline=prefork.in_flight,
-            target=f">= {IN_FLIGHT_TARGET} jobs in flight" if targeted else "report",
-            met=ours.in_flight >= IN_FLIGHT_TARGET if targeted else None,
-            details=details,
+            baseline=median(series(threads, lambda c: c.mean_in_flight)),
+            target=f">= {IN_FLIGHT_TARGET} mean",
+            met=median(mean) >= IN_FLIGHT_TARGET,
+            runs=mean,
+            baseline_runs=series(threads, lambda c: c.mean_in_flight),
+            details=common,
         ),
         Row(
-            name=f"5. jobs/s in one worker ({count:,} submitted)",
-            figure=ours.jobs_per_s,
+            name="5. peak jobs in flight",
+            figure=median(peak),
+            unit="jobs",
+            baseline=median(series(threads, lambda c: c.peak_in_flight)),
+            target="report (the mean is the target)",
+            met=None,
+            runs=peak,
+            baseline_runs=series(threads, lambda c: c.peak_in_flight),
+            details=common,
+        ),
+        Row(
+            name="5. jobs/s in one worker",
+            figure=median(series(ours, lambda c: c.jobs_per_s)),
             unit="jobs/s",
-            baseline=prefork.jobs_per_s,
+            baseline=median(series(threads, lambda c: c.jobs_per_s)),
             target="report",
             met=None,
-            details=details,
+            runs=series(ours, lambda c: c.jobs_per_s),
+            baseline_runs=series(threads, lambda c: c.jobs_per_s),
+            details=common,
+        ),
+        Row(
+            name="5. worker memory per in-flight job, over the threads pool",
+            figure=median(extra_kb),
+            unit="KB/job",
+            baseline=median(series(threads, lambda c: c.kb_per_job)),
+            ratio=median(series(ours, lambda c: c.kb_per_job))
+            / max(median(series(threads, lambda c: c.kb_per_job)), 1e-9),
+            target=f"<= {MEMORY_TARGET_KB:g} KB/job over the baseline",
+            met=median(extra_kb) <= MEMORY_TARGET_KB,
+            runs=extra_kb,
+            baseline_runs=series(threads, lambda c: c.kb_per_job),
+            details={
+                **common,
+                "fleet_kb_per_job": series(ours, lambda c: c.kb_per_job),
+                "warm_up": f"one round of {JOBS} on both sides before measuring",
+            },
         ),
     ]
 
 
-def _fleet_capacity(fleet: RunningFleet, sizes: Sizes) -> Capacity:
-    prompts = [f"capacity {index}" for index in range(sizes.jobs)]
-    with (
-        _Peak(_rss(fleet.worker_pids()[0])) as memory,
-        _Peak(_running(fleet)) as running,
-        Stopwatch() as watch,
-    ):
+def _fleet_capacity(fleet: RunningFleet) -> Capacity:
+    prompts = [f"capacity {index}" for index in range(JOBS)]
+    with _Peak(_rss(fleet.worker_pids()[0])) as memory, Stopwatch() as watch:
         jobs = fleet.dispatcher.map(prompts, fleet.config)
-        results = fleet.dispatcher.gather(jobs, timeout=120 + 4 * sizes.delay)
+        results = fleet.dispatcher.gather(jobs, timeout=RESULT_TIMEOUT)
     if any(r.status != "completed" for r in results):
         raise AssertionError(
             f"{sum(r.status != 'completed' for r in results)} jobs did not complete"
         )
-    return Capacity(
-        running.peak, sizes.jobs / watch.seconds, memory.growth / sizes.jobs, watch.seconds
-    )
+    spans: list[tuple[float, float]] = []
+    for info in fleet.dispatcher.infos([job.id for job in jobs]):
+        if info is None or info.started_at is None or info.finished_at is None:
+            raise AssertionError(f"a finished job has no start or finish time: {info}")
+        spans.append((info.started_at, info.finished_at))
+    peak = max_overlap(spans)
+    return Capacity(steady_mean(spans), peak, JOBS / watch.seconds, memory.growth / peak)
 
 
-def _bare_capacity(bare: Celery, sizes: Sizes, *, memory: bool) -> Capacity:
-    pid = _bare_worker_pid(bare) if memory else 0
-    timeout = 120 + 4 * sizes.delay * (1 if memory else sizes.jobs)
-    with _Peak(_rss(pid)) as peak, Stopwatch() as watch:
-        sent = [bare.send_task(bare_celery.SLEEP, args=[sizes.delay]) for _ in range(sizes.jobs)]
-        for result in sent:
-            result.get(timeout=timeout)
-    wall = watch.seconds
-    # Tasks only wait, so the mean number running is the peak (1 per prefork process).
-    return Capacity(
-        sizes.jobs * sizes.delay / wall, sizes.jobs / wall, peak.growth / sizes.jobs, wall
-    )
+def _bare_capacity(bare: Celery, pid: int) -> Capacity:
+    with _Peak(_rss(pid)) as memory, Stopwatch() as watch:
+        sent = [bare.send_task(bare_celery.SLEEP, args=[DELAY]) for _ in range(JOBS)]
+        spans = [tuple(result.get(timeout=RESULT_TIMEOUT)) for result in sent]
+    pairs = [(float(start), float(end)) for start, end in spans]
+    peak = max_overlap(pairs)
+    return Capacity(steady_mean(pairs), peak, JOBS / watch.seconds, memory.growth / peak)
+
+
+def steady_mean(spans: list[tuple[float, float]]) -> float:
+    """Time-weighted mean number of ``(start, end)`` spans open over the steady phase: from the
+    first end to the last start, or (all started before any ended) from the last start to the
+    first end."""
+    first_end = min(end for _, end in spans)
+    last_start = max(start for start, _ in spans)
+    low, high = sorted((first_end, last_start))
+    if high - low <= 0:
+        return float(max_overlap(spans))
+    covered = sum(max(0.0, min(end, high) - max(start, low)) for start, end in spans)
+    return covered / (high - low)
+
+
+def max_overlap(spans: list[tuple[float, float]]) -> int:
+    """The largest number of spans open at once."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    open_now = peak = 0
+    for _, step in edges:
+        open_now += step
+        peak = max(peak, open_now)
+    return peak
 
 
 def _bare_worker_pid(bare: Celery) -> int:
@@ -178,13 +225,6 @@ class _Peak:
 
 def _rss(pid: int) -> Callable[[], int]:
     return lambda: rss_kb(pid)
-
-
-def _running(fleet: RunningFleet) -> Callable[[], int]:
-    """The number of jobs holding a lease (running) in the fleet right now."""
-    client = redis.Redis.from_url(fleet.fleet.url)
-    key = fleet.dispatcher.settings.keys.leases()
-    return lambda: int(client.zcard(key))
 
 
 BENCHMARK = Benchmark("5", "Worker capacity", run)

@@ -2,12 +2,13 @@
 
 The scripted server waits DELAY seconds before every answer; each conversation makes three model
 calls (two no-op tool turns, then the answer). ``Session.run`` for N conversations at once is
-timed against the same N conversations driven with one shared stock ``openai`` client (its pool
-raised to N connections and its connect timeout to 120 s: at its defaults it queues beyond 1,000
-and fails at 5,000). Each measurement runs
-in a fresh child process, so its memory growth (peak RSS minus RSS before the conversations start,
-divided by N) belongs to that run alone. The state of every session (messages and trace records)
-stays in memory until the end, as in a session host.
+timed against the same N conversations driven with one shared stock ``openai`` client on
+``DefaultAioHttpClient`` (openai's advice for high concurrency; its pool raised to N connections
+and its connect timeout to 120 s). At the targeted size the peers (``tests.bench.peers``, the
+``bench`` extra) drive the same conversations too, against ``Session.run`` as their baseline.
+Each measurement runs in a fresh child process, so its memory growth (peak RSS minus RSS
+before the conversations start, divided by N) belongs to that run alone. The state of every
+session (messages and trace records) stays in memory until the end, as in a session host.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 from rho_agent import Session
 from rho_agent.model.openai_client import close_shared_clients
+from tests.bench import peers
 from tests.bench.baseline import model_calls, opening, raw_client, raw_conversation
 from tests.bench.harness import (
     MODEL,
@@ -36,6 +38,7 @@ from tests.bench.harness import (
     make_agent,
     median,
     rss_bytes,
+    skipped,
     spawned_server,
     spread,
 )
@@ -71,12 +74,16 @@ class Plan:
     n: int
     repetitions: int
     raw_budget: float = 120.0
+    peers: bool = False
+    """Whether the peers run this size too (they need 30-45 s each at 1,000)."""
 
 
 def run(settings: Settings) -> list[Row]:
-    # Quick mode measures the targeted size once: the stock client alone needs ~20 s for it.
+    # Quick mode measures the targeted size once, without peers.
     plans = (
-        [Plan(TARGET_N, 1)] if settings.quick else [Plan(100, 3), Plan(TARGET_N, 3), Plan(5000, 2)]
+        [Plan(TARGET_N, 1)]
+        if settings.quick
+        else [Plan(100, 3), Plan(TARGET_N, 3, peers=True), Plan(5000, 3)]
     )
     rows: list[Row] = []
     with spawned_server(f"noop-tools:{TOOL_TURNS}", settings.workdir, DELAY) as server:
@@ -91,6 +98,39 @@ def run(settings: Settings) -> list[Row]:
                 if repetition % 2 == 0 and raw_finished:
                     raw_finished = _raw_into(raw, plan, server.base_url, settings.workdir)
             rows.extend(_rows(plan, session, raw))
+            if plan.peers:
+                rows.extend(_peer_rows(plan, session, server.base_url, settings.workdir))
+    if settings.quick:
+        rows.append(skipped("2. peers at 1,000 sessions", "full runs only (not --quick)"))
+    return rows
+
+
+def _peer_rows(plan: Plan, session: list[Measurement], base_url: str, workdir: str) -> list[Row]:
+    rows: list[Row] = []
+    for peer in peers.PEERS:
+        name = f"2. {plan.n:,} sessions at once, {peer}"
+        if not peers.available(peer):
+            rows.append(skipped(name, f"{peer} {peers.INSTALL}"))
+            continue
+        runs = [_child(peer, plan.n, base_url, workdir) for _ in range(plan.repetitions)]
+        for what, unit, pick in (
+            ("wall time", "s", lambda m: m.wall),
+            ("memory", "KB/session", lambda m: m.kb_per_conversation),
+        ):
+            ours, theirs = [pick(m) for m in session], [pick(m) for m in runs]
+            rows.append(
+                Row(
+                    name=f"{name}: {what} (baseline: Session.run)",
+                    figure=median(theirs),
+                    unit=unit,
+                    baseline=median(ours),
+                    target="report",
+                    met=None,
+                    runs=theirs,
+                    baseline_runs=ours,
+                    details={peer: _summary(runs), "session": _summary(session)},
+                )
+            )
     return rows
 
 
@@ -112,6 +152,14 @@ def _rows(plan: Plan, session: list[Measurement], raw: list[Measurement]) -> lis
     session_kb = median([m.kb_per_conversation for m in session])
     targeted = n == TARGET_N
     raw_summary = _summary(raw) if raw else {"unfinished_after_s": plan.raw_budget}
+    runs = {
+        "runs": [m.wall for m in session],
+        "baseline_runs": [m.wall for m in raw],
+    }
+    memory_runs = {
+        "runs": [m.kb_per_conversation for m in session],
+        "baseline_runs": [m.kb_per_conversation for m in raw],
+    }
     return [
         Row(
             name=f"2. {n:,} sessions at once: wall time",
@@ -121,6 +169,7 @@ def _rows(plan: Plan, session: list[Measurement], raw: list[Measurement]) -> lis
             target=f"<= {TARGET_RATIO:g}x raw" if targeted else "report",
             met=session_wall <= TARGET_RATIO * raw_wall if targeted else None,
             baseline_bound="" if raw else ">",
+            **runs,
             details={
                 "ideal_s": DELAY * (TOOL_TURNS + 1),
                 "session": _summary(session),
@@ -134,6 +183,7 @@ def _rows(plan: Plan, session: list[Measurement], raw: list[Measurement]) -> lis
             baseline=raw_kb,
             target=f"<= {TARGET_KB:g} KB/session" if targeted else "report",
             met=session_kb <= TARGET_KB if targeted else None,
+            **memory_runs,
         ),
     ]
 
@@ -198,6 +248,16 @@ async def _session_run(n: int, base_url: str, workdir: str) -> Measurement:
         await close_shared_clients()
 
 
+async def _peer_run(peer: str, n: int, base_url: str, workdir: str) -> Measurement:
+    agent = make_agent(base_url, workdir)
+    converse = peers.conversation(peer, base_url, MODEL, agent.system_prompt)
+    await converse(PROMPT)  # warm up, as the others do
+    before = rss_bytes()
+    with GcTimer() as gc_time, Stopwatch() as watch:
+        calls = await asyncio.gather(*(converse(PROMPT) for _ in range(n)))
+    return _measurement(watch, before, n, sum(calls), gc_time)
+
+
 async def _raw_run(n: int, base_url: str, workdir: str) -> Measurement:
     agent = make_agent(base_url, workdir)
     tools = agent.registry.schemas()
@@ -225,14 +285,17 @@ def _measurement(watch: Stopwatch, before: int, n: int, calls: int, gc: GcTimer)
 
 def _child_main() -> None:
     parser = argparse.ArgumentParser(description="one measurement of benchmark 2 (internal)")
-    parser.add_argument("variant", choices=("session", "raw"))
+    parser.add_argument("variant", choices=("session", "raw", *peers.PEERS))
     parser.add_argument("n", type=int)
     parser.add_argument("base_url")
     parser.add_argument("workdir")
     args = parser.parse_args()
     ensure_open_files(args.n + 100)
-    drive = _session_run if args.variant == "session" else _raw_run
-    measurement = asyncio.run(drive(args.n, args.base_url, args.workdir))
+    if args.variant in peers.PEERS:
+        measurement = asyncio.run(_peer_run(args.variant, args.n, args.base_url, args.workdir))
+    else:
+        drive = _session_run if args.variant == "session" else _raw_run
+        measurement = asyncio.run(drive(args.n, args.base_url, args.workdir))
     expected = args.n * (TOOL_TURNS + 1)
     if measurement.model_calls != expected:
         raise SystemExit(f"made {measurement.model_calls} model calls, expected {expected}")

@@ -23,7 +23,15 @@ from celery import Celery
 from dispatch import Dispatcher, FleetSettings
 from tests.bench import bare_celery
 from tests.bench.fleet_support import RunningFleet, bare_workers, running_fleet
-from tests.bench.harness import Benchmark, Row, Settings, Stopwatch, median, spread
+from tests.bench.harness import (
+    Benchmark,
+    Row,
+    Settings,
+    Stopwatch,
+    block_medians,
+    median,
+    spread,
+)
 
 WORKERS = 2
 CONCURRENCY = 500
@@ -42,10 +50,10 @@ class Sizes:
 
 
 def run(settings: Settings) -> list[Row]:
-    sizes = Sizes(60, 300, 2) if settings.quick else Sizes(200, 2000, 3)
+    sizes = Sizes(60, 300, 3) if settings.quick else Sizes(201, 2000, 3)
     with (
-        bare_workers(settings.workdir, WORKERS, CONCURRENCY) as bare,
-        running_fleet(settings.workdir, WORKERS, "echo") as fleet,
+        bare_workers(settings.workdir, WORKERS, CONCURRENCY, redis=settings.redis) as bare,
+        running_fleet(settings.workdir, WORKERS, "echo", redis=settings.redis) as fleet,
     ):
         _fan_out(fleet, 20)  # warm up: agents built, connections open
         latency, trips = _latencies(fleet.dispatcher, fleet, bare, sizes.rounds)
@@ -113,6 +121,8 @@ def _latency_row(mode: str, latency: list[float], trips: list[float]) -> Row:
         baseline=bare,
         target=f"<= {LATENCY_TARGET:g}x a bare Celery round trip",
         met=ours <= LATENCY_TARGET * bare,
+        runs=block_medians(latency),
+        baseline_runs=block_medians(trips),
         details={
             "fleet_overhead_ms": {**spread(latency), "p90": _percentile(latency, 0.9)},
             "bare_round_trip_ms": {**spread(trips), "p90": _percentile(trips, 0.9)},
@@ -130,6 +140,8 @@ def _fan_out_row(fleet: list[float], bare: list[float], count: int) -> Row:
         baseline=baseline,
         target=f">= {FAN_OUT_TARGET:g}x bare Celery's task rate",
         met=ours >= FAN_OUT_TARGET * baseline,
+        runs=fleet,
+        baseline_runs=bare,
         details={"fleet_jobs_per_s": spread(fleet), "bare_tasks_per_s": spread(bare)},
     )
 

@@ -5,10 +5,16 @@ every ``tool_end`` event carries its own emission time; the reader (this process
 and clock) subtracts it from the time the event is yielded. Each job makes TOOL_TURNS tool calls,
 a few milliseconds apart. The baseline is the floor of any Redis Streams design: a writer process
 doing one XADD per event at the same pace, and a reader blocked in XREAD on the same server.
+
+Measured twice on the same worker: idle (the measured job alone), and loaded, with BACKGROUND_JOBS
+other jobs running on it (each making a 1 s model call then a tool call, over and over, as agent
+jobs do), so the target holds where it matters. Each figure is the median of the percentile over
+REPETITIONS consecutive blocks of jobs, with their range.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -19,8 +25,9 @@ from typing import Any
 
 import redis
 
+from dispatch import Job
 from tests.bench.fleet_support import STAMP_FACTORY, RunningFleet, running_fleet
-from tests.bench.harness import REPO_ROOT, Benchmark, Row, Settings
+from tests.bench.harness import REPO_ROOT, Benchmark, Row, Settings, median, spawned_server
 from tests.integration.fleet import claimed_db
 
 TOOL_TURNS = 40
@@ -29,37 +36,98 @@ RAW_INTERVAL = 0.003
 READ_TIMEOUT = 60.0
 WRITER = "tests.bench.xadd_writer"
 P99_TARGET_MS = 2.0
-"""The issue's target: 99 % of events reach the observer within 2 ms."""
+"""The issue's target: 99 % of events reach the observer within 2 ms, idle and loaded."""
+BACKGROUND_JOBS = 500
+BACKGROUND_DELAY = 1.0
+"""Seconds each background job's model takes to answer."""
+BACKGROUND_TURNS = 100_000
+"""Tool turns a background job would make: more than the measurement lasts (they are cancelled)."""
+REPETITIONS = 3
+SETTLE_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
 class Sizes:
     jobs: int
+    """Measured jobs per repetition (x TOOL_TURNS events)."""
 
 
 def run(settings: Settings) -> list[Row]:
-    sizes = Sizes(25) if settings.quick else Sizes(250)  # x TOOL_TURNS events
-    with running_fleet(
-        settings.workdir, 1, f"noop-tools:{TOOL_TURNS}", factory=STAMP_FACTORY
-    ) as fleet:
+    sizes = Sizes(9) if settings.quick else Sizes(60)
+    count = REPETITIONS * sizes.jobs
+    with (
+        spawned_server(
+            f"noop-tools:{BACKGROUND_TURNS}", settings.workdir, BACKGROUND_DELAY
+        ) as background_server,
+        running_fleet(
+            settings.workdir,
+            1,
+            f"noop-tools:{TOOL_TURNS}",
+            factory=STAMP_FACTORY,
+            redis=settings.redis,
+            also_allow=(background_server.base_url,),
+            RHO_AGENT_WORKER_CONCURRENCY=str(BACKGROUND_JOBS + 50),
+        ) as fleet,
+    ):
         _fleet_latencies(fleet, 1)  # warm up
-        ours = _fleet_latencies(fleet, sizes.jobs)
-    raw = _raw_latencies(sizes.jobs * TOOL_TURNS)
+        idle = [_fleet_latencies(fleet, sizes.jobs) for _ in range(REPETITIONS)]
+        background = _start_background(fleet, background_server.base_url)
+        try:
+            loaded = [_fleet_latencies(fleet, sizes.jobs) for _ in range(REPETITIONS)]
+        finally:
+            for job in background:
+                job.cancel()
+    raw = _raw_latencies(settings.redis, count * TOOL_TURNS)
+    raw_blocks = [raw[index::REPETITIONS] for index in range(REPETITIONS)]
     rows = []
-    for label, fraction in (("p50", 0.5), ("p99", 0.99)):
-        figure, baseline = _percentile(ours, fraction), _percentile(raw, fraction)
-        rows.append(
-            Row(
-                name=f"6. event delivery {label}",
-                figure=figure,
-                unit="ms",
-                baseline=baseline,
-                target=f"p99 <= {P99_TARGET_MS:g} ms" if label == "p99" else "report",
-                met=figure <= P99_TARGET_MS if label == "p99" else None,
-                details={"events": len(ours), "raw_xadd_xread_events": len(raw)},
+    for state, blocks in (("idle", idle), (f"{BACKGROUND_JOBS} jobs running", loaded)):
+        for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+            runs = [_percentile(block, fraction) for block in blocks]
+            baseline_runs = [_percentile(block, fraction) for block in raw_blocks]
+            figure, baseline = median(runs), median(baseline_runs)
+            targeted = label == "p99"
+            rows.append(
+                Row(
+                    name=f"6. event delivery {label}, {state}",
+                    figure=figure,
+                    unit="ms",
+                    baseline=baseline,
+                    target=f"p99 <= {P99_TARGET_MS:g} ms" if targeted else "report",
+                    met=figure <= P99_TARGET_MS if targeted else None,
+                    runs=runs,
+                    baseline_runs=baseline_runs,
+                    details={
+                        "events": sum(len(block) for block in blocks),
+                        "raw_xadd_xread_events": len(raw),
+                        "background_jobs": BACKGROUND_JOBS if blocks is loaded else 0,
+                        "background_model_delay_s": BACKGROUND_DELAY,
+                    },
+                )
             )
-        )
     return rows
+
+
+def _start_background(fleet: RunningFleet, base_url: str) -> list[Job]:
+    """BACKGROUND_JOBS endless jobs on the worker, returned once all of them are running."""
+    config = dataclasses.replace(
+        fleet.config, base_url=base_url, extras={"max_turns": BACKGROUND_TURNS + 1}
+    )
+    jobs = fleet.dispatcher.map([f"background {index}" for index in range(BACKGROUND_JOBS)], config)
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    running = redis.Redis.from_url(fleet.fleet.url)
+    try:
+        leases = fleet.dispatcher.settings.keys.leases()
+        while int(running.zcard(leases)) < BACKGROUND_JOBS:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{running.zcard(leases)} of {BACKGROUND_JOBS} background jobs running "
+                    f"after {SETTLE_TIMEOUT:g} s"
+                )
+            time.sleep(0.2)
+    finally:
+        running.close()
+    time.sleep(2 * BACKGROUND_DELAY)  # past the burst of first model calls: a steady load
+    return jobs
 
 
 def _fleet_latencies(fleet: RunningFleet, jobs: int) -> list[float]:
@@ -77,10 +145,10 @@ def _fleet_latencies(fleet: RunningFleet, jobs: int) -> list[float]:
     return latencies
 
 
-def _raw_latencies(count: int) -> list[float]:
+def _raw_latencies(server: str, count: int) -> list[float]:
     """The same measurement for bare XADD (writer process) -> XREAD BLOCK (this process)."""
-    with claimed_db() as db:
-        url = f"redis://127.0.0.1:6379/{db}"
+    with claimed_db(server) as db:
+        url = f"{server}/{db}"
         reader = redis.Redis.from_url(url)
         writer = subprocess.Popen(
             [sys.executable, "-m", WRITER, url, "raw", str(count), str(RAW_INTERVAL)],

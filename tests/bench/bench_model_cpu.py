@@ -97,6 +97,8 @@ def _row(workload: Workload, sizes: Sizes, workdir: str) -> Row:
         baseline=raw,
         target=f">= {TARGET_RATIO:g}x the stock openai client",
         met=session >= TARGET_RATIO * raw,
+        runs=rates["session"],
+        baseline_runs=rates["raw"],
         details={
             "session": spread(rates["session"]),
             "raw_openai": spread(rates["raw"]),

@@ -44,7 +44,7 @@ class Timings:
 
 
 def run(settings: Settings) -> list[Row]:
-    repetitions = 2 if settings.quick else 5
+    repetitions = 3 if settings.quick else 5
     runs = [_measure(settings.workdir, number) for number in range(repetitions)]
     append = [sum(t.append_means) / SLICES * 1e6 for t in runs]
     append_bare = [t.append_bare * 1e6 for t in runs]
@@ -59,6 +59,8 @@ def run(settings: Settings) -> list[Row]:
             baseline=median(append_bare),
             target=f"flat: last tenth <= {FLAT_LIMIT:g}x first",
             met=median(flatness) <= FLAT_LIMIT,
+            runs=append,
+            baseline_runs=append_bare,
             details={
                 "state_append_us": spread(append),
                 "json_dumps_write_us": spread(append_bare),
@@ -74,6 +76,8 @@ def run(settings: Settings) -> list[Row]:
             baseline=median(load_bare),
             target="report",
             met=None,
+            runs=load,
+            baseline_runs=load_bare,
             details={
                 "from_jsonl_us": spread(load),
                 "json_loads_per_line_us": spread(load_bare),

@@ -1,7 +1,8 @@
 """Fleet pieces for benchmarks 3-6: a running fleet, bare Celery workers, the stamp tool.
 
-Both use the real Redis on 127.0.0.1:6379, each in a database of its own (claimed as the
-integration tests claim theirs), and worker subprocesses killed with their process group.
+Both use a real Redis server (``--redis``, by default 127.0.0.1:6379), each in a database of its
+own (claimed as the integration tests claim theirs), and worker subprocesses killed with their
+process group.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from celery import Celery
 from dispatch import Dispatcher
 from rho_agent import Agent, AgentConfig, ToolHandler, ToolInvocation, ToolOutput
 from tests.bench import bare_celery
-from tests.bench.harness import REPO_ROOT, spawned_server
+from tests.bench.harness import DEFAULT_REDIS, REPO_ROOT, spawned_server
 from tests.integration.fleet import Fleet, claimed_db
 
 WORKER_START_TIMEOUT = 60.0
+PRODUCTION_LEASES = {"RHO_AGENT_LEASE_TTL": "20", "RHO_AGENT_SWEEP_INTERVAL": "5"}
+"""The workers' default lease and sweep periods: the integration fleet's short ones (2 s, for
+fast failover tests) would make a loaded benchmark measure lease churn, not the fleet."""
 STAMP_FACTORY = "tests.bench.fleet_support:agent_with_stamp_tool"
 
 
@@ -48,20 +52,23 @@ def running_fleet(
     behaviour: str,
     delay: float = 0.0,
     factory: str = "",
+    redis: str = DEFAULT_REDIS,
+    also_allow: tuple[str, ...] = (),
     **env: str,
 ) -> Iterator[RunningFleet]:
-    """``workers`` fleet worker processes on a claimed Redis database, with a model server."""
+    """``workers`` fleet worker processes on a claimed database of ``redis``, with a model
+    server."""
     tmp = Path(tempfile.mkdtemp(prefix="fleet-", dir=workdir))
-    with claimed_db() as db, spawned_server(behaviour, workdir, delay) as server:
-        fleet = Fleet(db, tmp)
+    with claimed_db(redis) as db, spawned_server(behaviour, workdir, delay) as server:
+        fleet = Fleet(db, tmp, host=redis)
         try:
             for index in range(workers):
                 fleet.add_worker(
                     f"w{index}",
                     "WARNING",
                     RHO_AGENT_AGENT_FACTORY=factory,
-                    RHO_AGENT_ALLOWED_BASE_URLS=server.base_url,
-                    **env,
+                    RHO_AGENT_ALLOWED_BASE_URLS=",".join((server.base_url, *also_allow)),
+                    **{**PRODUCTION_LEASES, **env},
                 )
             for worker in fleet.workers.values():
                 worker.wait_ready(WORKER_START_TIMEOUT)
@@ -74,15 +81,22 @@ def running_fleet(
 
 @contextlib.contextmanager
 def bare_workers(
-    workdir: str, workers: int, concurrency: int, pool: str = "threads"
+    workdir: str,
+    workers: int,
+    concurrency: int,
+    pool: str = "threads",
+    redis: str = DEFAULT_REDIS,
+    app: str = "tests.bench.bare_celery:app",
 ) -> Iterator[Celery]:
-    """Bare Celery worker processes (``pool``: threads or prefork) on a claimed database;
-    yields a client app."""
-    with claimed_db() as db:
-        url = f"redis://127.0.0.1:6379/{db}"
+    """Bare Celery worker processes (``pool``: threads or prefork; Celery app ``app``) on a
+    claimed database of ``redis``; yields a client app."""
+    with claimed_db(redis) as db:
+        url = f"{redis}/{db}"
         env = {**os.environ, bare_celery.BROKER_ENV: url, "PYTHONPATH": str(REPO_ROOT)}
         processes = [
-            _start_bare(index, concurrency, pool, env, Path(workdir) / f"bare-{db}-{index}.log")
+            _start_bare(
+                index, concurrency, pool, app, env, Path(workdir) / f"bare-{db}-{index}.log"
+            )
             for index in range(workers)
         ]
         app = bare_celery.client_app(url)
@@ -97,10 +111,10 @@ def bare_workers(
 
 
 def _start_bare(
-    index: int, concurrency: int, pool: str, env: dict[str, str], log_path: Path
+    index: int, concurrency: int, pool: str, app: str, env: dict[str, str], log_path: Path
 ) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "celery", "-A", "tests.bench.bare_celery:app", "worker",
+        sys.executable, "-m", "celery", "-A", app, "worker",
         "-P", pool, "-c", str(concurrency), "-Q", bare_celery.QUEUE,
         "--loglevel=WARNING", "--without-mingle", "--without-gossip",
         f"--hostname=bare{index}@%h",

@@ -17,6 +17,7 @@ import selectors
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,8 @@ from rho_agent.trace import JsonlTraceSink
 MODEL = "gpt-5-mini"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_START_TIMEOUT = 30.0
+DEFAULT_REDIS = "redis://127.0.0.1:6379"
+LOAD_SAMPLE_EVERY = 1.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class Settings:
     quick: bool
     workdir: str
     """A temporary directory the benchmarks may write traces into."""
+    redis: str = DEFAULT_REDIS
+    """The Redis server (no database): each fleet benchmark claims a free database 1-15 on it."""
 
 
 @dataclass
@@ -48,6 +53,10 @@ class Row:
 
     ``ratio`` is figure / baseline. ``met`` is None when the row only reports (no target).
     ``baseline_bound`` is ``">"`` when the baseline did not finish: its figure is a lower bound.
+    ``runs`` are the figure's repeated measurements (the figure is their median; the table shows
+    their range); ``baseline_runs`` the same for the baseline. ``load`` is the 1-minute load
+    average sampled while the benchmark ran (filled in by run.py): a figure taken on a loaded
+    machine says so next to itself.
     """
 
     name: str
@@ -59,6 +68,9 @@ class Row:
     ratio: float | None = None
     baseline_bound: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    runs: list[float] = field(default_factory=list)
+    baseline_runs: list[float] = field(default_factory=list)
+    load: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.ratio is None and self.baseline:
@@ -86,6 +98,54 @@ def median(values: list[float]) -> float:
 def spread(values: list[float]) -> dict[str, float]:
     """Median, min and max of repeated measurements, for the JSON details."""
     return {"median": median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+class LoadSampler:
+    """The 1-minute load average, sampled every LOAD_SAMPLE_EVERY seconds on a thread while
+    installed (``with LoadSampler() as load: ...`` then ``load.summary()``)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="load-sampler", daemon=True)
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, float]:
+        return spread(self.samples)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(LOAD_SAMPLE_EVERY):
+            self.samples.append(os.getloadavg()[0])
+
+
+def block_medians(values: list[float], blocks: int = 3) -> list[float]:
+    """The medians of ``values`` cut into ``blocks`` consecutive blocks: the repetitions of a
+    figure measured as one long series (its range across the blocks)."""
+    size = len(values) // blocks
+    if size == 0:
+        raise ValueError(f"{len(values)} measurements cannot make {blocks} repetitions")
+    return [median(values[index * size : (index + 1) * size]) for index in range(blocks)]
+
+
+def skipped(name: str, why: str) -> Row:
+    """A row that was not measured, with the reason (and the fix) in the table."""
+    return Row(
+        name=name,
+        figure=0.0,
+        unit="",
+        baseline=None,
+        target=why,
+        met=None,
+        details={"skipped": why},
+    )
 
 
 def machine() -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.bench import (
     bench_capacity,
+    bench_celery_peers,
     bench_concurrency,
     bench_dispatch,
     bench_events,
@@ -25,4 +26,5 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     bench_model_cpu.BENCHMARK,
     bench_reduce.BENCHMARK,
     bench_spend.BENCHMARK,
+    bench_celery_peers.BENCHMARK,
 )

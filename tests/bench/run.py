@@ -1,7 +1,9 @@
-"""Run rho-agent's benchmark suite: ``python tests/bench/run.py [--quick] [--out FILE] [--only K]``.
+"""Run rho-agent's benchmark suite:
+``python tests/bench/run.py [--quick] [--out FILE] [--only K] [--redis URL]``.
 
 Each benchmark measures the project against a baseline taken in the same run on this machine and
-prints a table of figures and ratios; ``--out`` writes the rows as a JSON list, one object per
+prints a table of figures (the median of repeated measurements, with their range) and ratios,
+and the load average while it ran; ``--out`` writes the rows as a JSON list, one object per
 figure. See docs/benchmarks.md for what each benchmark measures and the latest figures.
 """
 
@@ -16,6 +18,7 @@ import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.table import Table
@@ -28,15 +31,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def main(argv: list[str] | None = None) -> int:
     # Imported here: run as a script, the repository root is on sys.path only from now on.
-    from tests.bench.harness import Settings, machine
+    from tests.bench.harness import LoadSampler, Settings, machine
     from tests.bench.registry import BENCHMARKS
 
     args = _parser().parse_args(argv)
     chosen = _select(BENCHMARKS, args.only)
+    redis = _redis_server(args.redis)
     console = Console()
     if not console.is_terminal:
-        console = Console(width=140)  # logs and pipes: no wrapping of the table
-    about = machine()
+        console = Console(width=170)  # logs and pipes: no wrapping of the table
+    about = {**machine(), "redis": redis}
     console.print(f"[bold]rho-agent benchmarks[/] ({'quick' if args.quick else 'full'}): {about}")
     rows: list[Row] = []
     failed: list[str] = []
@@ -44,9 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rho-bench-") as workdir:
         for benchmark in chosen:
             console.print(f"running {benchmark.key}. {benchmark.title} ...")
-            settings = Settings(quick=args.quick, workdir=workdir)
+            settings = Settings(quick=args.quick, workdir=workdir, redis=redis)
             try:
-                rows.extend(benchmark.run(settings))
+                with LoadSampler() as load:
+                    measured = benchmark.run(settings)
+                for row in measured:
+                    row.load = load.summary()
+                rows.extend(measured)
             except Exception:
                 failed.append(benchmark.key)
                 console.print(
@@ -61,13 +69,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tests.bench.harness import DEFAULT_REDIS
+
     parser = argparse.ArgumentParser(description="rho-agent benchmarks against in-run baselines.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (under 3 minutes)")
     parser.add_argument("--out", type=Path, help="write the results to this JSON file")
     parser.add_argument(
         "--only", action="append", metavar="KEY", help="run only this benchmark (repeatable)"
     )
+    parser.add_argument(
+        "--redis",
+        default=DEFAULT_REDIS,
+        metavar="URL",
+        help="the Redis server for benchmarks 3-6 and 11 (no database: each claims a free "
+        "database 1-15 on it and flushes it afterwards)",
+    )
     return parser
+
+
+def _redis_server(url: str) -> str:
+    """``url`` as ``redis://host:port``; refuses a database or path, which the suite chooses."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise SystemExit(f"--redis {url!r} is not a redis:// URL; e.g. redis://127.0.0.1:6380")
+    if parts.path.strip("/"):
+        raise SystemExit(
+            f"--redis {url!r} names a database; give the server only (redis://host:port): "
+            "each benchmark claims a free database 1-15 of its own"
+        )
+    return url.rstrip("/")
 
 
 def _select(benchmarks: tuple[Benchmark, ...], only: list[str] | None) -> list[Benchmark]:
@@ -84,26 +114,43 @@ def _select(benchmarks: tuple[Benchmark, ...], only: list[str] | None) -> list[B
 
 def _table(rows: list[Row], seconds: float) -> Table:
     table = Table(title=f"rho-agent benchmarks ({seconds:.0f} s)")
-    for column in ("benchmark", "figure", "baseline", "ratio", "target", "met"):
+    columns = ("benchmark", "median", "range (n)", "baseline", "ratio", "target", "met", "load")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("benchmark", "target") else "right")
     for row in rows:
+        if "skipped" in row.details:
+            table.add_row(row.name, "skipped", "", "", "", row.details["skipped"], "-", "")
+            continue
         table.add_row(
             row.name,
             f"{_number(row.figure)} {row.unit}",
-            "-"
-            if row.baseline is None
-            else f"{row.baseline_bound}{_number(row.baseline)} {row.unit}",
+            _range(row.runs),
+            _baseline(row),
             "-" if row.ratio is None else f"{row.ratio:.2f}x",
             row.target,
             {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[row.met],
+            _load(row.load),
         )
     return table
+
+
+def _range(runs: list[float]) -> str:
+    if not runs:
+        return "(1)"
+    return f"{_number(min(runs))}-{_number(max(runs))} ({len(runs)})"
 
 
 def _baseline(row: Row) -> str:
     if row.baseline is None:
         return "-"
-    return f"{row.baseline_bound}{_number(row.baseline)} {row.unit}"
+    spread = f" [{_range(row.baseline_runs)}]" if len(row.baseline_runs) > 1 else ""
+    return f"{row.baseline_bound}{_number(row.baseline)} {row.unit}{spread}"
+
+
+def _load(load: dict[str, float]) -> str:
+    if not load:
+        return ""
+    return f"{load['median']:.1f} ({load['min']:.1f}-{load['max']:.1f})"
 
 
 def _number(value: float) -> str:

@@ -7,6 +7,7 @@ and the fence keeps the two attempts apart. The quick form pauses 5 s, the full 
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer
 from tests.chaos.accounting import account, broken_histories, print_ledger
 from tests.chaos.ledger import FACTORY, ledger_turns
-from tests.chaos.own_redis import OwnRedisFleet, own_redis
+from tests.chaos.redis_server import redis_server
+from tests.chaos.support import chaos_fleet
 from tests.integration.fleet import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(180)]
@@ -36,31 +38,41 @@ def test_a_redis_pause_mid_fan_out_loses_and_duplicates_nothing(
     ledger = tmp_path / "ledger"
     model_server.responder = ledger_turns(ledger, TURNS, delay=0.3)
     config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
-    with own_redis(tmp_path) as base:
-        fleet = OwnRedisFleet(0, tmp_path, base=base)
-        try:
-            for name in ("w0", "w1"):
-                fleet.add_worker(name, RHO_AGENT_AGENT_FACTORY=FACTORY)
-            for worker in fleet.workers.values():
-                worker.wait_ready()
-            with fleet.dispatcher() as dispatcher:
-                jobs = dispatcher.map([f"job{index}" for index in range(JOBS)], config)
-                wait_until(
-                    lambda: ledger.exists() and len(ledger.read_text().split()) >= JOBS,
-                    30,
-                    "a quarter of the calls",
-                )
-                pauser = redis.Redis.from_url(fleet.url)
-                pauser.execute_command("CLIENT", "PAUSE", pause_s * 1000, "ALL")
-                paused = time.monotonic()
-                pauser.close()
-                results = dispatcher.gather(jobs, timeout=120)
-                recovered_s = time.monotonic() - paused
-                counts, book = account(fleet.redis(), fleet.settings.keys, jobs, results, ledger)
-                broken = broken_histories(dispatcher, jobs, TURNS)
-                infos = dispatcher.infos([job.id for job in jobs])
-        finally:
-            fleet.stop()
+    env = {"RHO_AGENT_AGENT_FACTORY": FACTORY}
+    with (
+        redis_server(tmp_path / "redis") as server,
+        chaos_fleet(tmp_path, server, {"w0": env, "w1": env}) as fleet,
+        fleet.dispatcher() as dispatcher,
+    ):
+        jobs = dispatcher.map([f"job{index}" for index in range(JOBS)], config)
+        wait_until(
+            lambda: ledger.exists() and len(ledger.read_text().split()) >= JOBS,
+            30,
+            "a quarter of the calls",
+        )
+        # A live observer across the pause: it must read on, and see each event once.
+        observed: list[object] = []
+        failures: list[Exception] = []
+
+        def observe() -> None:
+            try:
+                observed.extend(jobs[0].events())
+            except Exception as exc:  # asserted below, not lost in the thread
+                failures.append(exc)
+
+        watcher = threading.Thread(target=observe)
+        watcher.start()
+        pauser = redis.Redis.from_url(fleet.url)
+        pauser.execute_command("CLIENT", "PAUSE", pause_s * 1000, "ALL")
+        paused = time.monotonic()
+        pauser.close()
+        results = dispatcher.gather(jobs, timeout=120)
+        recovered_s = time.monotonic() - paused
+        watcher.join(30)
+        afterwards = list(jobs[0].events())
+        counts, book = account(fleet.redis(), fleet.settings.keys, jobs, results, ledger)
+        broken = broken_histories(dispatcher, jobs, TURNS)
+        infos = dispatcher.infos([job.id for job in jobs])
     scenario = f"Redis paused {pause_s} s during a {JOBS}-job fan-out"
     counts.report(scenario)
     print_ledger(scenario, book)
@@ -70,3 +82,5 @@ def test_a_redis_pause_mid_fan_out_loses_and_duplicates_nothing(
     assert (counts.duplicate_results, counts.duplicate_events_seen) == (0, 0)
     assert book.steps == {f"job{i}#{t}" for i in range(JOBS) for t in range(1, TURNS + 1)}
     assert broken == []
+    assert failures == [], "the live observer read on through the pause"
+    assert len(observed) == len(afterwards), "it saw each event once"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from dispatch.engine.bus import Claim, JobBus, entry_event, event_entry, is_finished
+from dispatch.engine.fan_out import cancel_children
 from dispatch.engine.memory_bus import MemoryBus
 from dispatch.errors import ApprovalRefused, JobNotFound
 from dispatch.fleet.redis_bus import RedisBus
@@ -348,3 +349,40 @@ async def test_a_parked_job_keeps_its_session_until_cancelled(bus: JobBus) -> No
     assert await bus.request_cancel(job.job_id) == "cancelled"
     [info] = await bus.get_info([job.job_id])
     assert info is not None and info.status == "cancelled" and await bus.awaiting(10) == []
+
+
+async def test_children_are_recorded_once_and_a_resubmission_resets_none(bus: JobBus) -> None:
+    first, second, third = spec(job_id="p1-c0"), spec(job_id="p1-c1"), spec(job_id="p1-c2")
+    assert sorted(await bus.submit_children("p1", [first, second])) == ["p1-c0", "p1-c1"]
+    assert await bus.children("p1") == ["p1-c0", "p1-c1"]
+    await bus.start(first, "w1", 60_000)
+    result = RunResult(text="done", status="completed")
+    await bus.start(second, "w1", 60_000)
+    assert await bus.finish(second, 1, result, None)
+    # A resumed parent submits the same children again (and one more): only the new one, and
+    # none that runs or ran, is recorded anew; the queued ones are the ones to send.
+    again = [spec(job_id="p1-c0"), spec(job_id="p1-c1"), third]
+    assert await bus.submit_children("p1", again) == ["p1-c2"]
+    infos = await bus.get_info(["p1-c0", "p1-c1", "p1-c2"])
+    assert [info.status if info else None for info in infos] == ["running", "completed", "queued"]
+    assert [info.attempt if info else None for info in infos] == [1, 1, 0]
+    assert await bus.children("p1") == ["p1-c0", "p1-c1", "p1-c2"]
+    assert await bus.children("nobody") == []
+
+
+async def test_cancel_children_stops_every_unfinished_descendant(bus: JobBus) -> None:
+    running, queued, done = spec(job_id="t-run"), spec(job_id="t-queued"), spec(job_id="t-done")
+    grandchild = spec(job_id="t-grand")
+    await bus.submit_children("t-root", [running, queued, done])
+    # t-queued ran once, started a child and crashed: it is queued again with a live child.
+    await bus.submit_children("t-queued", [grandchild])
+    await bus.start(running, "w1", 60_000)
+    await bus.start(done, "w1", 60_000)
+    assert await bus.finish(done, 1, RunResult(text="ok", status="completed"), None)
+    assert await cancel_children(bus, "t-root") == 3
+    infos = await bus.get_info(["t-run", "t-queued", "t-done", "t-grand"])
+    statuses = [info.status if info else None for info in infos]
+    assert statuses == ["running", "cancelled", "completed", "cancelled"]
+    _, asked = await bus.next_cancels("0", 0.0)
+    assert "t-run" in asked, "the running child's worker is asked to stop"
+    assert await cancel_children(bus, "no-children") == 0

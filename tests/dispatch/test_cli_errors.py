@@ -87,8 +87,9 @@ def test_redis_dying_mid_run_is_one_line_exit_3_and_keeps_the_results_file(
         client = redis.Redis(port=port, decode_responses=True)
         _wait(lambda: _answers(client), "redis-server to start")
         url = f"redis://127.0.0.1:{port}/0"
+        env = cli_env(tmp_path, RHO_AGENT_REDIS_OUTAGE_LIMIT="3")  # Redis is not coming back
         process = start_rho(["dispatch", str(batch), "-o", str(out), "--broker", url],
-                            cli_env(tmp_path), tmp_path)  # fmt: skip
+                            env, tmp_path)  # fmt: skip
         _wait(lambda: bool(client.keys("rho:batch:*")), "the batch to be recorded")
         batch_id = client.keys("rho:batch:*")[0].removeprefix("rho:batch:")
         time.sleep(1.0)  # the dispatcher is polling its jobs (no worker takes them)

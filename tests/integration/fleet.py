@@ -58,14 +58,15 @@ CANARY_KEY = "sk-canary-" + "f1ee7" * 8
 
 
 @contextlib.contextmanager
-def claimed_db() -> Iterator[int]:
-    """An empty Redis database reserved for this test module; flushed and freed afterwards."""
-    locks = redis.Redis.from_url(f"{REDIS_HOST}/0")
+def claimed_db(host: str = REDIS_HOST) -> Iterator[int]:
+    """An empty Redis database on ``host`` reserved for this test module; flushed and freed
+    afterwards."""
+    locks = redis.Redis.from_url(f"{host}/0")
     for number in range(15, 0, -1):
         lock = f"rho-agent-tests:db:{number}"
         if not locks.set(lock, os.getpid(), nx=True, ex=900):
             continue
-        database = redis.Redis.from_url(f"{REDIS_HOST}/{number}")
+        database = redis.Redis.from_url(f"{host}/{number}")
         if database.dbsize():
             locks.delete(lock)
             continue
@@ -188,11 +189,13 @@ class Fleet:
     queue: str = field(default_factory=lambda: f"q{secrets.token_hex(3)}")
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
     retired: list[WorkerProcess] = field(default_factory=list)
+    host: str = REDIS_HOST
+    """The Redis server (``redis://host:port``) that holds database ``db``."""
 
     @property
     def url(self) -> str:
         """The Redis of the job bus (and of the jobs' queues, without a vhost)."""
-        return f"{REDIS_HOST}/{self.db}"
+        return f"{self.host}/{self.db}"
 
     @property
     def broker_url(self) -> str:

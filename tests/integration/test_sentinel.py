@@ -167,7 +167,7 @@ def test_a_job_runs_through_sentinel_urls_and_after_a_failover(
                 sentinels.kill_master()
                 wait_until(
                     lambda: sentinels.master_port_now() == sentinels.replica_port,
-                    15,
+                    45,  # a Sentinel that misses one election waits failover-timeout to retry
                     "the Sentinel to promote the replica",
                 )
                 # Clients find a master once the Sentinel has seen the replica report the role.

@@ -119,3 +119,22 @@ def test_the_cli_takes_the_window_and_fails_a_run_that_cannot_fit(
     assert model_server.requests == []
     refused = rho(["run", "hi", "--context-window", "0"], cli_env(tmp_path))
     assert refused.returncode == 2 and "context-window" in refused.stderr
+
+
+def test_a_request_that_fits_encodes_the_history_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # check_fits runs before every model request: estimating the history costs a JSON encoding
+    # of all of it, so a second one (the history/tools split) is kept for the error message.
+    encoded: list[int] = []
+    real = compaction.estimate_prompt_tokens
+
+    def counting(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+        encoded.append(len(messages))
+        return real(messages, tools)
+
+    monkeypatch.setattr(compaction, "estimate_prompt_tokens", counting)
+    messages = [{"role": "user", "content": "hello " * 50}]
+    tools = [{"type": "function", "function": {"name": "noop", "parameters": {}}}]
+    compaction.check_fits(messages, tools, model="m", window=10_000, auto_compact=True)
+    assert encoded == [1]
+    with pytest.raises(compaction.ContextWindowExceeded, match=r"history \d+, tool definitions"):
+        compaction.check_fits(messages, tools, model="m", window=10, auto_compact=True)

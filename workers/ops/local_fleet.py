@@ -5,6 +5,11 @@ when none answers, then starts N workers (``celery -A workers worker``) and Flow
 its own file in the run directory. All children share one process group of their own, so the
 terminal's Ctrl+C reaches only ``fleet up``, which stops them in order: workers first (SIGTERM:
 they drain, see ``workers.shutdown``), then Flower, then the Redis it started.
+
+While it runs, ``supervise`` restarts a worker that exits (crashed, killed, or its consumer ended)
+after a backoff of 1 s doubling to 30 s, at most ``max_restarts`` times per worker, without
+touching the others; the restarted worker's heartbeat carries its restart count, which
+``rho-agent fleet status`` shows. Its jobs come back through their leases meanwhile.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from workers.ops.launch import FLOWER_TASK_COLUMNS
 from workers.shutdown import grace_from_env
 
 _POLL_S = 0.2
+_FIRST_RESTART_S = 1.0
+_LAST_RESTART_S = 30.0
 _STOP_MARGIN_S = 15.0
 _INSTALL_REDIS = (
     "install it (Debian/Ubuntu: sudo apt install redis-server; macOS: brew install redis), "
@@ -54,6 +61,7 @@ class LocalFleetOptions:
     run_dir: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 90.0
+    max_restarts: int = 5
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.concurrency < 1:
@@ -71,6 +79,9 @@ class Child:
     role: str  # "redis", "worker" or "flower"
     process: subprocess.Popen[bytes]
     log: Path
+    command: list[str] = field(default_factory=list)
+    restarts: int = 0
+    restart_at: float | None = None
 
     def tail(self, lines: int = 15) -> str:
         """The end of its log, for error messages."""
@@ -102,6 +113,7 @@ class LocalFleet:
         self.children: list[Child] = []
         self._group = 0
         self._env = {**os.environ, **options.env}
+        self._stopping = False
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -164,10 +176,18 @@ class LocalFleet:
         return url, True
 
     def _spawn(self, name: str, role: str, command: list[str], worker_name: str = "") -> Child:
+        log = self.run_dir / f"{name}.log"
+        child = Child(name, role, self._popen(command, log, worker_name, 0), log, command)
+        self.children.append(child)
+        return child
+
+    def _popen(
+        self, command: list[str], log: Path, worker_name: str, restarts: int
+    ) -> subprocess.Popen[bytes]:
         env = dict(self._env)
         if worker_name:
             env["RHO_AGENT_WORKER_NAME"] = worker_name
-        log = self.run_dir / f"{name}.log"
+            env["RHO_AGENT_WORKER_RESTARTS"] = str(restarts)
         with log.open("ab") as out:
             process = subprocess.Popen(
                 command,
@@ -178,9 +198,7 @@ class LocalFleet:
                 process_group=self._group,  # 0 for the first child: a new group, its pid
             )
         self._group = self._group or process.pid
-        child = Child(name, role, process, log)
-        self.children.append(child)
-        return child
+        return process
 
     def _await_workers(self, broker_url: str, names: tuple[str, ...]) -> None:
         from dispatch.fleet.celery_broker import CeleryBroker
@@ -221,11 +239,37 @@ class LocalFleet:
         """The first child that exited, if any."""
         return next((child for child in self.children if child.process.poll() is not None), None)
 
+    def supervise(self, say: Callable[[str], None] = lambda _: None) -> Child | None:
+        """Restart workers that exited, each after its backoff; call it every fraction of a
+        second. Returns the child that cannot be restarted (Redis, Flower, or a worker past
+        ``max_restarts``), which should stop the fleet; None while all is well."""
+        now = time.monotonic()
+        for child in self.children:
+            if self._stopping or child.process.poll() is None:
+                continue
+            if child.role != "worker" or child.restarts >= self.options.max_restarts:
+                return child
+            if child.restart_at is None:
+                delay = min(_FIRST_RESTART_S * 2**child.restarts, _LAST_RESTART_S)
+                child.restart_at = now + delay
+                say(
+                    f"worker {child.name} exited with code {child.process.returncode}; "
+                    f"restarting it in {delay:g} s (restart {child.restarts + 1} of "
+                    f"{self.options.max_restarts}); the end of {child.log}:\n{child.tail(5)}"
+                )
+            elif now >= child.restart_at:
+                child.restarts += 1
+                child.restart_at = None
+                child.process = self._popen(child.command, child.log, child.name, child.restarts)
+                say(f"worker {child.name} restarted (pid {child.process.pid})")
+        return None
+
     def stop(self, hurry: Callable[[], bool] = lambda: False) -> None:
         """Stop workers (they drain), then Flower, then Redis; kill what is left of the group.
 
         ``hurry`` turning true (a second Ctrl+C) makes workers hand their jobs back at once.
         """
+        self._stopping = True
         grace = grace_from_env(self._env)
         try:
             self._stop_role("worker", grace + _STOP_MARGIN_S, hurry)

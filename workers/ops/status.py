@@ -36,6 +36,7 @@ class WorkerView:
     beat_age_s: float
     consumer_age_s: float | None
     silent: bool
+    restarts: int = 0
 
     @property
     def health(self) -> str:
@@ -132,6 +133,7 @@ def _workers(client: Any, settings: FleetSettings, now_ms: int) -> list[WorkerVi
                 beat_age_s=age,
                 consumer_age_s=float(consumer) if consumer else None,
                 silent=age > 3 * interval + 5,
+                restarts=int(fields.get("restarts") or 0),
             )
         )
     return sorted(views, key=lambda view: view.name)

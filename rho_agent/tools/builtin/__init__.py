@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from rho_agent.permissions.profile import PermissionProfile, load_profile
 from rho_agent.tools.base import ToolHandler
+from rho_agent.tools.builtin.fan_out import FanOutTool
 from rho_agent.tools.builtin.files import EditTool, ReadTool, WriteTool
 from rho_agent.tools.builtin.search import GlobTool, GrepTool, ListTool
 from rho_agent.tools.builtin.shell import BashTool
@@ -14,6 +15,7 @@ from rho_agent.tools.registry import ToolRegistry
 __all__ = [
     "BashTool",
     "EditTool",
+    "FanOutTool",
     "GlobTool",
     "GrepTool",
     "ListTool",
@@ -25,7 +27,8 @@ __all__ = [
 
 
 def builtin_handlers(profile: PermissionProfile) -> list[ToolHandler]:
-    """Fresh handlers for the built-in tools ``profile`` offers (``profile.builtin_tools()``).
+    """Fresh handlers for the tools ``profile`` offers (``profile.tool_names()``: the built-in
+    tools its policies allow, and the tools it grants).
 
     The handlers enforce the profile again on every call, from the invocation's profile.
     """
@@ -37,8 +40,9 @@ def builtin_handlers(profile: PermissionProfile) -> list[ToolHandler]:
         "glob": GlobTool,
         "grep": GrepTool,
         "list": ListTool,
+        "fan_out": FanOutTool,
     }
-    return [factories[name]() for name in profile.builtin_tools()]
+    return [factories[name]() for name in profile.tool_names()]
 
 
 def build_registry(profile: PermissionProfile | str | None = None) -> ToolRegistry:

@@ -1,0 +1,111 @@
+"""Riding out Redis outages: the retry helper, and a dispatcher's wait on jobs Redis forgot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import cast
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from dispatch._client.fanin import FanIn
+from dispatch.engine.bus import DispatchBus, StreamEntry
+from dispatch.errors import JobLost
+from dispatch.fleet.outage import RedisOutage, survive, survive_sync
+from dispatch.info import JobInfo
+from dispatch.spec import JobSpec, build_spec
+from rho_agent import AgentConfig
+
+
+async def test_survive_retries_until_redis_answers() -> None:
+    calls = []
+
+    async def flaky() -> str:
+        calls.append(time.monotonic())
+        if len(calls) < 4:
+            raise RedisConnectionError("Connection refused")
+        return "ok"
+
+    assert await survive(flaky, limit_s=5, what="testing") == "ok"
+    assert len(calls) == 4
+    assert calls[-1] - calls[0] >= 0.05 + 0.1 + 0.2 - 0.01  # backoff doubles
+
+
+def test_survive_gives_up_after_the_limit_naming_the_setting() -> None:
+    def down() -> None:
+        raise RedisConnectionError("Connection refused")
+
+    started = time.monotonic()
+    with pytest.raises(RedisOutage) as caught:
+        survive_sync(down, limit_s=0.5, what="reading job j-1")
+    assert time.monotonic() - started < 1.5
+    assert "RHO_AGENT_REDIS_OUTAGE_LIMIT" in str(caught.value)
+    assert "reading job j-1" in str(caught.value)
+
+
+def test_survive_does_not_retry_other_errors() -> None:
+    def broken() -> None:
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        survive_sync(broken, limit_s=5, what="testing")
+
+
+class ForgetfulBus:
+    """A DispatchBus whose Redis forgot every job (``get_info`` finds none) until re-sent."""
+
+    def __init__(self) -> None:
+        self.known: set[str] = set()
+
+    async def get_info(self, job_ids: Sequence[str]) -> list[JobInfo | None]:
+        return [
+            JobInfo.from_fields(job_id, {"status": "queued"}) if job_id in self.known else None
+            for job_id in job_ids
+        ]
+
+    async def read_done(self, dispatcher_id: str, after: str, block_s: float) -> list[StreamEntry]:
+        await asyncio.sleep(min(block_s, 0.05))
+        return []
+
+
+async def test_a_forgotten_job_is_sent_again_then_lost_after_three_resends() -> None:
+    bus = ForgetfulBus()
+    sent: list[str] = []
+
+    async def resend(specs: list[JobSpec]) -> None:
+        sent.extend(spec.job_id for spec in specs)
+
+    async def no_events(job_id: str, after: str, block_s: float) -> tuple[list[StreamEntry], bool]:
+        raise AssertionError("not used")
+
+    fan_in = FanIn(lambda: cast(DispatchBus, bus), "d1", no_events, resend, missing_limit_s=0.3)
+    spec = build_spec("hello", AgentConfig(), reply_to="d1")
+    fan_in.expect([spec])
+    started = time.monotonic()
+    with pytest.raises(JobLost, match="vanished from Redis 4 times"):
+        await fan_in.results([spec.job_id], time.monotonic() + 10)
+    assert sent == [spec.job_id] * 3
+    assert fan_in.resent == 3
+    assert time.monotonic() - started < 5
+
+
+async def test_a_job_redis_forgot_that_this_dispatcher_did_not_send_is_lost() -> None:
+    bus = ForgetfulBus()
+    bus.known.add("j-other")
+
+    async def read_events(
+        job_id: str, after: str, block_s: float
+    ) -> tuple[list[StreamEntry], bool]:
+        from dispatch.errors import JobNotFound
+
+        bus.known.discard(job_id)  # Redis restarted without persistence
+        raise JobNotFound(f"job {job_id} does not exist")
+
+    async def resend(specs: list[JobSpec]) -> None:
+        raise AssertionError("it has no spec to send")
+
+    fan_in = FanIn(lambda: cast(DispatchBus, bus), "d2", read_events, resend, missing_limit_s=0.3)
+    with pytest.raises(JobLost, match="did not submit it"):
+        await fan_in.results(["j-other"], time.monotonic() + 10)

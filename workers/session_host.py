@@ -106,7 +106,8 @@ class SessionHost:
             logging.getLogger(name).setLevel(logging.WARNING)
         bus = RedisBus.from_settings(settings.fleet)
         await bus.client.ping()
-        keys, scripts = settings.fleet.keys, ScriptBatcher(bus.client)
+        keys = settings.fleet.keys
+        scripts = ScriptBatcher(bus.client, outage_limit_s=settings.fleet.redis_outage_s)
         options = RunnerOptions(
             worker=settings.worker_name,
             lease_ms=settings.lease_ms,

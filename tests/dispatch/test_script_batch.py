@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from dispatch.fleet.script_batch import ScriptBatcher
@@ -85,3 +86,25 @@ async def test_a_flushed_script_cache_loads_the_script_again(client: Any) -> Non
     first = await batcher.call(script, ["m"], ["ok"])
     await client.script_flush()
     assert await batcher.call(script, ["m"], ["ok"]) == first + 1
+
+
+async def test_a_paused_redis_is_ridden_out_with_an_outage_limit(own_redis: str) -> None:
+    """Found by tests/chaos/test_redis_pause.py: a 5 s pause failed 3 of 20 jobs with
+    ``TimeoutError`` from the budget reservation before their next model call."""
+    client = aioredis.Redis.from_url(own_redis, decode_responses=True, socket_timeout=0.3)
+    script = client.register_script(ECHO_OR_FAIL)
+    await script(keys=["p"], args=["ok"])
+    pauser = aioredis.Redis.from_url(own_redis)
+    try:
+        await pauser.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+        with pytest.raises(redis.TimeoutError):
+            await ScriptBatcher(client).call(script, ["p"], ["ok"])
+        await pauser.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+        reply = await ScriptBatcher(client, outage_limit_s=10).call(script, ["p"], ["ok"])
+    finally:
+        await pauser.execute_command("CLIENT", "UNPAUSE")
+        await pauser.aclose()
+        await client.aclose()
+    # Once: a client that gave up on a paused Redis closed its connection, and Redis drops the
+    # commands of a closed connection instead of running them when it wakes.
+    assert reply == 2, "the call went through once Redis answered"

@@ -37,6 +37,9 @@ class TwoAttemptsHost:
     def active(self) -> list[tuple[str, int]]:
         return [(self.job_id, 1), (self.job_id, 2)]
 
+    def job_ids(self) -> set[str]:
+        return {self.job_id}
+
     def stop_attempt(self, claim: Claim) -> None:
         self.stopped.append(claim)
 
@@ -56,7 +59,7 @@ async def renew_with_two_attempts(settings: FleetSettings) -> tuple[list[Claim],
     client.hset(settings.keys.job(spec.job_id), "attempt", 2)
     client.close()
     host = TwoAttemptsHost(spec.job_id)
-    keeper = LeaseKeeper(bus.client, settings.keys, host, 2_000)  # type: ignore[arg-type]
+    keeper = LeaseKeeper(bus, host, 2_000)  # type: ignore[arg-type]
     lost = await keeper.renew_once()
     await bus.close()
     return lost, host

@@ -85,6 +85,7 @@ class Session:
             _whole_tokens(extras, "output_allowance") or DEFAULT_OUTPUT_ALLOWANCE
         )
         self._output_cap = _whole_tokens(extras, "max_output_tokens")
+        self._request_timeout_s = _request_timeout(extras)
         self.wait_observer: Callable[[str | None], None] | None = None
         self._client = _spend_step.GuardedClient(self, agent.create_client())
         self._backend: ExecutionBackend | None = None
@@ -242,6 +243,7 @@ class Session:
             service_tier=config.service_tier,
             response_format=config.response_format,
             max_output_tokens=self._output_cap,
+            timeout_s=self._request_timeout_s,
         )
         if schema is not None and schema.mode == "response_format":
             request.response_format = schema.response_format()
@@ -528,6 +530,20 @@ def _whole_tokens(extras: dict[str, Any], name: str) -> int | None:
             f"AgentConfig.extras.{name} must be a whole number of tokens >= 1, got {value!r}"
         )
     return value
+
+
+def _request_timeout(extras: dict[str, Any]) -> float | None:
+    """``extras.request_timeout_s``: how long a model server may stay silent on one call before
+    the attempt fails (and is retried, then ends the run ``error``); None keeps 600 s."""
+    value = extras.get("request_timeout_s")
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(
+            f"AgentConfig.extras.request_timeout_s must be a number of seconds > 0, got {value!r}; "
+            "e.g. extras: {request_timeout_s: 120}"
+        )
+    return float(value)
 
 
 def _prompt_not_yet_recorded(state: State) -> str | None:

@@ -22,6 +22,9 @@ class ModelRequest:
     max_retries: int | None = None
     """Overrides the client's own retries of failed requests for this call (a rate-limited call
     sets 0, so the first 429 reaches the shared rate limiter instead of each client alone)."""
+    timeout_s: float | None = None
+    """How long the server may stay silent on this call (its answer, or the next chunk of its
+    stream) before the attempt fails and is retried; None keeps the client's 600 s."""
 
 
 @dataclass

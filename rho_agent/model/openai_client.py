@@ -236,9 +236,12 @@ def _request_kwargs(request: ModelRequest) -> dict[str, Any]:
 
 
 def _request_options(request: ModelRequest) -> openai.RequestOptions:
-    if request.max_retries is None:
-        return _REQUEST_OPTIONS
-    return {**_REQUEST_OPTIONS, "max_retries": request.max_retries}
+    options: openai.RequestOptions = {**_REQUEST_OPTIONS}
+    if request.max_retries is not None:
+        options["max_retries"] = request.max_retries
+    if request.timeout_s is not None:
+        options["timeout"] = httpx2.Timeout(request.timeout_s, connect=min(10.0, request.timeout_s))
+    return options
 
 
 def _retry_after(headers: Any) -> float | None:

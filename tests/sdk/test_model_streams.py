@@ -7,11 +7,12 @@ retries are spent the run fails with its reason, keeping the text it had shown, 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from rho_agent import RunError, RunResult
+from rho_agent import ConfigError, RunError, RunResult
 from rho_agent.model import _retry
 from rho_agent.testing import ScriptedModelServer, ScriptedUsage, error, text, tool_call
 from tests.sdk.helpers import ProbeTool, assert_history_valid, make_session
@@ -171,3 +172,34 @@ async def test_tool_call_ids_of_any_shape_are_answered_with_the_same_id(
     sent = model_server.requests[1].body["messages"]
     assert sent[-2]["tool_calls"][0]["id"] == call_id
     assert sent[-1] == {"role": "tool", "tool_call_id": call_id, "content": "probe a"}
+
+
+async def test_a_server_that_never_answers_is_ended_by_the_per_call_timeout(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """``extras.request_timeout_s`` ends a hanging call (and its retries) long before 600 s."""
+    for _ in range(4):  # the first attempt and the client's 3 retries all hang
+        model_server.script(text("too late", delay=30))
+    session = make_session(model_server, tmp_path, extras={"request_timeout_s": 0.5})
+    started = time.monotonic()
+    result = await session.run(prompt="hello")
+    assert result.status == "error"
+    assert result.error is not None and "timed out" in result.error.message.lower()
+    assert time.monotonic() - started < 20
+
+
+async def test_a_server_that_answers_within_the_per_call_timeout_is_read(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.script(text("in time", delay=0.2))
+    session = make_session(model_server, tmp_path, extras={"request_timeout_s": 5})
+    result = await session.run(prompt="hello")
+    assert (result.status, result.text) == ("completed", "in time")
+
+
+@pytest.mark.parametrize("value", [0, -1, "10", True])
+def test_a_bad_per_call_timeout_names_the_setting(
+    model_server: ScriptedModelServer, tmp_path: Path, value: object
+) -> None:
+    with pytest.raises(ConfigError, match=r"extras\.request_timeout_s"):
+        make_session(model_server, tmp_path, extras={"request_timeout_s": value})

@@ -146,6 +146,9 @@ class Dispatcher:
         definitions included), to groups that fit and then a final reducer, level by level.
         ``output_schema`` types every reducer's answer. ``Reduction.result()`` is the final
         reducer's result; ``cancel()`` stops the whole tree. See ``dispatch.reduce``.
+        Every reducer belongs to batch ``batch_id`` (a new one if None): give the map's batch id
+        and its ``batch_max_cost_usd`` / ``batch_max_tokens`` and the whole tree spends from one
+        budget.
         """
         schema = _schema(output_schema)
         plan = plan_reduce(prompt, config or AgentConfig(), schema, options)

@@ -234,7 +234,7 @@ class Reduction:
                 "part": f"{index}/{len(groups)}",
                 "inputs": str(len(group)),
             }
-            options = {**plan.options, "labels": labels}
+            options = {"batch_id": self.id, **plan.options, "labels": labels}
             specs.append(
                 build_spec(
                     reducer_prompt(plan.instruction, group, (index, len(groups))),

@@ -77,13 +77,22 @@ class Analysis:
         config: AgentConfig,
         bar: Progress,
         sink: TextSink,
+        budget: dict[str, float | int | None],
     ) -> RunResult:
-        """Reduce the map's results, one progress row per level; write the answer as one line."""
+        """Reduce the map's results, one progress row per level; write the answer as one line.
+
+        ``budget`` is the batch's (``batch_max_cost_usd``, ``batch_max_tokens``): the reducers
+        spend from the same one as the map."""
         from dispatch.report import row_of_info
 
         assert self.reduce is not None
         reduction = dispatcher.reduce(
-            jobs, self.reduce, config, output_schema=self.reduce_schema, batch_id=self.batch_id
+            jobs,
+            self.reduce,
+            config,
+            output_schema=self.reduce_schema,
+            batch_id=self.batch_id,
+            **budget,
         )
         rows: dict[str, TaskID] = {}
         try:

@@ -177,7 +177,13 @@ def dispatch_batch(
                     outcome = batch.wait(show)
                     analysis.write_table(outcome.jobs, outcome.results, sink)
                     if analysis.reduce is not None and not interrupted:
-                        reduced = analysis.run_reduce(dispatcher, outcome.jobs, base, bar, sink)
+                        budget = {
+                            "batch_max_cost_usd": max_cost_usd,
+                            "batch_max_tokens": max_tokens,
+                        }
+                        reduced = analysis.run_reduce(
+                            dispatcher, outcome.jobs, base, bar, sink, budget
+                        )
             except BaseException as exc:
                 _lost_contact(exc, batch, results, file, output)
                 raise

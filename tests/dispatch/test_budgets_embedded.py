@@ -120,3 +120,24 @@ async def test_the_task_result_flower_shows_says_why_a_budget_stopped_the_job(
     assert summary["error"].startswith(
         f"budget_exceeded: budget job:{spec.job_id} exhausted: limit $1, spent $0"
     )
+
+
+def test_a_map_and_its_reduce_spend_from_one_batch_budget(
+    dispatcher: Dispatcher, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """Issue 14: the whole tree (map, then every reduce level) is one batch with one budget."""
+    usage = ScriptedUsage(prompt_tokens=100, completion_tokens=10)
+    model_server.responder = lambda body: text("a finding", usage=usage)
+    config = AgentConfig(
+        model=MODEL,
+        base_url=model_server.base_url,
+        working_dir=str(tmp_path),
+        extras={"prices": PRICES, "max_output_tokens": 10},
+    )
+    budget = {"batch_max_cost_usd": 1_000_000.0}
+    jobs = dispatcher.map([f"file {n}" for n in range(4)], config, batch_id="b-tree", **budget)
+    reduction = dispatcher.reduce(jobs, "Summarise", config, batch_id="b-tree", **budget)
+    assert reduction.result().status == "completed"
+    (status,) = [s for s in dispatcher.budgets() if s.budget.scope == "batch:b-tree"]
+    assert len(model_server.requests) == 5  # four map jobs and one reducer
+    assert status.spent_usd == pytest.approx(5 * 110)

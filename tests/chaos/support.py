@@ -11,7 +11,7 @@ from typing import Any
 
 from rho_agent.testing import ScriptedResponse, text, tool_call
 from tests.chaos.redis_server import RedisServer
-from tests.integration.fleet import Fleet
+from tests.integration.fleet import Fleet, started
 
 
 @dataclass
@@ -30,15 +30,8 @@ class PortFleet(Fleet):
 def chaos_fleet(
     tmp: Path, server: RedisServer, workers: dict[str, dict[str, str]]
 ) -> Iterator[PortFleet]:
-    fleet = PortFleet(0, tmp, server=server)
-    try:
-        for name, env in workers.items():
-            fleet.add_worker(name, **env)
-        for worker in fleet.workers.values():
-            worker.wait_ready()
+    with started(PortFleet(0, tmp, server=server), workers) as fleet:
         yield fleet
-    finally:
-        fleet.stop()
 
 
 def stepping(steps: int, delay: float) -> Any:

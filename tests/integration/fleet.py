@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pytest
 import redis
@@ -292,16 +292,28 @@ def running_fleet(
     tmp: Path, workers: dict[str, dict[str, str]], broker: Broker = "redis"
 ) -> Iterator[Fleet]:
     """A fleet with the named workers (each with its extra environment), torn down afterwards."""
-    with claimed_db() as db, broker_vhost(broker) as vhost:
-        fleet = Fleet(db, tmp, vhost)
-        try:
-            for name, env in workers.items():
-                fleet.add_worker(name, **env)
-            for worker in fleet.workers.values():
-                worker.wait_ready()
-            yield fleet
-        finally:
-            fleet.stop()
+    with (
+        claimed_db() as db,
+        broker_vhost(broker) as vhost,
+        started(Fleet(db, tmp, vhost), workers) as fleet,
+    ):
+        yield fleet
+
+
+F = TypeVar("F", bound="Fleet")
+
+
+@contextlib.contextmanager
+def started(fleet: F, workers: dict[str, dict[str, str]]) -> Iterator[F]:
+    """``fleet`` with the named workers started and ready, stopped afterwards."""
+    try:
+        for name, env in workers.items():
+            fleet.add_worker(name, **env)
+        for worker in fleet.workers.values():
+            worker.wait_ready()
+        yield fleet
+    finally:
+        fleet.stop()
 
 
 def wait_until(condition: Any, within_s: float = 10.0, what: str = "condition") -> None:

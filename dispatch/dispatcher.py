@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from dispatch._client.core import _Core
+from dispatch._client.twins import blocking, threaded
 from dispatch.batch_run import new_batch_id
 from dispatch.errors import BatchNotFound
 from dispatch.info import JobInfo
@@ -31,7 +32,8 @@ from rho_agent.state import StateObserver
 
 
 class Dispatcher:
-    """Submits jobs and hands back Job handles. Sync methods, and ``a``-prefixed async twins.
+    """Submits jobs and hands back Job handles. Sync methods, and ``a``-prefixed async twins
+    (each pair is one definition, see ``dispatch._client.twins``).
 
     ``broker_url`` (else ``RHO_AGENT_BROKER_URL``) selects the fleet; without one, embedded mode.
     ``settings`` gives every fleet setting at once (see ``FleetSettings.from_env``).
@@ -61,6 +63,7 @@ class Dispatcher:
 
     def submit(
         self,
+        /,
         prompt: str | Sequence[str],
         config: AgentConfig | None = None,
         *,
@@ -82,22 +85,11 @@ class Dispatcher:
         spec = self._spec(prompt, config, session_id, options, schema)
         return self._core.submit([spec], list(observers), schema)[0]
 
-    async def asubmit(
-        self,
-        prompt: str | Sequence[str],
-        config: AgentConfig | None = None,
-        *,
-        session_id: str | None = None,
-        observers: Sequence[StateObserver] = (),
-        output_schema: SchemaLike | None = None,
-        **options: Any,
-    ) -> Job:
-        schema = _schema(output_schema)
-        spec = self._spec(prompt, config, session_id, options, schema)
-        return (await self._core.asubmit([spec], list(observers), schema))[0]
+    asubmit = threaded(submit)
 
     def map(
         self,
+        /,
         prompts: Iterable[str],
         config: AgentConfig | None = None,
         *,
@@ -115,18 +107,7 @@ class Dispatcher:
         specs = [self._spec(prompt, config, None, options, schema) for prompt in prompts]
         return self._core.submit(specs, [], schema)
 
-    async def amap(
-        self,
-        prompts: Iterable[str],
-        config: AgentConfig | None = None,
-        *,
-        output_schema: SchemaLike | None = None,
-        **options: Any,
-    ) -> list[Job]:
-        schema = _schema(output_schema)
-        options.setdefault("batch_id", new_batch_id())
-        specs = [self._spec(prompt, config, None, options, schema) for prompt in prompts]
-        return await self._core.asubmit(specs, [], schema)
+    amap = threaded(map)
 
     def reduce(
         self,
@@ -168,16 +149,15 @@ class Dispatcher:
 
     # -- waiting ------------------------------------------------------------------------------
 
-    def gather(self, jobs: Sequence[Job], timeout: float | None = None) -> list[RunResult]:
-        """Wait for every job; results in the jobs' order (JobTimeout after ``timeout`` s)."""
-        return self._core.loop.call(self._core.gather([job.id for job in jobs], timeout))
-
     async def agather(
         self,
         jobs: Sequence[Job],
         timeout: float | None = None,  # noqa: ASYNC109 - the same signature as gather()
     ) -> list[RunResult]:
+        """Wait for every job; results in the jobs' order (JobTimeout after ``timeout`` s)."""
         return await self._core.loop.acall(self._core.gather([job.id for job in jobs], timeout))
+
+    gather = blocking(agather)
 
     # -- looking up ---------------------------------------------------------------------------
 

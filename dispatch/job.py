@@ -2,8 +2,9 @@
 
 A Job belongs to the Dispatcher that made or attached it; the work happens on that dispatcher's
 private event loop, so the sync methods can be called from any thread and the ``a``-prefixed ones
-from any event loop. One exception: in fleet mode, ``for event in job.events()`` reads Redis on
-the caller's own thread, so an event wakes one thread, not two.
+from any event loop (each sync method is its async twin run there, see ``_client.twins``). One
+exception: in fleet mode, ``for event in job.events()`` reads Redis on the caller's own thread,
+so an event wakes one thread, not two.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from dispatch._client.twins import blocking
 from dispatch.engine.bus import (
     START,
     CancelOutcome,
@@ -43,33 +45,30 @@ class Job:
 
     # -- status and metadata ------------------------------------------------------------------
 
-    def info(self) -> JobInfo:
-        """Status, timing, usage, cost and worker, as stored right now."""
-        return self._core.loop.call(self.ainfo())
-
     async def ainfo(self) -> JobInfo:
+        """Status, timing, usage, cost and worker, as stored right now."""
         info = (await self._core.loop.acall(self._core.infos([self.id])))[0]
         if info is None:
             raise JobNotFound(f"job {self.id} does not exist (never submitted, or expired)")
         return info
 
-    def status(self) -> JobStatus:
+    info = blocking(ainfo)
+
+    async def astatus(self) -> JobStatus:
         """``queued``, ``running``, ``awaiting_approval``, ``completed``, ``error``,
         ``cancelled``, ``interrupted``, ``max_turns``, ``invalid_output`` or
         ``budget_exceeded``."""
-        return self.info().status
-
-    async def astatus(self) -> JobStatus:
         return (await self.ainfo()).status
+
+    status = blocking(astatus)
 
     # -- result -------------------------------------------------------------------------------
 
-    def result(self, timeout: float | None = None) -> RunResult:
-        """Wait for the job to finish and return its RunResult (JobTimeout after ``timeout`` s)."""
-        return self._core.loop.call(self._core.result(self.id, timeout))
-
     async def aresult(self, timeout: float | None = None) -> RunResult:  # noqa: ASYNC109
+        """Wait for the job to finish and return its RunResult (JobTimeout after ``timeout`` s)."""
         return await self._core.loop.acall(self._core.result(self.id, timeout))
+
+    result = blocking(aresult)
 
     # -- events -------------------------------------------------------------------------------
 
@@ -83,12 +82,11 @@ class Job:
 
     # -- state --------------------------------------------------------------------------------
 
-    def state(self) -> State:
-        """The job's session State, rebuilt from its trace (exact, as the worker has it)."""
-        return self._core.loop.call(self._core.state(self.session_id))
-
     async def astate(self) -> State:
+        """The job's session State, rebuilt from its trace (exact, as the worker has it)."""
         return await self._core.loop.acall(self._core.state(self.session_id))
+
+    state = blocking(astate)
 
     def add_observer(self, observer: StateObserver) -> None:
         """Send this job's trace records to ``observer.on_event`` (from the first record on).
@@ -99,7 +97,7 @@ class Job:
 
     # -- approvals ----------------------------------------------------------------------------
 
-    def approve(self, call_ids: Sequence[str] | None = None) -> str:
+    async def aapprove(self, call_ids: Sequence[str] | None = None) -> str:
         """Approve pending tool calls of this ``awaiting_approval`` job (None: every undecided
         one). Once every pending call is decided the job continues, on any worker, from its
         trace: approved calls run, denied ones are answered with their reason.
@@ -108,18 +106,16 @@ class Job:
         Raises ApprovalRefused, changing nothing, when the job is not awaiting approval or a
         call id is not pending or was decided already (docs/approvals.md).
         """
-        return self._core.loop.call(self._decide(True, call_ids, ""))
-
-    async def aapprove(self, call_ids: Sequence[str] | None = None) -> str:
         return await self._core.loop.acall(self._decide(True, call_ids, ""))
 
-    def deny(self, call_ids: Sequence[str] | None = None, *, reason: str = "") -> str:
-        """Deny pending tool calls (None: every undecided one); the model reads ``reason`` as
-        the call's result. Returns and raises as ``approve``."""
-        return self._core.loop.call(self._decide(False, call_ids, reason))
+    approve = blocking(aapprove)
 
     async def adeny(self, call_ids: Sequence[str] | None = None, *, reason: str = "") -> str:
+        """Deny pending tool calls (None: every undecided one); the model reads ``reason`` as
+        the call's result. Returns and raises as ``approve``."""
         return await self._core.loop.acall(self._decide(False, call_ids, reason))
+
+    deny = blocking(adeny)
 
     async def _decide(self, approve: bool, call_ids: Sequence[str] | None, reason: str) -> str:
         ids = None if call_ids is None else list(call_ids)
@@ -127,17 +123,16 @@ class Job:
 
     # -- cancel -------------------------------------------------------------------------------
 
-    def cancel(self) -> CancelOutcome:
+    async def acancel(self) -> CancelOutcome:
         """Cancel the job: a queued job (or one awaiting approval) ends at once, a running one
         stops within a second.
 
         Returns ``cancelled`` (it never ran), ``requested`` (its worker is stopping it),
         ``finished`` (too late) or ``unknown``.
         """
-        return self._core.loop.call(self._core.cancel(self.id))
-
-    async def acancel(self) -> CancelOutcome:
         return await self._core.loop.acall(self._core.cancel(self.id))
+
+    cancel = blocking(acancel)
 
 
 class EventStream:
@@ -158,28 +153,36 @@ class EventStream:
 
     def __iter__(self) -> Iterator[AgentEvent]:
         core = self._core
-        while self._skip_existing:
-            self._skip(core.read_events_blocking(self._job_id, self._after, 0.0))
-        while True:
-            if self._pending:
-                yield self._pending.pop(0)
-                continue
-            if self._ended:
-                return
-            self._take(core.read_events_blocking(self._job_id, self._after, _PAGE_BLOCK_S))
+        while self._pending or not self._over:
+            if not self._pending:
+                self._read(core.read_events_blocking(self._job_id, self._after, self._block_s))
+            yield from self._drain()
 
     async def __aiter__(self) -> AsyncIterator[AgentEvent]:
         core = self._core
-        while self._skip_existing:
-            self._skip(await core.loop.acall(core.read_events(self._job_id, self._after, 0.0)))
-        while True:
-            if self._pending:
-                yield self._pending.pop(0)
-                continue
-            if self._ended:
-                return
-            page = await core.loop.acall(core.read_events(self._job_id, self._after, _PAGE_BLOCK_S))
-            self._take(page)
+        while self._pending or not self._over:
+            if not self._pending:
+                page = core.read_events(self._job_id, self._after, self._block_s)
+                self._read(await core.loop.acall(page))
+            for event in self._drain():
+                yield event
+
+    @property
+    def _over(self) -> bool:
+        return self._ended and not self._skip_existing
+
+    @property
+    def _block_s(self) -> float:
+        """Skipping what the stream holds now must not wait for more."""
+        return 0.0 if self._skip_existing else _PAGE_BLOCK_S
+
+    def _read(self, page: tuple[list[StreamEntry], bool]) -> None:
+        (self._skip if self._skip_existing else self._take)(page)
+
+    def _drain(self) -> Iterator[AgentEvent]:
+        """The events read and not yet yielded, one at a time (a reader may stop between)."""
+        while self._pending:
+            yield self._pending.pop(0)
 
     def _skip(self, page: tuple[list[StreamEntry], bool]) -> None:
         """Move past what the stream holds now (``from_start=False``), ending if it ended."""

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from dispatch._client.twins import blocking
 from dispatch.batch_run import new_batch_id
 from dispatch.errors import FleetError, JobNotFound, JobTimeout
 from dispatch.reduce_plan import (
@@ -119,18 +120,18 @@ class Reduction:
 
     # -- waiting ------------------------------------------------------------------------------
 
-    def result(self, timeout: float | None = None) -> RunResult:
+    async def aresult(self, timeout: float | None = None) -> RunResult:  # noqa: ASYNC109
         """The final reducer's result (JobTimeout after ``timeout`` s; the tree keeps running)."""
+        finished = asyncio.shield(asyncio.wrap_future(self._future))  # a timeout cancels nothing
         try:
-            return self._future.result(timeout)
-        except concurrent.futures.TimeoutError:
+            return await asyncio.wait_for(finished, timeout)
+        except TimeoutError:
             raise JobTimeout(
                 f"reduce {self.id} did not finish in time; it keeps running: wait again, or "
                 "cancel it with cancel()"
             ) from None
 
-    async def aresult(self, timeout: float | None = None) -> RunResult:  # noqa: ASYNC109
-        return await asyncio.wait_for(asyncio.wrap_future(self._future), timeout)
+    result = blocking(aresult)
 
     def done(self) -> bool:
         return self._future.done()

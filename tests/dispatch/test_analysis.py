@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dispatch import Dispatcher, FleetError, JobSpecError
+from dispatch import Dispatcher, FleetError, JobSpecError, JobTimeout
 from dispatch.batch import load_batch
 from dispatch.spec import JobSpec
 from rho_agent import AgentConfig
@@ -150,6 +151,19 @@ def test_cancel_stops_the_whole_tree(
     assert final.status == "cancelled"
     assert [level.kind for level in reduction.levels] == ["map"]
     assert {job.status() for job in jobs} == {"cancelled"}
+
+
+def test_an_async_wait_that_times_out_leaves_the_tree_running(
+    dispatcher: Dispatcher, config: AgentConfig, model_server: ScriptedModelServer
+) -> None:
+    model_server.responder = lambda body: structured(
+        {"path": "x", "severity": 1, "note": ""}, delay=0.5
+    )
+    jobs = dispatcher.map(["Review file a"], config, output_schema=Finding)
+    reduction = dispatcher.reduce(jobs, "Summarise.", config)
+    with pytest.raises(JobTimeout, match="keeps running"):
+        asyncio.run(reduction.aresult(timeout=0.05))
+    assert reduction.result(timeout=30).status == "completed"
 
 
 def test_bad_reduce_calls_fail_at_once(dispatcher: Dispatcher, config: AgentConfig) -> None:

@@ -213,7 +213,7 @@ class Reduction:
                     "reducer's answer is as large as its input); ask for shorter answers"
                 )
             level, specs = self._level(depth, [[items[i] for i in group] for group in groups])
-            await self._core.asubmit(specs, [], self._plan.schema)
+            await asyncio.to_thread(self._core.submit, specs, [], self._plan.schema)
             self.levels.append(level)
             if self._cancelled:
                 await self._cancel_jobs(level)

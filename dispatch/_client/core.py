@@ -75,20 +75,9 @@ class _Core:
         observers: list[StateObserver],
         schema: OutputSchema | None = None,
     ) -> list[Job]:
-        """Send jobs (from any thread but the loop's)."""
+        """Send jobs (from any thread but the loop's; the sending blocks the caller's thread)."""
         self._expect(specs, schema)
         self.broker.publish(specs)
-        return self._jobs(specs, observers)
-
-    async def asubmit(
-        self,
-        specs: list[JobSpec],
-        observers: list[StateObserver],
-        schema: OutputSchema | None = None,
-    ) -> list[Job]:
-        """Send jobs from an event loop."""
-        self._expect(specs, schema)
-        await self.broker.apublish(specs)
         return self._jobs(specs, observers)
 
     def _expect(self, specs: list[JobSpec], schema: OutputSchema | None) -> None:

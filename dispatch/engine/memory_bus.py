@@ -240,13 +240,19 @@ class MemoryBus:
         if self._owns(claim):
             self._sessions.setdefault(session_id, {}).update(fields)
 
+    def _running(self, job_id: str, attempt: int) -> dict[str, str] | None:
+        """The job's fields while ``attempt`` runs it, else None (another attempt owns it)."""
+        fields = self._jobs.get(job_id)
+        if fields is None or fields.get("status") != "running":
+            return None
+        return fields if fields.get("attempt") == str(attempt) else None
+
     def on_refused(self, callback: Refused) -> None:
         self._refused_callbacks.append(callback)
 
     def _owns(self, claim: Claim) -> bool:
         """The fence: only the attempt running the job may write for it."""
-        fields = self._jobs.get(claim.job_id, {})
-        if fields.get("status") == "running" and fields.get("attempt") == str(claim.attempt):
+        if self._running(claim.job_id, claim.attempt) is not None:
             return True
         for callback in self._refused_callbacks:
             callback(claim)
@@ -258,10 +264,8 @@ class MemoryBus:
     async def finish(
         self, spec: JobSpec, attempt: int, result: RunResult, error: str | None
     ) -> bool:
-        fields = self._jobs.get(spec.job_id)
-        if fields is None or fields.get("attempt") != str(attempt):
-            return False
-        if fields["status"] != "running":
+        fields = self._running(spec.job_id, attempt)
+        if fields is None:
             return False
         self._release(spec.job_id, spec.session_id)
         self._write_finish(spec.job_id, fields, result, error)
@@ -276,10 +280,8 @@ class MemoryBus:
         pending: list[PendingCall],
         ttl_s: float,
     ) -> bool:
-        fields = self._jobs.get(spec.job_id)
-        if fields is None or fields.get("attempt") != str(attempt):
-            return False
-        if fields["status"] != "running":
+        fields = self._running(spec.job_id, attempt)
+        if fields is None:
             return False
         self._cancel_flags.discard(spec.job_id)
         deadline = time.time() + ttl_s

@@ -22,7 +22,7 @@ from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec, build_spec
 from rho_agent import AgentConfig
 from rho_agent.events import RunResult
-from rho_agent.testing import ScriptedModelServer, text, tool_call
+from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
 from workers.fleet_io import WorkerIO
 from workers.lease import Requeued
 from workers.progress import FlowerProgress
@@ -99,6 +99,23 @@ class Worker:
         """What Celery's task thread does: block on the host until the job ends."""
         return self._pool.submit(self.host.run, spec.encode(), task_id)
 
+    def start_job(
+        self,
+        server: ScriptedModelServer,
+        tmp_path: Path,
+        *responses: ScriptedResponse,
+        task_id: str = "t1",
+    ) -> tuple[JobSpec, concurrent.futures.Future[JobOutcome]]:
+        """Script ``responses``, submit a job and run it in a task thread; return once its
+        last model call is in flight."""
+        server.script(*responses)
+        spec = self.submit(
+            "a job", AgentConfig(base_url=server.base_url, working_dir=str(tmp_path))
+        )
+        running = self.run_in_thread(spec, task_id)
+        wait_for(lambda: len(server.requests) == len(responses))
+        return spec, running
+
     def result(self, spec: JobSpec) -> RunResult | None:
         [result] = self.host.loop.call(self.io.bus.get_results([spec.job_id]))
         return result
@@ -127,15 +144,11 @@ def wait_for(condition: Callable[[], bool], within_s: float = 3.0) -> None:
         time.sleep(0.01)
 
 
-def config_for(server: ScriptedModelServer, tmp_path: Path) -> AgentConfig:
-    return AgentConfig(base_url=server.base_url, working_dir=str(tmp_path))
-
-
 def test_a_job_runs_to_completion_and_its_result_is_on_the_bus(
     worker: Worker, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
     model_server.script(text("hello from the host"))
-    spec = worker.submit("say hello", config_for(model_server, tmp_path))
+    spec = worker.submit("say hello", AgentConfig(base_url=model_server.base_url))
 
     outcome = worker.host.run(spec.encode(), "t1")
 
@@ -152,10 +165,7 @@ def test_a_job_runs_to_completion_and_its_result_is_on_the_bus(
 def test_a_job_cancelled_on_the_bus_ends_cancelled(
     worker: Worker, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
-    model_server.script(text("too late", delay=30))
-    spec = worker.submit("wait for ever", config_for(model_server, tmp_path))
-    running = worker.run_in_thread(spec)
-    wait_for(lambda: len(model_server.requests) == 1)  # the model call is in flight
+    spec, running = worker.start_job(model_server, tmp_path, text("too late", delay=30))
 
     outcome = worker.host.loop.call(worker.io.bus.request_cancel(spec.job_id))
 
@@ -169,10 +179,13 @@ def test_a_job_cancelled_on_the_bus_ends_cancelled(
 def test_progress_is_reported_per_task_once_its_numbers_move(
     worker: Worker, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
-    model_server.script(tool_call("list", {"path": "."}), text("done", delay=30))
-    spec = worker.submit("list, then think", config_for(model_server, tmp_path))
-    running = worker.run_in_thread(spec, task_id="celery-task-7")
-    wait_for(lambda: len(model_server.requests) == 2)  # one turn done, the second in flight
+    spec, running = worker.start_job(
+        model_server,
+        tmp_path,
+        tool_call("list", {"path": "."}),
+        text("done", delay=30),
+        task_id="celery-task-7",
+    )  # one turn done, the second in flight
     progress = FlowerProgress(
         None, worker.host.start(), worker.host.task_ids, lambda: "rho@test", lambda: True
     )
@@ -195,26 +208,21 @@ async def _changed(progress: FlowerProgress) -> list[tuple[str, dict[str, object
 def test_the_shutdown_grace_lets_a_running_job_finish(
     worker: Worker, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
-    model_server.script(text("finished in time", delay=0.3))
-    spec = worker.submit("finish soon", config_for(model_server, tmp_path))
-    running = worker.run_in_thread(spec)
-    wait_for(lambda: worker.host.running_count == 1)
+    spec, running = worker.start_job(model_server, tmp_path, text("finished in time", delay=0.3))
 
     handed_back = GracefulShutdown(worker.host, grace_s=5).drain()
 
     assert handed_back == []
     assert worker.host.closing and not worker.host.handing_back
     assert running.result(timeout=1).status == "completed"
-    assert worker.io.broker.sent == []
+    assert worker.status(spec) == "completed" and worker.io.broker.sent == []
 
 
 def test_the_shutdown_hands_a_running_job_back_and_it_resumes(
     worker: Worker, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
-    model_server.script(text("never answered", delay=30), text("answered after the restart"))
-    spec = worker.submit("a long job", config_for(model_server, tmp_path))
-    running = worker.run_in_thread(spec)
-    wait_for(lambda: len(model_server.requests) == 1)
+    spec, running = worker.start_job(model_server, tmp_path, text("never answered", delay=30))
+    model_server.script(text("answered after the restart"))
 
     handed_back = GracefulShutdown(worker.host, grace_s=0.1).drain()
 

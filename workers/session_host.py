@@ -20,14 +20,8 @@ from dispatch.engine.fan_out import FanOutLimits
 from dispatch.engine.host import JobHost
 from dispatch.engine.loop import LoopThread, stop_tasks
 from dispatch.engine.run import JobOutcome, RunnerOptions
-from dispatch.fleet.celery_broker import CeleryBroker
-from dispatch.fleet.ratelimit import RedisRateLimiter
-from dispatch.fleet.redis_bus import RedisBus
-from dispatch.fleet.script_batch import ScriptBatcher
-from dispatch.fleet.spend import RedisSpendLedger
 from dispatch.spec import JobSpec
-from workers.janitor import Janitor
-from workers.lease import LeaseKeeper, Sweeper
+from workers.fleet_io import Connect, Sender, WorkerIO, connect_fleet
 from workers.progress import FlowerProgress, TaskIds
 from workers.worker_settings import WorkerSettings
 
@@ -37,9 +31,15 @@ _CHATTY_LOGGERS = ("httpx", "httpx2", "openai")
 
 
 class SessionHost:
-    """Starts on first use; ``run`` may be called from any number of threads at once."""
+    """Starts on first use; ``run`` may be called from any number of threads at once.
 
-    def __init__(self, settings: WorkerSettings, app: Any = None) -> None:
+    ``connect`` builds its I/O on its loop (``workers.fleet_io``): Redis and Celery unless a
+    test gives its own.
+    """
+
+    def __init__(
+        self, settings: WorkerSettings, app: Any = None, *, connect: Connect = connect_fleet
+    ) -> None:
         self.settings = settings
         self._app = app
         self.task_ids = TaskIds()
@@ -56,8 +56,9 @@ class SessionHost:
         self._thread = LoopThread(f"rho-session-host-{settings.worker_name}")
         self._lock = threading.Lock()
         self._host: JobHost | None = None
-        self._bus: RedisBus | None = None
-        self._broker: CeleryBroker | None = None
+        self._connect = connect
+        self._io: WorkerIO | None = None
+        self._broker: Sender | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> JobHost:
@@ -97,6 +98,13 @@ class SessionHost:
         return self._thread
 
     @property
+    def io(self) -> WorkerIO:
+        """The started host's I/O (the graceful shutdown hands jobs back through it)."""
+        if self._io is None:
+            raise RuntimeError("the session host is not started: call start() first")
+        return self._io
+
+    @property
     def running_count(self) -> int:
         return 0 if self._host is None else self._host.running_count
 
@@ -104,10 +112,7 @@ class SessionHost:
         settings = self.settings
         for name in _CHATTY_LOGGERS:  # one INFO line per model request drowns the worker log
             logging.getLogger(name).setLevel(logging.WARNING)
-        bus = RedisBus.from_settings(settings.fleet)
-        await bus.client.ping()
-        keys = settings.fleet.keys
-        scripts = ScriptBatcher(bus.client, outage_limit_s=settings.fleet.redis_outage_s)
+        io = await self._connect(settings)
         options = RunnerOptions(
             worker=settings.worker_name,
             lease_ms=settings.lease_ms,
@@ -117,36 +122,20 @@ class SessionHost:
             agent_factory=settings.build_agent(),
             approval_ttl_s=settings.fleet.approval_ttl_s,
             allowed_base_urls=settings.allowed_base_urls,
-            spend=RedisSpendLedger(
-                bus.client, keys, retention_s=settings.fleet.retention_s, batcher=scripts
-            ),
-            rate_limiter=RedisRateLimiter(bus.client, keys, settings.rate_limits, scripts),
+            spend=io.spend,
+            rate_limiter=io.rate_limiter,
             publish=self._publish,
             fan_out=FanOutLimits(
                 max_depth=settings.fleet.fan_out_max_depth,
                 max_children=settings.fleet.fan_out_max_children,
             ),
         )
-        host = JobHost(bus, options)
+        host = JobHost(io.bus, options)
         await host.start()
-        self._bus = bus
-        self._broker = CeleryBroker(settings.fleet)
-        keeper = LeaseKeeper(bus, host, settings.lease_ms)
-        sweeper = Sweeper(
-            bus.client,
-            settings.fleet.keys,
-            self._resend,
-            interval_s=settings.sweep_interval_s,
-            grace_ms=settings.fleet.queued_lease_s * 1000,
-            retention_s=settings.fleet.retention_s,
-            events_maxlen=settings.fleet.events_maxlen,
-            lease_ms=settings.lease_ms,
-        )
-        self._tasks = [
-            asyncio.create_task(keeper.run(), name="rho-leases"),
-            asyncio.create_task(sweeper.run(), name="rho-sweeper"),
-            asyncio.create_task(Janitor(bus.client, settings.fleet).run(), name="rho-janitor"),
-        ]
+        self._io = io
+        self._broker = io.open_broker()
+        loops = io.loops(host, self._resend) if io.loops is not None else []
+        self._tasks = [asyncio.create_task(loop, name=name) for name, loop in loops]
         if self._app is not None:
             progress = FlowerProgress(
                 self._app,
@@ -179,6 +168,6 @@ class SessionHost:
         self._tasks = []
         if self._host is not None:
             await self._host.stop()
-        if self._bus is not None:
-            await self._bus.close()
-            self._bus = None
+        if self._io is not None:
+            await self._io.bus.close()
+            self._io = None

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from dispatch.engine.host import JobHost
 from dispatch.fleet import lua
-from dispatch.fleet.celery_broker import CeleryBroker
 from dispatch.fleet.redis_bus import RedisBus
 from dispatch.settings import env_float
 from dispatch.spec import JobSpec
-from workers.lease import requeued_jobs
+from workers.lease import Requeued, requeued_jobs
 
 if TYPE_CHECKING:
+    from workers.fleet_io import HandBack
     from workers.session_host import SessionHost
 
 logger = logging.getLogger("workers.shutdown")
@@ -53,9 +53,6 @@ SHUTDOWN_SETTINGS: tuple[tuple[str, str, str], ...] = (
 DEFAULT_GRACE_S = 30.0
 _CANCEL_WAIT_S = 10.0
 _POLL_S = 0.1
-
-# KEYS: leases. ARGV: job key prefix, requeue grace ms, events maxlen, worker, job/attempt pairs.
-# Returns job id, spec json and attempt of every job this worker still owned, flattened.
 
 
 def grace_from_env(env: Mapping[str, str] | None = None) -> float:
@@ -121,13 +118,16 @@ class GracefulShutdown:
 
     def _hand_back(self) -> list[str]:
         job_host = self.host.start()  # already started: it runs jobs
+        io = self.host.io
         self.host.handing_back = True
         loop = self.host.loop
-        flat, unclaimed = loop.call(_stop_and_release(job_host), timeout=_CANCEL_WAIT_S + 30)
-        broker = CeleryBroker(self.host.settings.fleet)
+        requeued, unclaimed = loop.call(
+            _stop_and_release(job_host, io.hand_back), timeout=_CANCEL_WAIT_S + 30
+        )
+        broker = io.open_broker()
         sent = []
         try:
-            for job in requeued_jobs(flat, "handed back"):
+            for job in requeued:
                 broker.send([job.spec], attempt_suffix=f"-h{job.attempt}")
                 sent.append(job.job_id)
             # Still queued: a second message is harmless (a delivery of a job another worker
@@ -140,10 +140,12 @@ class GracefulShutdown:
         return sent
 
 
-async def _stop_and_release(job_host: JobHost) -> tuple[list[str], list[JobSpec]]:
+async def _stop_and_release(
+    job_host: JobHost, hand_back: HandBack | None
+) -> tuple[list[Requeued], list[JobSpec]]:
     """In the session loop: stop every job (resumably), flush, mark the owned ones queued.
 
-    Returns what ``HAND_BACK`` answered for the owned jobs, and the specs of the jobs that were
+    Returns the owned jobs ``hand_back`` marked queued, and the specs of the jobs that were
     delivered but not yet claimed (their tasks end with their messages: they must be sent again).
     """
     owned = job_host.active()
@@ -153,23 +155,28 @@ async def _stop_and_release(job_host: JobHost) -> tuple[list[str], list[JobSpec]
         task.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=_CANCEL_WAIT_S)
-    bus = job_host.bus
-    await bus.flush()
-    if not isinstance(bus, RedisBus):
+    await job_host.bus.flush()
+    if hand_back is None:
         return [], []
     if not owned:
         return [], unclaimed
+    return await hand_back(owned, job_host.options.worker), unclaimed
+
+
+async def hand_back(bus: RedisBus, owned: list[tuple[str, int]], worker: str) -> list[Requeued]:
+    """``HAND_BACK`` on Redis: each ``(job id, attempt)`` ``worker`` still owns is queued again
+    (with a requeue lease, as the sweeper does); returns those, to be sent again."""
     args: list[Any] = [
         bus.keys.job_prefix(),
         bus.settings.queued_lease_s * 1000,
         bus.settings.events_maxlen,
-        job_host.options.worker,
+        worker,
     ]
     for job_id, attempt in owned:
         args += [job_id, attempt]
     script = bus.client.register_script(lua.HAND_BACK)
     flat: list[str] = await script(keys=[bus.keys.leases()], args=args)
-    return flat, unclaimed
+    return list(requeued_jobs(flat, "handed back"))
 
 
 def _runs_a_job(task: asyncio.Task[Any]) -> bool:

@@ -1,8 +1,11 @@
 """The job bus: where a job's metadata, events and trace live while it runs and after.
 
 Two implementations with one contract (tests/dispatch/test_bus_contract.py runs against both):
-``MemoryBus`` for embedded mode and ``RedisBus`` for the fleet. A running job writes through
-``RunnerBus``; a dispatcher (or ``rho-agent watch``) reads through ``DispatchBus``.
+``MemoryBus`` for embedded mode and ``RedisBus`` for the fleet. The runner side is split into
+small roles, each taken by the code that uses it: ``JobClaims``, ``JobRecords``, ``JobWrites`` and
+``ApprovalParking`` (a ``JobRun``), ``ChildJobs`` (its ``fan_out`` children), ``JobTree``
+(cancelling a tree) and ``HostControl`` (a ``JobHost``); ``RunBus`` and ``RunnerBus`` gather them
+for a run and a host. A dispatcher (or ``rho-agent watch``) reads through ``DispatchBus``.
 
 A job's events stream holds two kinds of entries, in order: ``{"kind": "event", "attempt": 2,
 "seq": 7, "event": {...}}`` (an ``AgentEvent.to_dict()`` with its stable id: the job, the attempt
@@ -77,13 +80,15 @@ class StartDecision:
     handbacks: int = 0
 
 
-class RunnerBus(Protocol):
-    """What a running job needs. ``emit_*`` never block; ``flush`` makes them durable.
-
-    ``emit_*`` writes are fenced by their ``Claim``: applied only while that attempt owns the job.
-    """
+class JobClaims(Protocol):
+    """Claiming a delivered job: the attempt a ``JobRun`` owns, or why it may not run it."""
 
     async def start(self, spec: JobSpec, worker: str, lease_ms: int) -> StartDecision: ...
+
+
+class JobRecords(Protocol):
+    """What an attempt reads back to resume where earlier ones stopped: the session's trace,
+    the job's events, and the job fields its baseline lives in (``JobRun``)."""
 
     async def get_fields(self, job_id: str) -> dict[str, str]: ...
 
@@ -97,6 +102,12 @@ class RunnerBus(Protocol):
         self, job_id: str, after: str = START, block_s: float = 0.0, count: int = EVENT_PAGE
     ) -> list[StreamEntry]: ...
 
+
+class JobWrites(Protocol):
+    """A running attempt's writes (``JobRun``). ``emit_*`` never block; ``flush`` makes them
+    durable. Every write is fenced by its ``Claim``: applied only while that attempt owns the
+    job."""
+
     def emit_event(self, claim: Claim, entry: dict[str, Any]) -> None: ...
 
     def emit_trace(self, claim: Claim, session_id: str, record: dict[str, Any]) -> None: ...
@@ -107,9 +118,6 @@ class RunnerBus(Protocol):
         self, claim: Claim, session_id: str, fields: Mapping[str, str], *, new: bool
     ) -> None: ...
 
-    def on_refused(self, callback: Refused) -> None:
-        """Call ``callback`` whenever an ``emit_*`` under a stale claim is refused."""
-
     async def flush(self) -> None: ...
 
     async def finish(
@@ -118,6 +126,10 @@ class RunnerBus(Protocol):
         """Store the job's end with ``result.status`` and ``error``, why it did not complete
         (JobInfo.error); False if another attempt owns the job now."""
         ...
+
+
+class ApprovalParking(Protocol):
+    """Parking a run paused for a person's decision (``JobRun``; docs/approvals.md)."""
 
     async def await_approval(
         self,
@@ -132,11 +144,10 @@ class RunnerBus(Protocol):
         ``ttl_s``); its waiters get ``result``. False if another attempt owns the job now."""
         ...
 
-    async def reject(self, job_id: str, error: str) -> bool: ...
 
-    async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]: ...
-
-    # -- sub-jobs (the fan_out tool): a running job submits children and waits for them -------
+class ChildJobs(Protocol):
+    """A running job's ``fan_out`` children: record them, then wait for their ends on the
+    parent's done stream (``JobSubJobs``)."""
 
     async def submit_children(self, parent_id: str, specs: Sequence[JobSpec]) -> list[str]:
         """Record ``specs`` as children of ``parent_id``, each only if no job has its id yet
@@ -144,17 +155,42 @@ class RunnerBus(Protocol):
         the caller sends to the transport (a queued one sent twice starts once)."""
         ...
 
+    async def read_done(
+        self, dispatcher_id: str, after: str, block_s: float
+    ) -> list[StreamEntry]: ...
+
+    async def get_results(self, job_ids: Sequence[str]) -> list[RunResult | None]: ...
+
+
+class JobTree(Protocol):
+    """What cancelling a job's tree needs: its children, and a cancel request
+    (``cancel_children``, from a parent's end or a dispatcher's cancel)."""
+
     async def children(self, job_id: str) -> list[str]:
         """The ids of every child ``job_id`` submitted (empty if none)."""
         ...
 
     async def request_cancel(self, job_id: str) -> CancelOutcome: ...
 
-    async def read_done(
-        self, dispatcher_id: str, after: str, block_s: float
-    ) -> list[StreamEntry]: ...
 
-    async def get_results(self, job_ids: Sequence[str]) -> list[RunResult | None]: ...
+class HostControl(Protocol):
+    """What a ``JobHost`` asks of the bus itself: the cancel requests it routes to its runs,
+    the refused writes that stop a run, and the payloads it rejects before any run."""
+
+    async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]: ...
+
+    def on_refused(self, callback: Refused) -> None:
+        """Call ``callback`` whenever an ``emit_*`` under a stale claim is refused."""
+
+    async def reject(self, job_id: str, error: str) -> bool: ...
+
+
+class RunBus(JobClaims, JobRecords, JobWrites, ApprovalParking, ChildJobs, JobTree, Protocol):
+    """Everything one ``JobRun`` uses, directly and through its ``fan_out`` children."""
+
+
+class RunnerBus(RunBus, HostControl, Protocol):
+    """What a ``JobHost`` takes: its runs' roles and its own."""
 
 
 class DispatchBus(Protocol):

@@ -28,11 +28,11 @@ import json
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
-from dispatch.engine.bus import START, CancelOutcome, RunnerBus, failure_reason
+from dispatch.engine.bus import START, ChildJobs, JobTree, failure_reason
 from dispatch.info import AWAITING_APPROVAL
 from dispatch.spec import JobSpec, describe
 from rho_agent.errors import ToolError
@@ -85,7 +85,7 @@ class JobSubJobs:
         self,
         parent: JobSpec,
         profile: PermissionProfile,
-        bus: RunnerBus,
+        bus: ChildJobs,
         publish: Publish,
         limits: FanOutLimits,
         waiting: Waiting,
@@ -239,15 +239,7 @@ class JobSubJobs:
         }
 
 
-class TreeBus(Protocol):
-    """What cancelling a tree needs: a job's children, and a cancel request."""
-
-    async def children(self, job_id: str) -> list[str]: ...
-
-    async def request_cancel(self, job_id: str) -> CancelOutcome: ...
-
-
-async def cancel_children(bus: TreeBus, job_id: str) -> int:
+async def cancel_children(bus: JobTree, job_id: str) -> int:
     """Cancel every unfinished child of ``job_id``, and the children of any child that ended
     while queued (its crashed attempt may have started some); return how many were asked."""
     asked = 0

@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dispatch.engine.approval import DecideOutcome, encode_pending, refused
 from dispatch.engine.bus import (
@@ -19,6 +19,7 @@ from dispatch.engine.bus import (
     START,
     CancelOutcome,
     Claim,
+    JobBus,
     Refused,
     StartDecision,
     StreamEntry,
@@ -387,3 +388,8 @@ class MemoryBus:
             self._awaiting.pop(job_id, None)
             self._streams.pop(self._keys.events(job_id), None)
             self._children.pop(job_id, None)
+
+
+if TYPE_CHECKING:
+    _ROLES: type[JobBus] = MemoryBus
+    """mypy checks here that MemoryBus implements every role of the bus (both sides)."""

@@ -23,7 +23,8 @@ from typing import Any
 from dispatch.engine.approval import decided_calls, pending_calls
 from dispatch.engine.bus import (
     Claim,
-    RunnerBus,
+    JobWrites,
+    RunBus,
     SeenEvents,
     cancelled_before_start,
     entry_event,
@@ -131,7 +132,7 @@ class AgentCache:
 class _BusSink:
     """A TraceSink that sends each record to the job bus (queued, never blocking)."""
 
-    def __init__(self, bus: RunnerBus, claim: Claim, session_id: str) -> None:
+    def __init__(self, bus: JobWrites, claim: Claim, session_id: str) -> None:
         self._bus, self._claim, self._session_id = bus, claim, session_id
 
     def write(self, record: dict[str, Any]) -> None:
@@ -147,7 +148,7 @@ class JobRun:
     def __init__(
         self,
         spec: JobSpec,
-        bus: RunnerBus,
+        bus: RunBus,
         options: RunnerOptions,
         agents: AgentCache | None = None,
         waiting: Waiting = contextlib.nullcontext,

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -22,6 +22,7 @@ from dispatch.engine.bus import (
     START,
     CancelOutcome,
     Claim,
+    JobBus,
     Refused,
     StartAction,
     StartDecision,
@@ -485,3 +486,8 @@ class RedisBus:
 
     async def _survive(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         return await survive(call, limit_s=self.settings.redis_outage_s, what=what)
+
+
+if TYPE_CHECKING:
+    _ROLES: type[JobBus] = RedisBus
+    """mypy checks here that RedisBus implements every role of the bus (both sides)."""

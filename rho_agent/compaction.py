@@ -32,8 +32,8 @@ def count_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) ->
 
 
 def check_fits(
+    needed: int,
     messages: list[dict[str, Any]],
-    tools: list[dict[str, Any]],
     *,
     model: str,
     window: int,
@@ -41,11 +41,11 @@ def check_fits(
 ) -> None:
     """Raise ContextWindowExceeded, saying by how much and what to do, if the request is too big.
 
-    Called after auto compaction had its chance, so an error here means compacting did not help.
-    Called before every model request, so the history is encoded once when it fits: the split
-    into history and tool definitions is worked out only for the error.
+    ``needed`` is the request's ``count_tokens``, taken by the caller once per request (it
+    encodes the whole history); the split into history and tool definitions is worked out
+    only for the error. Called after auto compaction had its chance, so an error here means
+    compacting did not help.
     """
-    needed = count_tokens(messages, tools)
     if needed <= window:
         return
     history = count_tokens(messages, [])

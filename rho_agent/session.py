@@ -411,22 +411,28 @@ class Session:
         return await self._compact("manual", RunContext())
 
     async def _fit_context(self, run: RunContext, tools: list[dict[str, Any]]) -> None:
-        """Compact if the next request nears the window; fail before sending one that can't fit."""
-        await self._maybe_auto_compact(run, tools)
+        """Compact if the next request nears the window; fail before sending one that can't fit.
+
+        The estimate encodes the whole history, so it is taken once per request (again only
+        after a compaction changed the history).
+        """
+        needed = compaction.count_tokens(self.state.messages, tools)
+        if await self._maybe_auto_compact(run, needed):
+            needed = compaction.count_tokens(self.state.messages, tools)
         compaction.check_fits(
+            needed,
             self.state.messages,
-            tools,
             model=self.agent.config.model,
             window=self.context_window,
             auto_compact=self.auto_compact,
         )
 
-    async def _maybe_auto_compact(self, run: RunContext, tools: list[dict[str, Any]]) -> None:
+    async def _maybe_auto_compact(self, run: RunContext, needed: int) -> bool:
+        """Compact when ``needed`` tokens near the window; True if the history changed."""
         if not self.auto_compact or self._compacted_last:
-            return
-        limit = compaction.AUTO_COMPACT_FRACTION * self.context_window
-        if compaction.count_tokens(self.state.messages, tools) < limit:
-            return
+            return False
+        if needed < compaction.AUTO_COMPACT_FRACTION * self.context_window:
+            return False
         try:
             await self._compact("auto", run)
         except ModelError as exc:
@@ -434,6 +440,7 @@ class Session:
             self.state.append("error", message=message)
             run.emit(AgentEvent("error", content=message))
         self._compacted_last = True
+        return True
 
     async def _compact(self, trigger: str, run: RunContext) -> CompactResult:
         messages = self.state.messages

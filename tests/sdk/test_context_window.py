@@ -10,7 +10,7 @@ import pytest
 
 from rho_agent import Agent, AgentConfig, ConfigError, Session, compaction
 from rho_agent.pricing import FALLBACK_CONTEXT_WINDOW, context_window
-from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text
+from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
 from tests.sdk.helpers import make_session
 from tests.sdk.test_cli_run import cli_env, rho
 
@@ -121,9 +121,12 @@ def test_the_cli_takes_the_window_and_fails_a_run_that_cannot_fit(
     assert refused.returncode == 2 and "context-window" in refused.stderr
 
 
-def test_a_request_that_fits_encodes_the_history_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # check_fits runs before every model request: estimating the history costs a JSON encoding
-    # of all of it, so a second one (the history/tools split) is kept for the error message.
+async def test_each_request_encodes_the_history_once(
+    model_server: ScriptedModelServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The token estimate before every model request is a JSON encoding of the whole history: a
+    # second one per request (auto compaction's check, then the window check) made every turn
+    # O(history) twice. The history/tools split is worked out only for the error message.
     encoded: list[int] = []
     real = compaction.estimate_prompt_tokens
 
@@ -132,9 +135,15 @@ def test_a_request_that_fits_encodes_the_history_once(monkeypatch: pytest.Monkey
         return real(messages, tools)
 
     monkeypatch.setattr(compaction, "estimate_prompt_tokens", counting)
-    messages = [{"role": "user", "content": "hello " * 50}]
-    tools = [{"type": "function", "function": {"name": "noop", "parameters": {}}}]
-    compaction.check_fits(messages, tools, model="m", window=10_000, auto_compact=True)
-    assert encoded == [1]
+    model_server.script(
+        tool_call("read_file", {"path": "nothing.txt"}),
+        tool_call("read_file", {"path": "nothing.txt"}),
+        text("done"),
+    )
+    session = make_session(model_server, tmp_path)
+    await session.run("go")
+    assert len(encoded) == len(model_server.requests) == 3
     with pytest.raises(compaction.ContextWindowExceeded, match=r"history \d+, tool definitions"):
-        compaction.check_fits(messages, tools, model="m", window=10, auto_compact=True)
+        compaction.check_fits(
+            10_000, [{"role": "user", "content": "hi"}], model="m", window=10, auto_compact=True
+        )

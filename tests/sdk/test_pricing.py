@@ -111,3 +111,35 @@ def test_catalogue_lookups_are_cached() -> None:
     PriceTable().cost("o3-pro", input_tokens=10, output_tokens=10)
     info = lookup.cache_info()
     assert (info.misses, info.hits) == (1, 1)
+
+
+def test_every_catalogue_price_costs_what_the_library_says() -> None:
+    """The linear form reused for flat prices agrees with genai-prices on every model it knows,
+    and tiered prices (which are not linear) still go through the library."""
+    from datetime import UTC, datetime
+
+    from genai_prices.data_snapshot import get_snapshot
+
+    from rho_agent._catalogue import CatalogueModel, _linear
+
+    counts = [(0, 0, 0), (1, 0, 1), (1_500, 1_024, 40), (150_000, 0, 9), (250_000, 10_000, 3)]
+    counts += [(300_000, 299_000, 65_000), (1_000_000, 0, 1_000_000)]
+    linear = tiered = 0
+    for provider in get_snapshot().providers:
+        for info in provider.models:
+            model = CatalogueModel(provider, info)
+            price = info.get_prices(datetime.now(UTC))
+            if _linear(price) is None:
+                tiered += 1
+            else:
+                linear += 1
+            for input_tokens, cached, output in counts:
+                usage = Usage(
+                    input_tokens=input_tokens, cache_read_tokens=cached, output_tokens=output
+                )
+                expected = float(info.calc_price(usage, provider).total_price)
+                ours = model.cost(
+                    input_tokens=input_tokens, cached_tokens=cached, output_tokens=output
+                )
+                assert ours == pytest.approx(expected, rel=1e-9, abs=1e-12), (info.id, usage)
+    assert linear > 100 and tiered > 0  # both paths ran

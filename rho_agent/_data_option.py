@@ -1,4 +1,5 @@
-"""A setting given as inline JSON or as the path of a YAML/JSON file (prices, rate limits)."""
+"""Settings given as data (prices, rate limits, a Daytona backend): read from inline JSON or a
+YAML/JSON file path, and what is wrong in them said in one line."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from rho_agent.errors import ConfigError
 
@@ -30,3 +32,12 @@ def load_data_option(
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}={text!r} is not valid YAML: {exc}") from None
     return data, f"{source} file {text!r}"
+
+
+def validation_problems(exc: ValidationError, whole: str) -> str:
+    """Every problem pydantic found, ``field: message`` joined by ``; `` (``whole`` names the
+    value itself when the problem is not in one field)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or whole}: {error['msg']}"
+        for error in exc.errors()
+    )

@@ -17,7 +17,7 @@ from decimal import Decimal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rho_agent._catalogue import CatalogueModel, lookup
-from rho_agent._data_option import load_data_option
+from rho_agent._data_option import load_data_option, validation_problems
 from rho_agent.errors import ConfigError
 
 logger = logging.getLogger("rho_agent.pricing")
@@ -167,10 +167,7 @@ def prices_from_data(data: object, *, source: str) -> dict[str, ModelPrice]:
         try:
             parsed = _PriceData.model_validate(entry)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'price'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = validation_problems(exc, "price")
             raise ConfigError(
                 f"{source}: price of {model!r} is invalid ({problems}); write USD per million "
                 "tokens as {input: 0.5, output: 1.5, cached_input: 0.05}"

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rho_agent._data_option import load_data_option
+from rho_agent._data_option import load_data_option, validation_problems
 from rho_agent.errors import ConfigError
 
 GUARD_MIN_S = 0.5
@@ -90,10 +90,7 @@ def rate_limits_from_data(data: object, *, source: str) -> list[RateLimit]:
         try:
             parsed = _RateLimitData.model_validate(entry)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'limit'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = validation_problems(exc, "limit")
             raise ConfigError(f"{source}[{index}] is not a valid rate limit ({problems})") from None
         if parsed.requests is None and parsed.tokens is None:
             raise ConfigError(f"{source}[{index}] sets neither requests nor tokens")

@@ -8,18 +8,16 @@ the catalogue's. A model priced nowhere costs 0 and is reported once per table.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rho_agent._catalogue import CatalogueModel, lookup
+from rho_agent._data_option import load_data_option, validation_problems
 from rho_agent.errors import ConfigError
 
 logger = logging.getLogger("rho_agent.pricing")
@@ -169,10 +167,7 @@ def prices_from_data(data: object, *, source: str) -> dict[str, ModelPrice]:
         try:
             parsed = _PriceData.model_validate(entry)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'price'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = validation_problems(exc, "price")
             raise ConfigError(
                 f"{source}: price of {model!r} is invalid ({problems}); write USD per million "
                 "tokens as {input: 0.5, output: 1.5, cached_input: 0.05}"
@@ -184,20 +179,5 @@ def prices_from_data(data: object, *, source: str) -> dict[str, ModelPrice]:
 
 def load_prices(value: str, *, source: str) -> dict[str, ModelPrice]:
     """Prices from inline JSON (``{"my-model": {...}}``) or from a YAML/JSON file path."""
-    text = value.strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source} is not valid JSON: {exc}") from None
-        return prices_from_data(data, source=source)
-    path = Path(text).expanduser()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{source}={text!r}: no such file; give a YAML/JSON file of prices or inline JSON"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}={text!r} is not valid YAML: {exc}") from None
-    return prices_from_data(data, source=f"{source} file {text!r}")
+    data, where = load_data_option(value, source=source, what="prices", inline=("{",))
+    return prices_from_data(data, source=where)

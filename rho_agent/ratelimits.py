@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rho_agent._data_option import load_data_option, validation_problems
 from rho_agent.errors import ConfigError
 
 GUARD_MIN_S = 0.5
@@ -92,10 +90,7 @@ def rate_limits_from_data(data: object, *, source: str) -> list[RateLimit]:
         try:
             parsed = _RateLimitData.model_validate(entry)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'limit'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = validation_problems(exc, "limit")
             raise ConfigError(f"{source}[{index}] is not a valid rate limit ({problems})") from None
         if parsed.requests is None and parsed.tokens is None:
             raise ConfigError(f"{source}[{index}] sets neither requests nor tokens")
@@ -105,22 +100,8 @@ def rate_limits_from_data(data: object, *, source: str) -> list[RateLimit]:
 
 def load_rate_limits(value: str, *, source: str) -> list[RateLimit]:
     """Rate limits from inline JSON or from a YAML/JSON file path."""
-    text = value.strip()
-    if text.startswith(("[", "{")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source} is not valid JSON: {exc}") from None
-        return rate_limits_from_data(data, source=source)
-    try:
-        data = yaml.safe_load(Path(text).expanduser().read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{source}={text!r}: no such file; give a YAML/JSON file of limits or inline JSON"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}={text!r} is not valid YAML: {exc}") from None
-    return rate_limits_from_data(data, source=f"{source} file {text!r}")
+    data, where = load_data_option(value, source=source, what="limits", inline=("[", "{"))
+    return rate_limits_from_data(data, source=where)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,10 @@ indexes an expiry.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-from dispatch.engine.loop import still_running
+from dispatch.engine.loop import every
 from dispatch.settings import FleetSettings
 
 logger = logging.getLogger("workers.janitor")
@@ -33,14 +32,13 @@ class Janitor:
         self._interval_s = interval_s
 
     async def run(self) -> None:
-        while still_running():
-            try:
-                await self.tidy_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("tidying the job and session indexes failed (%s); retrying", exc)
-            await asyncio.sleep(self._interval_s)
+        await every(
+            self._interval_s,
+            self.tidy_once,
+            failing="tidying the job and session indexes",
+            log=logger,
+            at_once=True,
+        )
 
     async def tidy_once(self) -> int:
         keys = self._settings.keys

@@ -22,7 +22,7 @@ from typing import Any
 from dispatch.engine.approval import EXPIRED_REASON
 from dispatch.engine.bus import Claim
 from dispatch.engine.host import JobHost
-from dispatch.engine.loop import still_running
+from dispatch.engine.loop import every
 from dispatch.errors import JobSpecError
 from dispatch.fleet import lua
 from dispatch.fleet.redis_bus import RedisBus
@@ -79,14 +79,9 @@ class LeaseKeeper:
         self._lease_ms = lease_ms
 
     async def run(self) -> None:
-        while still_running():
-            await asyncio.sleep(self._lease_ms / 3000)
-            try:
-                await self.renew_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("renewing job leases failed (%s); retrying", exc)
+        await every(
+            self._lease_ms / 3000, self.renew_once, failing="renewing job leases", log=logger
+        )
 
     async def renew_once(self) -> list[Claim]:
         active = self._host.active()
@@ -142,15 +137,17 @@ class Sweeper:
         self._last_answer = 0.0
 
     async def run(self) -> None:
-        while still_running():
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.sweep_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._steady_since = None
-                logger.warning("sweeping for stopped jobs failed (%s); retrying", exc)
+        await every(
+            self._interval_s,
+            self.sweep_once,
+            failing="sweeping for stopped jobs",
+            log=logger,
+            on_error=self._distrust_redis,
+        )
+
+    def _distrust_redis(self) -> None:
+        """A failed sweep may be an outage: Redis must be steady for a lease again first."""
+        self._steady_since = None
 
     async def redis_steady(self) -> bool:
         """Whether Redis has been up and answering here for at least one lease."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -104,6 +105,32 @@ def still_running() -> bool:
     """
     task = asyncio.current_task()
     return task is None or not task.cancelling()
+
+
+async def every(
+    interval_s: float,
+    step: Callable[[], Awaitable[object]],
+    *,
+    failing: str,
+    log: logging.Logger,
+    at_once: bool = False,
+    on_error: Callable[[], None] = lambda: None,
+) -> None:
+    """Run ``step`` every ``interval_s`` seconds (first at once, or after one interval) until the
+    task is stopped. A failing step is logged as ``failing`` and retried at the next turn, after
+    ``on_error``: a background loop outlives a Redis outage."""
+    while still_running():
+        if not at_once:
+            await asyncio.sleep(interval_s)
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            on_error()
+            log.warning("%s failed (%s); retrying", failing, exc)
+        if at_once:
+            await asyncio.sleep(interval_s)
 
 
 async def stop_tasks(tasks: list[asyncio.Task[Any]], within_s: float = 5.0) -> None:

@@ -14,13 +14,34 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 """
 
-# The done-stream entry: the job id, with the result inline when it is small (ARGV[4] is JSON).
-_DONE_ENTRY = """
-local function done_entry(job_id, result_json)
-  if string.len(result_json) <= 65536 then
-    return '{"job_id":' .. cjson.encode(job_id) .. ',"result":' .. result_json .. '}'
+# The fence: does this attempt still run the job? A stale worker (its lease lapsed and the job
+# was started again, or it finished) gets false and must write nothing. Also returns the status.
+_FENCE = """
+local function runs(key, attempt)
+  local state = redis.call('HMGET', key, 'status', 'attempt')
+  return state[1] == 'running' and state[2] == attempt, state[1]
+end
+"""
+
+# The tail of every step that ends a job's attempt with a result (finished, cancelled, awaiting
+# approval): the dispatcher's done stream gets the job id, with the result inline when it is
+# small (result_json is JSON), then the job and its events keep for the retention.
+_HAND_RESULT = """
+local function hand_result(key, events, job_id, result_json, done_prefix, retention)
+  local dispatcher = redis.call('HGET', key, 'dispatcher')
+  if dispatcher and dispatcher ~= '' then
+    local entry
+    if string.len(result_json) <= 65536 then
+      entry = '{"job_id":' .. cjson.encode(job_id) .. ',"result":' .. result_json .. '}'
+    else
+      entry = cjson.encode({job_id = job_id})
+    end
+    local done = done_prefix .. dispatcher .. ':done'
+    redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', entry)
+    redis.call('EXPIRE', done, retention)
   end
-  return cjson.encode({job_id = job_id})
+  redis.call('EXPIRE', key, retention)
+  redis.call('EXPIRE', events, retention)
 end
 """
 
@@ -110,10 +131,10 @@ return queued
 # ARGV: job_id, attempt, status, result json, error, retention_s, events maxlen, done key prefix
 FINISH = (
     _NOW
-    + _DONE_ENTRY
+    + _FENCE
+    + _HAND_RESULT
     + """
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if not runs(KEYS[1], ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4], 'error', ARGV[5],
   'finished_at', now_s)
 local entry = cjson.encode({kind = 'job', type = 'finished', status = ARGV[3]})
@@ -121,14 +142,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'd', entry)
 redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 redis.call('DEL', KEYS[5])
-local dispatcher = redis.call('HGET', KEYS[1], 'dispatcher')
-if dispatcher and dispatcher ~= '' then
-  local done = ARGV[8] .. dispatcher .. ':done'
-  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', done_entry(ARGV[1], ARGV[4]))
-  redis.call('EXPIRE', done, ARGV[6])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
+hand_result(KEYS[1], KEYS[2], ARGV[1], ARGV[4], ARGV[8], ARGV[6])
 return 1
 """
 )
@@ -140,7 +154,7 @@ return 1
 #       done key prefix, session key prefix, mode ('cancel' or 'reject'), error text, approvals key
 CANCEL = (
     _NOW
-    + _DONE_ENTRY
+    + _HAND_RESULT
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'unknown' end
@@ -163,14 +177,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', entry)
 redis.call('ZREM', KEYS[5], ARGV[1])
 local owner_key = ARGV[7] .. redis.call('HGET', KEYS[1], 'session_id') .. ':owner'
 if redis.call('GET', owner_key) == ARGV[1] then redis.call('DEL', owner_key) end
-local dispatcher = redis.call('HGET', KEYS[1], 'dispatcher')
-if dispatcher and dispatcher ~= '' then
-  local done = ARGV[6] .. dispatcher .. ':done'
-  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', done_entry(ARGV[1], ARGV[4]))
-  redis.call('EXPIRE', done, ARGV[2])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+hand_result(KEYS[1], KEYS[2], ARGV[1], ARGV[4], ARGV[6], ARGV[2])
 return final
 """
 )
@@ -180,12 +187,12 @@ return final
 # owns (taken over), flattened: one worker may run a stale and the current attempt of a job.
 RENEW = (
     _NOW
+    + _FENCE
     + """
 local lost = {}
 for i = 3, #ARGV, 2 do
-  local key = ARGV[1] .. ARGV[i]
-  local status = redis.call('HGET', key, 'status')
-  if status == 'running' and redis.call('HGET', key, 'attempt') == ARGV[i + 1] then
+  local owned, status = runs(ARGV[1] .. ARGV[i], ARGV[i + 1])
+  if owned then
     redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[i])
   elseif status == 'running' or status == 'queued' then
     table.insert(lost, ARGV[i])
@@ -227,13 +234,13 @@ return out
 # attempt for each, flattened.
 HAND_BACK = (
     _NOW
+    + _FENCE
     + """
 local out = {}
 for i = 5, #ARGV, 2 do
   local job, attempt = ARGV[i], ARGV[i + 1]
   local key = ARGV[1] .. job
-  local status = redis.call('HGET', key, 'status')
-  if status == 'running' and redis.call('HGET', key, 'attempt') == attempt then
+  if runs(key, attempt) then
     redis.call('HSET', key, 'status', 'queued')
     redis.call('HINCRBY', key, 'handbacks', 1)
     redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), job)
@@ -273,15 +280,16 @@ return now_ms
 #   'h' hash set, 'z' sorted-set add), key index, writer sequence, arg count, args
 #   (x: maxlen or '', payload; h: field, value...; z: score, member...).
 # Returns the 1-based numbers of the refused groups.
-FENCED_WRITES = """
+FENCED_WRITES = (
+    _FENCE
+    + """
 local refused = {}
 local i, group = 1, 0
 while i <= #ARGV do
   group = group + 1
   local job = KEYS[tonumber(ARGV[i])]
-  local state = redis.call('HMGET', job, 'attempt', 'status', 'wseq')
-  local owned = state[1] == ARGV[i + 1] and state[2] == 'running'
-  local applied = tonumber(state[3] or '0') or 0
+  local owned = runs(job, ARGV[i + 1])
+  local applied = tonumber(redis.call('HGET', job, 'wseq') or '0') or 0
   local last = applied
   local ops = tonumber(ARGV[i + 2])
   if not owned then table.insert(refused, group) end
@@ -322,6 +330,7 @@ while i <= #ARGV do
 end
 return refused
 """
+)
 
 # Approvals (docs/approvals.md). A job whose tool calls need a person's decision is parked as
 # ``awaiting_approval``: ``pending_approvals`` (JSON list of call id, tool name, arguments, written
@@ -374,10 +383,10 @@ end
 #       pending calls json, approval ttl_s
 AWAIT_APPROVAL = (
     _NOW
-    + _DONE_ENTRY
+    + _FENCE
+    + _HAND_RESULT
     + """
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if not runs(KEYS[1], ARGV[2]) then return 0 end
 local deadline_ms = now_ms + tonumber(ARGV[9]) * 1000
 redis.call('HSET', KEYS[1], 'status', 'awaiting_approval', 'result', ARGV[3], 'error', ARGV[4],
   'finished_at', now_s, 'pending_approvals', ARGV[8],
@@ -389,14 +398,7 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], deadline_ms, ARGV[1])
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 redis.call('DEL', KEYS[5])
-local dispatcher = redis.call('HGET', KEYS[1], 'dispatcher')
-if dispatcher and dispatcher ~= '' then
-  local done = ARGV[7] .. dispatcher .. ':done'
-  redis.call('XADD', done, 'MAXLEN', '~', 100000, '*', 'd', done_entry(ARGV[1], ARGV[3]))
-  redis.call('EXPIRE', done, ARGV[5])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
+hand_result(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[7], ARGV[5])
 return 1
 """
 )
@@ -476,10 +478,10 @@ return out
 # and says this attempt runs the job (re-created already), 0 if another attempt owns it.
 RESTORE_RUNNING = (
     _NOW
+    + _FENCE
     + """
 if redis.call('HEXISTS', KEYS[1], 'spec') == 1 then
-  local state = redis.call('HMGET', KEYS[1], 'status', 'attempt')
-  if state[1] == 'running' and state[2] == ARGV[2] then return 1 end
+  if runs(KEYS[1], ARGV[2]) then return 1 end
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from rho_agent._data_option import validation_problems
 from rho_agent.errors import ConfigError
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -113,10 +114,7 @@ class DaytonaSettings(BaseModel):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in error['loc']) or 'backend'}: {error['msg']}"
-                for error in exc.errors()
-            )
+            problems = validation_problems(exc, "backend")
             raise ConfigError(f"invalid Daytona backend in {source}: {problems}") from None
 
 

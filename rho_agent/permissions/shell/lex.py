@@ -164,11 +164,8 @@ class _Lexer:
                 dynamic |= self.ansi_c_quoted(text)
             elif char == '"':
                 dynamic |= self.double_quoted(text)
-            elif char == "$":
-                dynamic |= self.dollar(text)
-            elif char == "`":
-                self.backtick(text)
-                dynamic = True
+            elif char in "$`":
+                dynamic |= self.expansion(text)
             else:
                 text.append(char)
                 bare.append(char)
@@ -207,11 +204,8 @@ class _Lexer:
             if char == "\\" and src[self.pos + 1 : self.pos + 2] in ("$", "`", '"', "\\", "\n"):
                 text.append(src[self.pos + 1].replace("\n", ""))
                 self.pos += 2
-            elif char == "$":
-                dynamic |= self.dollar(text)
-            elif char == "`":
-                self.backtick(text)
-                dynamic = True
+            elif char in "$`":
+                dynamic |= self.expansion(text)
             else:
                 text.append(char)
                 self.pos += 1
@@ -219,6 +213,13 @@ class _Lexer:
             raise ShellSyntaxError("unclosed double quote")
         self.pos += 1
         return dynamic
+
+    def expansion(self, text: list[str]) -> bool:
+        """A ``$`` or backquote expansion, bare or in double quotes; returns whether it expands."""
+        if self.src[self.pos] == "$":
+            return self.dollar(text)
+        self.backtick(text)
+        return True
 
     def dollar(self, text: list[str]) -> bool:
         """A ``$`` expansion; returns whether it expands (a lone ``$`` is literal)."""

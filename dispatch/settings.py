@@ -1,7 +1,8 @@
 """Fleet settings shared by dispatchers and workers, read from the environment at the edges.
 
-``FleetSettings.from_env()`` is called by the CLI, ``Dispatcher`` and the worker; nothing reads the
-environment at import time. docs/fleet.md lists every variable in one table.
+``FLEET`` is the table of their variables (``rho_settings``: name, field, parser, default, bounds,
+meaning); ``FleetSettings.from_env()`` reads it and is called by the CLI, ``Dispatcher`` and the
+worker. Nothing reads the environment at import time. docs/fleet.md shows the table.
 """
 
 from __future__ import annotations
@@ -14,9 +15,91 @@ from typing import Any
 from dispatch.errors import SettingsError
 from dispatch.keys import DEFAULT_PREFIX, Keys
 from dispatch.urls import BrokerKind, UrlError, parse_sentinel_url, url_kind
+from rho_settings import Setting, Table, at_least, seconds, text, whole
 
-BROKER_URL_ENV = "RHO_AGENT_BROKER_URL"
-REDIS_URL_ENV = "RHO_AGENT_REDIS_URL"
+
+def _named(value: str) -> bool:
+    return bool(value.strip())
+
+
+# fmt: off
+BROKER_URL = Setting[str | None](
+    "RHO_AGENT_BROKER_URL", "broker_url", None,
+    "Celery broker: redis://, sentinel://host:26379;sentinel://... or amqp:// (RabbitMQ)",
+    text, shown="(required)",
+)
+REDIS_URL = Setting[str | None](
+    "RHO_AGENT_REDIS_URL", "redis_url", None,
+    "Redis (redis:// or sentinel://) for job events, traces and leases; required with amqp://",
+    text, shown="broker URL",
+)
+SENTINEL_MASTER = Setting(
+    "RHO_AGENT_SENTINEL_MASTER", "sentinel_master", "mymaster",
+    "master name the Sentinels of sentinel:// URLs know",
+    text, ok=_named, must="a name the Sentinels know, not empty",
+)
+KEY_PREFIX = Setting(
+    "RHO_AGENT_KEY_PREFIX", "key_prefix", DEFAULT_PREFIX,
+    "prefix of every Redis key the fleet writes", text,
+)
+QUEUE = Setting(
+    "RHO_AGENT_QUEUE", "queue", "rho-agent",
+    "Celery queue the worker consumes and dispatchers send to",
+    text, ok=_named, must="a queue name, not empty",
+)
+RETENTION = Setting(
+    "RHO_AGENT_RETENTION", "retention_s", 7 * 24 * 3600,
+    "seconds job metadata, events and traces are kept",
+    whole, ok=at_least(60), must="at least 60 s",
+)
+EVENTS_MAXLEN = Setting(
+    "RHO_AGENT_EVENTS_MAXLEN", "events_maxlen", 20_000,
+    "events kept per job stream (older ones are trimmed)",
+    whole, ok=at_least(100), must="at least 100",
+)
+QUEUED_LEASE = Setting(
+    "RHO_AGENT_QUEUED_LEASE", "queued_lease_s", 600,
+    "seconds a queued or re-sent job may wait unclaimed before the sweeper sends it again",
+    whole, ok=at_least(1), must="at least 1 s",
+)
+APPROVAL_TTL = Setting(
+    "RHO_AGENT_APPROVAL_TTL", "approval_ttl_s", 24 * 3600,
+    "seconds a job's tool calls wait for approval before they are denied as expired "
+    "(at most the retention; see [approvals.md](approvals.md))",
+    whole, ok=at_least(1), must="at least 1 s",
+)
+REDIS_OUTAGE_LIMIT = Setting(
+    "RHO_AGENT_REDIS_OUTAGE_LIMIT", "redis_outage_s", 60.0,
+    "seconds Redis may be unreachable (or a job's record missing) before giving up on it",
+    seconds, ok=lambda value: value > 0, must="> 0 s",
+)
+FAN_OUT_MAX_DEPTH = Setting(
+    "RHO_AGENT_FAN_OUT_MAX_DEPTH", "fan_out_max_depth", 2,
+    "how deep `fan_out` sub-jobs may nest (0: the tool refuses every call)",
+    whole, ok=at_least(0), must="0 (no fan-out) or more",
+)
+FAN_OUT_MAX_CHILDREN = Setting(
+    "RHO_AGENT_FAN_OUT_MAX_CHILDREN", "fan_out_max_children", 50,
+    "sub-jobs one `fan_out` call may start",
+    whole, ok=at_least(1), must="at least 1",
+    fix=f"set {FAN_OUT_MAX_DEPTH.name}=0 to forbid fan-out",
+)
+EMBEDDED_CONCURRENCY = Setting(
+    "RHO_AGENT_EMBEDDED_CONCURRENCY", "embedded_concurrency", 64,
+    "(dispatchers only) jobs run at once in-process",
+    whole, ok=at_least(1), must="at least 1",
+)
+# fmt: on
+
+FLEET = Table(
+    (
+        BROKER_URL, REDIS_URL, SENTINEL_MASTER, KEY_PREFIX, QUEUE, RETENTION, EVENTS_MAXLEN,
+        QUEUED_LEASE, APPROVAL_TTL, REDIS_OUTAGE_LIMIT, FAN_OUT_MAX_DEPTH, FAN_OUT_MAX_CHILDREN,
+        EMBEDDED_CONCURRENCY,
+    ),
+    SettingsError,
+)  # fmt: skip
+"""Every variable a dispatcher reads; the workers read them too and must agree."""
 
 
 @dataclass(frozen=True)
@@ -31,97 +114,60 @@ class FleetSettings:
     how long a dispatcher lets a job's record stay missing) before giving up on it.
     """
 
-    broker_url: str | None = None
-    redis_url: str | None = None
-    key_prefix: str = DEFAULT_PREFIX
-    queue: str = "rho-agent"
-    retention_s: int = 7 * 24 * 3600
-    events_maxlen: int = 20_000
-    embedded_concurrency: int = 64
-    queued_lease_s: int = 600
+    broker_url: str | None = BROKER_URL.default
+    redis_url: str | None = REDIS_URL.default
+    key_prefix: str = KEY_PREFIX.default
+    queue: str = QUEUE.default
+    retention_s: int = RETENTION.default
+    events_maxlen: int = EVENTS_MAXLEN.default
+    embedded_concurrency: int = EMBEDDED_CONCURRENCY.default
+    queued_lease_s: int = QUEUED_LEASE.default
     """How long a queued (or re-sent) job may wait for a worker to claim it before the sweeper
     sends it again: a lost message or a worker that died before claiming it costs this long."""
-    approval_ttl_s: int = 24 * 3600
+    approval_ttl_s: int = APPROVAL_TTL.default
     """How long a job's tool calls wait for a person's decision before they are denied as
     expired (docs/approvals.md); cut to the retention, or the job would be gone first."""
-    sentinel_master: str = "mymaster"
-    redis_outage_s: float = 60.0
-    fan_out_max_depth: int = 2
+    sentinel_master: str = SENTINEL_MASTER.default
+    redis_outage_s: float = REDIS_OUTAGE_LIMIT.default
+    fan_out_max_depth: int = FAN_OUT_MAX_DEPTH.default
     """How deep ``fan_out`` may nest: a job's children are one level below it (0: no fan-out)."""
-    fan_out_max_children: int = 50
+    fan_out_max_children: int = FAN_OUT_MAX_CHILDREN.default
     """How many sub-jobs one ``fan_out`` call may start."""
     keys: Keys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", Keys(self.key_prefix))
-        if self.retention_s < 60:
-            raise SettingsError(f"retention must be at least 60 s, got {self.retention_s}")
-        if self.queued_lease_s < 1:
-            raise SettingsError(
-                f"the queued lease must be at least 1 s (RHO_AGENT_QUEUED_LEASE), got "
-                f"{self.queued_lease_s}"
-            )
-        if self.approval_ttl_s < 1:
-            raise SettingsError(
-                f"the approval time must be at least 1 s (RHO_AGENT_APPROVAL_TTL), got "
-                f"{self.approval_ttl_s}"
-            )
+        FLEET.check(self)
         # A job must outlive its wait: a longer approval time is cut to the retention.
         object.__setattr__(self, "approval_ttl_s", min(self.approval_ttl_s, self.retention_s))
-        if self.events_maxlen < 100:
-            raise SettingsError(f"events maxlen must be at least 100, got {self.events_maxlen}")
-        if self.embedded_concurrency < 1:
-            raise SettingsError(
-                f"embedded concurrency must be at least 1, got {self.embedded_concurrency}"
-            )
-        if self.redis_outage_s <= 0:
-            raise SettingsError(
-                f"RHO_AGENT_REDIS_OUTAGE_LIMIT must be > 0 s, got {self.redis_outage_s}"
-            )
-        if self.fan_out_max_depth < 0:
-            raise SettingsError(
-                f"RHO_AGENT_FAN_OUT_MAX_DEPTH must be 0 (no fan-out) or more, got "
-                f"{self.fan_out_max_depth}"
-            )
-        if self.fan_out_max_children < 1:
-            raise SettingsError(
-                f"RHO_AGENT_FAN_OUT_MAX_CHILDREN must be at least 1, got "
-                f"{self.fan_out_max_children}; set RHO_AGENT_FAN_OUT_MAX_DEPTH=0 to forbid fan-out"
-            )
-        if not self.queue.strip():
-            raise SettingsError("the queue name must not be empty (RHO_AGENT_QUEUE)")
         self._check_urls()
 
     def _check_urls(self) -> None:
         """Fail at construction on a URL no worker could use, naming the variable and the fix."""
         try:
-            broker = url_kind(self.broker_url, BROKER_URL_ENV) if self.broker_url else None
-            bus = url_kind(self.redis_url, REDIS_URL_ENV) if self.redis_url else None
-            for url, name in ((self.broker_url, BROKER_URL_ENV), (self.redis_url, REDIS_URL_ENV)):
+            broker = url_kind(self.broker_url, BROKER_URL.name) if self.broker_url else None
+            bus = url_kind(self.redis_url, REDIS_URL.name) if self.redis_url else None
+            for url, name in ((self.broker_url, BROKER_URL.name), (self.redis_url, REDIS_URL.name)):
                 if url and url_kind(url, name) == "sentinel":
                     parse_sentinel_url(url, name)
         except UrlError as exc:
             raise SettingsError(str(exc)) from None
         if bus == "amqp":
             raise SettingsError(
-                f"{REDIS_URL_ENV} must name a Redis (redis://, rediss:// or sentinel://): job "
+                f"{REDIS_URL.name} must name a Redis (redis://, rediss:// or sentinel://): job "
                 "events, traces and leases live there; put the amqp:// URL in "
-                f"{BROKER_URL_ENV}"
+                f"{BROKER_URL.name}"
             )
         if broker == "amqp" and bus is None:
             raise SettingsError(
-                f"an amqp:// broker carries jobs only: set {REDIS_URL_ENV} to the Redis that "
+                f"an amqp:// broker carries jobs only: set {REDIS_URL.name} to the Redis that "
                 "holds job events, traces and leases, e.g. redis://127.0.0.1:6379/0"
-            )
-        if not self.sentinel_master.strip():
-            raise SettingsError(
-                "the Sentinel master name must not be empty (RHO_AGENT_SENTINEL_MASTER)"
             )
 
     @property
     def broker_kind(self) -> BrokerKind | None:
         """What carries the jobs: ``redis``, ``sentinel``, ``amqp``, or None (embedded)."""
-        return url_kind(self.broker_url, BROKER_URL_ENV) if self.broker_url else None
+        return url_kind(self.broker_url, BROKER_URL.name) if self.broker_url else None
 
     @property
     def bus_url(self) -> str | None:
@@ -130,55 +176,7 @@ class FleetSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> FleetSettings:
-        """Settings from ``RHO_AGENT_*`` variables; keyword overrides win when not ``None``."""
-        values = fleet_values_from_env(os.environ if env is None else env)
+        """Settings from the ``FLEET`` variables; keyword overrides win when not ``None``."""
+        values = FLEET.read(os.environ if env is None else env)
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
-
-
-def fleet_values_from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    """The FleetSettings fields set in ``env`` (used by the worker settings too)."""
-    values: dict[str, Any] = {}
-    text_vars = {
-        BROKER_URL_ENV: "broker_url",
-        REDIS_URL_ENV: "redis_url",
-        "RHO_AGENT_KEY_PREFIX": "key_prefix",
-        "RHO_AGENT_QUEUE": "queue",
-        "RHO_AGENT_SENTINEL_MASTER": "sentinel_master",
-    }
-    for name, attr in text_vars.items():
-        if env.get(name):
-            values[attr] = env[name]
-    int_vars = {
-        "RHO_AGENT_RETENTION": "retention_s",
-        "RHO_AGENT_EVENTS_MAXLEN": "events_maxlen",
-        "RHO_AGENT_EMBEDDED_CONCURRENCY": "embedded_concurrency",
-        "RHO_AGENT_QUEUED_LEASE": "queued_lease_s",
-        "RHO_AGENT_APPROVAL_TTL": "approval_ttl_s",
-        "RHO_AGENT_FAN_OUT_MAX_DEPTH": "fan_out_max_depth",
-        "RHO_AGENT_FAN_OUT_MAX_CHILDREN": "fan_out_max_children",
-    }
-    for name, attr in int_vars.items():
-        if env.get(name):
-            values[attr] = env_int(env, name)
-    if env.get("RHO_AGENT_REDIS_OUTAGE_LIMIT"):
-        values["redis_outage_s"] = env_float(env, "RHO_AGENT_REDIS_OUTAGE_LIMIT")
-    return values
-
-
-def env_int(env: Mapping[str, str], name: str) -> int:
-    """``env[name]`` as an int, or a SettingsError naming the variable."""
-    raw = env[name]
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
-
-
-def env_float(env: Mapping[str, str], name: str) -> float:
-    """``env[name]`` as a float, or a SettingsError naming the variable."""
-    raw = env[name]
-    try:
-        return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None

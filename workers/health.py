@@ -20,26 +20,41 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-HEALTH_SETTINGS: tuple[tuple[str, str, str], ...] = (
-    (
-        "RHO_AGENT_HEARTBEAT_INTERVAL",
-        "5",
-        "seconds between worker heartbeats (health file, Redis, systemd watchdog)",
-    ),
-    (
-        "RHO_AGENT_HEALTH_DIR",
-        "$TMPDIR/rho-agent-health",
-        "directory where each worker writes its health file for probes",
-    ),
-    (
-        "RHO_AGENT_WORKER_RESTARTS",
-        "0",
-        "(set by `rho-agent fleet up`) times this worker was restarted after it exited",
-    ),
+from rho_settings import Setting, Table, count, file_path, seconds, text
+
+
+def _settings_error(message: str) -> Exception:
+    from dispatch.errors import SettingsError  # only on error: keeps the probe light
+
+    return SettingsError(message)
+
+
+# fmt: off
+HEARTBEAT_INTERVAL = Setting(
+    "RHO_AGENT_HEARTBEAT_INTERVAL", "interval_s", 5.0,
+    "seconds between the worker's heartbeats (health file, Redis, systemd watchdog)",
+    seconds, ok=lambda value: 0.1 <= value <= 300, must="between 0.1 and 300 s",
 )
-"""The variables the heartbeat and the probe read (deploy/README.md lists them)."""
+HEALTH_DIR = Setting[Path | None](
+    "RHO_AGENT_HEALTH_DIR", "health_dir", None,
+    "where the worker's health file is written (and the probe reads it)",
+    file_path, shown="$TMPDIR/rho-agent-health",
+)
+WORKER_RESTARTS = Setting(
+    "RHO_AGENT_WORKER_RESTARTS", "restarts", 0,
+    "(set by `rho-agent fleet up`) times this worker was restarted after it exited",
+    count, lenient=True,
+)
+WORKER_NAME = Setting(
+    "RHO_AGENT_WORKER_NAME", "worker_name", "",
+    "name recorded on the jobs this worker runs (and the one whose health the probe reads)",
+    text, shown="host-pid",
+)
+# fmt: on
+
+HEALTH = Table((HEARTBEAT_INTERVAL, HEALTH_DIR, WORKER_RESTARTS, WORKER_NAME), _settings_error)
+"""The variables the heartbeat and the probe read (``WorkerSettings`` reads the name too)."""
 
 CONSUMER_BEAT_S = 2.0
 """How often Celery's consumer sends its own heartbeat (Celery's default event heartbeat)."""
@@ -51,40 +66,22 @@ def default_health_dir() -> Path:
 
 @dataclass(frozen=True)
 class HealthSettings:
-    """How often a worker beats and where it writes its health file."""
+    """How often a worker beats and where it writes its health file (``HEALTH``).
 
-    interval_s: float = 5.0
+    ``worker_name`` is the worker the probe checks by default (empty: every worker here).
+    """
+
+    interval_s: float = HEARTBEAT_INTERVAL.default
     health_dir: Path = field(default_factory=default_health_dir)
-    restarts: int = 0
+    restarts: int = WORKER_RESTARTS.default
+    worker_name: str = WORKER_NAME.default
 
     def __post_init__(self) -> None:
-        if not 0.1 <= self.interval_s <= 300:
-            from dispatch.errors import SettingsError  # only on error: keeps the probe light
-
-            raise SettingsError(
-                f"RHO_AGENT_HEARTBEAT_INTERVAL must be between 0.1 and 300 s, got {self.interval_s}"
-            )
+        HEALTH.check(self)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HealthSettings:
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        raw = env.get("RHO_AGENT_HEARTBEAT_INTERVAL")
-        if raw:
-            try:
-                values["interval_s"] = float(raw)
-            except ValueError:
-                from dispatch.errors import SettingsError
-
-                raise SettingsError(
-                    f"RHO_AGENT_HEARTBEAT_INTERVAL={raw!r} is not a number of seconds"
-                ) from None
-        if env.get("RHO_AGENT_HEALTH_DIR"):
-            values["health_dir"] = Path(env["RHO_AGENT_HEALTH_DIR"])
-        restarts = env.get("RHO_AGENT_WORKER_RESTARTS", "")
-        if restarts.isdigit():
-            values["restarts"] = int(restarts)
-        return cls(**values)
+        return cls(**HEALTH.read(os.environ if env is None else env))
 
     def path(self, worker: str) -> Path:
         return self.health_dir / f"{worker}.json"
@@ -188,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # SettingsError is a ValueError too
         print(f"unhealthy: {exc}")
         return 1
-    name = args.name or os.environ.get("RHO_AGENT_WORKER_NAME") or None
+    name = args.name or settings.worker_name or None
     beats = read_beats(args.dir or settings.health_dir, name)
     verdict = check(beats, ready=args.ready, max_age_s=args.max_age, now=time.time())
     print(("ok: " if verdict.ok else "unhealthy: ") + verdict.message)

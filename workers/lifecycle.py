@@ -14,15 +14,13 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from celery.signals import heartbeat_sent, worker_ready, worker_shutdown, worker_shutting_down
 
 from dispatch.fleet.redis_bus import RedisBus
-from workers.health import HealthSettings
 from workers.heartbeat import Heartbeat
-from workers.shutdown import GracefulShutdown, grace_from_env
+from workers.shutdown import GracefulShutdown
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -38,25 +36,19 @@ _STOP_BEAT_S = 5.0
 class Lifecycle:
     """The signal receivers of one worker app (see the module docstring)."""
 
-    def __init__(
-        self,
-        app: Celery,
-        host: SessionHost,
-        settings: WorkerSettings,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
+    def __init__(self, app: Celery, host: SessionHost, settings: WorkerSettings) -> None:
         self.app = app
         self.host = host
         self.settings = settings
         self.heartbeat = Heartbeat(
-            HealthSettings.from_env(env),
+            settings.health,
             settings.worker_name,
             settings.fleet.keys,
             lambda: host.running_count,
         )
         self.shutdown = GracefulShutdown(
             host,
-            grace_from_env(env),
+            settings.shutdown_grace_s,
             hurry=_second_signal,
             on_begin=lambda: self.heartbeat.set_state("draining"),
         )
@@ -84,14 +76,9 @@ class Lifecycle:
         self.heartbeat.close(self.settings.fleet)
 
 
-def install_lifecycle(
-    app: Celery,
-    host: SessionHost,
-    settings: WorkerSettings,
-    env: Mapping[str, str] | None = None,
-) -> Lifecycle:
+def install_lifecycle(app: Celery, host: SessionHost, settings: WorkerSettings) -> Lifecycle:
     """Connect the heartbeat and graceful shutdown to ``app``'s worker (call once per app)."""
-    lifecycle = Lifecycle(app, host, settings, env)
+    lifecycle = Lifecycle(app, host, settings)
     heartbeat_sent.connect(lifecycle.heartbeat.consumer_tick, weak=False)
     worker_ready.connect(lifecycle.on_ready, weak=False)
     worker_shutting_down.connect(lifecycle.on_shutting_down, weak=False)

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dispatch.engine.host import JobHost
 from dispatch.fleet import lua
 from dispatch.fleet.redis_bus import RedisBus
-from dispatch.settings import env_float
 from dispatch.spec import JobSpec
 from workers.lease import Requeued, requeued_jobs
 
@@ -41,31 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("workers.shutdown")
 
-SHUTDOWN_SETTINGS: tuple[tuple[str, str, str], ...] = (
-    (
-        "RHO_AGENT_SHUTDOWN_GRACE",
-        "30",
-        "seconds a stopping worker lets running jobs finish before handing them back to the queue",
-    ),
-)
-"""The variables this module reads (deploy/README.md lists them with the worker settings)."""
-
-DEFAULT_GRACE_S = 30.0
 _CANCEL_WAIT_S = 10.0
 _POLL_S = 0.1
-
-
-def grace_from_env(env: Mapping[str, str] | None = None) -> float:
-    """``RHO_AGENT_SHUTDOWN_GRACE`` in seconds (0: hand running jobs back at once)."""
-    env = os.environ if env is None else env
-    if not env.get("RHO_AGENT_SHUTDOWN_GRACE"):
-        return DEFAULT_GRACE_S
-    grace = env_float(env, "RHO_AGENT_SHUTDOWN_GRACE")
-    if grace < 0:
-        from dispatch.errors import SettingsError
-
-        raise SettingsError(f"RHO_AGENT_SHUTDOWN_GRACE must be >= 0 seconds, got {grace:g}")
-    return grace
 
 
 class GracefulShutdown:

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dispatch.errors import JobRefused
 from rho_agent.model.openai_client import BASE_URL_ENV
+from rho_settings import Setting
 
-ALLOWED_BASE_URLS_ENV = "RHO_AGENT_ALLOWED_BASE_URLS"
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
@@ -26,13 +26,26 @@ def normalise(url: str) -> str:
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
 
 
-def allowed_base_urls(env: Mapping[str, str]) -> tuple[str, ...]:
-    """The endpoints from ``RHO_AGENT_ALLOWED_BASE_URLS`` (comma-separated), else the worker's own
-    (``OPENAI_BASE_URL``, else OpenAI's), normalised."""
-    listed = [item for item in env.get(ALLOWED_BASE_URLS_ENV, "").split(",") if item.strip()]
-    if not listed:
-        listed = [env.get(BASE_URL_ENV) or OPENAI_DEFAULT_BASE_URL]
-    return tuple(normalise(item) for item in listed)
+def listed_base_urls(raw: str, name: str) -> tuple[str, ...]:
+    """The comma-separated endpoints of ``raw``, normalised (empty items skipped)."""
+    return tuple(normalise(item) for item in raw.split(",") if item.strip())
+
+
+def default_base_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The worker's own endpoint (``OPENAI_BASE_URL``, else OpenAI's), when none is listed."""
+    return (normalise(env.get(BASE_URL_ENV) or OPENAI_DEFAULT_BASE_URL),)
+
+
+ALLOWED_BASE_URLS = Setting[tuple[str, ...]](
+    "RHO_AGENT_ALLOWED_BASE_URLS",
+    "allowed_base_urls",
+    (),
+    "model endpoints (comma-separated) jobs may name; the API key goes only to these "
+    "(see [secrets](secrets.md))",
+    listed_base_urls,
+    shown=BASE_URL_ENV,
+)
+"""Read by workers (``workers.worker_settings.WORKER``); empty means ``default_base_urls``."""
 
 
 def check_endpoint(base_url: str | None, allowed: Iterable[str] | None) -> None:
@@ -51,5 +64,5 @@ def check_endpoint(base_url: str | None, allowed: Iterable[str] | None) -> None:
     raise JobRefused(
         f"job names the model endpoint {shown}, which is not one this worker sends its API key to "
         f"({', '.join(allowed)}); drop base_url from the job, or add the endpoint to "
-        f"{ALLOWED_BASE_URLS_ENV} on the workers"
+        f"{ALLOWED_BASE_URLS.name} on the workers"
     )

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 import redis.asyncio.sentinel as async_sentinel
 import redis.sentinel as sync_sentinel
 
-from dispatch.settings import REDIS_URL_ENV
+from dispatch.settings import REDIS_URL
 from dispatch.urls import SentinelUrl, parse_sentinel_url, scheme_of
 
 
@@ -37,7 +37,7 @@ def _sentinel_parts(url: str, setting: str) -> tuple[SentinelUrl, dict[str, Any]
 
 
 def sync_client(
-    url: str, *, master_name: str, setting: str = REDIS_URL_ENV, **kwargs: Any
+    url: str, *, master_name: str, setting: str = REDIS_URL.name, **kwargs: Any
 ) -> redis.Redis:
     """A blocking client of the Redis ``url`` names (the Sentinels' master for sentinel://)."""
     if scheme_of(url) != "sentinel":
@@ -55,7 +55,7 @@ def async_client(
     master_name: str,
     max_connections: int,
     timeout: float,
-    setting: str = REDIS_URL_ENV,
+    setting: str = REDIS_URL.name,
     **kwargs: Any,
 ) -> aioredis.Redis:
     """An asyncio client with a bounded pool that waits ``timeout`` s for a free connection."""

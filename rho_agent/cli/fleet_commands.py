@@ -487,13 +487,17 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Start a fleet worker (the same as `celery -A workers worker`)."""
+    from dispatch.settings import BROKER_URL, QUEUE
     from workers.ops.launch import run_worker
+    from workers.worker_settings import CONCURRENCY, MAX_PROFILE
 
     overrides = _given(
-        RHO_AGENT_BROKER_URL=broker,
-        RHO_AGENT_WORKER_CONCURRENCY=None if concurrency is None else str(concurrency),
-        RHO_AGENT_MAX_PROFILE=max_profile,
-        RHO_AGENT_QUEUE=queue,
+        {
+            BROKER_URL.name: broker,
+            CONCURRENCY.name: None if concurrency is None else str(concurrency),
+            MAX_PROFILE.name: max_profile,
+            QUEUE.name: queue,
+        }
     )
     with _exit.one_line_errors():
         run_worker(loglevel=loglevel, overrides=overrides)
@@ -506,14 +510,18 @@ def flower(
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Open Flower on the fleet (the same as `celery -A workers flower`)."""
+    from dispatch.settings import BROKER_URL
     from workers.ops.launch import run_flower
 
     with _exit.one_line_errors():
-        run_flower(port=port, address=address, overrides=_given(RHO_AGENT_BROKER_URL=broker))
+        run_flower(port=port, address=address, overrides=_given({BROKER_URL.name: broker}))
 
 
-def _given(**flags: str | None) -> dict[str, str]:
-    """The settings the command line gave, as variable name to value (unset flags left out)."""
+def _given(flags: dict[str, str | None]) -> dict[str, str]:
+    """The settings the command line gave, as variable name to value (unset flags left out).
+
+    They are passed on as overrides, never written into this process's environment.
+    """
     return {name: value for name, value in flags.items() if value is not None}
 
 

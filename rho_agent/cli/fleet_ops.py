@@ -129,8 +129,6 @@ def _run(fleet: LocalFleet) -> Child | None:
 
 
 def _print_endpoints(endpoints: Endpoints, fleet: LocalFleet) -> None:
-    from workers.shutdown import grace_from_env
-
     redis_note = "started here; nothing is saved" if endpoints.started_redis else "already running"
     logs = ", ".join(child.log.name for child in fleet.children)
     lines = [
@@ -144,8 +142,8 @@ def _print_endpoints(endpoints: Endpoints, fleet: LocalFleet) -> None:
         f"  export RHO_AGENT_BROKER_URL={endpoints.broker_url}",
         "  rho-agent fleet status",
         "  rho-agent dispatch prompts.jsonl",
-        f"Ctrl+C stops everything (running jobs get {grace_from_env():g} s to finish, then go "
-        "back to the queue).",
+        f"Ctrl+C stops everything (running jobs get {fleet.shutdown_grace_s:g} s to finish, then "
+        "go back to the queue).",
     ]
     print("\n".join(lines), flush=True)
 

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dispatch.errors import FleetUnavailable
+from dispatch.settings import BROKER_URL
 from rho_agent.cli import _exit
 from rho_agent.cli._tables import JsonFlag, print_json, print_table
 from rho_agent.errors import RhoAgentError
@@ -57,7 +58,6 @@ Broker = Annotated[
     ),
 ]
 SessionId = Annotated[str, typer.Argument(help="Session id, as `rho-agent sessions` lists it.")]
-BROKER_URL_ENV = "RHO_AGENT_BROKER_URL"
 
 _STATUS_STYLE = {
     "completed": "green",
@@ -112,7 +112,7 @@ def _opened(directory: Path | None, broker: str | None) -> Iterator[tuple[_Store
             "give --dir (a sessions directory) or --broker (the fleet's Redis), not both",
             _exit.USAGE,
         )
-    url = broker or (None if directory is not None else os.environ.get(BROKER_URL_ENV))
+    url = broker or (None if directory is not None else BROKER_URL.value(os.environ))
     if not url:
         store = SessionStore(directory)
         yield store, str(store.path)

@@ -39,12 +39,10 @@ def read_by_code() -> frozenset[str]:
 
 
 def settings_tables() -> list[tuple[str, str, str]]:
-    """The (name, default, meaning) tables the worker's settings modules declare."""
-    from workers.health import HEALTH_SETTINGS
-    from workers.shutdown import SHUTDOWN_SETTINGS
+    """(name, default, meaning) of every variable in the worker's settings table."""
     from workers.worker_settings import SETTINGS
 
-    return [*SETTINGS, *HEALTH_SETTINGS, *SHUTDOWN_SETTINGS]
+    return [(setting.name, setting.default_text, setting.doc) for setting in SETTINGS]
 
 
 def console_scripts() -> set[str]:
@@ -74,13 +72,9 @@ def cli_accepts(args: list[str]) -> None:
 
 def check_worker_env(env: Mapping[str, str]) -> None:
     """The settings a worker builds from ``env`` (raises SettingsError naming a bad value)."""
-    from workers.health import HealthSettings
-    from workers.shutdown import grace_from_env
     from workers.worker_settings import WorkerSettings
 
     WorkerSettings.from_env(env)
-    HealthSettings.from_env(env)
-    grace_from_env(env)
 
 
 def parse_env_file(path: Path) -> dict[str, str]:

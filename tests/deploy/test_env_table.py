@@ -29,10 +29,12 @@ def test_documented_defaults_are_the_settings_defaults() -> None:
 
 
 def test_the_settings_tables_state_the_real_defaults() -> None:
-    from workers.health import HEALTH_SETTINGS, HealthSettings
-    from workers.shutdown import DEFAULT_GRACE_S, SHUTDOWN_SETTINGS, grace_from_env
+    from workers.health import HealthSettings
+    from workers.worker_settings import SETTINGS, WorkerSettings
 
-    defaults = {name: default for name, default, _ in (*HEALTH_SETTINGS, *SHUTDOWN_SETTINGS)}
+    defaults = {setting.name: setting.default_text for setting in SETTINGS}
     assert float(defaults["RHO_AGENT_HEARTBEAT_INTERVAL"]) == HealthSettings().interval_s
-    assert float(defaults["RHO_AGENT_SHUTDOWN_GRACE"]) == DEFAULT_GRACE_S == grace_from_env({})
+    broker = {"RHO_AGENT_BROKER_URL": "redis://127.0.0.1:6379/0"}
+    grace = WorkerSettings.from_env(broker).shutdown_grace_s
+    assert float(defaults["RHO_AGENT_SHUTDOWN_GRACE"]) == grace
     assert HealthSettings().health_dir.name == "rho-agent-health"

@@ -12,7 +12,7 @@ import pytest
 
 from dispatch.errors import SettingsError
 from workers.health import Beat, HealthSettings, check, main, read_beats
-from workers.shutdown import DEFAULT_GRACE_S, grace_from_env
+from workers.worker_settings import SHUTDOWN_GRACE, WORKER
 
 NOW = 1_000_000.0
 
@@ -86,9 +86,9 @@ def test_health_settings_come_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_the_shutdown_grace_comes_from_the_environment() -> None:
-    assert grace_from_env({}) == DEFAULT_GRACE_S
-    assert grace_from_env({"RHO_AGENT_SHUTDOWN_GRACE": "0"}) == 0
+    assert WORKER.value(SHUTDOWN_GRACE, {}) == 30
+    assert WORKER.value(SHUTDOWN_GRACE, {"RHO_AGENT_SHUTDOWN_GRACE": "0"}) == 0
     with pytest.raises(SettingsError, match="RHO_AGENT_SHUTDOWN_GRACE"):
-        grace_from_env({"RHO_AGENT_SHUTDOWN_GRACE": "soon"})
+        WORKER.value(SHUTDOWN_GRACE, {"RHO_AGENT_SHUTDOWN_GRACE": "soon"})
     with pytest.raises(SettingsError, match=">= 0"):
-        grace_from_env({"RHO_AGENT_SHUTDOWN_GRACE": "-1"})
+        WORKER.value(SHUTDOWN_GRACE, {"RHO_AGENT_SHUTDOWN_GRACE": "-1"})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.engine.endpoints import allowed_base_urls, check_endpoint, normalise
+from dispatch.engine.endpoints import check_endpoint, normalise
 from dispatch.engine.memory_bus import MemoryBus
 from dispatch.engine.run import JobOutcome, JobRun, RunnerOptions
 from dispatch.errors import JobRefused
@@ -19,6 +19,7 @@ from dispatch.info import JobInfo
 from dispatch.spec import JobSpec, build_spec
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer, behaviour
+from workers.worker_settings import WorkerSettings
 
 
 @pytest.fixture
@@ -66,11 +67,18 @@ async def test_a_job_naming_another_endpoint_fails_and_the_key_never_leaves(
     assert model_server.requests[0].headers["authorization"] == "Bearer sk-test-not-a-real-key"
 
 
+def allowed_base_urls(env: dict[str, str]) -> tuple[str, ...]:
+    """The endpoints a worker started with ``env`` sends its key to."""
+    broker = {"RHO_AGENT_BROKER_URL": "redis://127.0.0.1:6379/0"}
+    return WorkerSettings.from_env({**broker, **env}).allowed_base_urls
+
+
 def test_the_default_allowed_endpoint_is_the_workers_own() -> None:
     assert allowed_base_urls({}) == ("https://api.openai.com/v1",)
     assert allowed_base_urls({"OPENAI_BASE_URL": "http://LLM.local:8000/v1/"}) == (
         "http://llm.local:8000/v1",
     )
+    assert allowed_base_urls({"RHO_AGENT_ALLOWED_BASE_URLS": " , "}) == allowed_base_urls({})
     allowed = allowed_base_urls({"RHO_AGENT_ALLOWED_BASE_URLS": "https://a.example/v1, http://b"})
     assert allowed == ("https://a.example/v1", "http://b")
     check_endpoint(None, allowed)

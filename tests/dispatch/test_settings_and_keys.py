@@ -32,9 +32,12 @@ def test_environment_and_overrides() -> None:
     ("env", "message"),
     [
         ({"RHO_AGENT_RETENTION": "soon"}, "RHO_AGENT_RETENTION='soon'"),
-        ({"RHO_AGENT_RETENTION": "5"}, "at least 60"),
+        ({"RHO_AGENT_RETENTION": "5"}, "RHO_AGENT_RETENTION must be at least 60 s, got 5"),
         ({"RHO_AGENT_KEY_PREFIX": "bad prefix"}, "prefix"),
-        ({"RHO_AGENT_EMBEDDED_CONCURRENCY": "0"}, "concurrency"),
+        (
+            {"RHO_AGENT_EMBEDDED_CONCURRENCY": "0"},
+            "RHO_AGENT_EMBEDDED_CONCURRENCY must be at least 1",
+        ),
     ],
 )
 def test_bad_settings_name_the_problem(env: dict[str, str], message: str) -> None:

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from dispatch.errors import FleetUnavailable, SettingsError
-from dispatch.settings import FleetSettings
+from dispatch.settings import BROKER_URL, FleetSettings
 from dispatch.urls import redact_url
+from workers.health import HEALTH_DIR, WORKER_NAME, WORKER_RESTARTS
 from workers.ops.launch import FLOWER_TASK_COLUMNS
-from workers.shutdown import grace_from_env
+from workers.worker_settings import CONCURRENCY, SHUTDOWN_GRACE, WORKER
 
 _POLL_S = 0.2
 _FIRST_RESTART_S = 1.0
@@ -122,9 +123,11 @@ class LocalFleet:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         broker_url, started_redis = self._broker()
         self._env.update(
-            RHO_AGENT_BROKER_URL=broker_url,
-            RHO_AGENT_HEALTH_DIR=str(self.run_dir / "health"),
-            RHO_AGENT_WORKER_CONCURRENCY=str(self.options.concurrency),
+            {
+                BROKER_URL.name: broker_url,
+                HEALTH_DIR.name: str(self.run_dir / "health"),
+                CONCURRENCY.name: str(self.options.concurrency),
+            }
         )
         names = tuple(f"{socket.gethostname()}-{i}" for i in range(1, self.options.workers + 1))
         for name in names:
@@ -186,8 +189,8 @@ class LocalFleet:
     ) -> subprocess.Popen[bytes]:
         env = dict(self._env)
         if worker_name:
-            env["RHO_AGENT_WORKER_NAME"] = worker_name
-            env["RHO_AGENT_WORKER_RESTARTS"] = str(restarts)
+            env[WORKER_NAME.name] = worker_name
+            env[WORKER_RESTARTS.name] = str(restarts)
         with log.open("ab") as out:
             process = subprocess.Popen(
                 command,
@@ -264,15 +267,19 @@ class LocalFleet:
                 say(f"worker {child.name} restarted (pid {child.process.pid})")
         return None
 
+    @property
+    def shutdown_grace_s(self) -> float:
+        """How long the workers let running jobs finish when stopped (their environment's)."""
+        return WORKER.value(SHUTDOWN_GRACE, self._env)
+
     def stop(self, hurry: Callable[[], bool] = lambda: False) -> None:
         """Stop workers (they drain), then Flower, then Redis; kill what is left of the group.
 
         ``hurry`` turning true (a second Ctrl+C) makes workers hand their jobs back at once.
         """
         self._stopping = True
-        grace = grace_from_env(self._env)
         try:
-            self._stop_role("worker", grace + _STOP_MARGIN_S, hurry)
+            self._stop_role("worker", self.shutdown_grace_s + _STOP_MARGIN_S, hurry)
             self._stop_role("flower", _STOP_MARGIN_S, hurry)
             self._stop_role("redis", _STOP_MARGIN_S, hurry)
         finally:

@@ -146,7 +146,7 @@ class WorkerSettings:
             )
         WORKER.check(self)
         if not self.allowed_base_urls:
-            object.__setattr__(self, "allowed_base_urls", default_base_urls(os.environ))
+            object.__setattr__(self, "allowed_base_urls", _allowed_base_urls(os.environ))
         if not self.worker_name:
             object.__setattr__(self, "worker_name", f"{socket.gethostname()}-{os.getpid()}")
         self.ceiling()  # fail at start-up, not on the first job
@@ -157,8 +157,7 @@ class WorkerSettings:
         """Read every variable in ``SETTINGS`` (unset ones keep their defaults)."""
         env = os.environ if env is None else env
         values = WORKER.read(env)
-        if not values.get("allowed_base_urls"):
-            values["allowed_base_urls"] = default_base_urls(env)
+        values["allowed_base_urls"] = _allowed_base_urls(env)
         return cls(FleetSettings.from_env(env), health=HealthSettings.from_env(env), **values)
 
     def ceiling(self) -> PermissionProfile:
@@ -196,6 +195,11 @@ class WorkerSettings:
     @property
     def lease_ms(self) -> int:
         return int(self.lease_ttl_s * 1000)
+
+
+def _allowed_base_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The listed endpoints, else the worker's own (``OPENAI_BASE_URL``, else OpenAI's)."""
+    return WORKER.value(ALLOWED_BASE_URLS, env) or default_base_urls(env)
 
 
 def _with_prices(

@@ -1,8 +1,9 @@
 """Fleet settings shared by dispatchers and workers, read from the environment at the edges.
 
-``FLEET`` is the table of their variables (``rho_settings``: name, field, parser, default, bounds,
-meaning); ``FleetSettings.from_env()`` reads it and is called by the CLI, ``Dispatcher`` and the
-worker. Nothing reads the environment at import time. docs/fleet.md shows the table.
+``FLEET`` is the table of their variables (``dispatch.settings_table``: name, field, parser,
+default, bounds, meaning); ``FleetSettings.from_env()`` reads it and is called by the CLI,
+``Dispatcher`` and the worker. Nothing reads the environment at import time. docs/fleet.md shows the
+table.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 from dispatch.errors import SettingsError
 from dispatch.keys import DEFAULT_PREFIX, Keys
+from dispatch.settings_table import Setting, Table, at_least, seconds, text, whole
 from dispatch.urls import BrokerKind, UrlError, parse_sentinel_url, url_kind
-from rho_settings import Setting, Table, at_least, seconds, text, whole
 
 
 def _named(value: str) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("rho_agent", "dispatch", "workers", "rho_settings")
+PACKAGES = ("rho_agent", "dispatch", "workers")
 
 
 def import_cycles(graph: grimp.ImportGraph) -> list[list[str]]:

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rho_settings import Setting, Table, count, file_path, seconds, text
+from dispatch.settings_table import Setting, Table, count, file_path, seconds, text
 
 
 def _settings_error(message: str) -> Exception:

@@ -1,8 +1,8 @@
 """Worker settings, all from the environment (``WorkerSettings.from_env``).
 
-``WORKER`` is the table of the variables only workers read (``rho_settings``: name, field, parser,
-default, bounds, meaning); ``SETTINGS`` joins it with the fleet's and the heartbeat's tables into
-every variable a worker reads, which docs/fleet.md shows (a test keeps the two in step).
+``WORKER`` is the table of the variables only workers read (``dispatch.settings_table``: name,
+field, parser, default, bounds, meaning); ``SETTINGS`` joins it with the fleet's and the heartbeat's
+tables into every variable a worker reads, which docs/fleet.md shows (a test keeps the two in step).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any
 from dispatch.engine.endpoints import ALLOWED_BASE_URLS, default_base_urls
 from dispatch.errors import SettingsError
 from dispatch.settings import BROKER_URL, FLEET, FleetSettings
+from dispatch.settings_table import Setting, Table, at_least, seconds, text, whole
 from rho_agent.agent import Agent
 from rho_agent.config import AgentConfig
 from rho_agent.errors import ProfileError
 from rho_agent.permissions import PermissionProfile, load_profile
 from rho_agent.pricing import ModelPrice, load_prices
 from rho_agent.ratelimits import RateLimit, load_rate_limits
-from rho_settings import Setting, Table, at_least, seconds, text, whole
 from workers.health import HEALTH, WORKER_NAME, HealthSettings
 
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from dispatch.errors import JobRefused
+from dispatch.settings_table import Setting
 from rho_agent.model.openai_client import BASE_URL_ENV
-from rho_settings import Setting
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 

@@ -7,9 +7,8 @@ never the value of a URL or secret); its rows are what the docs' variable tables
 table is ``dispatch.settings.FLEET``; the worker's are in ``workers.worker_settings`` and
 ``workers.health``.
 
-This package imports nothing but the standard library, and neither ``dispatch`` nor ``rho_agent``
-(whose package imports load the whole SDK): the health probe reads its settings through it and
-stays cheap enough to run every few seconds.
+This module imports nothing but the standard library (and ``dispatch``'s package is lazy): the
+health probe reads its settings through it and stays cheap enough to run every few seconds.
 """
 
 from __future__ import annotations

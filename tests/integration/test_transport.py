@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection
+from kombu import Connection, Consumer, Queue
+from kombu.message import Message
 
 from dispatch.fleet.celery_broker import celery_config
 from dispatch.fleet.transport import TRANSPORT_PATH
@@ -55,4 +56,67 @@ def test_late_acked_messages_flow_and_leave_no_unacked_entries(broker_url: str) 
     assert received == list(range(20))
     database = redis.Redis.from_url(broker_url)
     assert database.hlen("unacked") == 0 and database.zcard("unacked_index") == 0
+    database.close()
+
+
+def _publish(connection: Connection, queue: Queue, count: int) -> None:
+    with connection.Producer() as producer:
+        for index in range(count):
+            producer.publish({"index": index}, routing_key=queue.name, declare=[queue])
+
+
+def test_one_wake_up_takes_a_batch_within_the_prefetch_each_recorded_and_acked_once(
+    broker_url: str,
+) -> None:
+    queue = Queue("batch-intake")
+    database = redis.Redis.from_url(broker_url)
+    with Connection(broker_url, transport=TRANSPORT_PATH) as connection:
+        _publish(connection, queue, 25)
+        received: list[Message] = []
+        channel = connection.channel()
+        channel.basic_qos(0, 10, False)
+        with Consumer(channel, [queue], callbacks=[lambda _, m: received.append(m)]):
+            connection.drain_events(timeout=5)
+            assert len(received) == 10  # one BRPOP and one RPOP, not one message
+            assert database.hlen("unacked") == database.zcard("unacked_index") == 10
+            for message in received:
+                message.ack()
+            while len(received) < 25:
+                connection.drain_events(timeout=5)
+                for message in received:
+                    if not message.acknowledged:
+                        message.ack()
+        channel.close()
+    assert [m.payload["index"] for m in received] == list(range(25))
+    assert database.hlen("unacked") == database.zcard("unacked_index") == 0
+    assert database.llen("batch-intake") == 0
+    database.close()
+
+
+def test_a_delivery_that_raises_puts_the_rest_of_its_batch_back_on_the_queue(
+    broker_url: str,
+) -> None:
+    queue = Queue("batch-intake-fails")
+    database = redis.Redis.from_url(broker_url)
+    received: list[Message] = []
+
+    def take(_: object, message: Message) -> None:
+        received.append(message)
+        if len(received) == 3:
+            raise RuntimeError("the consumer failed")
+
+    with Connection(broker_url, transport=TRANSPORT_PATH) as connection:
+        _publish(connection, queue, 8)
+        channel = connection.channel()
+        with Consumer(channel, [queue], callbacks=[take]):
+            with pytest.raises(RuntimeError):
+                connection.drain_events(timeout=5)
+            # the three delivered stay unacked; the five never delivered are queued again
+            assert database.hlen("unacked") == database.zcard("unacked_index") == 3
+            assert database.llen("batch-intake-fails") == 5
+            for message in received:
+                message.ack()
+        channel.close()
+    assert database.hlen("unacked") == 0
+    database.delete("batch-intake-fails")
     database.close()

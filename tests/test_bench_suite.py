@@ -1,4 +1,5 @@
-"""The benchmark suite's own arithmetic: what "in flight", "range" and ``--redis`` mean.
+"""The benchmark suite's own arithmetic: what "in flight", "range", ``--redis`` and ``--broker``
+mean.
 
 The suite lives in tests/bench (not collected by default); these checks keep its figures honest
 without running a benchmark.
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.bench import bare_celery
 from tests.bench.bench_capacity import max_overlap, steady_mean
 from tests.bench.harness import Row, block_medians
-from tests.bench.run import _redis_server, _table
+from tests.bench.run import _rabbitmq_server, _redis_server, _table
 
 
 def test_steady_mean_counts_jobs_between_the_first_finish_and_the_last_start() -> None:
@@ -45,6 +47,30 @@ def test_redis_option_takes_a_server_and_refuses_a_database() -> None:
         _redis_server("redis://127.0.0.1:6379/3")
     with pytest.raises(SystemExit, match="not a redis:// URL"):
         _redis_server("127.0.0.1:6379")
+
+
+def test_broker_option_takes_a_rabbitmq_server_and_refuses_a_vhost_without_echoing_a_password() -> (
+    None
+):
+    assert _rabbitmq_server("amqp://guest:guest@127.0.0.1:5672//") == (
+        "amqp://guest:guest@127.0.0.1:5672"
+    )
+    with pytest.raises(SystemExit, match="names a vhost") as refused:
+        _rabbitmq_server("amqp://rho:s3cret@127.0.0.1:5672/jobs")
+    assert "s3cret" not in str(refused.value)
+    with pytest.raises(SystemExit, match="not an amqp:// URL"):
+        _rabbitmq_server("redis://127.0.0.1:6379")
+
+
+def test_bare_celery_on_rabbitmq_travels_as_the_fleets_jobs_do_with_results_in_redis() -> None:
+    app = bare_celery.client_app("amqp://guest:guest@127.0.0.1:5672/v", "redis://127.0.0.1:6379/4")
+    assert app.conf.task_default_queue_type == "quorum"
+    assert app.conf.worker_detect_quorum_queues is True
+    assert app.conf.broker_transport_options == {"confirm_publish": True}
+    assert app.conf.result_backend == "redis://127.0.0.1:6379/4"
+    on_redis = bare_celery.client_app("redis://127.0.0.1:6379/4")
+    assert on_redis.conf.task_default_queue_type == "classic"
+    assert on_redis.conf.broker_transport_options == {}
 
 
 def test_the_table_shows_median_range_and_load() -> None:

@@ -59,7 +59,9 @@ class Capacity:
 
 def run(settings: Settings) -> list[Row]:
     repetitions = REPETITIONS
-    with bare_workers(settings.workdir, 1, JOBS, redis=settings.redis) as bare:
+    with bare_workers(
+        settings.workdir, 1, JOBS, redis=settings.redis, broker=settings.broker
+    ) as bare:
         pid = _bare_worker_pid(bare)
         _bare_capacity(bare, pid)  # warm-up: the pool's threads started, the process grown
         threads = [_bare_capacity(bare, pid) for _ in range(repetitions)]
@@ -69,6 +71,7 @@ def run(settings: Settings) -> list[Row]:
         "echo",
         DELAY,
         redis=settings.redis,
+        broker=settings.broker,
         RHO_AGENT_WORKER_CONCURRENCY=str(JOBS),
     ) as fleet:
         _fleet_capacity(fleet)  # the same warm-up

@@ -34,8 +34,17 @@ def run(settings: Settings) -> list[Row]:
     rates: dict[str, list[float]] = {"fleet": [], "fresh": [], "reused": []}
     with (
         spawned_server("echo", settings.workdir) as server,
-        bare_workers(settings.workdir, WORKERS, CONCURRENCY, redis=settings.redis, app=APP) as app,
-        running_fleet(settings.workdir, WORKERS, "echo", redis=settings.redis) as fleet,
+        bare_workers(
+            settings.workdir,
+            WORKERS,
+            CONCURRENCY,
+            redis=settings.redis,
+            broker=settings.broker,
+            app=APP,
+        ) as app,
+        running_fleet(
+            settings.workdir, WORKERS, "echo", redis=settings.redis, broker=settings.broker
+        ) as fleet,
     ):
         _fleet(fleet, 20)  # warm up: agents built, connections open
         _handrolled(app, handrolled_celery.REUSED, server.base_url, 20)

@@ -52,8 +52,12 @@ class Sizes:
 def run(settings: Settings) -> list[Row]:
     sizes = Sizes(60, 300, 3) if settings.quick else Sizes(201, 2000, 3)
     with (
-        bare_workers(settings.workdir, WORKERS, CONCURRENCY, redis=settings.redis) as bare,
-        running_fleet(settings.workdir, WORKERS, "echo", redis=settings.redis) as fleet,
+        bare_workers(
+            settings.workdir, WORKERS, CONCURRENCY, redis=settings.redis, broker=settings.broker
+        ) as bare,
+        running_fleet(
+            settings.workdir, WORKERS, "echo", redis=settings.redis, broker=settings.broker
+        ) as fleet,
     ):
         _fan_out(fleet, 20)  # warm up: agents built, connections open
         latency, trips = _latencies(fleet.dispatcher, fleet, bare, sizes.rounds)

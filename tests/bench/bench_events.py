@@ -65,6 +65,7 @@ def run(settings: Settings) -> list[Row]:
             f"noop-tools:{TOOL_TURNS}",
             factory=STAMP_FACTORY,
             redis=settings.redis,
+            broker=settings.broker,
             also_allow=(background_server.base_url,),
             RHO_AGENT_WORKER_CONCURRENCY=str(BACKGROUND_JOBS + 50),
         ) as fleet,

@@ -10,7 +10,7 @@ bench_dispatch.py. Not part of the suite's registry (it needs root):
     python -m tests.bench.bench_topology [--quick] [--latency-ms 1.0] [--jitter-ms 0.2]
 
 Prints the rows and the ratios (fleet / bare): dispatch latency (lower is better) and fan-out
-throughput (higher is better).
+throughput (higher is better), and the 1-minute load average while it ran.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from tests.bench.bench_dispatch import (
     _latency_row,
 )
 from tests.bench.fleet_support import WORKER_START_TIMEOUT, RunningFleet, _stop_group
-from tests.bench.harness import REPO_ROOT, Row, machine, spawned_server
+from tests.bench.harness import REPO_ROOT, LoadSampler, Row, machine, spawned_server
 from tests.chaos.topology import Topology, TopologyFleet, available, topology
 
 WORKERS = ("w0", "w1")
@@ -133,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_topology cannot run here: {why_not}", file=sys.stderr)
         return 2
     print(f"machine: {machine()}; result timeout {RESULT_TIMEOUT:g} s")
-    for row in run(args.quick, args.latency_ms, args.jitter_ms):
+    with LoadSampler() as load:
+        rows = run(args.quick, args.latency_ms, args.jitter_ms)
+    summary = load.summary()
+    print(
+        f"load average: median {summary['median']:.1f} ({summary['min']:.1f}-{summary['max']:.1f})"
+    )
+    for row in rows:
         print(
             f"{row.name}: {row.figure:.2f} {row.unit}, bare Celery {row.baseline:.2f} {row.unit}, "
             f"ratio {row.ratio:.2f} (target {row.target}: {'met' if row.met else 'NOT met'})"

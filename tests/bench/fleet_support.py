@@ -2,7 +2,9 @@
 
 Both use a real Redis server (``--redis``, by default 127.0.0.1:6379), each in a database of its
 own (claimed as the integration tests claim theirs), and worker subprocesses killed with their
-process group.
+process group. With ``--broker amqp://...`` RabbitMQ carries the jobs (the fleet's and the bare
+tasks'), each side in a fresh vhost deleted afterwards, and Redis holds the bus and the bare
+results.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dispatch import Dispatcher
 from rho_agent import Agent, AgentConfig, ToolHandler, ToolInvocation, ToolOutput
 from tests.bench import bare_celery
 from tests.bench.harness import DEFAULT_REDIS, REPO_ROOT, spawned_server
-from tests.integration.fleet import Fleet, claimed_db
+from tests.integration.fleet import RABBITMQ_HOST, Fleet, claimed_db, rabbitmq_vhost
 
 WORKER_START_TIMEOUT = 60.0
 PRODUCTION_LEASES = {"RHO_AGENT_LEASE_TTL": "20", "RHO_AGENT_SWEEP_INTERVAL": "5"}
@@ -54,13 +56,18 @@ def running_fleet(
     factory: str = "",
     redis: str = DEFAULT_REDIS,
     also_allow: tuple[str, ...] = (),
+    broker: str | None = None,
     **env: str,
 ) -> Iterator[RunningFleet]:
-    """``workers`` fleet worker processes on a claimed database of ``redis``, with a model
-    server."""
+    """``workers`` fleet worker processes on a claimed database of ``redis`` (and a vhost of
+    ``broker``, the RabbitMQ server, if given), with a model server."""
     tmp = Path(tempfile.mkdtemp(prefix="fleet-", dir=workdir))
-    with claimed_db(redis) as db, spawned_server(behaviour, workdir, delay) as server:
-        fleet = Fleet(db, tmp, host=redis)
+    with (
+        claimed_db(redis) as db,
+        _vhost(broker) as vhost,
+        spawned_server(behaviour, workdir, delay) as server,
+    ):
+        fleet = Fleet(db, tmp, vhost, host=redis, amqp_host=broker or RABBITMQ_HOST)
         try:
             for index in range(workers):
                 fleet.add_worker(
@@ -87,19 +94,27 @@ def bare_workers(
     pool: str = "threads",
     redis: str = DEFAULT_REDIS,
     app: str = "tests.bench.bare_celery:app",
+    broker: str | None = None,
 ) -> Iterator[Celery]:
     """Bare Celery worker processes (``pool``: threads or prefork; Celery app ``app``) on a
-    claimed database of ``redis``; yields a client app."""
-    with claimed_db(redis) as db:
-        url = f"{redis}/{db}"
-        env = {**os.environ, bare_celery.BROKER_ENV: url, "PYTHONPATH": str(REPO_ROOT)}
+    claimed database of ``redis`` (the broker too, unless ``broker``, a RabbitMQ server, carries
+    the tasks in a vhost of their own); yields a client app."""
+    with claimed_db(redis) as db, _vhost(broker) as vhost:
+        results = f"{redis}/{db}"
+        url = f"{broker}/{vhost}" if vhost else results
+        env = {
+            **os.environ,
+            bare_celery.BROKER_ENV: url,
+            bare_celery.RESULT_ENV: results,
+            "PYTHONPATH": str(REPO_ROOT),
+        }
         processes = [
             _start_bare(
                 index, concurrency, pool, app, env, Path(workdir) / f"bare-{db}-{index}.log"
             )
             for index in range(workers)
         ]
-        app = bare_celery.client_app(url)
+        app = bare_celery.client_app(url, results)
         try:
             for index in range(workers * 4):  # every worker up and its connections warm
                 app.send_task(bare_celery.NOOP, args=[index]).get(timeout=WORKER_START_TIMEOUT)
@@ -108,6 +123,16 @@ def bare_workers(
             app.close()
             for process in processes:
                 _stop_group(process)
+
+
+@contextlib.contextmanager
+def _vhost(broker: str | None) -> Iterator[str | None]:
+    """A fresh vhost on the RabbitMQ server ``broker`` (None without one)."""
+    if broker is None:
+        yield None
+        return
+    with rabbitmq_vhost() as vhost:
+        yield vhost
 
 
 def _start_bare(

@@ -8,7 +8,7 @@ text, on the bare Celery configuration (``bare_celery.client_app``: JSON, late a
   thread and one client on it, shared by every task (``run_coroutine_threadsafe``).
 
 Workers load ``app`` (``celery -A tests.bench.handrolled_celery:app worker -P threads``) with the
-broker from ``RHO_BENCH_BROKER_URL``.
+broker from ``RHO_BENCH_BROKER_URL`` and results in ``RHO_BENCH_RESULT_URL`` (as ``bare_celery``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import threading
 
 import openai
 
-from tests.bench.bare_celery import BROKER_ENV, client_app
+from tests.bench.bare_celery import BROKER_ENV, RESULT_ENV, client_app
 
 FRESH = "bench.handrolled.fresh"
 REUSED = "bench.handrolled.reused"
@@ -86,6 +86,6 @@ def reused(base_url: str, prompt: str) -> str:
     return _shared.run(base_url, prompt)
 
 
-app = client_app(os.environ.get(BROKER_ENV))
+app = client_app(os.environ.get(BROKER_ENV), os.environ.get(RESULT_ENV))
 app.task(name=FRESH)(fresh)
 app.task(name=REUSED)(reused)

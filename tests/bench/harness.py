@@ -45,6 +45,9 @@ class Settings:
     """A temporary directory the benchmarks may write traces into."""
     redis: str = DEFAULT_REDIS
     """The Redis server (no database): each fleet benchmark claims a free database 1-15 on it."""
+    broker: str | None = None
+    """The RabbitMQ server (``amqp://user:password@host:port``, no vhost) that carries the fleet
+    benchmarks' jobs and bare Celery's tasks, each in a fresh vhost; None: ``redis`` does."""
 
 
 @dataclass

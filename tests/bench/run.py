@@ -1,5 +1,5 @@
 """Run rho-agent's benchmark suite:
-``python tests/bench/run.py [--quick] [--out FILE] [--only K] [--redis URL]``.
+``python tests/bench/run.py [--quick] [--out FILE] [--only K] [--redis URL] [--broker URL]``.
 
 Each benchmark measures the project against a baseline taken in the same run on this machine and
 prints a table of figures (the median of repeated measurements, with their range) and ratios,
@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.table import Table
 
+from dispatch.urls import redact_url
+
 if TYPE_CHECKING:
     from tests.bench.harness import Benchmark, Row
 
@@ -37,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     chosen = _select(BENCHMARKS, args.only)
     redis = _redis_server(args.redis)
+    broker = None if args.broker is None else _rabbitmq_server(args.broker)
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)  # logs and pipes: no wrapping of the table
-    about = {**machine(), "redis": redis}
+    about = {**machine(), "redis": redis, "broker": redact_url(broker) if broker else redis}
     console.print(f"[bold]rho-agent benchmarks[/] ({'quick' if args.quick else 'full'}): {about}")
     rows: list[Row] = []
     failed: list[str] = []
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rho-bench-") as workdir:
         for benchmark in chosen:
             console.print(f"running {benchmark.key}. {benchmark.title} ...")
-            settings = Settings(quick=args.quick, workdir=workdir, redis=redis)
+            settings = Settings(quick=args.quick, workdir=workdir, redis=redis, broker=broker)
             try:
                 with LoadSampler() as load:
                     measured = benchmark.run(settings)
@@ -84,6 +87,14 @@ def _parser() -> argparse.ArgumentParser:
         help="the Redis server for benchmarks 3-6 and 11 (no database: each claims a free "
         "database 1-15 on it and flushes it afterwards)",
     )
+    parser.add_argument(
+        "--broker",
+        metavar="URL",
+        help="a RabbitMQ server (amqp://user:password@host:port, this machine's node: the vhosts "
+        "are made with rabbitmqctl) to carry the jobs of benchmarks 3-6 and 11 and bare "
+        "Celery's tasks, each in a fresh vhost; --redis then holds the bus and the results. "
+        "Default: --redis carries the jobs too",
+    )
     return parser
 
 
@@ -98,6 +109,22 @@ def _redis_server(url: str) -> str:
             "each benchmark claims a free database 1-15 of its own"
         )
     return url.rstrip("/")
+
+
+def _rabbitmq_server(url: str) -> str:
+    """``url`` as ``amqp://user:password@host:port``; refuses a vhost, which the suite makes."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps", "pyamqp") or not parts.hostname:
+        raise SystemExit(
+            f"--broker {redact_url(url)!r} is not an amqp:// URL; "
+            "e.g. amqp://guest:guest@127.0.0.1:5672"
+        )
+    if parts.path.strip("/"):
+        raise SystemExit(
+            f"--broker {redact_url(url)!r} names a vhost; give the server only "
+            "(amqp://user:password@host:port): each benchmark makes fresh vhosts of its own"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _select(benchmarks: tuple[Benchmark, ...], only: list[str] | None) -> list[Benchmark]:

@@ -191,6 +191,8 @@ class Fleet:
     retired: list[WorkerProcess] = field(default_factory=list)
     host: str = REDIS_HOST
     """The Redis server (``redis://host:port``) that holds database ``db``."""
+    amqp_host: str = RABBITMQ_HOST
+    """The RabbitMQ server (``amqp://user:password@host:port``) that holds ``vhost``."""
 
     @property
     def url(self) -> str:
@@ -199,7 +201,7 @@ class Fleet:
 
     @property
     def broker_url(self) -> str:
-        return f"{RABBITMQ_HOST}/{self.vhost}" if self.vhost else self.url
+        return f"{self.amqp_host}/{self.vhost}" if self.vhost else self.url
 
     @property
     def redis_url(self) -> str | None:

@@ -37,7 +37,7 @@ WORKERS = 2
 CONCURRENCY = 500
 LATENCY_TARGET = 1.5
 """Dispatch latency may be at most this many times a bare Celery round trip."""
-FAN_OUT_TARGET = 0.5
+FAN_OUT_TARGET = 0.65
 """A fan-out must reach at least this fraction of bare Celery's task rate."""
 RESULT_TIMEOUT = 60.0
 

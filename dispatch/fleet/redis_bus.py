@@ -313,7 +313,9 @@ class RedisBus:
         await self._survive(lambda: self._r.hset(key, mapping=mapping), f"updating job {job_id}")
 
     def emit_event(self, claim: Claim, entry: dict[str, Any]) -> None:
-        self._writer.xadd(self.keys.events(claim.job_id), entry, self._maxlen, self._fence(claim))
+        self._writer.xadd(
+            self.keys.events(claim.job_id), entry, self._maxlen, self._fence(claim), now=True
+        )
 
     def emit_trace(self, claim: Claim, session_id: str, record: dict[str, Any]) -> None:
         entry = {"job_id": claim.job_id, "record": record}

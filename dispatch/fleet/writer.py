@@ -3,9 +3,13 @@
 Sessions call ``xadd``/``hset``/``zadd`` from synchronous callbacks inside the event loop; those
 calls only queue. A sender task writes everything queued so far as one batch of commands straight
 onto the writer's own connection and goes back to waiting, without waiting for Redis to answer;
-a receiver task reads the replies in order and marks the writes stored. So an event reaches Redis
-as soon as the session that emitted it yields, not a round trip (or a session step) later, and
-while Redis is busy new writes still pile up into the next batch.
+a receiver task reads the replies in order and marks the writes stored. While Redis is busy new
+writes still pile up into the next batch.
+
+A write someone is waiting to read (a job's event, ``xadd(..., now=True)``) does not wait for the
+sender: it goes onto the socket at once, in the caller's own step, with everything queued before
+it. Waking the sender costs a pass through the loop's ready queue, and on a worker running
+hundreds of jobs that queue holds their whole burst of session steps (hundreds of milliseconds).
 
 Writes are resent until Redis confirms them (a dropped connection or a Redis restart loses
 nothing still queued or unconfirmed; a write may land twice). ``flush`` returns once everything
@@ -42,8 +46,9 @@ logger = logging.getLogger("dispatch.writer")
 
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _EXPIRY_MEMORY = 100_000
-_MAX_IN_FLIGHT = 16
-"""Batches sent and not yet confirmed; beyond this the sender waits (Redis is falling behind)."""
+_MAX_IN_FLIGHT = 1024
+"""Batches sent and not yet confirmed; beyond this writes wait (Redis is falling behind). Replies
+are read once per loop turn, and in one turn hundreds of jobs may each send an event at once."""
 WRITER_CLIENT_NAME = "rho-agent-writer"
 """The writer connection's name in Redis's CLIENT LIST."""
 _FIRST_RETRY_S = 0.05
@@ -106,20 +111,33 @@ class BatchWriter:
         self._wake = asyncio.Event()
         self._sent = asyncio.Event()
         self._connection: Any = None
+        self._live: Any = None
+        """The connection while its sender and receiver run: writes may go straight onto it."""
+        self._script_loaded = False
+        """Whether the fenced-writes script was loaded on the live connection (a restarted Redis
+        has forgotten it)."""
         self._retry_delay = _FIRST_RETRY_S
         self._task: asyncio.Task[None] | None = None
 
     def xadd(
-        self, key: str, data: dict[str, Any], maxlen: int | None = None, fence: Fence | None = None
+        self,
+        key: str,
+        data: dict[str, Any],
+        maxlen: int | None = None,
+        fence: Fence | None = None,
+        *,
+        now: bool = False,
     ) -> None:
         """Append ``data`` to the stream ``key``.
 
         Items queued for the same stream in one batch share one stream entry: field ``d`` holds
         a JSON list of them (``decode_entry`` reads both forms), so a session's burst of trace
         records costs one XADD. Secrets are redacted here, the one door to Redis for running jobs.
+        ``now`` writes it (and everything queued before it) to the socket before returning,
+        unless the connection is down or Redis is behind; then it waits for the sender.
         """
         payload = jsoncodec.dumps(redact_data(data))
-        self._put(_Write("xadd", key, {"d": payload}, maxlen, fence, self._queued + 1))
+        self._put(_Write("xadd", key, {"d": payload}, maxlen, fence, self._queued + 1), now=now)
 
     def hset(self, key: str, fields: dict[str, str], fence: Fence | None = None) -> None:
         self._put(_Write("hset", key, redact_data(dict(fields)), None, fence, self._queued + 1))
@@ -154,9 +172,12 @@ class BatchWriter:
         without persistence), so keys this writer expired a moment ago may be new ones."""
         self._expired_at.clear()
 
-    def _put(self, write: _Write) -> None:
+    def _put(self, write: _Write, *, now: bool = False) -> None:
         self._queue.append(write)
         self._queued += 1
+        if now and self._writable():
+            self._send_queued(self._live)
+            return
         self._ensure_task()
         self._wake.set()
 
@@ -170,10 +191,13 @@ class BatchWriter:
             try:
                 connection = await self._connect()
                 receiver = asyncio.create_task(self._receive(connection), name="rho-writer-acks")
-                receiver.add_done_callback(lambda _: self._wake.set())  # the sender sees it stop
+                receiver.add_done_callback(lambda _: self._lost())
+                self._script_loaded = False
+                self._live = connection
                 try:
                     await self._send(connection, receiver)
                 finally:
+                    self._live = None
                     receiver.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await receiver
@@ -207,35 +231,65 @@ class BatchWriter:
             with contextlib.suppress(Exception):
                 await self._connection.disconnect()
 
+    def _lost(self) -> None:
+        """The receiver stopped (the connection failed): no more direct writes; the sender sees
+        it, raises and reconnects."""
+        self._live = None
+        self._wake.set()
+
+    def _writable(self) -> bool:
+        """Whether a write may go onto the socket now: connected, Redis keeping up (nothing
+        waiting in the transport's buffer, few batches unconfirmed)."""
+        if self._live is None or len(self._in_flight) >= _MAX_IN_FLIGHT:
+            return False
+        stream = _stream(self._live)
+        return (
+            stream is not None
+            and not stream.transport.is_closing()
+            and stream.transport.get_write_buffer_size() == 0
+        )
+
     async def _send(self, connection: Any, receiver: asyncio.Task[None]) -> None:
         """Send each batch as soon as it is queued; returns only by raising."""
-        script_loaded = False  # on this connection (a restarted Redis has forgotten it)
         while True:
             while not self._queue or len(self._in_flight) >= _MAX_IN_FLIGHT:
                 if receiver.done():
                     receiver.result()  # raises the receiver's connection error
                 self._wake.clear()
                 await self._wake.wait()
-            batch, self._queue = self._queue, []
-            commands, fences = self._commands(batch)
-            if fences and not script_loaded:
-                commands.insert(0, ["SCRIPT", "LOAD", lua.FENCED_WRITES])
-                script_loaded = True
-            packed: list[bytes] = []
-            replies = 0
-            script_reply = -1
-            for command in commands:
-                try:
-                    packed.extend(connection.pack_command(*command))
-                except DataError as exc:  # a caller's bug; dropping it keeps the rest going
-                    logger.error("dropped a %s to %s: %s", command[0], command[1], exc)
-                    continue
-                if command[0] == "EVALSHA":
-                    script_reply = replies
-                replies += 1
-            self._in_flight.append(_Sent(batch, replies, script_reply, tuple(fences)))
-            self._sent.set()
+            packed = self._pack_queued(connection)
+            # No send timeout: the bytes go onto the socket before this awaits anything.
             await connection.send_packed_command(packed, check_health=False)
+
+    def _send_queued(self, connection: Any) -> None:
+        """Write everything queued onto ``connection`` now (non-blocking: the transport buffers
+        what the socket does not take; a failure reaches the receiver, which resends)."""
+        stream = _stream(connection)
+        assert stream is not None  # _writable() checked it
+        stream.writelines(self._pack_queued(connection))
+
+    def _pack_queued(self, connection: Any) -> list[bytes]:
+        """Everything queued as one batch of packed commands, recorded as in flight."""
+        batch, self._queue = self._queue, []
+        commands, fences = self._commands(batch)
+        if fences and not self._script_loaded:
+            commands.insert(0, ["SCRIPT", "LOAD", lua.FENCED_WRITES])
+            self._script_loaded = True
+        packed: list[bytes] = []
+        replies = 0
+        script_reply = -1
+        for command in commands:
+            try:
+                packed.extend(connection.pack_command(*command))
+            except DataError as exc:  # a caller's bug; dropping it keeps the rest going
+                logger.error("dropped a %s to %s: %s", command[0], command[1], exc)
+                continue
+            if command[0] == "EVALSHA":
+                script_reply = replies
+            replies += 1
+        self._in_flight.append(_Sent(batch, replies, script_reply, tuple(fences)))
+        self._sent.set()
+        return packed
 
     async def _receive(self, connection: Any) -> None:
         while True:
@@ -322,6 +376,13 @@ class BatchWriter:
             else:
                 still_waiting.append((upto, future))
         self._waiters = still_waiting
+
+
+def _stream(connection: Any) -> asyncio.StreamWriter | None:
+    """The asyncio stream under a redis-py connection (None once disconnected): redis-py only
+    sends from a coroutine, and a write that must leave in the caller's step cannot await."""
+    stream: asyncio.StreamWriter | None = connection._writer  # noqa: SLF001
+    return stream
 
 
 def _grouped(batch: list[_Write]) -> list[_Write]:

@@ -7,10 +7,12 @@ its own.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from dispatch.engine.bus import Claim, JobBus, entry_event, event_entry, is_finished
 from dispatch.engine.fan_out import cancel_children
@@ -181,6 +183,40 @@ async def test_a_blocked_reader_wakes_on_a_new_event(bus: JobBus) -> None:
     entries = await asyncio.wait_for(reader, 2.0)
     assert [entry_event(e) for e in entries] == [AgentEvent("text", content="late")]
     assert await bus.read_events(job.job_id, entries[-1].id, block_s=0.0) == []
+
+
+def length_while_blocked(inspector: redis.Redis, stream: str, length: int) -> int:
+    """``stream``'s length once it reaches ``length`` (at most 2 s), polled while blocking the
+    event loop's thread: only a write already on the socket can land meanwhile."""
+    deadline = time.monotonic() + 2.0
+    while inspector.xlen(stream) < length and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return int(inspector.xlen(stream))
+
+
+@pytest.mark.integration
+async def test_redis_bus_sends_an_event_in_the_step_that_emits_it(redis_db: int) -> None:
+    """On a busy worker the loop's ready queue holds hundreds of session steps; an event that
+    waited for the writer's task to be scheduled would wait behind all of them."""
+    settings = FleetSettings(broker_url=f"{REDIS_HOST}/{redis_db}", key_prefix="now:")
+    bus = RedisBus.from_settings(settings)
+    inspector = redis.Redis.from_url(f"{REDIS_HOST}/{redis_db}")
+    try:
+        job = spec()
+        await bus.submit([job], "q")
+        await bus.start(job, "w1", 60_000)
+        claim = Claim(job.job_id, 1)
+        bus.emit_event(claim, event_entry(AgentEvent("text", content="first")))
+        await bus.flush()  # the writer is connected
+        ran: list[int] = []
+        for index in range(100):
+            asyncio.get_running_loop().call_soon(ran.append, index)
+        bus.emit_event(claim, event_entry(AgentEvent("tool_end", tool_result="t")))
+        assert length_while_blocked(inspector, settings.keys.events(job.job_id), 3) == 3
+        assert ran == []
+    finally:
+        inspector.close()
+        await bus.close()
 
 
 async def test_a_stale_attempts_writes_are_refused_and_reported(bus: JobBus) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -44,6 +45,15 @@ async def writer(url: str) -> AsyncIterator[BatchWriter]:
 
 def items(inspector: redis.Redis, key: str) -> list[object]:
     return [item for _, fields in inspector.xrange(key) for item in decode_entry(fields["d"])]
+
+
+def landed_while_blocked(inspector: redis.Redis, key: str, within_s: float = 2.0) -> list[object]:
+    """``key``'s items once they land, polled while blocking the event loop's thread: only a
+    write already on the socket can land meanwhile (no task of the writer gets to run)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and not inspector.exists(key):
+        time.sleep(0.005)
+    return items(inspector, key)
 
 
 def writer_client(inspector: redis.Redis) -> dict[str, object]:
@@ -199,3 +209,53 @@ async def test_fenced_writes_survive_a_flushed_script_cache(
     writer.xadd("s", {"i": 1}, fence=fence)
     await asyncio.wait_for(writer.flush(), 10)
     assert items(inspector, "s") == [{"i": 0}, {"i": 1}]
+
+
+async def test_a_write_sent_now_is_in_redis_before_the_loop_runs_anything_else(
+    writer: BatchWriter, inspector: redis.Redis
+) -> None:
+    fence = running_job(inspector, 1)
+    writer.xadd("warm", {"i": 0})
+    await writer.flush()  # connected
+    ran: list[int] = []
+    loop = asyncio.get_running_loop()
+    for index in range(500):  # a busy worker's queue of session steps, ahead of the writer
+        loop.call_soon(ran.append, index)
+    writer.xadd("trace", {"record": 1}, fence=fence)  # queued before it: goes with it
+    writer.xadd("events", {"type": "tool_end"}, fence=fence, now=True)
+    assert landed_while_blocked(inspector, "events") == [{"type": "tool_end"}]
+    assert items(inspector, "trace") == [{"record": 1}]
+    assert ran == []
+    await writer.flush()
+    assert len(ran) == 500
+
+
+async def test_writes_sent_now_keep_their_order_with_queued_ones(
+    writer: BatchWriter, inspector: redis.Redis
+) -> None:
+    writer.xadd("s", {"i": 0})
+    await writer.flush()
+    writer.xadd("s", {"i": 1})
+    writer.xadd("s", {"i": 2}, now=True)
+    writer.hset("h", {"after": "3"})
+    writer.xadd("s", {"i": 4}, now=True)
+    writer.xadd("s", {"i": 5})
+    assert landed_while_blocked(inspector, "s") != []
+    await writer.flush()
+    assert items(inspector, "s") == [{"i": index} for index in (0, 1, 2, 4, 5)]
+    assert inspector.xlen("s") == 4  # 1 and 2 went as one entry; 5 waited for the sender
+    assert inspector.hget("h", "after") == "3"
+
+
+async def test_writes_sent_now_into_a_dropped_connection_are_resent(
+    writer: BatchWriter, inspector: redis.Redis
+) -> None:
+    fence = running_job(inspector, 1)
+    writer.xadd("s", {"i": 0}, fence=fence, now=True)
+    await writer.flush()
+    for round_number in range(3):
+        inspector.client_kill_filter(_id=writer_client(inspector)["id"])
+        for index in range(10):
+            writer.xadd("s", {"i": 1 + round_number * 10 + index}, fence=fence, now=True)
+        await asyncio.wait_for(writer.flush(), 10)
+    assert items(inspector, "s") == [{"i": index} for index in range(31)]  # fenced: once each

@@ -41,7 +41,7 @@ from rho_agent.agent import Agent
 from rho_agent.budgets import SpendLedger
 from rho_agent.config import AgentConfig
 from rho_agent.errors import RhoAgentError, SessionNotFound
-from rho_agent.events import AgentEvent, RunResult, run_status
+from rho_agent.events import AgentEvent, RunError, RunResult, run_status
 from rho_agent.permissions.profile import PermissionProfile
 from rho_agent.ratelimits import RateLimiter
 from rho_agent.redact import redact
@@ -225,20 +225,23 @@ class JobRun:
             return await self._finish(cancelled_before_start(), None)
         if decision.action == "busy":
             return await self._fail(
+                "session_busy",
                 f"session {self.spec.session_id} is in use by job {decision.detail}; wait for "
-                "that job's result before submitting another job on the same session"
+                "that job's result before submitting another job on the same session",
             )
         if decision.action == "exists":
             return await self._fail(
+                "session_exists",
                 f"session {self.spec.session_id} already exists; a job starting a new session "
                 "needs an unused id: continue the session (submit with session_id=...) or "
-                "leave the id out"
+                "leave the id out",
             )
         if self._attempt - decision.handbacks > options.max_attempts:
             return await self._fail(
+                "attempts_exhausted",
                 f"gave up after {options.max_attempts} attempts: the workers running this job "
                 "stopped each time (see the worker logs); graceful hand-backs at shutdown and "
-                f"continuations after an approval are not counted ({decision.handbacks} here)"
+                f"continuations after an approval are not counted ({decision.handbacks} here)",
             )
         return await self._run_claimed()
 
@@ -248,10 +251,10 @@ class JobRun:
             session = await self._open_session()
             result = await self._run_prompts(session)
         except (RhoAgentError, FleetError) as exc:
-            return await self._fail(str(exc))
+            return await self._fail(type(exc).__name__, str(exc))
         except Exception as exc:
             logger.exception("job %s failed", self.job_id)
-            return await self._fail(f"{type(exc).__name__}: {exc}")
+            return await self._fail(type(exc).__name__, f"{type(exc).__name__}: {exc}")
         finally:
             if timer is not None:
                 timer.cancel()
@@ -480,12 +483,16 @@ class JobRun:
 
     # -- finishing ----------------------------------------------------------------------------
 
-    async def _fail(self, message: str) -> JobOutcome:
-        """Fail the job before or around its run (refused, busy session, crash loop, bug)."""
+    async def _fail(self, kind: str, message: str) -> JobOutcome:
+        """Fail the job before or around its run (refused, busy session, crash loop, bug).
+
+        ``kind`` is the result's ``RunError.type``: the exception's class name, or what the
+        fleet decided (``session_busy``, ``session_exists``, ``attempts_exhausted``)."""
         message = redact(message)  # error texts quote configs and outputs: never a secret
         event = AgentEvent(type="error", content=message)
         self._emit(event)
-        return await self._finish(RunResult(text="", events=[event], status="error"), message)
+        failed = RunResult(text="", events=[event], status="error", error=RunError(kind, message))
+        return await self._finish(failed, message)
 
     async def _finish(self, result: RunResult, error: str | None) -> JobOutcome:
         """End the job. ``error`` makes it an ``error`` whatever the run said; without one, a run
@@ -502,9 +509,14 @@ class JobRun:
             self._bus.emit_session(
                 self.claim, self.spec.session_id, {"status": state_status}, new=False
             )
-        if error is not None and result.status != "error":
+        if error is not None and (result.status != "error" or result.error is None):
+            # The result a caller holds says why, as the job's record does (a timed-out run).
             result = RunResult(
-                text=result.text, events=result.events, status="error", usage=result.usage
+                text=result.text,
+                events=result.events,
+                status="error",
+                usage=result.usage,
+                error=result.error or RunError("job_timeout", error),
             )
         # A refused write already proved that a newer attempt owns the job.
         owned = not self._fenced and await self._bus.finish(

@@ -43,7 +43,12 @@ def run(settings: Settings) -> list[Row]:
         config = AgentConfig(base_url=server.base_url, working_dir=settings.workdir)
         with Dispatcher(settings=FleetSettings(broker_url=None), concurrency=200) as embedded:
             rows.append(_measure("embedded", embedded, config, files, repetitions))
-        workers = {"w0": {"RHO_AGENT_WORKER_CONCURRENCY": "200"}}
+        workers = {
+            "w0": {
+                "RHO_AGENT_WORKER_CONCURRENCY": "200",
+                "RHO_AGENT_ALLOWED_BASE_URLS": server.base_url,  # the key goes only there
+            }
+        }
         with running_fleet(Path(settings.workdir), workers) as fleet, fleet.dispatcher() as fd:
             rows.append(_measure("fleet", fd, config, files, repetitions))
     return rows

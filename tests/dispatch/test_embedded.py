@@ -198,6 +198,8 @@ def test_a_job_timeout_stops_it_with_an_error(
     assert result.status == "error"
     info = dispatcher.jobs(1)[0]
     assert info.status == "error" and "timed out after 0.3 s" in (info.error or "")
+    assert result.error is not None and result.error.type == "job_timeout"
+    assert "timed out after 0.3 s" in result.error.message
 
 
 def test_a_failed_model_call_says_why_in_the_result_and_the_job_info(

@@ -58,6 +58,9 @@ async def test_a_job_naming_another_endpoint_fails_and_the_key_never_leaves(
     assert (outcome.status, info.status) == ("error", "error")
     assert "not one this worker sends its API key to" in (info.error or "")
     assert "RHO_AGENT_ALLOWED_BASE_URLS" in (info.error or "")
+    [result] = await bus.get_results([info.job_id])
+    assert result is not None and result.error is not None, "the result says why, not null"
+    assert (result.error.type, result.error.message) == ("JobRefused", info.error)
     assert elsewhere.requests == [], "the other endpoint saw a request"
     assert all("authorization" not in r.headers for r in elsewhere.requests)
     _, allowed, _ = await run_job(
@@ -100,6 +103,9 @@ async def test_a_job_starting_a_new_session_with_a_used_id_is_refused(
     _, refused, info = await run_job(bus, config, RunnerOptions(), first.session_id)
     assert refused.status == "error"
     assert f"session {first.session_id} already exists" in (info.error or "")
+    [result] = await bus.get_results([info.job_id])
+    assert result is not None and result.error is not None
+    assert (result.error.type, result.error.message) == ("session_exists", info.error)
     assert len(await bus.read_trace(first.session_id)) == before, "nothing was appended"
     _, continued, _ = await run_job(
         bus, config, RunnerOptions(), first.session_id, continue_session=True

@@ -23,7 +23,9 @@ from dispatch.fleet.celery_broker import (
     transport_options,
 )
 from rho_agent.redact import install_log_redaction
+from workers.fleet_io import Connect, connect_fleet
 from workers.lifecycle import install_lifecycle
+from workers.parked_pool import PARKED_JOB, POOL_PATH
 from workers.pool_threads import start_pool_threads
 from workers.session_host import SessionHost
 from workers.tuning import tune_interpreter
@@ -43,8 +45,8 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
-        # Threads only wait on the session host; prefetch 1 per thread (jobs are long).
-        "worker_pool": "threads",
+        # Jobs wait on the session host, not on a thread each; prefetch 1 per slot (jobs are long).
+        "worker_pool": POOL_PATH,
         "worker_concurrency": settings.concurrency,
         "worker_prefetch_multiplier": 1,
         # Task events cost three publishes per job: off unless -E, or until Flower (which asks
@@ -63,21 +65,25 @@ def _task_events_on(consumer: Any) -> bool:
     return dispatcher is not None and "task" in (dispatcher.groups or ())
 
 
-def create_app(settings: WorkerSettings | None = None) -> Celery:
-    """A worker Celery app (settings from the environment unless given)."""
+def create_app(
+    settings: WorkerSettings | None = None, *, connect: Connect = connect_fleet
+) -> Celery:
+    """A worker Celery app (settings from the environment unless given; its session host's I/O
+    from ``connect``: Redis and Celery unless a test gives its own)."""
     require_fleet_extra()
     install_log_redaction()
     settings = settings or WorkerSettings.from_env()
     app = Celery("rho-agent", set_as_current=False)
     app.conf.update(worker_config(settings))
-    host = SessionHost(settings, app)
+    host = SessionHost(settings, app, connect=connect)
 
     def run_job(task: Task, spec: Any) -> dict[str, Any]:
         """Run one rho-agent job (a JobSpec as JSON) and return its summary."""
-        if host.closing:
+        parked = getattr(task.request, PARKED_JOB, None)  # already run by the ParkedPool
+        if parked is None and host.closing:
             raise Reject(NOT_TAKEN, requeue=True)
         try:
-            outcome = host.run(spec, task.request.id)
+            outcome = parked.result() if parked is not None else host.run(spec, task.request.id)
         except JobSpecError as exc:
             logger.error("rejected job payload (task %s): %s", task.request.id, exc)
             raise Reject(str(exc), requeue=False) from None

@@ -1,15 +1,16 @@
 """SessionHost: the worker process's one asyncio loop, running every job of the process.
 
-Celery's thread pool gives each job a cheap thread that only waits: the task hands the payload
-to this host and blocks on the future until the job ends, so Celery acknowledges the message only
-then (late acks). The sessions themselves all share one event loop in one thread, where they
-spend their time waiting on the model; lease renewal, the sweeper and cancel requests run there
-too.
+The worker's pool (``workers.parked_pool``) hands each delivered job's payload to this host and
+runs Celery's tracer once the job's future is done, so Celery acknowledges the message only then
+(late acks); ``run`` is the blocking form, for a job taken on a thread. The sessions themselves
+all share one event loop in one thread, where they spend their time waiting on the model; lease
+renewal, the sweeper and cancel requests run there too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -67,6 +68,18 @@ class SessionHost:
             if self._host is None:
                 self._host = self._thread.call(self._start(), timeout=30)
             return self._host
+
+    def park(self, payload: Any, task_id: str) -> concurrent.futures.Future[JobOutcome]:
+        """Start one job payload without waiting for it (``workers.parked_pool``); the future
+        holds its outcome, or the error ``run`` would raise."""
+        host = self.start()
+        job_id = payload.get("job_id") if isinstance(payload, dict) else None
+        if isinstance(job_id, str):
+            self.task_ids.set(job_id, task_id)
+        future = self._thread.submit(host.run(payload))
+        if isinstance(job_id, str):
+            future.add_done_callback(lambda _: self.task_ids.pop(job_id, task_id))
+        return future
 
     def run(self, payload: Any, task_id: str | None = None) -> JobOutcome:
         """Run one job payload to its end (blocking the calling thread, not the loop)."""

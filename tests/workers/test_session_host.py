@@ -10,71 +10,23 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dispatch.engine.memory_bus import MemoryBus
 from dispatch.engine.run import JobOutcome
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec, build_spec
 from rho_agent import AgentConfig
 from rho_agent.events import RunResult
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
+from tests.workers.memory_io import NO_REDIS, MemoryIO, wait_for
 from workers.fleet_io import WorkerIO
-from workers.lease import Requeued
 from workers.progress import FlowerProgress
 from workers.session_host import SessionHost
 from workers.shutdown import GracefulShutdown
 from workers.worker_settings import WorkerSettings
-
-NO_REDIS = "redis://127.0.0.1:9/0"
-"""A broker URL nothing listens on: the injected I/O must be the only I/O."""
-
-
-class RecordingBroker:
-    """The worker's broker without Celery: remembers each job it sends, with its suffix."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self.opened = 0
-        self.closed = 0
-
-    def send(self, specs: Sequence[JobSpec], *, attempt_suffix: str = "") -> None:
-        self.sent += [(spec.job_id, attempt_suffix) for spec in specs]
-
-    def close(self) -> None:
-        self.closed += 1
-
-
-class MemoryIO:
-    """A ``Connect`` giving the host a MemoryBus (made on the host's loop) and the broker.
-
-    ``hand_back`` stands in for the ``HAND_BACK`` script: it marks the owned jobs queued on the
-    bus (as the script does in Redis) and remembers what the shutdown asked it.
-    """
-
-    def __init__(self) -> None:
-        self.broker = RecordingBroker()
-        self.bus = MemoryBus()
-        self.specs: dict[str, JobSpec] = {}
-        self.handed: list[tuple[list[tuple[str, int]], str]] = []
-
-    async def __call__(self, settings: WorkerSettings) -> WorkerIO:
-        self.bus = MemoryBus(settings.fleet.keys)
-        return WorkerIO(bus=self.bus, open_broker=self._open, hand_back=self._hand_back)
-
-    def _open(self) -> RecordingBroker:
-        self.broker.opened += 1
-        return self.broker
-
-    async def _hand_back(self, owned: list[tuple[str, int]], worker: str) -> list[Requeued]:
-        self.handed.append((owned, worker))
-        for job_id, _ in owned:
-            await self.bus.set_fields(job_id, {"status": "queued"})
-        return [Requeued(job_id, self.specs[job_id], attempt) for job_id, attempt in owned]
 
 
 class Worker:
@@ -135,13 +87,6 @@ def worker() -> Iterator[Worker]:
     started = Worker(MemoryIO())
     yield started
     started.close()
-
-
-def wait_for(condition: Callable[[], bool], within_s: float = 3.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.01)
 
 
 def test_a_job_runs_to_completion_and_its_result_is_on_the_bus(

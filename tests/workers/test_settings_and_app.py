@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from celery.app.utils import find_app
+from kombu.utils.imports import symbol_by_name
 
 import workers
 from dispatch import SettingsError
@@ -14,6 +15,7 @@ from rho_agent import Agent, AgentConfig, ModelPrice
 from rho_agent.ratelimits import RateLimit
 from workers.celery_app import create_app, worker_config
 from workers.health import HealthSettings
+from workers.parked_pool import POOL_PATH, ParkedPool
 from workers.worker_settings import SETTINGS, WorkerSettings
 
 BROKER = {"RHO_AGENT_BROKER_URL": "redis://127.0.0.1:6379/0"}
@@ -148,12 +150,13 @@ def test_bad_settings_fail_at_start_up(env: dict[str, str], message: str) -> Non
     assert message in str(caught.value)
 
 
-def test_celery_config_is_json_only_late_ack_and_threads() -> None:
+def test_celery_config_is_json_only_late_ack_and_the_parked_pool() -> None:
     config = worker_config(WorkerSettings.from_env({**BROKER, "RHO_AGENT_QUEUE": "jobs"}))
     assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
     assert config["worker_prefetch_multiplier"] == 1
-    assert (config["worker_pool"], config["worker_concurrency"]) == ("threads", 500)
+    assert (config["worker_pool"], config["worker_concurrency"]) == (POOL_PATH, 500)
+    assert symbol_by_name(POOL_PATH) is ParkedPool
     assert config["broker_transport_options"] == {"visibility_timeout": 3600}
     assert config["task_default_queue"] == "jobs"
     assert not config["worker_send_task_events"], "-E or Flower turn them on"

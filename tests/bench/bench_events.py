@@ -7,11 +7,11 @@ a few milliseconds apart. The baseline is the floor of any Redis Streams design:
 doing one XADD per event at the same pace, and a reader blocked in XREAD on the same server.
 
 Measured twice on the same worker: idle (the measured job alone), and loaded, with BACKGROUND_JOBS
-other jobs running on it (each making a 1 s model call then a tool call, over and over, as agent
-jobs do), so the target holds where it matters. The baseline is measured in the same two states:
-under load it is the floor the machine itself sets (the writer and reader processes wait for a
-core like everything else). Each figure is the median of the percentile over
-REPETITIONS consecutive blocks of jobs, with their range.
+other jobs on it (each making a 1 s model call then a tool call, BACKGROUND_TURNS times, as agent
+jobs do; each one that ends is replaced at once), so the target holds where it matters. The
+baseline is measured in the same two states: under load it is the floor the machine itself sets
+(the writer and reader processes wait for a core like everything else). Each figure is the
+median of the percentile over REPETITIONS consecutive blocks of jobs, with their range.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,8 +43,11 @@ P99_TARGET_MS = 2.0
 BACKGROUND_JOBS = 500
 BACKGROUND_DELAY = 1.0
 """Seconds each background job's model takes to answer."""
-BACKGROUND_TURNS = 100_000
-"""Tool turns a background job would make: more than the measurement lasts (they are cancelled)."""
+BACKGROUND_TURNS = 20
+"""Tool turns a background job makes before it ends and another takes its place, so the load is
+the same however long the measurement lasts (an endless job's history, and with it the cost of
+each of its turns, would grow all along: a full run's loaded phase never ended)."""
+TOP_UP_EVERY = 0.25
 REPETITIONS = 3
 SETTLE_TIMEOUT = 120.0
 
@@ -74,13 +78,9 @@ def run(settings: Settings) -> list[Row]:
     ):
         _fleet_latencies(fleet, 1)  # warm up
         idle = [_fleet_latencies(fleet, sizes.jobs) for _ in range(REPETITIONS)]
-        background = _start_background(fleet, background_server.base_url)
-        try:
+        with _Background(fleet, background_server.base_url):
             loaded = [_fleet_latencies(fleet, sizes.jobs) for _ in range(REPETITIONS)]
             raw_loaded = _raw_blocks(settings.redis, count * TOOL_TURNS)
-        finally:
-            for job in background:
-                job.cancel()
     raw_idle = _raw_blocks(settings.redis, count * TOOL_TURNS)
     rows = []
     for state, blocks, raw_blocks in (
@@ -115,27 +115,58 @@ def run(settings: Settings) -> list[Row]:
     return rows
 
 
-def _start_background(fleet: RunningFleet, base_url: str) -> list[Job]:
-    """BACKGROUND_JOBS endless jobs on the worker, returned once all of them are running."""
-    config = dataclasses.replace(
-        fleet.config, base_url=base_url, extras={"max_turns": BACKGROUND_TURNS + 1}
-    )
-    jobs = fleet.dispatcher.map([f"background {index}" for index in range(BACKGROUND_JOBS)], config)
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    running = redis.Redis.from_url(fleet.fleet.url)
-    try:
-        leases = fleet.dispatcher.settings.keys.leases()
-        while int(running.zcard(leases)) < BACKGROUND_JOBS:
+class _Background:
+    """Keeps BACKGROUND_JOBS jobs unfinished on the worker while it is entered: each makes
+    BACKGROUND_TURNS tool turns behind 1 s model calls and ends, and a thread submits another in
+    its place (jobs not finished are counted by the fleet's lease index, which holds the queued
+    and the running ones). On exit every job it submitted is cancelled."""
+
+    def __init__(self, fleet: RunningFleet, base_url: str) -> None:
+        self._config = dataclasses.replace(
+            fleet.config, base_url=base_url, extras={"max_turns": BACKGROUND_TURNS + 1}
+        )
+        self._dispatcher = fleet.fleet.dispatcher()
+        self._redis = redis.Redis.from_url(fleet.fleet.url)
+        self._leases = self._dispatcher.settings.keys.leases()
+        self._jobs: list[Job] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._top_up, name="background", daemon=True)
+
+    def __enter__(self) -> _Background:
+        self._submit(BACKGROUND_JOBS)
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while self._running() < BACKGROUND_JOBS:
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{running.zcard(leases)} of {BACKGROUND_JOBS} background jobs running "
+                    f"{self._running()} of {BACKGROUND_JOBS} background jobs running "
                     f"after {SETTLE_TIMEOUT:g} s"
                 )
             time.sleep(0.2)
-    finally:
-        running.close()
-    time.sleep(2 * BACKGROUND_DELAY)  # past the burst of first model calls: a steady load
-    return jobs
+        self._thread.start()
+        time.sleep(2 * BACKGROUND_DELAY)  # past the burst of first model calls: a steady load
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+        for job in self._jobs:
+            job.cancel()
+        self._dispatcher.close()
+        self._redis.close()
+
+    def _top_up(self) -> None:
+        while not self._stop.wait(TOP_UP_EVERY):
+            missing = BACKGROUND_JOBS - int(self._redis.zcard(self._leases))
+            if missing > 0:
+                self._submit(missing)
+
+    def _submit(self, count: int) -> None:
+        prompts = [f"background {len(self._jobs) + index}" for index in range(count)]
+        self._jobs += self._dispatcher.map(prompts, self._config)
+
+    def _running(self) -> int:
+        infos = self._dispatcher.infos([job.id for job in self._jobs])
+        return sum(1 for info in infos if info is not None and info.status == "running")
 
 
 def _fleet_latencies(fleet: RunningFleet, jobs: int) -> list[float]:

@@ -66,13 +66,14 @@ class ParkedPool(TaskPool):  # type: ignore[misc]  # Celery is untyped
         if host is None or decoded is None:
             return super().on_apply(target, args, kwargs, callback, accept_callback, **options)
         name, task_id, request, body, _, _ = decoded
+        # Accepted before the job starts, as the threads pool accepts before the task body runs.
+        if accept_callback is not None:
+            accept_callback(os.getpid(), time.monotonic())
         try:
             future = host.park(body[1]["spec"], str(task_id))
         except Exception:  # the host did not start: the task body meets the same error
             logger.exception("could not hand job task %s to the session host", task_id)
-            return super().on_apply(target, args, kwargs, callback, accept_callback, **options)
-        if accept_callback is not None:
-            accept_callback(os.getpid(), time.monotonic())
+            return super().on_apply(target, args, kwargs, callback, None, **options)
         with self._idle:
             self._parked.add(future)
         traced = (name, task_id, {**request, PARKED_JOB: future}, body, None, None)

@@ -49,7 +49,8 @@ class ParkedPool(TaskPool):  # type: ignore[misc]  # Celery is untyped
         self.threads = min(self.limit, TRACER_THREADS)
         """How many threads the pool runs (``limit`` stays the number of jobs it may hold)."""
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.threads)
-        self._parked: set[concurrent.futures.Future[Any]] = set()
+        self._parked: dict[concurrent.futures.Future[Any], tuple[Any, ...]] = {}
+        """Each running job's future, and the tracer's arguments for when it ends."""
         self._idle = threading.Condition()
 
     def on_apply(
@@ -74,14 +75,10 @@ class ParkedPool(TaskPool):  # type: ignore[misc]  # Celery is untyped
         except Exception:  # the host did not start: the task body meets the same error
             logger.exception("could not hand job task %s to the session host", task_id)
             return super().on_apply(target, args, kwargs, callback, None, **options)
-        with self._idle:
-            self._parked.add(future)
         traced = (name, task_id, {**request, PARKED_JOB: future}, body, None, None)
-
-        def trace(done: concurrent.futures.Future[Any]) -> None:
-            self.executor.submit(self._trace, done, target, traced, kwargs, callback)
-
-        future.add_done_callback(trace)
+        with self._idle:
+            self._parked[future] = (target, traced, kwargs, callback)
+        future.add_done_callback(self._on_done)
         return ApplyResult(future)
 
     def _decoded_job(self, args: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
@@ -103,19 +100,21 @@ class ParkedPool(TaskPool):  # type: ignore[misc]  # Celery is untyped
             return None
         return (name, task_id, request, tuple(body), None, None)
 
-    def _trace(
-        self,
-        done: concurrent.futures.Future[Any],
-        target: Callable[..., Any],
-        traced: tuple[Any, ...],
-        kwargs: dict[str, Any] | None,
-        callback: Callable[..., Any] | None,
-    ) -> None:
+    def _on_done(self, done: concurrent.futures.Future[Any]) -> None:
+        """The job ended: run its tracer on a pool thread. (The tracer's arguments hold the
+        future, so they live in ``_parked``, not in this callback: a closure would make a
+        reference cycle that only the garbage collector's rare full passes free, and a worker's
+        memory grew with every job's outcome until one ran.)"""
+        self.executor.submit(self._trace, done)
+
+    def _trace(self, done: concurrent.futures.Future[Any]) -> None:
+        with self._idle:
+            target, traced, kwargs, callback = self._parked[done]
         try:
             apply_target(target, traced, kwargs, callback)
         finally:
             with self._idle:
-                self._parked.discard(done)
+                del self._parked[done]
                 self._idle.notify_all()
 
     def on_stop(self) -> None:

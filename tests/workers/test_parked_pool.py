@@ -8,9 +8,11 @@ the request's ``on_success`` would turn into an ack or a reject.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,8 @@ class Delivered:
     ended: threading.Event = field(default_factory=threading.Event)
     retval: Any = None
     traced_on: str = ""
+    job: Callable[[], Any] = lambda: None
+    """A weak reference to the pool's future for the job (None once it is freed)."""
 
     def on_success(self, retval: Any) -> None:
         self.retval, self.traced_on = retval, threading.current_thread().name
@@ -82,12 +86,13 @@ class Worker:
         delivered = Delivered()
         task_id = task_id or f"task-{payload.get('job_id', 'x')}"
         body = json.dumps([[], {"spec": payload}, {}])
-        self.pool.apply_async(
+        applied = self.pool.apply_async(
             functools.partial(trace_task_ret, app=self.app),
             args=(task, task_id, {"id": task_id}, body, "application/json", "utf-8"),
             callback=delivered.on_success,
             accept_callback=lambda *_: delivered.accepted.set(),
         )
+        delivered.job = weakref.ref(applied.f)
         return delivered
 
     def status(self, spec: JobSpec) -> str:
@@ -131,6 +136,24 @@ def test_running_jobs_hold_no_thread_and_end_through_celerys_tracer(
     assert {worker.status(spec) for spec in specs} == {"completed"}
     assert _pool_threads() - threads_before <= TRACER_THREADS
     assert len({d.traced_on for d in delivered}) <= TRACER_THREADS
+
+
+def test_an_ended_job_is_freed_without_the_garbage_collector(
+    worker: Worker, model_server: ScriptedModelServer
+) -> None:
+    """A reference cycle through the job's future would keep every outcome until a full
+    collection, which a tuned worker seldom runs: its memory grew with each job."""
+    model_server.script(text("done"))
+    spec = worker.submit(model_server)
+    gc.collect()
+    gc.disable()
+    try:
+        delivered = worker.deliver(spec.encode())
+        assert delivered.ended.wait(5)
+        wait_for(lambda: worker.pool.info["parked-jobs"] == 0)
+        wait_for(lambda: delivered.job() is None, within_s=1.0)
+    finally:
+        gc.enable()
 
 
 def test_a_job_ending_during_the_shutdown_grace_is_acknowledged_not_given_back(

@@ -7,7 +7,7 @@ job to the host as it is delivered and runs Celery's task tracer (the task body,
 the late ack or the reject) on one of a few threads only once the job has ended, when the task
 body finds the outcome waiting. Celery's accounting is the threads pool's: the job is accepted
 (Flower's task-started) as it starts, and ends through the same tracer and callbacks. Measured
-in docs/benchmarks.md (benchmark 4 and the profile). Other tasks, and jobs delivered while the
+in docs/benchmarks.md ("One thread per job, or none"). Other tasks, and jobs delivered while the
 host is closing, run on a thread as before.
 """
 

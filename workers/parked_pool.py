@@ -52,6 +52,9 @@ class ParkedPool(TaskPool):  # type: ignore[misc]  # Celery is untyped
         self._parked: dict[concurrent.futures.Future[Any], tuple[Any, ...]] = {}
         """Each running job's future, and the tracer's arguments for when it ends."""
         self._idle = threading.Condition()
+        accepted = self.app.conf.accept_content if self.app is not None else ()
+        self._accept = prepare_accept_content(accepted)  # type: ignore[no-untyped-call]
+        """The content types a job message may have (the app's), computed once, not per job."""
 
     def on_apply(
         self,
@@ -89,8 +92,7 @@ class ParkedPool(TaskPool):  # type: ignore[misc]  # Celery is untyped
         name, task_id, request, body, content_type, encoding = args
         if content_type:
             try:
-                accept = prepare_accept_content(self.app.conf.accept_content)  # type: ignore[no-untyped-call]
-                body = loads(body, content_type, encoding, accept=accept)  # type: ignore[no-untyped-call]
+                body = loads(body, content_type, encoding, accept=self._accept)  # type: ignore[no-untyped-call]
             except Exception:
                 return None
         well_formed = isinstance(body, (list, tuple)) and len(body) == 3

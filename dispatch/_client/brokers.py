@@ -168,6 +168,29 @@ class EmbeddedBroker:
         await self._host.stop()
 
 
+def _first_contact(client: Any, url: str) -> None:
+    """PING the job bus's Redis once; FleetUnavailable at once if it does not answer.
+
+    Calls after this ride out a Redis outage for ``RHO_AGENT_REDIS_OUTAGE_LIMIT`` seconds. A
+    Redis never reached is not an outage but a wrong URL or a server not started, and waiting a
+    minute before saying so only hides that.
+    """
+    import redis
+
+    from dispatch.errors import FleetUnavailable
+    from dispatch.urls import redact_url
+
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FleetUnavailable(
+            f"cannot reach the job bus's Redis at {redact_url(url)} ({reason}); check that Redis "
+            "runs there and that --broker / RHO_AGENT_BROKER_URL (or RHO_AGENT_REDIS_URL for a "
+            "RabbitMQ broker) points at it"
+        ) from exc
+
+
 class FleetBroker:
     """Publishes jobs to Celery from the caller's thread; reads them back from Redis.
 
@@ -183,10 +206,11 @@ class FleetBroker:
 
         assert settings.bus_url is not None
         self._settings = settings
-        self._celery = CeleryBroker(settings)
         self._redis: Any = sync_client(
             settings.bus_url, master_name=settings.sentinel_master, decode_responses=True
         )
+        _first_contact(self._redis, settings.bus_url)
+        self._celery = CeleryBroker(settings)
         self.bus: DispatchBus = RedisBus.from_settings(settings)
 
     def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:

@@ -11,11 +11,13 @@ code   meaning
 =====  ==========================================================================================
 
 A script can tell "retry later" (3) from "fix the input" (2) from "look at the results" (1).
-Tracebacks are for bugs, so they are shown only with ``rho-agent --debug``.
+Tracebacks are for bugs, so they are shown only with ``rho-agent --debug`` (which shows them for
+every error, above its one line).
 """
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Final
@@ -51,6 +53,10 @@ def one_line_errors() -> Iterator[None]:
     try:
         yield
     except RhoAgentError as exc:
+        from rho_agent.cli.app import debug_enabled
+
+        if debug_enabled():  # the error, and what caused it (a refused connection, say)
+            traceback.print_exc()
         code, message = classify(exc)
         report(message)
         raise typer.Exit(code) from None

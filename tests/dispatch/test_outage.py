@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from dispatch import Dispatcher, FleetSettings
 from dispatch._client.fanin import FanIn
 from dispatch.engine.bus import DispatchBus, StreamEntry
-from dispatch.errors import JobLost
+from dispatch.errors import FleetUnavailable, JobLost
 from dispatch.fleet.outage import RedisOutage, survive, survive_sync
 from dispatch.info import JobInfo
 from dispatch.spec import JobSpec, build_spec
@@ -109,3 +110,31 @@ async def test_a_job_redis_forgot_that_this_dispatcher_did_not_send_is_lost() ->
     fan_in = FanIn(lambda: cast(DispatchBus, bus), "d2", read_events, resend, missing_limit_s=0.3)
     with pytest.raises(JobLost, match="did not submit it"):
         await fan_in.results(["j-other"], time.monotonic() + 10)
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda d: d.job("j-1").info(),
+        lambda d: list(d.job("j-1").events()),
+        lambda d: d.jobs(5),
+        lambda d: d.submit("hello", AgentConfig()),
+    ],
+    ids=["info", "events", "jobs", "submit"],
+)
+def test_a_redis_never_reached_fails_at_once_not_after_the_outage_limit(
+    use: Callable[[Dispatcher], object],
+) -> None:
+    """The outage limit is for a Redis that went away; one that never answered is a wrong URL
+    or a server not started, and every first use says so at once (without the password)."""
+    from tests.integration.fleet import free_port
+
+    url = f"redis://user:s3cret-pw@127.0.0.1:{free_port()}/0"
+    settings = FleetSettings(broker_url=url, redis_outage_s=60)
+    started = time.monotonic()
+    with Dispatcher(settings=settings) as dispatcher, pytest.raises(FleetUnavailable) as caught:
+        use(dispatcher)
+    assert time.monotonic() - started < 10
+    message = str(caught.value)
+    assert "cannot reach the job bus's Redis at redis://user:***@127.0.0.1" in message
+    assert "s3cret-pw" not in message

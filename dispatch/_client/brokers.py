@@ -177,17 +177,16 @@ def _first_contact(client: Any, url: str) -> None:
     """
     import redis
 
-    from dispatch.errors import FleetUnavailable
+    from dispatch.errors import FleetUnavailable, first_line
     from dispatch.urls import redact_url
 
     try:
         client.ping()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FleetUnavailable(
-            f"cannot reach the job bus's Redis at {redact_url(url)} ({reason}); check that Redis "
-            "runs there and that --broker / RHO_AGENT_BROKER_URL (or RHO_AGENT_REDIS_URL for a "
-            "RabbitMQ broker) points at it"
+            f"cannot reach the job bus's Redis at {redact_url(url)} ({first_line(exc)}); check "
+            "that Redis runs there and that --broker / RHO_AGENT_BROKER_URL (or "
+            "RHO_AGENT_REDIS_URL for a RabbitMQ broker) points at it"
         ) from exc
 
 
@@ -211,6 +210,8 @@ class FleetBroker:
         )
         _first_contact(self._redis, settings.bus_url)
         self._celery = CeleryBroker(settings)
+        if settings.broker_kind == "amqp":  # a Redis broker is the bus's Redis, reached above
+            self._celery.connect()
         self.bus: DispatchBus = RedisBus.from_settings(settings)
 
     def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:
@@ -267,6 +268,7 @@ class FleetBroker:
             lambda: self._celery.send(specs),
             limit_s=limit,
             what="sending the jobs",
+            server="the job broker",
             retry_on=(*RETRYABLE, OperationalError),
         )
 

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from dispatch.errors import FleetUnavailable
+from dispatch.errors import FleetUnavailable, first_line
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
-from dispatch.urls import scheme_of
+from dispatch.urls import redact_url, scheme_of
 
 RUN_JOB_TASK = "rho_agent.run_job"
 """The name of the Celery task that runs a JobSpec (registered by ``workers``)."""
@@ -152,6 +152,23 @@ class CeleryBroker:
         self._pool: ThreadPoolExecutor | None = None
         self.app = Celery("rho-agent-dispatch", set_as_current=False)
         self.app.conf.update(celery_config(settings))
+
+    def connect(self) -> None:
+        """Connect to the job broker now, in one try (the connection stays in the producer pool
+        for the sends); FleetUnavailable at once if it does not answer: a broker never reached
+        is a wrong URL or a server not started, not an outage to ride out."""
+        from kombu.exceptions import OperationalError
+
+        try:
+            with self.app.producer_or_acquire() as producer:
+                producer.connection.connect()
+        except (OperationalError, OSError) as exc:
+            self.close()
+            raise FleetUnavailable(
+                f"cannot reach the job broker at {redact_url(self.settings.broker_url or '')} "
+                f"({first_line(exc)}); check that it runs there and that --broker / "
+                "RHO_AGENT_BROKER_URL points at it"
+            ) from exc
 
     def send(self, specs: Sequence[JobSpec], *, attempt_suffix: str = "") -> None:
         """Publish every spec (task id = job id + suffix).

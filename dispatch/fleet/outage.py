@@ -40,10 +40,11 @@ class RedisOutage(FleetUnavailable):
 class Backoff:
     """Delays for one outage: 0.05 s doubling to 2 s, until ``limit_s`` has passed."""
 
-    def __init__(self, limit_s: float, what: str) -> None:
+    def __init__(self, limit_s: float, what: str, server: str = "the job bus's Redis") -> None:
         self._deadline = time.monotonic() + limit_s
         self._limit_s = limit_s
         self._what = what
+        self._server = server
         self._delay = FIRST_DELAY_S
         self._failures = 0
 
@@ -53,12 +54,12 @@ class Backoff:
         delay = self._delay
         if time.monotonic() + delay > self._deadline:
             raise RedisOutage(
-                f"cannot reach the broker's Redis for more than {self._limit_s:g} s while "
-                f"{self._what} ({exc}); check that Redis runs there, or raise "
+                f"cannot reach {self._server} for more than {self._limit_s:g} s while "
+                f"{self._what} ({exc}); check that it runs there, or raise "
                 "RHO_AGENT_REDIS_OUTAGE_LIMIT"
             ) from exc
         if self._failures == 1:
-            logger.warning("Redis unreachable while %s (%s); retrying", self._what, exc)
+            logger.warning("cannot reach %s while %s (%s); retrying", self._server, self._what, exc)
         self._delay = min(delay * 2, LAST_DELAY_S)
         return delay
 
@@ -79,10 +80,12 @@ def survive_sync(
     limit_s: float,
     what: str,
     retry_on: tuple[type[Exception], ...] = RETRYABLE,
+    server: str = "the job bus's Redis",
 ) -> T:
     """``call()`` on the caller's thread, retried through an outage of up to ``limit_s``
-    (on ``retry_on`` errors: kombu wraps Redis's in its own ``OperationalError``)."""
-    backoff = Backoff(limit_s, what)
+    (on ``retry_on`` errors: kombu wraps Redis's, and RabbitMQ's, in its ``OperationalError``);
+    ``server`` names what is unreachable in the messages."""
+    backoff = Backoff(limit_s, what, server)
     while True:
         try:
             return call()

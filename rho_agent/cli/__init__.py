@@ -11,7 +11,7 @@ import sys
 import typer
 
 from rho_agent.cli import _exit
-from rho_agent.cli.app import app, debug_enabled
+from rho_agent.cli.app import app
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
             _exit.report(str(exc))
         code = exc.exit_code
     except Exception as exc:
-        if debug_enabled():
+        if _exit.debug_enabled():
             raise
         code, message = _exit.classify(exc)
         _exit.report(message)

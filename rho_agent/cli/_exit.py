@@ -47,14 +47,25 @@ BrokerOption = Annotated[
 """The ``--broker`` flag of the fleet commands."""
 
 
+_debug = False
+
+
+def set_debug(enabled: bool) -> None:
+    """``rho-agent --debug``: every error shows its traceback too."""
+    global _debug
+    _debug = enabled
+
+
+def debug_enabled() -> bool:
+    return _debug
+
+
 @contextmanager
 def one_line_errors() -> Iterator[None]:
     """Show rho-agent's own errors as one red line and their exit code, without a traceback."""
     try:
         yield
     except RhoAgentError as exc:
-        from rho_agent.cli.app import debug_enabled
-
         if debug_enabled():  # the error, and what caused it (a refused connection, say)
             traceback.print_exc()
         code, message = classify(exc)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from rho_agent.cli import approvals, fleet_commands, fleet_ops, report, run, sessions
+from rho_agent.cli import _exit, approvals, fleet_commands, fleet_ops, report, run, sessions
 
 app = typer.Typer(
     name="rho-agent",
@@ -20,19 +20,9 @@ app = typer.Typer(
 for module in (run, sessions, fleet_commands, fleet_ops, report, approvals):
     app.add_typer(module.commands)
 
-_debug = False
-
-
-def debug_enabled() -> bool:
-    """``--debug`` was given: unexpected errors show their traceback."""
-    return _debug
-
 
 @app.callback()
 def _options(
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")
-    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
 ) -> None:
-    global _debug
-    _debug = debug
+    _exit.set_debug(debug)

@@ -101,7 +101,7 @@ def test_redis_dying_mid_run_is_one_line_exit_3_and_keeps_the_results_file(
         server.wait(10)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 3, stderr
-    assert "reach the broker" in one_line_error(stderr)
+    assert "reach the job bus's Redis" in one_line_error(stderr)
     assert f"rho-agent results {batch_id} -o {out}" in stderr
     assert f"--resume {batch_id}" in stderr
     assert out.read_bytes() == before

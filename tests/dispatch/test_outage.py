@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import pytest
+import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dispatch import Dispatcher, FleetSettings
@@ -137,4 +138,27 @@ def test_a_redis_never_reached_fails_at_once_not_after_the_outage_limit(
     assert time.monotonic() - started < 10
     message = str(caught.value)
     assert "cannot reach the job bus's Redis at redis://user:***@127.0.0.1" in message
+    assert "s3cret-pw" not in message
+
+
+def test_a_rabbitmq_broker_never_reached_fails_at_once_and_writes_nothing() -> None:
+    """The same for the job broker: jobs are not recorded as queued in Redis for a minute of
+    retries, then left there, when the RabbitMQ that should carry them never answered."""
+    from tests.integration.fleet import claimed_db, free_port
+
+    with claimed_db() as db:
+        bus = redis.Redis(db=db)
+        settings = FleetSettings(
+            broker_url=f"amqp://guest:s3cret-pw@127.0.0.1:{free_port()}//",
+            redis_url=f"redis://127.0.0.1:6379/{db}",
+            redis_outage_s=60,
+        )
+        started = time.monotonic()
+        with Dispatcher(settings=settings) as dispatcher, pytest.raises(FleetUnavailable) as caught:
+            dispatcher.submit("hello", AgentConfig())
+        assert time.monotonic() - started < 15
+        assert bus.dbsize() == 0
+        bus.close()
+    message = str(caught.value)
+    assert "cannot reach the job broker at amqp://guest:***@127.0.0.1" in message
     assert "s3cret-pw" not in message

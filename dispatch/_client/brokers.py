@@ -210,8 +210,9 @@ class FleetBroker:
         )
         _first_contact(self._redis, settings.bus_url)
         self._celery = CeleryBroker(settings)
-        if settings.broker_kind == "amqp":  # a Redis broker is the bus's Redis, reached above
-            self._celery.connect()
+        self._broker_reached = settings.broker_kind != "amqp"
+        """A Redis broker is the bus's Redis, reached above; RabbitMQ is first reached at the
+        first send (reading jobs needs only Redis)."""
         self.bus: DispatchBus = RedisBus.from_settings(settings)
 
     def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:
@@ -237,6 +238,7 @@ class FleetBroker:
     def record_batch(self, batch_id: str, fields: dict[str, str]) -> None:
         """Store a batch's job ids in Redis (before its jobs are sent: a crash in between leaves
         ids that ``--resume`` finds missing and sends again); kept as long as the jobs."""
+        self._reach_broker()
         key = self._settings.keys.batch(batch_id)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(key, mapping=fields)
@@ -245,6 +247,13 @@ class FleetBroker:
 
     def read_batch(self, batch_id: str) -> dict[str, str]:
         return dict(self._redis.hgetall(self._settings.keys.batch(batch_id)))
+
+    def _reach_broker(self) -> None:
+        """Before the first write that leads to a send: a broker never reached fails at once,
+        with nothing recorded as queued."""
+        if not self._broker_reached:
+            self._celery.connect()
+            self._broker_reached = True
 
     def publish(self, specs: list[JobSpec]) -> None:
         """Record the jobs as queued, then send them (blocking; any thread).
@@ -256,6 +265,8 @@ class FleetBroker:
 
         from dispatch.fleet.outage import RETRYABLE, survive_sync
         from dispatch.fleet.redis_bus import queue_submit
+
+        self._reach_broker()
 
         def record() -> None:
             pipe = self._redis.pipeline(transaction=False)

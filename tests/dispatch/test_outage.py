@@ -162,3 +162,15 @@ def test_a_rabbitmq_broker_never_reached_fails_at_once_and_writes_nothing() -> N
     message = str(caught.value)
     assert "cannot reach the job broker at amqp://guest:***@127.0.0.1" in message
     assert "s3cret-pw" not in message
+
+
+def test_reading_jobs_needs_only_redis_when_rabbitmq_is_down() -> None:
+    from tests.integration.fleet import claimed_db, free_port
+
+    with claimed_db() as db:
+        settings = FleetSettings(
+            broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//",
+            redis_url=f"redis://127.0.0.1:6379/{db}",
+        )
+        with Dispatcher(settings=settings) as dispatcher:
+            assert dispatcher.jobs(5) == []

@@ -210,9 +210,9 @@ class FleetBroker:
         )
         _first_contact(self._redis, settings.bus_url)
         self._celery = CeleryBroker(settings)
-        self._broker_reached = settings.broker_kind != "amqp"
-        """A Redis broker is the bus's Redis, reached above; RabbitMQ is first reached at the
-        first send (reading jobs needs only Redis)."""
+        self._broker_reached = settings.broker_url == settings.bus_url
+        """The bus's Redis was reached above; a broker of its own (RabbitMQ, or another Redis)
+        is first reached before the first send (reading jobs needs only the bus)."""
         self.bus: DispatchBus = RedisBus.from_settings(settings)
 
     def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:

@@ -159,16 +159,20 @@ class CeleryBroker:
         is a wrong URL or a server not started, not an outage to ride out."""
         from kombu.exceptions import OperationalError
 
-        try:
-            with self.app.producer_or_acquire() as producer:
-                producer.connection.connect()
-        except (OperationalError, OSError) as exc:
-            self.close()
-            raise FleetUnavailable(
-                f"cannot reach the job broker at {redact_url(self.settings.broker_url or '')} "
-                f"({first_line(exc)}); check that it runs there and that --broker / "
-                "RHO_AGENT_BROKER_URL points at it"
-            ) from exc
+        with self.app.producer_or_acquire() as producer:
+            connection = producer.connection
+            failed = (OperationalError, OSError, *connection.connection_errors)
+            try:
+                connection.connect()
+                return
+            except failed as exc:
+                error = exc
+        self.close()
+        raise FleetUnavailable(
+            f"cannot reach the job broker at {redact_url(self.settings.broker_url or '')} "
+            f"({first_line(error)}); check that it runs there and that --broker / "
+            "RHO_AGENT_BROKER_URL points at it"
+        ) from error
 
     def send(self, specs: Sequence[JobSpec], *, attempt_suffix: str = "") -> None:
         """Publish every spec (task id = job id + suffix).

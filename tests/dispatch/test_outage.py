@@ -141,15 +141,16 @@ def test_a_redis_never_reached_fails_at_once_not_after_the_outage_limit(
     assert "s3cret-pw" not in message
 
 
-def test_a_rabbitmq_broker_never_reached_fails_at_once_and_writes_nothing() -> None:
-    """The same for the job broker: jobs are not recorded as queued in Redis for a minute of
-    retries, then left there, when the RabbitMQ that should carry them never answered."""
+@pytest.mark.parametrize("scheme", ["amqp", "redis"])
+def test_a_broker_of_its_own_never_reached_fails_at_once_and_writes_nothing(scheme: str) -> None:
+    """The same for a job broker apart from the bus (RabbitMQ, or another Redis): jobs are not
+    recorded as queued for a minute of retries, then left there, when it never answered."""
     from tests.integration.fleet import claimed_db, free_port
 
     with claimed_db() as db:
         bus = redis.Redis(db=db)
         settings = FleetSettings(
-            broker_url=f"amqp://guest:s3cret-pw@127.0.0.1:{free_port()}//",
+            broker_url=f"{scheme}://guest:s3cret-pw@127.0.0.1:{free_port()}/",
             redis_url=f"redis://127.0.0.1:6379/{db}",
             redis_outage_s=60,
         )
@@ -160,7 +161,7 @@ def test_a_rabbitmq_broker_never_reached_fails_at_once_and_writes_nothing() -> N
         assert bus.dbsize() == 0
         bus.close()
     message = str(caught.value)
-    assert "cannot reach the job broker at amqp://guest:***@127.0.0.1" in message
+    assert f"cannot reach the job broker at {scheme}://guest:***@127.0.0.1" in message
     assert "s3cret-pw" not in message
 
 

@@ -45,7 +45,8 @@ class UrlError(ValueError):
 
 def redact_url(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for messages and status output)."""
-    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+    # Up to the last "@" before the host: redis-py and kombu read "u:p@ss@host" as password p@ss.
+    return re.sub(r"//([^:/@]*):[^/]*@", r"//\1:***@", url)
 
 
 def scheme_of(url: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any, Protocol
 
 from dispatch.engine.approval import EXPIRED_REASON
@@ -17,6 +18,9 @@ from rho_agent.ratelimits import MemoryRateLimiter
 
 logger = logging.getLogger("dispatch")
 
+CONNECT_TIMEOUT_S = 5.0
+"""How long the dispatcher's own Redis connections may take to open (redis-py waits for the
+kernel otherwise: minutes for a host that drops packets)."""
 _EXPIRY_POLL_S = 0.25
 """How often an embedded dispatcher looks for approvals that expired (a dict scan)."""
 
@@ -168,26 +172,44 @@ class EmbeddedBroker:
         await self._host.stop()
 
 
-def _first_contact(client: Any, url: str) -> None:
-    """PING the job bus's Redis once; FleetUnavailable at once if it does not answer.
+def _first_contact(client: Any, settings: FleetSettings) -> None:
+    """PING the job bus's Redis; FleetUnavailable at once if nothing answers there.
 
     Calls after this ride out a Redis outage for ``RHO_AGENT_REDIS_OUTAGE_LIMIT`` seconds. A
     Redis never reached is not an outage but a wrong URL or a server not started, and waiting a
-    minute before saying so only hides that.
+    minute before saying so only hides that. A server that answers but is not ready (loading
+    its data after a restart, or Sentinels between two masters) is waited for like an outage.
     """
     import redis
+    from redis.sentinel import MasterNotFoundError
 
     from dispatch.errors import FleetUnavailable, first_line
+    from dispatch.fleet.outage import survive_sync
+    from dispatch.fleet.redis_clients import sentinels_answer
     from dispatch.urls import redact_url
 
+    error: Exception
     try:
         client.ping()
+        return
+    except redis.BusyLoadingError:
+        up = True
+    except MasterNotFoundError as exc:
+        up, error = sentinels_answer(client), exc
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise FleetUnavailable(
-            f"cannot reach the job bus's Redis at {redact_url(url)} ({first_line(exc)}); check "
-            "that Redis runs there and that --broker / RHO_AGENT_BROKER_URL (or "
-            "RHO_AGENT_REDIS_URL for a RabbitMQ broker) points at it"
-        ) from exc
+        up, error = False, exc
+    if up:
+        survive_sync(
+            client.ping, limit_s=settings.redis_outage_s, what="waiting for it to be ready"
+        )
+        return
+    client.close()
+    raise FleetUnavailable(
+        f"cannot reach the job bus's Redis at {redact_url(settings.bus_url or '')} "
+        f"({first_line(error)}); check that Redis runs there and that --broker / "
+        "RHO_AGENT_BROKER_URL (or RHO_AGENT_REDIS_URL, for a bus apart from the broker) "
+        "points at it"
+    ) from error
 
 
 class FleetBroker:
@@ -206,13 +228,18 @@ class FleetBroker:
         assert settings.bus_url is not None
         self._settings = settings
         self._redis: Any = sync_client(
-            settings.bus_url, master_name=settings.sentinel_master, decode_responses=True
+            settings.bus_url,
+            master_name=settings.sentinel_master,
+            decode_responses=True,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
         )
-        _first_contact(self._redis, settings.bus_url)
+        _first_contact(self._redis, settings)
         self._celery = CeleryBroker(settings)
-        self._broker_reached = settings.broker_url == settings.bus_url
+        self._broker_is_bus = settings.broker_url == settings.bus_url
+        self._broker_reached = self._broker_is_bus
         """The bus's Redis was reached above; a broker of its own (RabbitMQ, or another Redis)
         is first reached before the first send (reading jobs needs only the bus)."""
+        self._reaching = threading.Lock()
         self.bus: DispatchBus = RedisBus.from_settings(settings)
 
     def read_events_blocking(self, job_id: str, after: str, block_s: float) -> list[StreamEntry]:
@@ -251,9 +278,10 @@ class FleetBroker:
     def _reach_broker(self) -> None:
         """Before the first write that leads to a send: a broker never reached fails at once,
         with nothing recorded as queued."""
-        if not self._broker_reached:
-            self._celery.connect()
-            self._broker_reached = True
+        with self._reaching:
+            if not self._broker_reached:
+                self._celery.connect()
+                self._broker_reached = True
 
     def publish(self, specs: list[JobSpec]) -> None:
         """Record the jobs as queued, then send them (blocking; any thread).
@@ -279,7 +307,7 @@ class FleetBroker:
             lambda: self._celery.send(specs),
             limit_s=limit,
             what="sending the jobs",
-            server="the job broker",
+            server="the job bus's Redis" if self._broker_is_bus else "the job broker",
             retry_on=(*RETRYABLE, OperationalError),
         )
 

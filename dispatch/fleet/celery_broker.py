@@ -154,9 +154,10 @@ class CeleryBroker:
         self.app.conf.update(celery_config(settings))
 
     def connect(self) -> None:
-        """Connect to the job broker now, in one try (the connection stays in the producer pool
-        for the sends); FleetUnavailable at once if it does not answer: a broker never reached
-        is a wrong URL or a server not started, not an outage to ride out."""
+        """Connect to the job broker now (kombu's ``connect``: two tries, 2 s apart; the
+        connection stays in the producer pool for the sends); FleetUnavailable if it does not
+        answer: a broker never reached is a wrong URL or a server not started, not an outage
+        to ride out."""
         from kombu.exceptions import OperationalError
 
         with self.app.producer_or_acquire() as producer:
@@ -167,7 +168,6 @@ class CeleryBroker:
                 return
             except failed as exc:
                 error = exc
-        self.close()
         raise FleetUnavailable(
             f"cannot reach the job broker at {redact_url(self.settings.broker_url or '')} "
             f"({first_line(error)}); check that it runs there and that --broker / "

@@ -75,3 +75,16 @@ def async_client(
         **kwargs,
     )
     return client
+
+
+def sentinels_answer(client: redis.Redis) -> bool:
+    """Whether a Sentinel of ``client`` (a sentinel:// client) answers: no master while one
+    does is a failover under way, not a wrong URL. False for a plain Redis client."""
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        try:
+            sentinel.ping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            continue
+        return True
+    return False

@@ -11,8 +11,8 @@ code   meaning
 =====  ==========================================================================================
 
 A script can tell "retry later" (3) from "fix the input" (2) from "look at the results" (1).
-Tracebacks are for bugs, so they are shown only with ``rho-agent --debug`` (which shows them for
-every error, above its one line).
+Tracebacks are for bugs, so they are shown only with ``rho-agent --debug`` (which also shows the
+traceback above the one line of an error reported through ``one_line_errors``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ _debug = False
 
 
 def set_debug(enabled: bool) -> None:
-    """``rho-agent --debug``: every error shows its traceback too."""
+    """``rho-agent --debug``: errors show their traceback too."""
     global _debug
     _debug = enabled
 

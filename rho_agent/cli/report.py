@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from rho_agent.errors import RhoAgentError
+from rho_agent.cli import _exit
 
 commands = typer.Typer()
 """This module's commands, merged into the ``rho-agent`` app by ``rho_agent.cli.app``."""
@@ -43,7 +43,7 @@ def report(
     from dispatch.report import report_from_file, report_from_fleet
     from dispatch.report_html import render
 
-    try:
+    with _exit.one_line_errors():  # a fleet out of reach exits 3, a bad input 2
         if Path(batch).is_file():
             found = report_from_file(Path(batch))
         else:
@@ -57,9 +57,6 @@ def report(
                     )
                     raise typer.Exit(2)
                 found = report_from_fleet(dispatcher, batch, scan)
-    except RhoAgentError as exc:
-        _err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from None
     text = json.dumps(found.to_json(), indent=2) if as_json else render(found)
     if output is None:
         sys.stdout.write(text + "\n")

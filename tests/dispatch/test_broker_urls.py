@@ -11,7 +11,7 @@ from dispatch.errors import SettingsError
 from dispatch.fleet.celery_broker import celery_config, transport_options
 from dispatch.fleet.transport import TRANSPORT_PATH
 from dispatch.settings import FleetSettings
-from dispatch.urls import parse_sentinel_url, url_kind
+from dispatch.urls import parse_sentinel_url, redact_url, url_kind
 from workers.celery_app import worker_config
 from workers.ops.local_fleet import LocalFleet, LocalFleetError, LocalFleetOptions
 from workers.worker_settings import WorkerSettings
@@ -127,3 +127,20 @@ def test_fleet_up_on_amqp_checks_the_redis_bus_and_never_prints_a_password(tmp_p
     without_bus = LocalFleetOptions(broker_url=AMQP, flower_port=None, run_dir=tmp_path, env={})
     with pytest.raises(SettingsError, match="RHO_AGENT_REDIS_URL"):
         LocalFleet(without_bus).start()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://u:p@ss@h:6379/0", "redis://u:***@h:6379/0"),  # redis-py reads password p@ss
+        ("amqp://guest:guest@127.0.0.1:5672//", "amqp://guest:***@127.0.0.1:5672//"),
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        (
+            "sentinel://:pw@h1:26379;sentinel://h2:26379",
+            "sentinel://:***@h1:26379;sentinel://h2:26379",
+        ),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+    ],
+)
+def test_redact_url_masks_the_whole_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

@@ -34,10 +34,13 @@ def fleet_commands(batch: Path, out: Path) -> list[list[str]]:
         ["watch", "j-1"],
         ["results", "b-1", "-o", str(out)],
         ["fleet", "status"],
+        ["report", "b-1"],
     ]
 
 
-@pytest.mark.parametrize("which", range(5), ids=["dispatch", "jobs", "watch", "results", "status"])
+@pytest.mark.parametrize(
+    "which", range(6), ids=["dispatch", "jobs", "watch", "results", "status", "report"]
+)
 def test_a_closed_broker_port_is_one_line_and_exit_3(
     which: int, batch: Path, tmp_path: Path
 ) -> None:
@@ -55,7 +58,9 @@ def test_a_closed_broker_port_is_one_line_and_exit_3(
     assert sorted(path.name for path in tmp_path.iterdir() if "partial" in path.name) == []
 
 
-@pytest.mark.parametrize("which", range(5), ids=["dispatch", "jobs", "watch", "results", "status"])
+@pytest.mark.parametrize(
+    "which", range(6), ids=["dispatch", "jobs", "watch", "results", "status", "report"]
+)
 def test_a_non_redis_broker_url_is_a_usage_error(which: int, batch: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     out.write_text('{"index": 0, "batch": "earlier", "status": "completed"}\n', encoding="utf-8")

@@ -113,6 +113,7 @@ async def test_a_job_redis_forgot_that_this_dispatcher_did_not_send_is_lost() ->
         await fan_in.results(["j-other"], time.monotonic() + 10)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "use",
     [
@@ -141,6 +142,7 @@ def test_a_redis_never_reached_fails_at_once_not_after_the_outage_limit(
     assert "s3cret-pw" not in message
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("scheme", ["amqp", "redis"])
 def test_a_broker_of_its_own_never_reached_fails_at_once_and_writes_nothing(scheme: str) -> None:
     """The same for a job broker apart from the bus (RabbitMQ, or another Redis): jobs are not
@@ -165,6 +167,7 @@ def test_a_broker_of_its_own_never_reached_fails_at_once_and_writes_nothing(sche
     assert "s3cret-pw" not in message
 
 
+@pytest.mark.integration
 def test_reading_jobs_needs_only_redis_when_rabbitmq_is_down() -> None:
     from tests.integration.fleet import claimed_db, free_port
 
@@ -175,3 +178,59 @@ def test_reading_jobs_needs_only_redis_when_rabbitmq_is_down() -> None:
         )
         with Dispatcher(settings=settings) as dispatcher:
             assert dispatcher.jobs(5) == []
+
+
+class _Pool:
+    def __init__(self, sentinels: list[_Answers]) -> None:
+        self.sentinel_manager = type("Manager", (), {"sentinels": sentinels})()
+
+
+class _Answers:
+    """A Redis (or Sentinel) client whose PINGs fail with the given errors, then answer."""
+
+    def __init__(self, *failures: Exception, sentinels: list[_Answers] | None = None) -> None:
+        self.failures = list(failures)
+        self.pings = 0
+        self.closed = False
+        self.connection_pool = _Pool(sentinels or [])
+
+    def ping(self) -> bool:
+        self.pings += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_redis_loading_its_data_or_between_masters_is_waited_for() -> None:
+    """Answering but not ready (LOADING after a restart; Sentinels that answer but name no
+    master during a failover) is an outage to ride out, not a wrong URL."""
+    from redis.exceptions import BusyLoadingError
+    from redis.sentinel import MasterNotFoundError
+
+    from dispatch._client.brokers import _first_contact
+
+    settings = FleetSettings(broker_url="redis://h:6379/0", redis_outage_s=10)
+    loading = _Answers(BusyLoadingError("LOADING"), BusyLoadingError("LOADING"))
+    _first_contact(loading, settings)
+    assert (loading.pings, loading.closed) == (3, False)
+    failover = _Answers(MasterNotFoundError("no master"), sentinels=[_Answers()])
+    _first_contact(failover, settings)
+    assert (failover.pings, failover.closed) == (2, False)
+
+
+def test_sentinels_that_do_not_answer_are_not_waited_for() -> None:
+    from redis.sentinel import MasterNotFoundError
+
+    from dispatch._client.brokers import _first_contact
+
+    settings = FleetSettings(broker_url="redis://h:6379/0", redis_outage_s=60)
+    down = RedisConnectionError("Connection refused")
+    client = _Answers(MasterNotFoundError("no master"), sentinels=[_Answers(down, down)])
+    started = time.monotonic()
+    with pytest.raises(FleetUnavailable, match="cannot reach the job bus's Redis"):
+        _first_contact(client, settings)
+    assert time.monotonic() - started < 1
+    assert (client.pings, client.closed) == (1, True)

@@ -46,6 +46,9 @@ logger = logging.getLogger("dispatch.writer")
 
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 _EXPIRY_MEMORY = 100_000
+"""Keys remembered as recently expired. Past it, those older than a minute are forgotten, and if
+more than half remain (more keys written a minute than remembered) all are: each prune then
+follows at least half this many new keys, never one per batch."""
 _MAX_IN_FLIGHT = 1024
 """Batches sent and not yet confirmed; beyond this writes wait (Redis is falling behind). Replies
 are read once per loop turn, and in one turn hundreds of jobs may each send an event at once."""
@@ -362,6 +365,8 @@ class BatchWriter:
         now = time.monotonic()
         if len(self._expired_at) > _EXPIRY_MEMORY:
             self._expired_at = {k: t for k, t in self._expired_at.items() if now - t < 60}
+            if len(self._expired_at) > _EXPIRY_MEMORY // 2:
+                self._expired_at = {}  # forgotten keys get one EXPIRE more, no harm
         due = [key for key in keys if now - self._expired_at.get(key, -1e9) >= 60]
         for key in due:
             self._expired_at[key] = now

@@ -178,14 +178,15 @@ def _first_contact(client: Any, settings: FleetSettings) -> None:
     Calls after this ride out a Redis outage for ``RHO_AGENT_REDIS_OUTAGE_LIMIT`` seconds. A
     Redis never reached is not an outage but a wrong URL or a server not started, and waiting a
     minute before saying so only hides that. A server that answers but is not ready (loading
-    its data after a restart, or Sentinels between two masters) is waited for like an outage.
+    its data after a restart, or Sentinels that monitor the master but have none up: a failover)
+    is waited for like an outage.
     """
     import redis
     from redis.sentinel import MasterNotFoundError
 
     from dispatch.errors import FleetUnavailable, first_line
     from dispatch.fleet.outage import survive_sync
-    from dispatch.fleet.redis_clients import sentinels_answer
+    from dispatch.fleet.redis_clients import sentinels_know_master
     from dispatch.urls import redact_url
 
     error: Exception
@@ -195,7 +196,7 @@ def _first_contact(client: Any, settings: FleetSettings) -> None:
     except redis.BusyLoadingError:
         up = True
     except MasterNotFoundError as exc:
-        up, error = sentinels_answer(client), exc
+        up, error = sentinels_know_master(client), exc
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         up, error = False, exc
     if up:

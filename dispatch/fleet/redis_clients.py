@@ -77,14 +77,17 @@ def async_client(
     return client
 
 
-def sentinels_answer(client: redis.Redis) -> bool:
-    """Whether a Sentinel of ``client`` (a sentinel:// client) answers: no master while one
-    does is a failover under way, not a wrong URL. False for a plain Redis client."""
-    manager = getattr(client.connection_pool, "sentinel_manager", None)
+def sentinels_know_master(client: redis.Redis) -> bool:
+    """Whether a Sentinel of ``client`` (a sentinel:// client) answers and monitors its master:
+    no master while one does is a failover under way, not a wrong URL or master name. False for
+    a plain Redis client."""
+    pool = client.connection_pool
+    manager = getattr(pool, "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", ()):
         try:
-            sentinel.ping()
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            masters = sentinel.sentinel_masters()
+        except (redis.RedisError, OSError):
             continue
-        return True
+        if getattr(pool, "service_name", None) in masters:
+            return True
     return False

@@ -183,13 +183,20 @@ def test_reading_jobs_needs_only_redis_when_rabbitmq_is_down() -> None:
 class _Pool:
     def __init__(self, sentinels: list[_Answers]) -> None:
         self.sentinel_manager = type("Manager", (), {"sentinels": sentinels})()
+        self.service_name = "mymaster"
 
 
 class _Answers:
     """A Redis (or Sentinel) client whose PINGs fail with the given errors, then answer."""
 
-    def __init__(self, *failures: Exception, sentinels: list[_Answers] | None = None) -> None:
+    def __init__(
+        self,
+        *failures: Exception,
+        sentinels: list[_Answers] | None = None,
+        masters: tuple[str, ...] = ("mymaster",),
+    ) -> None:
         self.failures = list(failures)
+        self.masters = masters
         self.pings = 0
         self.closed = False
         self.connection_pool = _Pool(sentinels or [])
@@ -202,6 +209,10 @@ class _Answers:
 
     def close(self) -> None:
         self.closed = True
+
+    def sentinel_masters(self) -> dict[str, object]:
+        self.ping()
+        return {name: {} for name in self.masters}
 
 
 def test_a_redis_loading_its_data_or_between_masters_is_waited_for() -> None:
@@ -221,14 +232,17 @@ def test_a_redis_loading_its_data_or_between_masters_is_waited_for() -> None:
     assert (failover.pings, failover.closed) == (2, False)
 
 
-def test_sentinels_that_do_not_answer_are_not_waited_for() -> None:
+@pytest.mark.parametrize("sentinel", ["down", "other master"])
+def test_sentinels_down_or_not_monitoring_the_master_are_not_waited_for(sentinel: str) -> None:
+    """A wrong Sentinel address or master name is not a failover to wait a minute for."""
     from redis.sentinel import MasterNotFoundError
 
     from dispatch._client.brokers import _first_contact
 
     settings = FleetSettings(broker_url="redis://h:6379/0", redis_outage_s=60)
     down = RedisConnectionError("Connection refused")
-    client = _Answers(MasterNotFoundError("no master"), sentinels=[_Answers(down, down)])
+    answers = _Answers(down, down) if sentinel == "down" else _Answers(masters=("other",))
+    client = _Answers(MasterNotFoundError("no master"), sentinels=[answers])
     started = time.monotonic()
     with pytest.raises(FleetUnavailable, match="cannot reach the job bus's Redis"):
         _first_contact(client, settings)

@@ -83,10 +83,3 @@ class ApprovalRefused(FleetError):
 
 class ReduceError(FleetError):
     """A reduce cannot be planned: one result alone is larger than a reducer's context."""
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its class name when it has none), for a
-    one-line error that quotes what a library said."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -123,3 +123,10 @@ class SessionLocked(SessionError):
 
 class TraceError(RhoAgentError):
     """A trace record could not be parsed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without its closing period (its class name
+    when it has none): for a one-line error that quotes what a library said."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__

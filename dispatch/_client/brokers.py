@@ -184,10 +184,11 @@ def _first_contact(client: Any, settings: FleetSettings) -> None:
     import redis
     from redis.sentinel import MasterNotFoundError
 
-    from dispatch.errors import FleetUnavailable, first_line
+    from dispatch.errors import FleetUnavailable
     from dispatch.fleet.outage import survive_sync
     from dispatch.fleet.redis_clients import sentinels_know_master
     from dispatch.urls import redact_url
+    from rho_agent.errors import first_line
 
     error: Exception
     try:
@@ -292,7 +293,7 @@ class FleetBroker:
         """
         from kombu.exceptions import OperationalError
 
-        from dispatch.fleet.outage import RETRYABLE, survive_sync
+        from dispatch.fleet.outage import BUS_REDIS, RETRYABLE, survive_sync
         from dispatch.fleet.redis_bus import queue_submit
 
         self._reach_broker()
@@ -308,7 +309,7 @@ class FleetBroker:
             lambda: self._celery.send(specs),
             limit_s=limit,
             what="sending the jobs",
-            server="the job bus's Redis" if self._broker_is_bus else "the job broker",
+            server=BUS_REDIS if self._broker_is_bus else "the job broker",
             retry_on=(*RETRYABLE, OperationalError),
         )
 

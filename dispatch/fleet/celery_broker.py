@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from dispatch.errors import FleetUnavailable, first_line
+from dispatch.errors import FleetUnavailable
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
 from dispatch.urls import redact_url, scheme_of
+from rho_agent.errors import first_line
 
 RUN_JOB_TASK = "rho_agent.run_job"
 """The name of the Celery task that runs a JobSpec (registered by ``workers``)."""

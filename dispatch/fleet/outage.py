@@ -31,6 +31,8 @@ RETRYABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutErro
 """Errors of an unreachable or restarting Redis (``BusyLoadingError`` is a ConnectionError)."""
 FIRST_DELAY_S = 0.05
 LAST_DELAY_S = 2.0
+BUS_REDIS = "the job bus's Redis"
+"""What an outage message calls the server that went away, unless told another."""
 
 
 class RedisOutage(FleetUnavailable):
@@ -40,7 +42,7 @@ class RedisOutage(FleetUnavailable):
 class Backoff:
     """Delays for one outage: 0.05 s doubling to 2 s, until ``limit_s`` has passed."""
 
-    def __init__(self, limit_s: float, what: str, server: str = "the job bus's Redis") -> None:
+    def __init__(self, limit_s: float, what: str, server: str = BUS_REDIS) -> None:
         self._deadline = time.monotonic() + limit_s
         self._limit_s = limit_s
         self._what = what
@@ -80,7 +82,7 @@ def survive_sync(
     limit_s: float,
     what: str,
     retry_on: tuple[type[Exception], ...] = RETRYABLE,
-    server: str = "the job bus's Redis",
+    server: str = BUS_REDIS,
 ) -> T:
     """``call()`` on the caller's thread, retried through an outage of up to ``limit_s``
     (on ``retry_on`` errors: kombu wraps Redis's, and RabbitMQ's, in its ``OperationalError``);

@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from rho_agent.errors import RhoAgentError
+from rho_agent.errors import RhoAgentError, first_line
 
 OK: Final = 0
 JOBS_FAILED: Final = 1
@@ -90,10 +90,10 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return USAGE, str(exc)
     if _is_connection_failure(exc):
         return INFRASTRUCTURE, (
-            f"cannot reach the broker ({_first_line(exc)}); check that Redis runs there and "
+            f"cannot reach the broker ({first_line(exc)}); check that Redis runs there and "
             "that --broker / RHO_AGENT_BROKER_URL points at it"
         )
-    return 1, f"{type(exc).__name__}: {_first_line(exc)} (run with --debug for the traceback)"
+    return 1, f"{type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)"
 
 
 def _is_connection_failure(exc: BaseException) -> bool:
@@ -113,8 +113,3 @@ def _is_connection_failure(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(exc).__name__

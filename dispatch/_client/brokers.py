@@ -47,6 +47,11 @@ class Broker(Protocol):
         """Take a job that will never run off the queue (on the dispatcher's loop)."""
         ...
 
+    async def reach(self) -> None:
+        """Make sure jobs can be sent before recording what leads to a send (a decision): a
+        broker never reached raises FleetUnavailable."""
+        ...
+
     async def resend(self, spec: JobSpec, attempt: int) -> None:
         """Send a job the bus queued again after its ``attempt`` (an approval decided it)."""
         ...
@@ -138,6 +143,9 @@ class EmbeddedBroker:
         task: asyncio.Task[object] = asyncio.create_task(self._run(spec))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def reach(self) -> None:
+        return None
 
     async def resend(self, spec: JobSpec, attempt: int) -> None:
         self._start(spec)
@@ -318,6 +326,10 @@ class FleetBroker:
 
     async def revoke(self, job_id: str) -> None:
         await asyncio.to_thread(self._celery.revoke, job_id)
+
+    async def reach(self) -> None:
+        if not self._broker_reached:
+            await asyncio.to_thread(self._reach_broker)
 
     async def resend(self, spec: JobSpec, attempt: int) -> None:
         await asyncio.to_thread(self._celery.send, [spec], attempt_suffix=f"-a{attempt}")

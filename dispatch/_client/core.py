@@ -148,6 +148,7 @@ class _Core:
                 reason="unknown_call",
             )
         text = (reason.strip() or DENIED_REASON)[:MAX_REASON]
+        await self.broker.reach()  # recorded but not sent, a job would wait for a sweeper
         outcome = await self.bus.decide(job_id, decision_value(approve), call_ids, text)
         if outcome.spec is not None:
             await self.broker.resend(outcome.spec, outcome.attempt)

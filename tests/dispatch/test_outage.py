@@ -169,6 +169,39 @@ def test_a_broker_of_its_own_never_reached_fails_at_once_and_writes_nothing(sche
 
 
 @pytest.mark.integration
+def test_a_decision_is_not_recorded_when_the_broker_to_send_it_was_never_reached() -> None:
+    """Approving a parked job records the decision, then sends the job again: with a broker
+    that never answered, the approval fails at once and the job stays awaiting it."""
+    from dispatch.fleet.redis_bus import RedisBus
+    from tests.dispatch.test_bus_contract import parked_job
+    from tests.integration.fleet import REDIS_HOST, claimed_db, free_port
+
+    with claimed_db() as db:
+        settings = FleetSettings(
+            broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//",
+            redis_url=f"{REDIS_HOST}/{db}",
+            redis_outage_s=60,
+        )
+
+        async def park() -> str:
+            bus = RedisBus.from_settings(settings)
+            try:
+                return (await parked_job(bus)).job_id
+            finally:
+                await bus.close()
+
+        job_id = asyncio.run(park())
+        started = time.monotonic()
+        with Dispatcher(settings=settings) as dispatcher:
+            with pytest.raises(FleetUnavailable, match="cannot reach the job broker"):
+                dispatcher.job(job_id).approve()
+            assert time.monotonic() - started < 15
+            info = dispatcher.job(job_id).info()
+    assert info.status == "awaiting_approval"
+    assert [call.decision for call in info.pending_approvals] == [None, None]
+
+
+@pytest.mark.integration
 def test_reading_jobs_needs_only_redis_when_rabbitmq_is_down() -> None:
     from tests.integration.fleet import REDIS_HOST, claimed_db, free_port
 

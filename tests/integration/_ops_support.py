@@ -1,4 +1,4 @@
-"""Helpers for the tests that start real fleet processes: free ports, and finding (and killing)
+"""Helpers for the tests that start real fleet processes: finding (and killing)
 every process a test started, by the session it runs in."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,6 @@ from typing import TypeVar
 T = TypeVar("T")
 
 CLI = [sys.executable, "-c", "from rho_agent.cli import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def session_pids(sid: int) -> list[int]:

@@ -10,6 +10,7 @@ their own process group and are killed with it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import signal
@@ -97,10 +98,26 @@ def rabbitmq_vhost() -> Iterator[str]:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True)
 
 
+PORT_BLOCKS = range(20_000, 32_000, 1_000)
+"""Ports tests hand to the servers they start: below Linux's ephemeral range (32768 up), so no
+outgoing connection takes one as its source port between the test choosing it and its server
+binding it; a block of its own per pytest-xdist process, so two processes never choose alike."""
+_next_port = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port of this process's block that nothing listens on now."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    block = PORT_BLOCKS[int(worker) % len(PORT_BLOCKS) if worker.isdigit() else 0]
+    for _ in range(PORT_BLOCKS.step):
+        port = block + next(_next_port) % PORT_BLOCKS.step
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {block}-{block + PORT_BLOCKS.step - 1}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration._ops_support import free_port
+from tests.integration.fleet import free_port
 from workers.ops.local_fleet import LocalFleet, LocalFleetOptions
 
 pytestmark = [

@@ -20,7 +20,8 @@ from dispatch.fleet.redis_bus import decode_entry
 from dispatch.spec import build_spec
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, behaviour, text
-from tests.integration._ops_support import alive, free_port, wait_for
+from tests.integration._ops_support import alive, wait_for
+from tests.integration.fleet import free_port
 from workers.celery_app import HANDED_BACK
 from workers.ops.local_fleet import Child, LocalFleet, LocalFleetOptions
 from workers.ops.status import read_status

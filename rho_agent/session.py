@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from rho_agent import compaction
+from rho_agent._loop import cancel_poll as _cancel_poll
 from rho_agent._loop import spend_step as _spend_step
 from rho_agent._loop import tool_step as _tool_step
 from rho_agent._loop.run import EventCallback, RunContext
@@ -36,7 +37,6 @@ from rho_agent.trace import TraceSink
 logger = logging.getLogger("rho_agent.session")
 
 DEFAULT_MAX_TURNS = 100
-CANCEL_POLL_SECONDS = 0.1
 
 
 class Session:
@@ -175,7 +175,8 @@ class Session:
     ) -> RunResult:
         self._cancel_requested = False
         self._task = asyncio.create_task(self._loop(run, prompt, schema))
-        poller = self._start_cancel_poller()
+        if self.cancel_check is not None:
+            _cancel_poll.watch(self, self._stop_if_asked)
         try:
             status = await self._task
         except asyncio.CancelledError:
@@ -191,8 +192,7 @@ class Session:
             logger.exception("run of session %s failed", self.state.session_id)
             status = self._record_error(run, exc, f"{type(exc).__name__}: {exc}")
         finally:
-            if poller is not None:
-                poller.cancel()
+            _cancel_poll.unwatch(self)
         end: dict[str, Any] = {"status": status, "usage": run.usage, "text": run.text}
         if schema is not None and run.output is not None:
             end["output"] = schema.to_data(run.output)
@@ -347,18 +347,16 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait({self._task}, timeout=5)
 
-    def _start_cancel_poller(self) -> asyncio.Task[None] | None:
-        if self.cancel_check is None:
-            return None
-        return asyncio.create_task(self._poll_cancel())
-
-    async def _poll_cancel(self) -> None:
-        while self._task is not None and not self._task.done():
-            await asyncio.sleep(CANCEL_POLL_SECONDS)
-            if self.cancel_check is not None and self.cancel_check():
-                self._cancel_requested = True
-                self._task.cancel()
-                return
+    def _stop_if_asked(self) -> bool:
+        """Between steps too (a model stream, a running tool): cancel the run if
+        ``cancel_check`` says stop; True once no more checks are needed."""
+        if self._task is None or self._task.done():
+            return True
+        if self.cancel_check is None or not self.cancel_check():
+            return False
+        self._cancel_requested = True
+        self._task.cancel()
+        return True
 
     def _record_cancelled(self, run: RunContext) -> RunStatus:
         self._record_partial_text(run)

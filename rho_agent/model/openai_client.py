@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import weakref
 from collections.abc import AsyncGenerator
@@ -18,6 +17,7 @@ from typing import Any
 import httpx2
 import openai
 
+from rho_agent import jsoncodec
 from rho_agent.errors import ModelError
 from rho_agent.model._assemble import TurnAssembler
 from rho_agent.model._retry import ShownText, retry_delay
@@ -165,7 +165,9 @@ class OpenAIModelClient:
         response = await client.post(
             "/chat/completions",
             cast_to=httpx2.Response,
-            body=_request_kwargs(request),
+            # Encoded here: the client's own encoder (the stdlib's, with a class for pydantic
+            # models) cost a worker several times orjson's on every turn of a long history.
+            content=jsoncodec.dumpb(_request_kwargs(request)),
             options=_request_options(request),
             stream=True,
         )
@@ -204,7 +206,7 @@ def _feed_line(line: bytes, assembler: TurnAssembler) -> bool:
         return True
     if payload:
         try:
-            chunk = json.loads(payload)
+            chunk = jsoncodec.loads(payload)
         except ValueError:
             chunk = None
         if not isinstance(chunk, dict):

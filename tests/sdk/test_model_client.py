@@ -9,6 +9,7 @@ from typing import Any
 
 import openai
 
+from rho_agent import jsoncodec
 from rho_agent.model import openai_client
 from rho_agent.testing import ScriptedModelServer, text
 from tests.sdk.helpers import make_session
@@ -69,3 +70,20 @@ def test_a_model_call_leaves_no_stream_for_the_finalizer_to_close(
 
     asyncio.run(main())
     assert finalized == []
+
+
+async def test_the_request_body_is_the_json_the_client_itself_would_send(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """The body is encoded before the openai client sees it (orjson, not the client's encoder):
+    the same JSON document, as application/json, text outside ASCII sent as itself."""
+    from openai._utils._json import openapi_dumps
+
+    model_server.script(text("hi"))
+    prompt = 'Grüße, 東京 🚀 "quoted" \\ back\nslash'
+    await make_session(model_server, tmp_path).run(prompt=prompt)
+    [request] = model_server.requests
+    assert request.headers["content-type"] == "application/json"
+    assert request.body["messages"][-1] == {"role": "user", "content": prompt}
+    sent = jsoncodec.dumpb(request.body)
+    assert sent == openapi_dumps(request.body), "byte for byte what the client would send"

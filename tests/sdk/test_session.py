@@ -397,6 +397,31 @@ async def test_cancel_kills_running_tools_and_keeps_history_valid(
     assert tool_message["role"] == "tool" and "cancelled" in tool_message["content"].lower()
 
 
+async def test_one_task_polls_the_cancel_checks_of_every_running_session(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """A timer per session woke a worker with 500 jobs 5,000 times a second; one task per loop
+    asks them all, stops only the session whose check says stop, and ends with the last one."""
+    model_server.responder = lambda body: text("slow", delay=0.6)
+    sessions = [make_session(model_server, tmp_path) for _ in range(20)]
+    stop = {"s": False}
+    for index, session in enumerate(sessions):
+        session.cancel_check = (lambda: stop["s"]) if index == 7 else (lambda: False)
+    runs = [asyncio.create_task(session.run(prompt="wait")) for session in sessions]
+    await asyncio.sleep(0.3)
+    pollers = [t for t in asyncio.all_tasks() if t.get_name() == "rho-cancel-poll"]
+    assert len(pollers) == 1
+    assert len(asyncio.all_tasks()) == 2 * 20 + 2, "each run's two tasks, the test's, the poll"
+    started = time.monotonic()
+    stop["s"] = True
+    cancelled = await asyncio.wait_for(runs[7], 1.0)
+    assert cancelled.status == "cancelled" and time.monotonic() - started < 0.5
+    results = await asyncio.gather(*runs)
+    assert [r.status for r in results].count("completed") == 19
+    await asyncio.sleep(0)
+    assert pollers[0].done(), "the poll task ends with the last session it watched"
+
+
 async def test_resume_run_skips_tool_calls_that_already_finished(
     model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:

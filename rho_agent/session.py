@@ -174,9 +174,11 @@ class Session:
         self, run: RunContext, prompt: str | None, schema: OutputSchema | None
     ) -> RunResult:
         self._cancel_requested = False
-        self._task = asyncio.create_task(self._loop(run, prompt, schema))
+        task = self._task = asyncio.create_task(self._loop(run, prompt, schema))
         if self.cancel_check is not None:
-            _cancel_poll.watch(self, self._stop_if_asked)
+            # Watched by its task: this run's end must not unwatch a next run started before
+            # this coroutine resumes (from an event callback, say).
+            _cancel_poll.watch(task, lambda: self._stop_if_asked(task))
         try:
             status = await self._task
         except asyncio.CancelledError:
@@ -192,7 +194,7 @@ class Session:
             logger.exception("run of session %s failed", self.state.session_id)
             status = self._record_error(run, exc, f"{type(exc).__name__}: {exc}")
         finally:
-            _cancel_poll.unwatch(self)
+            _cancel_poll.unwatch(task)
         end: dict[str, Any] = {"status": status, "usage": run.usage, "text": run.text}
         if schema is not None and run.output is not None:
             end["output"] = schema.to_data(run.output)
@@ -347,15 +349,15 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait({self._task}, timeout=5)
 
-    def _stop_if_asked(self) -> bool:
-        """Between steps too (a model stream, a running tool): cancel the run if
+    def _stop_if_asked(self, task: asyncio.Task[RunStatus]) -> bool:
+        """Between steps too (a model stream, a running tool): cancel the run's ``task`` if
         ``cancel_check`` says stop; True once no more checks are needed."""
-        if self._task is None or self._task.done():
+        if task.done():
             return True
         if self.cancel_check is None or not self.cancel_check():
             return False
         self._cancel_requested = True
-        self._task.cancel()
+        task.cancel()
         return True
 
     def _record_cancelled(self, run: RunContext) -> RunStatus:

@@ -1,7 +1,8 @@
 """Assemble streamed chat-completion chunks (plain dicts) into a ModelTurn.
 
-Chunks are parsed with ``json.loads`` straight from the SSE bytes: building a pydantic object per
-chunk is what makes the stock client CPU-bound, and the loop only needs a few fields.
+Chunks are parsed with orjson (``jsoncodec.loads``) straight from the SSE bytes: building a
+pydantic object per chunk is what makes the stock client CPU-bound, and the loop only needs a
+few fields.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import secrets
 import signal
 import socket
@@ -99,10 +100,12 @@ def rabbitmq_vhost() -> Iterator[str]:
 
 
 PORT_BLOCKS = range(20_000, 32_000, 1_000)
-"""Ports tests hand to the servers they start: below Linux's ephemeral range (32768 up), so no
-outgoing connection takes one as its source port between the test choosing it and its server
-binding it; a block of its own per pytest-xdist process, so two processes never choose alike."""
-_next_port = itertools.count()
+"""Ports tests hand to the servers they start: below Linux's default ephemeral range (32768 up),
+so no outgoing connection takes one as its source port between the test choosing it and its
+server binding it; a block of its own per pytest-xdist process (up to 12 of them), so two
+processes never choose alike."""
+_next_port = itertools.count(random.randrange(PORT_BLOCKS.step))
+"""From a random place in the block: two runs without xdist (both "gw0") rarely meet."""
 
 
 def free_port() -> int:

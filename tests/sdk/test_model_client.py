@@ -76,7 +76,8 @@ async def test_the_request_body_is_the_json_the_client_itself_would_send(
     model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
     """The body is encoded before the openai client sees it (orjson, not the client's encoder):
-    the same JSON document, as application/json, text outside ASCII sent as itself."""
+    for a chat request's strings and nesting, the bytes the client's encoder makes, sent as
+    application/json, with text outside ASCII sent as itself."""
     from openai._utils._json import openapi_dumps
 
     model_server.script(text("hi"))
@@ -86,4 +87,4 @@ async def test_the_request_body_is_the_json_the_client_itself_would_send(
     assert request.headers["content-type"] == "application/json"
     assert request.body["messages"][-1] == {"role": "user", "content": prompt}
     sent = jsoncodec.dumpb(request.body)
-    assert sent == openapi_dumps(request.body), "byte for byte what the client would send"
+    assert sent == openapi_dumps(request.body)

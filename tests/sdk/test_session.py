@@ -21,6 +21,7 @@ from rho_agent import (
     compaction,
 )
 from rho_agent.errors import PermissionDenied
+from rho_agent.events import AgentEvent, RunResult
 from rho_agent.testing import (
     ScriptedModelServer,
     ScriptedResponse,
@@ -420,6 +421,34 @@ async def test_one_task_polls_the_cancel_checks_of_every_running_session(
     assert [r.status for r in results].count("completed") == 19
     await asyncio.sleep(0)
     assert pollers[0].done(), "the poll task ends with the last session it watched"
+
+
+async def test_a_run_started_as_the_last_one_ends_is_still_polled_for_cancel(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """A second run started from the first one's last event (before the first run's own end
+    resumes) is watched on its own: the first run's end does not stop polling for it."""
+    model_server.script(text("first"), text("slow", delay=10))
+    session = make_session(model_server, tmp_path)
+    stop = {"s": False}
+    session.cancel_check = lambda: stop["s"]
+    ended = asyncio.Event()
+
+    async def next_run() -> RunResult:
+        await ended.wait()
+        return await session.run(prompt="again")  # starts before the first run's end resumes
+
+    second = asyncio.create_task(next_run())
+
+    def on_event(event: AgentEvent) -> None:
+        if event.type == "turn_complete":
+            ended.set()
+
+    await session.run(prompt="go", on_event=on_event)
+    await asyncio.sleep(0.3)  # the second run is in its slow model stream
+    stop["s"] = True
+    result = await asyncio.wait_for(second, 1.0)
+    assert result.status == "cancelled"
 
 
 async def test_resume_run_skips_tool_calls_that_already_finished(

@@ -23,12 +23,12 @@ from rho_agent.testing import ScriptedModelServer, behaviour
 from tests.integration._ops_support import (
     CLI,
     alive,
-    free_port,
     kill_session,
     run_cli,
     session_pids,
     wait_for,
 )
+from tests.integration.fleet import free_port
 
 pytestmark = [
     pytest.mark.integration,

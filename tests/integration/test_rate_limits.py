@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 LIMITED, STORMY = "rl-model", "storm-model"
 REQUESTS, WINDOW_S = 30, 6.0
 RETRY_AFTER_S = 3
+STORM_S = 0.5
 LIMITS = [
     {"model": LIMITED, "requests": REQUESTS, "window_s": WINDOW_S},
     {"model": STORMY, "requests": 10_000, "window_s": 60},
@@ -103,9 +104,13 @@ def test_a_429_storm_with_retry_after_pauses_every_worker(
     storms: list[float] = []
 
     def respond(body: dict[str, Any]) -> ScriptedResponse:
+        # The storm: every request of its first STORM_S. (The first three requests, whenever
+        # they came, made a flaky test: a 429 that paused the other workers before their first
+        # request made theirs arrive 3 s later, when the first job's retry had been admitted.)
+        now = time.time()
         with lock:
-            if len(storms) < 3:
-                storms.append(time.time())
+            if not storms or now - storms[0] < STORM_S:
+                storms.append(now)
                 return error(429, "rate limited", headers={"retry-after": str(RETRY_AFTER_S)})
         return text("ok")
 
@@ -114,7 +119,7 @@ def test_a_429_storm_with_retry_after_pauses_every_worker(
     first = [
         dispatcher.submit("storm", config, queue=fleet.queue_of(name)) for name in fleet.workers
     ]
-    wait_until(lambda: len(storms) == 3, within_s=20, what="three 429s")
+    wait_until(lambda: len(storms) >= 1, within_s=20, what="a 429")
     second = [
         dispatcher.submit(f"after {n}", config, queue=fleet.queue_of(name))
         for name in fleet.workers

@@ -22,6 +22,8 @@ True once the run needs no more checks (cancelled)."""
 
 
 class _LoopPoller:
+    """The runs one event loop's task checks, and that task (None while none is watched)."""
+
     def __init__(self) -> None:
         self.watched: dict[object, StopIfAsked] = {}
         self.task: asyncio.Task[None] | None = None

@@ -481,14 +481,14 @@ def test_list_reads_only_small_parts_of_each_trace(tmp_path: Path) -> None:
             root, f"s{index:03d}", big, {"created_at": created.isoformat(), "status": status}
         )
 
-    started = time.perf_counter()
+    started = time.process_time()  # this process's CPU: other processes' load does not count
     infos = SessionStore(root).list()
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
 
     assert len(infos) == 300 and infos[0].id == "s299" and infos[-1].id == "s000"
     assert {info.status for info in infos[::2]} == {"crashed"}  # odd: running, nobody holds them
     assert {info.status for info in infos[1::2]} == {"completed"}
-    assert elapsed < 1.0, f"list() of 300 sessions took {elapsed:.2f}s"
+    assert elapsed < 1.0, f"list() of 300 sessions took {elapsed:.2f}s of CPU"
 
 
 def test_status_comes_from_the_trace_when_meta_is_stale_or_missing(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bench import bare_celery
+from tests.bench import bare_celery, wakeup_probe
 from tests.bench.bench_capacity import max_overlap, steady_mean
 from tests.bench.harness import Row, block_medians
 from tests.bench.run import _rabbitmq_server, _redis_server, _table
@@ -87,3 +87,9 @@ def test_the_table_shows_median_range_and_load() -> None:
     cells = [column._cells[0] for column in _table([row], 1.0).columns]
     assert cells[:3] == ["x", "2.00 ms", "1.00-3.00 (3)"]
     assert cells[-1] == "4.0 (3.5-6.0)"
+
+
+def test_the_wakeup_probe_reports_one_overshoot_per_sleep() -> None:
+    found = wakeup_probe.overshoots(20)
+    assert len(found) == 20
+    assert all(overshoot >= 0 for overshoot in found)

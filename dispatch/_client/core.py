@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING
 
 from dispatch._client.brokers import Broker, open_broker
 from dispatch._client.fanin import FanIn
-from dispatch.engine.approval import DENIED_REASON, MAX_REASON, DecideOutcome, decision_value
+from dispatch.engine.approval import (
+    DENIED_REASON,
+    MAX_REASON,
+    DecideOutcome,
+    decision_value,
+    refused,
+)
 from dispatch.engine.bus import START, CancelOutcome, DispatchBus, StreamEntry
 from dispatch.engine.fan_out import cancel_children
 from dispatch.engine.loop import LoopThread
@@ -148,6 +154,13 @@ class _Core:
                 reason="unknown_call",
             )
         text = (reason.strip() or DENIED_REASON)[:MAX_REASON]
+        # A job that does not exist or awaits nothing is the caller's mistake: say so even when
+        # the broker is down (the bus checks again, atomically, when it records the decision).
+        [info] = await self.bus.get_info([job_id])
+        if info is None:
+            raise refused(job_id, "not_found", "")
+        if info.status != "awaiting_approval":
+            raise refused(job_id, "not_awaiting", info.status)
         await self.broker.reach()  # recorded but not sent, a job would wait for a sweeper
         outcome = await self.bus.decide(job_id, decision_value(approve), call_ids, text)
         if outcome.spec is not None:

@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from dispatch import Dispatcher, FleetSettings
 from dispatch._client.fanin import FanIn
 from dispatch.engine.bus import DispatchBus, StreamEntry
-from dispatch.errors import FleetUnavailable, JobLost
+from dispatch.errors import ApprovalRefused, FleetUnavailable, JobLost, JobNotFound
 from dispatch.fleet.outage import RedisOutage, survive, survive_sync
 from dispatch.info import JobInfo
 from dispatch.spec import JobSpec, build_spec
@@ -199,6 +199,38 @@ def test_a_decision_is_not_recorded_when_the_broker_to_send_it_was_never_reached
             info = dispatcher.job(job_id).info()
     assert info.status == "awaiting_approval"
     assert [call.decision for call in info.pending_approvals] == [None, None]
+
+
+@pytest.mark.integration
+def test_a_decision_on_a_job_that_awaits_none_says_so_while_the_broker_is_down() -> None:
+    """The caller's mistake is named before the broker is tried: an unknown job, or one that is
+    running, gets its own error, not "cannot reach the job broker"."""
+    from dispatch.fleet.redis_bus import RedisBus
+    from tests.dispatch.test_bus_contract import spec
+    from tests.integration.fleet import REDIS_HOST, claimed_db, free_port
+
+    with claimed_db() as db:
+        settings = FleetSettings(
+            broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//",
+            redis_url=f"{REDIS_HOST}/{db}",
+        )
+
+        async def start() -> str:
+            bus = RedisBus.from_settings(settings)
+            try:
+                job = spec(None)
+                await bus.submit([job], "q")
+                await bus.start(job, "w1", 60_000)
+                return job.job_id
+            finally:
+                await bus.close()
+
+        running = asyncio.run(start())
+        with Dispatcher(settings=settings) as dispatcher:
+            with pytest.raises(JobNotFound, match="j-never-submitted does not exist"):
+                dispatcher.job("j-never-submitted").approve()
+            with pytest.raises(ApprovalRefused, match=r"not awaiting approval \(it is running\)"):
+                dispatcher.job(running).deny(reason="no")
 
 
 @pytest.mark.integration

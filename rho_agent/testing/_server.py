@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import threading
 import time
 from collections import deque
@@ -12,6 +11,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from rho_agent import jsoncodec
 from rho_agent.testing._responses import (
     RecordedRequest,
     Responder,
@@ -117,7 +117,7 @@ class ScriptedModelServer(ThreadedAiohttpServer):
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         try:
-            body = json.loads(raw)
+            body = jsoncodec.loads(raw)
         except ValueError as exc:
             return _error_response(400, f"request body is not valid JSON: {exc}")
         if not isinstance(body, dict):

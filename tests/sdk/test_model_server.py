@@ -385,3 +385,26 @@ async def test_subprocess_mode_serves_a_behaviour() -> None:
 def test_subprocess_mode_reports_a_bad_behaviour() -> None:
     with pytest.raises(RuntimeError, match="exited with code 2"):
         ScriptedModelServer.spawn("no-such-behaviour", timeout=30)
+
+
+def test_a_body_that_is_not_json_gets_a_400_naming_it(server: ScriptedModelServer) -> None:
+    import urllib.error
+    import urllib.request
+
+    def post(body: bytes) -> tuple[int, str]:
+        request = urllib.request.Request(
+            f"{server.base_url}/chat/completions", data=body, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    status, answer = post(b'{"model": "m", "messages": [')
+    assert status == 400 and "request body is not valid JSON" in answer
+    # Python's JSON reader takes NaN (orjson alone would not): such a body is read as before.
+    server.script(text("fine"))
+    status, answer = post(b'{"model": "m", "temperature": NaN, "messages": []}')
+    assert status == 200 and "fine" in answer
+    assert server.requests[-1].body["messages"] == []

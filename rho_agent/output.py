@@ -179,7 +179,8 @@ def check_json_schema(schema: dict[str, Any]) -> None:
     sends the same schema with every job: schemas already found valid are remembered.
     """
     try:
-        text = json.dumps(schema, sort_keys=True)
+        # NaN and infinity are not JSON: a request carrying one would be refused or changed.
+        text = json.dumps(schema, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"output_schema must be JSON data: {exc}") from None
     _check_schema_text(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ class ToolRegistry:
             raise ConfigError(f"tool handler {handler!r} has no 'name'; set a non-empty str name")
         if not callable(getattr(handler, "handle", None)):
             raise ConfigError(f"tool handler {name!r} has no async 'handle(invocation)' method")
+        _check_schema_is_json(name, handler)
         self._handlers[name] = handler
 
     def unregister(self, name: str) -> None:
@@ -52,3 +54,15 @@ class ToolRegistry:
 
     def __len__(self) -> int:
         return len(self._handlers)
+
+
+def _check_schema_is_json(name: str, handler: ToolHandler) -> None:
+    """Refuse a schema that JSON cannot carry (NaN, infinity, an object that is not data): the
+    request body's encoder would send NaN as null, changing the schema the model sees."""
+    try:
+        json.dumps(handler.schema(), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"tool {name!r} has a schema that is not JSON data ({exc}); "
+            "use only strings, numbers, booleans, null, lists and dicts in its parameters"
+        ) from None

@@ -135,6 +135,8 @@ async def test_the_trace_keeps_the_output(
 def test_bad_schemas_and_modes_fail_at_construction() -> None:
     with pytest.raises(ConfigError, match="not a valid JSON schema"):
         OutputSchema.of({"type": "no-such-type"})
+    with pytest.raises(ConfigError, match="must be JSON data: Out of range float"):
+        OutputSchema.of({"type": "number", "minimum": float("nan")})
     with pytest.raises(ConfigError, match="pydantic model class or a JSON schema"):
         OutputSchema.of("Finding")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="structured_output"):

@@ -194,6 +194,23 @@ def test_registry_accepts_decorated_tools() -> None:
     assert registry.get("search_logs") is search_logs
 
 
+def test_a_schema_json_cannot_carry_is_refused_at_registration() -> None:
+    """The request body's encoder would send NaN as null: the model would see another schema."""
+
+    class Threshold(ToolHandler):
+        name = "threshold"
+        description = "Check a value."
+
+        def __init__(self) -> None:
+            self.parameters = {"type": "object", "properties": {"x": {"maximum": 1e999}}}
+
+        async def handle(self, invocation: ToolInvocation) -> ToolOutput:
+            return ToolOutput(content="")
+
+    with pytest.raises(ConfigError, match="'threshold' has a schema that is not JSON data"):
+        ToolRegistry([Threshold()])
+
+
 def test_missing_description_is_a_config_error() -> None:
     def undocumented(x: int) -> str:
         return str(x)

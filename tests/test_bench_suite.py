@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bench import bare_celery, wakeup_probe
+from tests.bench import bare_celery, profile_redis, wakeup_probe
 from tests.bench.bench_capacity import max_overlap, steady_mean
 from tests.bench.harness import Row, block_medians
 from tests.bench.run import _rabbitmq_server, _redis_server, _table
@@ -93,3 +93,19 @@ def test_the_wakeup_probe_reports_one_overshoot_per_sleep() -> None:
     found = wakeup_probe.overshoots(20)
     assert len(found) == 20
     assert all(overshoot >= 0 for overshoot in found)
+
+
+def test_the_redis_profile_names_each_fleet_script_and_counts_per_job() -> None:
+    scripts = profile_redis.script_names()
+    finish = next(sha for sha, name in scripts.items() if name == "FINISH")
+    entries = [
+        {"command": f"EVALSHA {finish} 2 a b", "duration": 40},
+        {"command": f"EVALSHA {finish} 2 c d", "duration": 60},
+        {"command": b"XADD s * d x", "duration": 3},
+        {"command": "SLOWLOG RESET", "duration": 900},
+    ]
+    rows = profile_redis.costs(entries, 2, scripts)
+    assert [(row.name, row.per_job, row.us_per_job) for row in rows] == [
+        ("EVALSHA FINISH", 1.0, 50.0),
+        ("XADD", 0.5, 1.5),
+    ]

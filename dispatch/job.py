@@ -39,6 +39,7 @@ class Job:
         self.id = job_id
         self.session_id = session_id
         self._core = core
+        core.hold(self)
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, session_id={self.session_id!r})"

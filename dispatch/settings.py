@@ -90,13 +90,18 @@ EMBEDDED_CONCURRENCY = Setting(
     "(dispatchers only) jobs run at once in-process",
     whole, ok=at_least(1), must="at least 1",
 )
+EMBEDDED_KEEP = Setting(
+    "RHO_AGENT_EMBEDDED_KEEP", "embedded_keep", 10_000,
+    "(dispatchers only) finished jobs kept in-process beyond those a `Job` handle holds",
+    whole, ok=at_least(0), must="0 or more",
+)
 # fmt: on
 
 FLEET = Table(
     (
         BROKER_URL, REDIS_URL, SENTINEL_MASTER, KEY_PREFIX, QUEUE, RETENTION, EVENTS_MAXLEN,
         QUEUED_LEASE, APPROVAL_TTL, REDIS_OUTAGE_LIMIT, FAN_OUT_MAX_DEPTH, FAN_OUT_MAX_CHILDREN,
-        EMBEDDED_CONCURRENCY,
+        EMBEDDED_CONCURRENCY, EMBEDDED_KEEP,
     ),
     SettingsError,
 )  # fmt: skip
@@ -122,6 +127,9 @@ class FleetSettings:
     retention_s: int = RETENTION.default
     events_maxlen: int = EVENTS_MAXLEN.default
     embedded_concurrency: int = EMBEDDED_CONCURRENCY.default
+    embedded_keep: int = EMBEDDED_KEEP.default
+    """Finished jobs an embedded dispatcher keeps in memory (oldest forgotten first) besides
+    those a live ``Job`` handle holds; the retention still applies."""
     queued_lease_s: int = QUEUED_LEASE.default
     """How long a queued (or re-sent) job may wait for a worker to claim it before the sweeper
     sends it again: a lost message or a worker that died before claiming it costs this long."""

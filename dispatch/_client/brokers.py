@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from dispatch.engine.approval import EXPIRED_REASON
@@ -75,23 +76,34 @@ class Broker(Protocol):
     async def close(self) -> None: ...
 
 
-def open_broker(settings: FleetSettings, loop: LoopThread) -> Broker:
-    """The fleet broker when a broker URL is set, else the embedded one on ``loop``."""
+def open_broker(
+    settings: FleetSettings, loop: LoopThread, held: Callable[[str], bool] = lambda job_id: False
+) -> Broker:
+    """The fleet broker when a broker URL is set, else the embedded one on ``loop`` (which
+    keeps the finished jobs ``held`` names beyond its bound)."""
     if settings.broker_url:
         return FleetBroker(settings)
-    return EmbeddedBroker(settings, loop)
+    return EmbeddedBroker(settings, loop, held)
 
 
 class EmbeddedBroker:
     """Runs jobs on the dispatcher's loop through a JobHost over a MemoryBus."""
 
-    def __init__(self, settings: FleetSettings, loop: LoopThread) -> None:
+    def __init__(
+        self, settings: FleetSettings, loop: LoopThread, held: Callable[[str], bool]
+    ) -> None:
         from dispatch.engine.fan_out import FanOutLimits
         from dispatch.engine.host import JobHost
         from dispatch.engine.memory_bus import MemoryBus
         from dispatch.engine.run import RunnerOptions
 
-        memory = MemoryBus(settings.keys, retention_s=settings.retention_s)
+        memory = MemoryBus(
+            settings.keys,
+            retention_s=settings.retention_s,
+            keep_finished=settings.embedded_keep,
+            events_maxlen=settings.events_maxlen,
+            held=held,
+        )
         self.bus: JobBus = memory
         self._loop = loop
         self._queue = settings.queue

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,9 @@ class _Core:
             self._resend,
             missing_limit_s=settings.redis_outage_s,
         )
+        self._handles: dict[str, int] = {}
+        """Live ``Job`` handles per job id: an embedded dispatcher keeps what they hold."""
+        self._handles_lock = threading.RLock()  # re-entered when a collection runs a release
         self._followers: set[asyncio.Task[None]] = set()
         self._models: dict[str, OutputSchema] = {}
         """Jobs whose answers become instances of a pydantic model when read back."""
@@ -66,12 +70,33 @@ class _Core:
     def broker(self) -> Broker:
         with self._lock:
             if self._broker is None:
-                self._broker = open_broker(self.settings, self.loop)
+                self._broker = open_broker(self.settings, self.loop, self.held)
             return self._broker
 
     @property
     def bus(self) -> DispatchBus:
         return self.broker.bus
+
+    # -- handles ------------------------------------------------------------------------------
+
+    def hold(self, job: Job) -> None:
+        """Count ``job`` as held until it is collected (embedded mode only: Redis keeps jobs
+        for the retention whoever holds them)."""
+        if self.settings.broker_url:
+            return
+        with self._handles_lock:
+            self._handles[job.id] = self._handles.get(job.id, 0) + 1
+        weakref.finalize(job, self._release, job.id)
+
+    def _release(self, job_id: str) -> None:
+        with self._handles_lock:
+            left = self._handles.pop(job_id, 1) - 1
+            if left > 0:
+                self._handles[job_id] = left
+
+    def held(self, job_id: str) -> bool:
+        """Whether a live ``Job`` handle refers to ``job_id``."""
+        return job_id in self._handles
 
     # -- submitting ---------------------------------------------------------------------------
 

@@ -1,7 +1,12 @@
 """MemoryBus: the job bus for embedded mode, in this process, with the RedisBus's semantics.
 
-Used from one event loop (the dispatcher's). Streams wake blocked readers on every append;
-finished jobs are forgotten after the retention, like Redis keys expiring.
+Used from one event loop (the dispatcher's). Streams wake blocked readers on every append.
+What Redis bounds, this bounds too, or a long-lived program would grow by every job it ever ran:
+a job's events stream is trimmed to ``events_maxlen``; finished jobs are forgotten after the
+retention, like Redis keys expiring, and beyond the newest ``keep_finished`` of them unless a
+live ``Job`` handle holds them (``held``), with their events, sub-jobs and, when no kept job
+shares it, their session's trace; and a dispatcher's done stream drops what its one reader (the
+fan-in, which only reads forward) has read.
 """
 
 from __future__ import annotations
@@ -9,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,26 +52,73 @@ from rho_agent.events import RunResult
 class _Stream:
     entries: list[StreamEntry] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    trimmed: int = 0
+    """Entries dropped from the front; the others keep their ids, as in a trimmed Redis stream."""
 
-    def append(self, data: dict[str, Any]) -> str:
-        entry_id = f"{len(self.entries) + 1}-0"
+    def append(self, data: dict[str, Any], maxlen: int | None = None) -> str:
+        entry_id = f"{self.end + 1}-0"
         self.entries.append(StreamEntry(entry_id, data))
+        if maxlen is not None and len(self.entries) > maxlen + maxlen // 10:
+            self._drop(len(self.entries) - maxlen)  # "MAXLEN ~": in steps, not on every append
         self.changed.set()
         self.changed = asyncio.Event()
         return entry_id
 
+    @property
+    def end(self) -> int:
+        """The position of the last entry ever appended."""
+        return self.trimmed + len(self.entries)
+
     def after(self, position: str, count: int) -> list[StreamEntry]:
-        start = int(position.split("-", 1)[0]) if position not in ("", "$") else len(self.entries)
+        start = _index(position) - self.trimmed if position not in ("", "$") else len(self.entries)
+        start = max(start, 0)
         return self.entries[start : start + count]
+
+    def trim_through(self, position: str) -> None:
+        """Drop every entry up to ``position`` (included)."""
+        self._drop(_index(position) - self.trimmed)
+
+    def _drop(self, count: int) -> None:
+        if count > 0:
+            del self.entries[:count]
+            self.trimmed += count
+
+
+def _index(position: str) -> int:
+    return int(position.split("-", 1)[0])
+
+
+_HELD_RECHECKS = 8
+"""Held jobs looked at again per submit, to forget those whose handles are gone."""
 
 
 class MemoryBus:
-    """An in-process JobBus; ``retention_s`` bounds how long finished jobs are kept."""
+    """An in-process JobBus, bounded as the module docstring says."""
 
-    def __init__(self, keys: Keys | None = None, *, retention_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        keys: Keys | None = None,
+        *,
+        retention_s: float = 3600.0,
+        keep_finished: int = 10_000,
+        events_maxlen: int = 20_000,
+        held: Callable[[str], bool] = lambda job_id: False,
+    ) -> None:
         self._keys = keys or Keys()
         self._retention_s = retention_s
+        self._keep_finished = keep_finished
+        self._events_maxlen = events_maxlen
+        self._held = held
         self._jobs: dict[str, dict[str, str]] = {}
+        self._finished: OrderedDict[str, float] = OrderedDict()
+        """Finished top-level jobs (not sub-jobs) by finish time, oldest first."""
+        self._held_aside: OrderedDict[str, float] = OrderedDict()
+        """Finished jobs past the bound that a handle held when last looked at."""
+        self._sub_jobs: set[str] = set()
+        self._dispatchers: set[str] = set()
+        """Ids whose done stream a dispatcher's fan-in reads (not a ``fan_out`` parent's)."""
+        self._session_jobs: dict[str, int] = {}
+        """Kept jobs per session: a session's trace goes with the last of them."""
         self._streams: dict[str, _Stream] = {}
         self._cancel_flags: set[str] = set()
         self._owners: dict[str, str] = {}
@@ -78,9 +131,11 @@ class MemoryBus:
     # -- dispatcher side ----------------------------------------------------------------------
 
     async def submit(self, specs: Sequence[JobSpec], queue: str) -> None:
-        self._forget_expired()
+        self._forget_old()
         for spec in specs:
-            self._jobs[spec.job_id] = job_fields(spec, queue=queue)
+            self._add_job(spec, queue)
+            if spec.reply_to:
+                self._dispatchers.add(spec.reply_to)
 
     async def get_info(self, job_ids: Sequence[str]) -> list[JobInfo | None]:
         return [
@@ -107,7 +162,7 @@ class MemoryBus:
             return "finished"
         if fields["status"] in ("queued", AWAITING_APPROVAL):
             result = cancelled_before_start()
-            self._stream(self._keys.events(job_id)).append(event_entry(result.events[0]))
+            self._append_event(job_id, event_entry(result.events[0]))
             self._write_finish(job_id, fields, result, None)
             return "cancelled"
         self._cancel_flags.add(job_id)
@@ -168,12 +223,18 @@ class MemoryBus:
             resumed_by="approval",
         )
         fields.pop("finished_at", None)
-        self._stream(self._keys.events(job_id)).append(lifecycle_entry("approval_decided"))
+        self._finished.pop(job_id, None)
+        self._held_aside.pop(job_id, None)
+        self._append_event(job_id, lifecycle_entry("approval_decided"))
         spec = JobSpec.decode(fields["spec"])
         return DecideOutcome("queued", spec, int(fields.get("attempt") or 0))
 
     async def read_done(self, dispatcher_id: str, after: str, block_s: float) -> list[StreamEntry]:
-        return await self._read(self._keys.done(dispatcher_id), after, block_s, 10_000)
+        key = self._keys.done(dispatcher_id)
+        stream = self._streams.get(key)
+        if stream is not None and dispatcher_id in self._dispatchers and after not in ("", "$"):
+            stream.trim_through(after)  # the fan-in has these and never reads back
+        return await self._read(key, after, block_s, 10_000)
 
     async def read_events(
         self, job_id: str, after: str = START, block_s: float = 0.0, count: int = EVENT_PAGE
@@ -202,9 +263,7 @@ class MemoryBus:
         kind = "started" if attempt == 1 else "restarted"
         if fields.pop("resumed_by", "") == "approval":
             kind = "continued"
-        self._stream(self._keys.events(spec.job_id)).append(
-            lifecycle_entry(kind, attempt=attempt, worker=worker)
-        )
+        self._append_event(spec.job_id, lifecycle_entry(kind, attempt=attempt, worker=worker))
         if spec.job_id in self._cancel_flags:
             return StartDecision("cancelled", attempt)
         continuations = int(fields.get("continuations") or 0)
@@ -224,7 +283,7 @@ class MemoryBus:
 
     def emit_event(self, claim: Claim, entry: dict[str, Any]) -> None:
         if self._owns(claim):
-            self._stream(self._keys.events(claim.job_id)).append(entry)
+            self._append_event(claim.job_id, entry)
 
     def emit_trace(self, claim: Claim, session_id: str, record: dict[str, Any]) -> None:
         if self._owns(claim):
@@ -303,7 +362,7 @@ class MemoryBus:
         if fields is None or fields["status"] != "queued":
             return False
         result = rejected(error)
-        self._stream(self._keys.events(job_id)).append(event_entry(result.events[0]))
+        self._append_event(job_id, event_entry(result.events[0]))
         self._write_finish(job_id, fields, result, error)
         return True
 
@@ -311,7 +370,8 @@ class MemoryBus:
         known = self._children.setdefault(parent_id, [])
         for spec in specs:
             if spec.job_id not in self._jobs:
-                self._jobs[spec.job_id] = job_fields(spec, queue=spec.queue or "")
+                self._add_job(spec, spec.queue or "")
+                self._sub_jobs.add(spec.job_id)
             if spec.job_id not in known:
                 known.append(spec.job_id)
         return [spec.job_id for spec in specs if self._jobs[spec.job_id]["status"] == "queued"]
@@ -322,7 +382,7 @@ class MemoryBus:
     async def next_cancels(self, after: str, block_s: float) -> tuple[str, list[str]]:
         stream = self._stream(self._keys.cancels())
         if after == "$":
-            after = f"{len(stream.entries)}-0"
+            after = f"{stream.end}-0"
         entries = await self._read(self._keys.cancels(), after, block_s, 1000)
         position = entries[-1].id if entries else after
         return position, [str(entry.data["job_id"]) for entry in entries]
@@ -333,6 +393,14 @@ class MemoryBus:
         stream = self._streams.get(self._keys.trace(session_id))
         return session_id in self._sessions or (stream is not None and bool(stream.entries))
 
+    def _add_job(self, spec: JobSpec, queue: str) -> None:
+        if spec.job_id not in self._jobs:
+            self._session_jobs[spec.session_id] = self._session_jobs.get(spec.session_id, 0) + 1
+        self._jobs[spec.job_id] = job_fields(spec, queue=queue)
+
+    def _append_event(self, job_id: str, entry: dict[str, Any]) -> None:
+        self._stream(self._keys.events(job_id)).append(entry, self._events_maxlen)
+
     def _stream(self, key: str) -> _Stream:
         stream = self._streams.get(key)
         if stream is None:
@@ -340,6 +408,8 @@ class MemoryBus:
         return stream
 
     async def _read(self, key: str, after: str, block_s: float, count: int) -> list[StreamEntry]:
+        if block_s <= 0 and key not in self._streams:
+            return []  # not made just to be read: a look at an unknown job leaves nothing behind
         stream = self._stream(key)
         entries = stream.after(after, count)
         if entries or block_s <= 0:
@@ -359,15 +429,17 @@ class MemoryBus:
         *,
         lifecycle: str = "finished",
     ) -> None:
+        now = time.time()
         fields.update(
             status=result.status,
             result=json.dumps(result_dict(result)),
             error=error or "",
-            finished_at=repr(time.time()),
+            finished_at=repr(now),
         )
-        self._stream(self._keys.events(job_id)).append(
-            lifecycle_entry(lifecycle, status=fields["status"])
-        )
+        if lifecycle == "finished" and job_id not in self._sub_jobs:
+            self._finished.pop(job_id, None)
+            self._finished[job_id] = now
+        self._append_event(job_id, lifecycle_entry(lifecycle, status=fields["status"]))
         if fields.get("dispatcher"):
             done = {"job_id": job_id, "result": result_dict(result)}
             self._stream(self._keys.done(fields["dispatcher"])).append(done)
@@ -376,18 +448,53 @@ class MemoryBus:
         """Whether the job holds its session (a job awaiting approval still does)."""
         return self._jobs.get(job_id, {}).get("status") in ("queued", "running", AWAITING_APPROVAL)
 
-    def _forget_expired(self) -> None:
+    def _forget_old(self) -> None:
+        """Forget finished jobs past the retention or beyond the newest ``keep_finished``,
+        except those a handle holds: they wait aside, a few looked at again each time, so
+        thousands of held jobs cost no scan."""
         cutoff = time.time() - self._retention_s
-        expired = [
-            job_id
-            for job_id, fields in self._jobs.items()
-            if float(fields.get("finished_at") or "inf") < cutoff
-        ]
-        for job_id in expired:
-            del self._jobs[job_id]
-            self._awaiting.pop(job_id, None)
-            self._streams.pop(self._keys.events(job_id), None)
-            self._children.pop(job_id, None)
+        for _ in range(min(_HELD_RECHECKS, len(self._held_aside))):
+            job_id, finished_at = self._held_aside.popitem(last=False)
+            if finished_at >= cutoff and self._held(job_id):
+                self._held_aside[job_id] = finished_at  # to the back of the line
+            else:
+                self._forget(job_id)
+        while self._finished:
+            job_id, finished_at = next(iter(self._finished.items()))
+            if finished_at >= cutoff and len(self._finished) <= self._keep_finished:
+                return
+            del self._finished[job_id]
+            if finished_at >= cutoff and self._held(job_id):
+                self._held_aside[job_id] = finished_at
+            else:
+                self._forget(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        """Forget a job, its events, its sub-jobs and (with its last job) its session."""
+        fields = self._jobs.pop(job_id, None)
+        self._finished.pop(job_id, None)
+        self._held_aside.pop(job_id, None)
+        self._awaiting.pop(job_id, None)
+        self._cancel_flags.discard(job_id)
+        self._sub_jobs.discard(job_id)
+        self._streams.pop(self._keys.events(job_id), None)
+        self._streams.pop(self._keys.done(job_id), None)  # its sub-jobs' results
+        for child in self._children.pop(job_id, []):
+            if self._active(child):  # still going (a cancel on its way): kept as a job of its own
+                self._sub_jobs.discard(child)
+            else:
+                self._forget(child)
+        if fields is None:
+            return
+        session_id = fields["session_id"]
+        left = self._session_jobs.get(session_id, 1) - 1
+        if left > 0:
+            self._session_jobs[session_id] = left
+            return
+        self._session_jobs.pop(session_id, None)
+        if session_id not in self._owners:
+            self._sessions.pop(session_id, None)
+            self._streams.pop(self._keys.trace(session_id), None)
 
 
 if TYPE_CHECKING:

@@ -6,6 +6,9 @@ result to its waiters, so waiting for a thousand jobs costs a few reads, not a t
 Results of jobs nobody waits for yet are kept (up to a bound) for when someone does; jobs this
 dispatcher did not submit are followed through their own events stream instead.
 
+The same check finds awaited jobs that finished without their done entry being read (a done
+stream is trimmed to its newest 100,000 entries): their results are read from the jobs instead.
+
 A Redis that restarts without persistence forgets jobs. While anyone waits, the reader also
 checks every few seconds that the awaited jobs still have a record; one that stays missing for
 ``RHO_AGENT_REDIS_OUTAGE_LIMIT`` (a worker still running it re-creates it well within that) is
@@ -212,6 +215,8 @@ class FanIn:
         for job_id, info in zip(job_ids, infos, strict=True):
             if info is not None:
                 self._missing_since.pop(job_id, None)
+                if info.finished:  # its done entry was trimmed before anyone read it
+                    self._deliver(StreamEntry("", {"job_id": job_id}))
                 continue
             since = self._missing_since.setdefault(job_id, now)
             if now - since < self._missing_limit_s:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis
@@ -13,12 +13,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dispatch import Dispatcher, FleetSettings
 from dispatch._client.fanin import FanIn
-from dispatch.engine.bus import DispatchBus, StreamEntry
+from dispatch.engine.bus import START, DispatchBus, StreamEntry
+from dispatch.engine.memory_bus import MemoryBus
 from dispatch.errors import ApprovalRefused, FleetUnavailable, JobLost, JobNotFound
 from dispatch.fleet.outage import RedisOutage, survive, survive_sync
 from dispatch.info import JobInfo
 from dispatch.spec import JobSpec, build_spec
 from rho_agent import AgentConfig
+from rho_agent.events import RunResult
 
 
 async def test_survive_retries_until_redis_answers() -> None:
@@ -91,6 +93,26 @@ async def test_a_forgotten_job_is_sent_again_then_lost_after_three_resends() -> 
     assert sent == [spec.job_id] * 3
     assert fan_in.resent == 3
     assert time.monotonic() - started < 5
+
+
+async def test_a_job_whose_done_entry_was_trimmed_unread_is_found_finished() -> None:
+    """A done stream keeps its newest 100,000 entries: a job that finished before anyone
+    waited, that far back, is found by the wait's periodic check, not waited on forever."""
+    bus = MemoryBus()
+    spec = build_spec("hello", AgentConfig(), reply_to="d3")
+    await bus.submit([spec], "q")
+    decision = await bus.start(spec, "w", 60_000)
+    assert await bus.finish(spec, decision.attempt, RunResult(text="done early"), None)
+    [entry] = await bus.read_done("d3", START, 0)
+    bus._streams[bus._keys.done("d3")].trim_through(entry.id)  # as MAXLEN ~ would
+
+    async def unused(*args: object) -> Any:
+        raise AssertionError("not used")
+
+    fan_in = FanIn(lambda: cast(DispatchBus, bus), "d3", unused, unused, missing_limit_s=0.3)
+    fan_in.expect([spec])
+    [result] = await fan_in.results([spec.job_id], time.monotonic() + 5)
+    assert result.text == "done early"
 
 
 async def test_a_job_redis_forgot_that_this_dispatcher_did_not_send_is_lost() -> None:

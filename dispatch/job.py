@@ -9,6 +9,8 @@ so an event wakes one thread, not two.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -21,7 +23,7 @@ from dispatch.engine.bus import (
     entry_event,
     is_finished,
 )
-from dispatch.errors import JobNotFound
+from dispatch.errors import JobLost, JobNotFound
 from dispatch.info import JobInfo, JobStatus
 from rho_agent.events import AgentEvent, RunResult
 from rho_agent.state import State, StateObserver
@@ -150,12 +152,22 @@ class EventStream:
         self._ended = False
         self._skip_existing = not from_start
         self._seen = SeenEvents()
+        self._existed = False
+        """A page was read: the job existed, so a missing record later is Redis forgetting it."""
+        self._missing_since: float | None = None
 
     def __iter__(self) -> Iterator[AgentEvent]:
         core = self._core
         while self._pending or not self._over:
             if not self._pending:
-                self._read(core.read_events_blocking(self._job_id, self._after, self._block_s))
+                try:
+                    page = core.read_events_blocking(self._job_id, self._after, self._block_s)
+                except JobNotFound:
+                    if not self._existed:
+                        raise
+                    time.sleep(self._missing_wait_s())
+                    continue
+                self._read(page)
             yield from self._drain()
 
     async def __aiter__(self) -> AsyncIterator[AgentEvent]:
@@ -163,9 +175,32 @@ class EventStream:
         while self._pending or not self._over:
             if not self._pending:
                 page = core.read_events(self._job_id, self._after, self._block_s)
-                self._read(await core.loop.acall(page))
+                try:
+                    self._read(await core.loop.acall(page))
+                except JobNotFound:
+                    if not self._existed:
+                        raise
+                    await asyncio.sleep(self._missing_wait_s())
+                    continue
             for event in self._drain():
                 yield event
+
+    def _missing_wait_s(self) -> float:
+        """How long to wait before reading again a job that existed and has no record now.
+
+        A Redis restarted without persistence forgot it; the worker running it re-creates the
+        record within a third of its lease. Missing for ``RHO_AGENT_REDIS_OUTAGE_LIMIT``, it is
+        lost (JobLost), as for ``result()``.
+        """
+        now = time.monotonic()
+        if self._missing_since is None:
+            self._missing_since = now
+        elif now - self._missing_since >= self._core.settings.redis_outage_s:
+            raise JobLost(
+                f"job {self._job_id} is lost: its record vanished from Redis (restarted without "
+                "persistence?) and did not come back; submit it again"
+            )
+        return _PAGE_BLOCK_S
 
     @property
     def _over(self) -> bool:
@@ -177,6 +212,7 @@ class EventStream:
         return 0.0 if self._skip_existing else _PAGE_BLOCK_S
 
     def _read(self, page: tuple[list[StreamEntry], bool]) -> None:
+        self._existed, self._missing_since = True, None
         (self._skip if self._skip_existing else self._take)(page)
 
     def _drain(self) -> Iterator[AgentEvent]:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from dispatch import Dispatcher, Job
 from dispatch.errors import JobLost
 from rho_agent import AgentConfig
 from rho_agent.events import AgentEvent
-from rho_agent.testing import ScriptedModelServer
+from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
 from tests.chaos.redis_server import RedisServer, redis_server
 from tests.chaos.support import PortFleet, Stopwatch, chaos_fleet, lost_lease_lines, stepping
 
@@ -177,3 +178,36 @@ def test_restart_without_persistence_queued_jobs_rerun_or_lost(
             assert [result.status for result in results] == ["completed"] * 5
             assert resent == 5
             assert isinstance(outcome.get("other"), JobLost)
+
+
+def test_live_events_ride_out_a_restart_without_persistence(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """A live ``job.events()`` whose job waits on a slow model while Redis forgets it: the
+    reader waits for the worker to re-create the record and reads on (it raised JobNotFound)."""
+
+    def slow_answer(body: dict[str, Any]) -> ScriptedResponse:
+        if not any(message["role"] == "tool" for message in body["messages"]):
+            return tool_call("mark", {"path": "/dev/null", "n": 1}, delay=0.3)
+        return text("done", delay=4.0)
+
+    model_server.responder = slow_answer
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    # Renewed every 10 s: the record is most likely re-created by the answer's write, 4 s in.
+    env = {"RHO_AGENT_LEASE_TTL": "30", "RHO_AGENT_SWEEP_INTERVAL": "0.5"}
+    with (
+        redis_server(tmp_path / "redis") as server,
+        chaos_fleet(tmp_path, server, {"w1": env}) as fleet,
+        fleet.dispatcher() as dispatcher,
+    ):
+        job = dispatcher.submit("slow", config)
+        reader = EventReader(job)
+        reader.start()
+        time.sleep(1.5)  # the tool ran; the last answer is 4 s away
+        server.restart()
+        result = job.result(timeout=30)
+        reader.join(10)
+        print(f"\nlive events() read {len(reader.events)} events, error: {reader.error!r}")
+        assert result.status == "completed"
+        assert reader.error is None and not reader.is_alive()
+        assert "tool_end" in [event.type for event in reader.events]

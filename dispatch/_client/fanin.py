@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from dispatch.engine.bus import START, DispatchBus, StreamEntry, is_finished
 from dispatch.engine.loop import still_running
-from dispatch.errors import JobLost, JobNotFound, JobTimeout
+from dispatch.errors import FleetUnavailable, JobLost, JobNotFound, JobTimeout
 from dispatch.info import AWAITING_APPROVAL
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
@@ -193,6 +193,9 @@ class FanIn:
                 if time.monotonic() >= next_audit:
                     await self._audit()
                     next_audit = time.monotonic() + self._audit_every_s
+            except FleetUnavailable as exc:  # Redis gone past the outage limit: so are the waits
+                self._fail_all(exc)
+                return
             except Exception as exc:
                 logger.warning("reading finished jobs failed (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
@@ -237,6 +240,12 @@ class FanIn:
         for future in self._waiters.get(job_id, []):
             if not future.done():
                 future.set_exception(error)
+
+    def _fail_all(self, error: Exception) -> None:
+        for waiters in list(self._waiters.values()):
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(error)
 
     def _deliver(self, entry: StreamEntry) -> None:
         job_id = str(entry.data.get("job_id"))

@@ -191,7 +191,7 @@ class FanIn:
             try:
                 entries = await self._bus().read_done(self._id, self._after, 1.0)
                 if time.monotonic() >= next_audit:
-                    await self._audit()
+                    await self.audit(list(self._waiters))
                     next_audit = time.monotonic() + self._audit_every_s
             except FleetUnavailable as exc:  # Redis gone past the outage limit: so are the waits
                 self._fail_all(exc)
@@ -204,11 +204,13 @@ class FanIn:
                 self._after = entry.id
                 self._deliver(entry)
 
-    async def _audit(self) -> None:
-        """Send again (or give up on) awaited jobs whose record stayed missing too long."""
-        job_ids = [job_id for job_id in self._waiters if job_id in self._pending]
+    async def audit(self, job_ids: list[str]) -> dict[str, JobLost]:
+        """Send again (or give up on) jobs of this dispatcher whose record stayed missing too
+        long: those waited for, or those a batch run polls. Returns the ones given up on."""
+        job_ids = [job_id for job_id in job_ids if job_id in self._pending]
+        lost: dict[str, JobLost] = {}
         if not job_ids:
-            return
+            return lost
         now = time.monotonic()
         infos = await self._bus().get_info(job_ids)
         resend: list[JobSpec] = []
@@ -222,7 +224,7 @@ class FanIn:
             del self._missing_since[job_id]
             self._resends[job_id] = count = self._resends.get(job_id, 0) + 1
             if count > _MAX_RESENDS:
-                self._fail(job_id, f"its record vanished from Redis {count} times")
+                lost[job_id] = self._fail(job_id, f"its record vanished from Redis {count} times")
             else:
                 resend.append(self._pending[job_id])
         if resend:
@@ -234,12 +236,14 @@ class FanIn:
             )
             await self._resend(resend)
             self.resent += len(resend)
+        return lost
 
-    def _fail(self, job_id: str, why: str) -> None:
+    def _fail(self, job_id: str, why: str) -> JobLost:
         error = JobLost(f"job {job_id} is lost: {why}; submit it again")
         for future in self._waiters.get(job_id, []):
             if not future.done():
                 future.set_exception(error)
+        return error
 
     def _fail_all(self, error: Exception) -> None:
         for waiters in list(self._waiters.values()):

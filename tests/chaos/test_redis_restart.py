@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from dispatch import Dispatcher, Job
+from dispatch.batch_run import BatchOutcome, BatchRun
 from dispatch.errors import JobLost
+from dispatch.spec import build_spec
 from rho_agent import AgentConfig
 from rho_agent.events import AgentEvent
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
@@ -211,3 +213,36 @@ def test_live_events_ride_out_a_restart_without_persistence(
         assert result.status == "completed"
         assert reader.error is None and not reader.is_alive()
         assert "tool_end" in [event.type for event in reader.events]
+
+
+def test_a_batch_whose_queued_jobs_redis_forgot_sends_them_again(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """A batch run follows its jobs by polling their records: jobs still queued when Redis
+    restarted without persistence are sent again from the batch's copies (it polled forever)."""
+    model_server.responder = stepping(1, delay=0.1)
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    with (
+        redis_server(tmp_path / "redis") as server,
+        chaos_fleet(tmp_path, server, {"w1": WORKER_ENV}) as fleet,
+    ):
+        settings = dataclasses.replace(fleet.settings, redis_outage_s=3.0)
+        idle_queue = fleet.queue_of("w2")  # nobody consumes it until w2 starts
+        specs = [build_spec(f"job {n}", config, queue=idle_queue) for n in range(3)]
+        with Dispatcher(settings=settings) as dispatcher:
+            batch = BatchRun(dispatcher, len(specs), poll_s=0.2)
+            batch.start(specs)
+            server.restart()
+            fleet.add_worker("w2", **WORKER_ENV).wait_ready()
+            outcome: list[BatchOutcome] = []
+            follower = threading.Thread(target=lambda: outcome.append(batch.wait()), daemon=True)
+            clock = Stopwatch()
+            follower.start()
+            follower.join(30)
+            statuses = [result.status for result in outcome[0].results] if outcome else []
+            print(
+                f"\nbatch after a restart without persistence: {statuses} in {clock():.1f} s, "
+                f"{dispatcher._core.fan_in.resent} job(s) sent again"
+            )
+            assert outcome, "the batch still waits on jobs Redis forgot"
+            assert statuses == ["completed"] * 3

@@ -231,6 +231,7 @@ class _Core:
 
     async def _deliver_trace(self, job_id: str, session_id: str, observer: StateObserver) -> None:
         after = START
+        missing_since: float | None = None
         while True:
             entries = await self.bus.read_trace(session_id, after, block_s=1.0)
             for entry in entries:
@@ -240,6 +241,12 @@ class _Core:
             if entries:
                 continue
             info = (await self.bus.get_info([job_id]))[0]
+            if info is None:  # Redis restarted without persistence: its worker re-creates it
+                missing_since = missing_since or time.monotonic()
+                if time.monotonic() - missing_since < self.settings.redis_outage_s:
+                    continue
+            else:
+                missing_since = None
             if info is None or info.finished:
                 for entry in await self.bus.read_trace(session_id, after):
                     if entry.data.get("job_id") == job_id:

@@ -24,6 +24,7 @@ from rho_agent.events import AgentEvent
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
 from tests.chaos.redis_server import RedisServer, redis_server
 from tests.chaos.support import PortFleet, Stopwatch, chaos_fleet, lost_lease_lines, stepping
+from tests.integration.fleet import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(60)]
 
@@ -246,3 +247,45 @@ def test_a_batch_whose_queued_jobs_redis_forgot_sends_them_again(
             )
             assert outcome, "the batch still waits on jobs Redis forgot"
             assert statuses == ["completed"] * 3
+
+
+class Collector:
+    """A StateObserver that keeps every trace record it is sent."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def on_event(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
+def test_an_observer_follows_a_job_across_a_restart_without_persistence(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """An observer finds the job's record gone after the restart: it waits for the worker to
+    re-create it and delivers what the job writes after (it stopped without a word)."""
+
+    def two_tools(body: dict[str, Any]) -> ScriptedResponse:
+        done = sum(message["role"] == "tool" for message in body["messages"])
+        if done < 2:
+            return tool_call("mark", {"path": "/dev/null", "n": done + 1}, delay=0.3 + 2.7 * done)
+        return text("done", delay=1.0)
+
+    model_server.responder = two_tools
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    env = {"RHO_AGENT_LEASE_TTL": "30", "RHO_AGENT_SWEEP_INTERVAL": "0.5"}  # renewed every 10 s
+    observer = Collector()
+    with (
+        redis_server(tmp_path / "redis") as server,
+        chaos_fleet(tmp_path, server, {"w1": env}) as fleet,
+        fleet.dispatcher() as dispatcher,
+    ):
+        job = dispatcher.submit("two tools", config, observers=[observer])
+        time.sleep(1.5)  # the first tool ran; the second call is 1.5 s away
+        server.restart()
+        assert job.result(timeout=30).status == "completed"
+        after_restart = [record["type"] for record in job.state().records]
+        wait_until(lambda: observer.records[-1]["type"] == "run_end", 5, "the observer's run_end")
+        seen = [record["type"] for record in observer.records]
+        print(f"\nobserver: {seen}; the trace after the restart: {after_restart}")
+        assert seen[-len(after_restart) :] == after_restart

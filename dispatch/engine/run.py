@@ -383,6 +383,8 @@ class JobRun:
             schema = self.spec.output_schema if done == len(prompts) - 1 else None
             results.append(await session.run(on_event=self._on_event, output_schema=schema))
             done += 1
+        elif done and session.state.status != "completed":
+            done = len(prompts)  # a prompt failed before a crash: the job ends as it did then
         for index in range(done, len(prompts)):
             if results and results[-1].status != "completed":
                 break

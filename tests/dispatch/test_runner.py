@@ -138,3 +138,25 @@ async def test_a_failed_run_resumed_after_a_crash_before_its_finish_says_why(
     assert outcome.status == "error" and "model down" in (outcome.error or "")
     assert result is not None and result.status == "error"
     assert result.error is not None and "model down" in result.error.message
+
+
+async def test_a_job_whose_first_prompt_failed_does_not_run_the_next_after_a_crash(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    def respond(body: dict[str, Any]) -> ScriptedResponse:
+        prompt = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
+        return error(400, "model down") if prompt == "first" else text("second answered")
+
+    model_server.responder = respond
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    spec = build_spec(["first", "second"], config)
+    bus = CrashBeforeFinish()
+    await bus.submit([spec], "q")
+    with contextlib.suppress(asyncio.CancelledError):
+        await JobRun(spec, bus, RunnerOptions(worker="w1")).run()
+    await bus.set_fields(spec.job_id, {"status": "queued"})  # what the sweeper does
+    outcome = await JobRun(spec, bus, RunnerOptions(worker="w2")).run()
+    [result] = await bus.get_results([spec.job_id])
+    assert outcome.status == "error", "as without the crash: a failed prompt ends the job"
+    assert result is not None and result.text != "second answered"
+    assert result.error is not None and "model down" in result.error.message

@@ -187,7 +187,8 @@ def test_live_events_ride_out_a_restart_without_persistence(
     model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
     """A live ``job.events()`` whose job waits on a slow model while Redis forgets it: the
-    reader waits for the worker to re-create the record and reads on (it raised JobNotFound)."""
+    reader waits for the worker to re-create the record and reads on (it raised JobNotFound),
+    and sees every event the job wrote after the restart."""
 
     def slow_answer(body: dict[str, Any]) -> ScriptedResponse:
         if not any(message["role"] == "tool" for message in body["messages"]):
@@ -213,7 +214,10 @@ def test_live_events_ride_out_a_restart_without_persistence(
         print(f"\nlive events() read {len(reader.events)} events, error: {reader.error!r}")
         assert result.status == "completed"
         assert reader.error is None and not reader.is_alive()
-        assert "tool_end" in [event.type for event in reader.events]
+        # What the job wrote after the restart: refused for want of its record, it was dropped.
+        assert [event.type for event in reader.events] == [event.type for event in result.events]
+        after_restart = job.state().records
+        assert [record["type"] for record in after_restart][:2] == ["model_call", "message"]
 
 
 def test_a_batch_whose_queued_jobs_redis_forgot_sends_them_again(

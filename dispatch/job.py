@@ -23,7 +23,7 @@ from dispatch.engine.bus import (
     entry_event,
     is_finished,
 )
-from dispatch.errors import JobLost, JobNotFound
+from dispatch.errors import JobNotFound
 from dispatch.info import JobInfo, JobStatus
 from rho_agent.events import AgentEvent, RunResult
 from rho_agent.state import State, StateObserver
@@ -152,8 +152,8 @@ class EventStream:
         self._ended = False
         self._skip_existing = not from_start
         self._seen = SeenEvents()
-        self._existed = False
-        """A page was read: the job existed, so a missing record later is Redis forgetting it."""
+        self._existed = core.fan_in.expects(job_id)
+        """Sent from here, or a page was read: a missing record is Redis forgetting the job."""
         self._missing_since: float | None = None
 
     def __iter__(self) -> Iterator[AgentEvent]:
@@ -165,7 +165,8 @@ class EventStream:
                 except JobNotFound:
                     if not self._existed:
                         raise
-                    time.sleep(self._missing_wait_s())
+                    core.loop.call(core.vanished(self._job_id, self._missing()))
+                    time.sleep(_PAGE_BLOCK_S)
                     continue
                 self._read(page)
             yield from self._drain()
@@ -180,27 +181,17 @@ class EventStream:
                 except JobNotFound:
                     if not self._existed:
                         raise
-                    await asyncio.sleep(self._missing_wait_s())
+                    await core.loop.acall(core.vanished(self._job_id, self._missing()))
+                    await asyncio.sleep(_PAGE_BLOCK_S)
                     continue
             for event in self._drain():
                 yield event
 
-    def _missing_wait_s(self) -> float:
-        """How long to wait before reading again a job that existed and has no record now.
-
-        A Redis restarted without persistence forgot it; the worker running it re-creates the
-        record within a third of its lease. Missing for ``RHO_AGENT_REDIS_OUTAGE_LIMIT``, it is
-        lost (JobLost), as for ``result()``.
-        """
-        now = time.monotonic()
+    def _missing(self) -> float:
+        """Since when the job that existed has had no record (the first miss of a run of them)."""
         if self._missing_since is None:
-            self._missing_since = now
-        elif now - self._missing_since >= self._core.settings.redis_outage_s:
-            raise JobLost(
-                f"job {self._job_id} is lost: its record vanished from Redis (restarted without "
-                "persistence?) and did not come back; submit it again"
-            )
-        return _PAGE_BLOCK_S
+            self._missing_since = time.monotonic()
+        return self._missing_since
 
     @property
     def _over(self) -> bool:

@@ -72,6 +72,11 @@ class FanIn:
         with self._lock:
             self._pending.update((spec.job_id, spec) for spec in specs)
 
+    def expects(self, job_id: str) -> bool:
+        """Whether this dispatcher sent the job and has not seen it finish (it holds its spec)."""
+        with self._lock:
+            return job_id in self._pending
+
     async def results(self, job_ids: list[str], deadline: float | None) -> list[RunResult]:
         """Every job's result, in order, once all have finished (JobTimeout at the deadline)."""
         known: dict[str, RunResult | None] = {}

@@ -293,3 +293,29 @@ def test_an_observer_follows_a_job_across_a_restart_without_persistence(
         seen = [record["type"] for record in observer.records]
         print(f"\nobserver: {seen}; the trace after the restart: {after_restart}")
         assert seen[-len(after_restart) :] == after_restart
+
+
+def test_live_events_of_a_queued_job_redis_forgot_go_on_once_it_is_sent_again(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """Only ``job.events()`` follows a queued job Redis forgot: the dispatcher that sent it
+    sends it again, as ``result()`` would, and the reader reads it to its end."""
+    model_server.responder = stepping(1, delay=0.1)
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    with (
+        redis_server(tmp_path / "redis") as server,
+        chaos_fleet(tmp_path, server, {"w1": WORKER_ENV}) as fleet,
+    ):
+        settings = dataclasses.replace(fleet.settings, redis_outage_s=3.0)
+        with Dispatcher(settings=settings) as dispatcher:
+            job = dispatcher.submit("queued", config, queue=fleet.queue_of("w2"))  # idle queue
+            server.restart()
+            reader = EventReader(job)
+            reader.start()
+            fleet.add_worker("w2", **WORKER_ENV).wait_ready()
+            reader.join(30)
+            types = [event.type for event in reader.events]
+            print(f"\nevents() of a forgotten queued job: {types}, error: {reader.error!r}")
+            assert reader.error is None and not reader.is_alive()
+            assert dispatcher._core.fan_in.resent == 1
+            assert types == [event.type for event in job.result(timeout=5).events]

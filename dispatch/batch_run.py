@@ -23,7 +23,7 @@ from dispatch.errors import JobSpecError
 from dispatch.info import JobInfo
 from dispatch.job import Job
 from dispatch.spec import JobSpec
-from rho_agent.events import RunResult, output_data, run_status
+from rho_agent.events import RunError, RunResult, output_data, run_status
 from rho_agent.state import round_cost
 
 if TYPE_CHECKING:
@@ -197,6 +197,9 @@ class BatchRun:
         """Collect the jobs that finished since the last poll; the live counts of the others."""
         indexes = list(self.pending)
         infos = self.dispatcher.infos([self.pending[index].id for index in indexes])
+        missing = [index for index, info in zip(indexes, infos, strict=True) if info is None]
+        if missing:
+            self._follow_vanished(missing)
         live = BatchProgress(total=self.progress.total)
         finished: dict[int, JobInfo] = {}
         for index, info in zip(indexes, infos, strict=True):
@@ -219,11 +222,26 @@ class BatchRun:
                 del self.pending[index]
         return live
 
+    def _follow_vanished(self, indexes: list[int]) -> None:
+        """Jobs whose record Redis lost (restarted without persistence) are sent again; one
+        lost for good is written as an ``error`` line (polling alone would wait forever)."""
+        lost = self.dispatcher.resend_vanished([self.pending[index] for index in indexes])
+        for index in indexes:
+            job = self.pending[index]
+            if job.id not in lost:
+                continue
+            reason = str(lost[job.id])
+            self._write(_unfinished_line(index, job, "error", reason, self.batch_id))
+            result = RunResult(text="", status="error", error=RunError("JobLost", reason))
+            self.results[index] = result
+            self._count(result)
+            del self.pending[index]
+
     def record_cancelled(self, reason: str = INTERRUPTED_REASON) -> None:
         """Write a ``cancelled`` line for every entry that did not finish (embedded Ctrl+C: the
         jobs die with this process, so the results file is their only record)."""
         for index, job in sorted(self.pending.items()):
-            self._write(_cancelled_line(index, job, reason, self.batch_id))
+            self._write(_unfinished_line(index, job, "cancelled", reason, self.batch_id))
         self.pending.clear()
 
     def outcome(self) -> BatchOutcome:
@@ -308,13 +326,15 @@ def line_result(line: Mapping[str, Any]) -> RunResult:
     )
 
 
-def _cancelled_line(index: int, job: Job, reason: str, batch_id: str) -> dict[str, Any]:
+def _unfinished_line(
+    index: int, job: Job, status: str, reason: str, batch_id: str
+) -> dict[str, Any]:
     return {
         "index": index,
         "batch": batch_id,
         "job_id": job.id,
         "session_id": job.session_id,
-        "status": "cancelled",
+        "status": status,
         "text": "",
         "usage": {},
         "error": reason,

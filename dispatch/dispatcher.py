@@ -18,7 +18,7 @@ from typing import Any, Self
 from dispatch._client.core import _Core
 from dispatch._client.twins import blocking, threaded
 from dispatch.batch_run import new_batch_id
-from dispatch.errors import BatchNotFound
+from dispatch.errors import BatchNotFound, JobLost
 from dispatch.info import JobInfo
 from dispatch.job import Job
 from dispatch.reduce import Reduction, plan_reduce
@@ -185,6 +185,13 @@ class Dispatcher:
             None if info is None else Job(job_id, info.session_id, self._core)
             for job_id, info in zip(job_ids, infos, strict=True)
         ]
+
+    def resend_vanished(self, jobs: Sequence[Job]) -> dict[str, JobLost]:
+        """For followers that poll ``infos`` instead of waiting (batch runs): of ``jobs`` this
+        dispatcher sent, send again those whose record Redis lost (restarted without
+        persistence) for ``RHO_AGENT_REDIS_OUTAGE_LIMIT``, as ``gather`` does. Returns the
+        jobs given up on (after three re-sends), each with its JobLost."""
+        return self._core.loop.call(self._core.fan_in.audit([job.id for job in jobs]))
 
     # -- batches ------------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ so an event wakes one thread, not two.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -151,12 +153,23 @@ class EventStream:
         self._ended = False
         self._skip_existing = not from_start
         self._seen = SeenEvents()
+        self._existed = core.fan_in.expects(job_id)
+        """Sent from here, or a page was read: a missing record is Redis forgetting the job."""
+        self._missing_since: float | None = None
 
     def __iter__(self) -> Iterator[AgentEvent]:
         core = self._core
         while self._pending or not self._over:
             if not self._pending:
-                self._read(core.read_events_blocking(self._job_id, self._after, self._block_s))
+                try:
+                    page = core.read_events_blocking(self._job_id, self._after, self._block_s)
+                except JobNotFound:
+                    if not self._existed:
+                        raise
+                    core.loop.call(core.vanished(self._job_id, self._missing()))
+                    time.sleep(_PAGE_BLOCK_S)
+                    continue
+                self._read(page)
             yield from self._drain()
 
     async def __aiter__(self) -> AsyncIterator[AgentEvent]:
@@ -164,9 +177,22 @@ class EventStream:
         while self._pending or not self._over:
             if not self._pending:
                 page = core.read_events(self._job_id, self._after, self._block_s)
-                self._read(await core.loop.acall(page))
+                try:
+                    self._read(await core.loop.acall(page))
+                except JobNotFound:
+                    if not self._existed:
+                        raise
+                    await core.loop.acall(core.vanished(self._job_id, self._missing()))
+                    await asyncio.sleep(_PAGE_BLOCK_S)
+                    continue
             for event in self._drain():
                 yield event
+
+    def _missing(self) -> float:
+        """Since when the job that existed has had no record (the first miss of a run of them)."""
+        if self._missing_since is None:
+            self._missing_since = time.monotonic()
+        return self._missing_since
 
     @property
     def _over(self) -> bool:
@@ -178,6 +204,7 @@ class EventStream:
         return 0.0 if self._skip_existing else _PAGE_BLOCK_S
 
     def _read(self, page: tuple[list[StreamEntry], bool]) -> None:
+        self._existed, self._missing_since = True, None
         (self._skip if self._skip_existing else self._take)(page)
 
     def _drain(self) -> Iterator[AgentEvent]:

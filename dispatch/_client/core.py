@@ -28,7 +28,7 @@ from dispatch.engine.approval import (
 from dispatch.engine.bus import START, CancelOutcome, DispatchBus, StreamEntry
 from dispatch.engine.fan_out import cancel_children
 from dispatch.engine.loop import LoopThread
-from dispatch.errors import ApprovalRefused, JobNotFound
+from dispatch.errors import ApprovalRefused, JobLost, JobNotFound
 from dispatch.info import JobInfo
 from dispatch.settings import FleetSettings
 from dispatch.spec import JobSpec
@@ -163,6 +163,20 @@ class _Core:
             return entries, False
         return entries, self.loop.call(self.require_info(job_id)).finished
 
+    async def vanished(self, job_id: str, since: float) -> None:
+        """A job that existed has no record (Redis restarted without persistence). One this
+        dispatcher sent is sent again from its copy, as for ``result()``; another's worker
+        re-creates it, else it is lost (JobLost) once missing for RHO_AGENT_REDIS_OUTAGE_LIMIT."""
+        lost = await self.fan_in.audit([job_id])
+        if job_id in lost:
+            raise lost[job_id]
+        if self.fan_in.expects(job_id) or time.monotonic() - since < self.settings.redis_outage_s:
+            return
+        raise JobLost(
+            f"job {job_id} is lost: its record vanished from Redis (restarted without "
+            "persistence?) and did not come back; submit it again"
+        )
+
     async def state(self, session_id: str) -> State:
         entries = await self.bus.read_trace(session_id)
         return State.from_records([entry.data["record"] for entry in entries])
@@ -256,6 +270,7 @@ class _Core:
 
     async def _deliver_trace(self, job_id: str, session_id: str, observer: StateObserver) -> None:
         after = START
+        missing_since: float | None = None
         while True:
             entries = await self.bus.read_trace(session_id, after, block_s=1.0)
             for entry in entries:
@@ -265,6 +280,12 @@ class _Core:
             if entries:
                 continue
             info = (await self.bus.get_info([job_id]))[0]
+            if info is None:  # Redis restarted without persistence: its worker re-creates it
+                missing_since = missing_since or time.monotonic()
+                if time.monotonic() - missing_since < self.settings.redis_outage_s:
+                    continue
+            else:
+                missing_since = None
             if info is None or info.finished:
                 for entry in await self.bus.read_trace(session_id, after):
                     if entry.data.get("job_id") == job_id:

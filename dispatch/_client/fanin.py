@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from dispatch.engine.bus import START, DispatchBus, StreamEntry, is_finished
 from dispatch.engine.loop import still_running
-from dispatch.errors import JobLost, JobNotFound, JobTimeout
+from dispatch.errors import FleetUnavailable, JobLost, JobNotFound, JobTimeout
 from dispatch.info import AWAITING_APPROVAL
 from dispatch.spec import JobSpec
 from rho_agent.events import RunResult
@@ -74,6 +74,11 @@ class FanIn:
         """Jobs this dispatcher is about to send (call before sending them)."""
         with self._lock:
             self._pending.update((spec.job_id, spec) for spec in specs)
+
+    def expects(self, job_id: str) -> bool:
+        """Whether this dispatcher sent the job and has not seen it finish (it holds its spec)."""
+        with self._lock:
+            return job_id in self._pending
 
     async def results(self, job_ids: list[str], deadline: float | None) -> list[RunResult]:
         """Every job's result, in order, once all have finished (JobTimeout at the deadline)."""
@@ -194,8 +199,11 @@ class FanIn:
             try:
                 entries = await self._bus().read_done(self._id, self._after, 1.0)
                 if time.monotonic() >= next_audit:
-                    await self._audit()
+                    await self.audit(list(self._waiters))
                     next_audit = time.monotonic() + self._audit_every_s
+            except FleetUnavailable as exc:  # Redis gone past the outage limit: so are the waits
+                self._fail_all(exc)
+                return
             except Exception as exc:
                 logger.warning("reading finished jobs failed (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
@@ -204,11 +212,13 @@ class FanIn:
                 self._after = entry.id
                 self._deliver(entry)
 
-    async def _audit(self) -> None:
-        """Send again (or give up on) awaited jobs whose record stayed missing too long."""
-        job_ids = [job_id for job_id in self._waiters if job_id in self._pending]
+    async def audit(self, job_ids: list[str]) -> dict[str, JobLost]:
+        """Send again (or give up on) jobs of this dispatcher whose record stayed missing too
+        long: those waited for, or those a batch run polls. Returns the ones given up on."""
+        job_ids = [job_id for job_id in job_ids if job_id in self._pending]
+        lost: dict[str, JobLost] = {}
         if not job_ids:
-            return
+            return lost
         now = time.monotonic()
         infos = await self._bus().get_info(job_ids)
         resend: list[JobSpec] = []
@@ -224,7 +234,7 @@ class FanIn:
             del self._missing_since[job_id]
             self._resends[job_id] = count = self._resends.get(job_id, 0) + 1
             if count > _MAX_RESENDS:
-                self._fail(job_id, f"its record vanished from Redis {count} times")
+                lost[job_id] = self._fail(job_id, f"its record vanished from Redis {count} times")
             else:
                 resend.append(self._pending[job_id])
         if resend:
@@ -236,12 +246,20 @@ class FanIn:
             )
             await self._resend(resend)
             self.resent += len(resend)
+        return lost
 
-    def _fail(self, job_id: str, why: str) -> None:
+    def _fail(self, job_id: str, why: str) -> JobLost:
         error = JobLost(f"job {job_id} is lost: {why}; submit it again")
         for future in self._waiters.get(job_id, []):
             if not future.done():
                 future.set_exception(error)
+        return error
+
+    def _fail_all(self, error: Exception) -> None:
+        for waiters in list(self._waiters.values()):
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(error)
 
     def _deliver(self, entry: StreamEntry) -> None:
         job_id = str(entry.data.get("job_id"))

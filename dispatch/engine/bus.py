@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from dispatch.info import Decision, JobInfo, PendingCall
 from dispatch.spec import JobSpec
-from rho_agent.events import AgentEvent, RunResult, output_data
+from rho_agent.events import AgentEvent, RunError, RunResult, output_data
 
 if TYPE_CHECKING:
     from dispatch.engine.approval import DecideOutcome
@@ -323,7 +323,9 @@ def cancelled_before_start() -> RunResult:
 def rejected(error: str) -> RunResult:
     """The result of a job a worker refused before running it (a malformed payload)."""
     event = AgentEvent(type="error", content=error)
-    return RunResult(text="", events=[event], status="error", usage={})
+    return RunResult(
+        text="", events=[event], status="error", usage={}, error=RunError("JobSpecError", error)
+    )
 
 
 _FAILURE_EVENTS = ("error", "max_turns", "cancelled", "interruption", "budget_exceeded")

@@ -16,7 +16,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -383,6 +383,8 @@ class JobRun:
             schema = self.spec.output_schema if done == len(prompts) - 1 else None
             results.append(await session.run(on_event=self._on_event, output_schema=schema))
             done += 1
+        elif done and session.state.status != "completed":
+            done = len(prompts)  # a prompt failed before a crash: the job ends as it did then
         for index in range(done, len(prompts)):
             if results and results[-1].status != "completed":
                 break
@@ -439,13 +441,18 @@ class JobRun:
     ) -> RunResult:
         if not results:  # every prompt had run before a restart: the trace has the last result
             last_end = next((r for r in reversed(state.records) if r["type"] == "run_end"), {})
-            return RunResult(
+            ended = RunResult(
                 text=str(last_end.get("text") or ""),
                 events=prior,
                 status=run_status(last_end.get("status") or state.status),
                 usage=self._job_usage(state),
                 output=last_end.get("output"),
             )
+            if ended.status in ("error", "max_turns", "invalid_output", "budget_exceeded"):
+                # Its RunError died with the worker; the earlier attempt's events say why.
+                reason = failure_reason(ended) or ended.status
+                ended = replace(ended, error=RunError(ended.status, reason))
+            return ended
         events = prior + [event for result in results for event in result.events]
         last = results[-1]
         return RunResult(

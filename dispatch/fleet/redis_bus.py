@@ -101,7 +101,10 @@ class RedisBus:
         self._retention = settings.retention_s
         self._maxlen = settings.events_maxlen
         self._writer = BatchWriter(
-            client, retention_s=settings.retention_s, on_refused=self._writes_refused
+            client,
+            retention_s=settings.retention_s,
+            on_refused=self._writes_refused,
+            before_resend=self._restore_writers,
         )
         self._refused_callbacks: list[Refused] = []
         self._checking: set[asyncio.Task[None]] = set()
@@ -350,6 +353,14 @@ class RedisBus:
         await self._writer.flush()
         if self._checking:
             await asyncio.gather(*self._checking, return_exceptions=True)
+
+    async def _restore_writers(self, fences: list[Fence]) -> None:
+        """Before the writer resends after a reconnect: re-create the records Redis lost of the
+        jobs whose writes it holds, so a restart without persistence drops none of them."""
+        for fence in fences:
+            await self.records.restore(
+                fence.job_key.removeprefix(self.keys.job_prefix()), fence.attempt
+            )
 
     async def restore_missing(self, running: set[str]) -> list[str]:
         """Re-create the records Redis lost of the jobs this worker runs (``running``)."""

@@ -29,7 +29,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,9 +101,13 @@ class BatchWriter:
         *,
         retention_s: int,
         on_refused: Callable[[Fence], None] = lambda fence: None,
+        before_resend: Callable[[list[Fence]], Awaitable[None]] | None = None,
     ) -> None:
         self._pool = client.connection_pool
         self._on_refused = on_refused
+        self._before_resend = before_resend
+        self._reconnecting = False
+        """A connection failed: the next one runs ``before_resend`` before sending anything."""
         self._retention_s = retention_s
         self._expired_at: dict[str, float] = {}
         self._queue: list[_Write] = []
@@ -193,6 +197,12 @@ class BatchWriter:
         while True:
             try:
                 connection = await self._connect()
+                if self._reconnecting and self._before_resend is not None:
+                    # Redis may have restarted without its data: the fenced writes about to be
+                    # resent would be refused, and dropped, for want of their jobs' records.
+                    fences = {write.fence for write in self._queue if write.fence is not None}
+                    await self._before_resend(list(fences))
+                self._reconnecting = False
                 receiver = asyncio.create_task(self._receive(connection), name="rho-writer-acks")
                 receiver.add_done_callback(lambda _: self._lost())
                 self._script_loaded = False
@@ -206,6 +216,7 @@ class BatchWriter:
                         await receiver
             except Exception as exc:
                 self._requeue_unconfirmed()
+                self._reconnecting = True
                 await self._disconnect()  # unread replies must not be taken for the resent ones
                 delay = self._retry_delay
                 if isinstance(exc, _RETRYABLE):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from dispatch import Dispatcher, JobSpecError
+from dispatch import Dispatcher, Job, JobInfo, JobSpecError
 from dispatch.batch import BatchProgress, load_batch, run_batch
 from rho_agent import AgentConfig
 from rho_agent.testing import ScriptedModelServer, behaviour
@@ -100,3 +101,30 @@ def test_run_batch_reports_progress_and_writes_results(
     assert sorted(line["index"] for line in lines) == list(range(7))
     failed = next(line for line in lines if line["index"] == 6)
     assert failed["status"] == "error" and "missing-session" in failed["error"]
+
+
+@pytest.mark.timeout(10)
+def test_a_batch_job_lost_for_good_is_written_as_an_error(tmp_path: Path) -> None:
+    """A job whose record Redis lost, and that the fan-in gave up on, ends the batch's wait on
+    it with an error line (polling its missing record would wait forever)."""
+    from dispatch.batch_run import BatchRun
+    from dispatch.errors import JobLost
+
+    class Forgetful(Dispatcher):
+        def infos(self, job_ids: Sequence[str]) -> list[JobInfo | None]:
+            return [None for _ in job_ids]
+
+        def resend_vanished(self, jobs: Sequence[Job]) -> dict[str, JobLost]:
+            return {job.id: JobLost(f"job {job.id} is lost: gone; submit it again") for job in jobs}
+
+    output = io.StringIO()
+    with Forgetful() as dispatcher:
+        batch = BatchRun(dispatcher, 1, output=output, poll_s=0.01)
+        job = Job("j-1", "s-1", dispatcher._core)
+        batch.pending[0] = batch.jobs[0] = job
+        outcome = batch.wait()
+    [line] = [json.loads(text) for text in output.getvalue().splitlines()]
+    assert (line["status"], line["error"]) == ("error", "job j-1 is lost: gone; submit it again")
+    [result] = outcome.results
+    assert result.error is not None and result.error.type == "JobLost"
+    assert outcome.progress.failed == 1

@@ -171,6 +171,15 @@ async def test_reject_fails_a_queued_job_with_its_reason(bus: JobBus) -> None:
     assert not await bus.reject(job.job_id, "again")
 
 
+async def test_a_rejected_jobs_result_says_why(bus: JobBus) -> None:
+    job = spec()
+    await bus.submit([job], "q")
+    assert await bus.reject(job.job_id, "bad payload: prompts")
+    [result] = await bus.get_results([job.job_id])
+    assert result is not None and result.status == "error"
+    assert result.error is not None and result.error.message == "bad payload: prompts"
+
+
 async def test_a_blocked_reader_wakes_on_a_new_event(bus: JobBus) -> None:
     job = spec()
     await bus.submit([job], "q")

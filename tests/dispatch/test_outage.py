@@ -135,6 +135,30 @@ async def test_a_job_redis_forgot_that_this_dispatcher_did_not_send_is_lost() ->
         await fan_in.results(["j-other"], time.monotonic() + 10)
 
 
+class GoneBus(ForgetfulBus):
+    """A DispatchBus whose Redis stayed away past the outage limit."""
+
+    async def read_done(self, dispatcher_id: str, after: str, block_s: float) -> list[StreamEntry]:
+        await asyncio.sleep(0.05)
+        raise RedisOutage("cannot reach the job bus's Redis for more than 0.3 s while reading")
+
+
+async def test_a_wait_without_a_timeout_ends_when_redis_stays_away_past_the_limit() -> None:
+    async def no_events(job_id: str, after: str, block_s: float) -> tuple[list[StreamEntry], bool]:
+        raise AssertionError("not used")
+
+    async def resend(specs: list[JobSpec]) -> None:
+        raise AssertionError("not used")
+
+    fan_in = FanIn(
+        lambda: cast(DispatchBus, GoneBus()), "d3", no_events, resend, missing_limit_s=0.3
+    )
+    spec = build_spec("hello", AgentConfig(), reply_to="d3")
+    fan_in.expect([spec])
+    with pytest.raises(RedisOutage, match="while reading"):
+        await asyncio.wait_for(fan_in.results([spec.job_id], None), 5)  # it waited forever
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     "use",

@@ -16,7 +16,7 @@ from dispatch.engine.run import JobRun, RunnerOptions
 from dispatch.spec import build_spec
 from rho_agent import AgentConfig
 from rho_agent.permissions.profile import BUILTIN_PROFILES
-from rho_agent.testing import ScriptedModelServer, ScriptedResponse, text, tool_call
+from rho_agent.testing import ScriptedModelServer, ScriptedResponse, error, text, tool_call
 from tests.integration.fleet import agent_with_mark_tool
 
 
@@ -111,3 +111,52 @@ async def test_a_job_that_is_not_queued_is_skipped(status: str) -> None:
     await bus.set_fields(spec.job_id, {"status": status})
     outcome = await JobRun(spec, bus, RunnerOptions()).run()
     assert outcome.status == "skipped" and status in (outcome.error or "")
+
+
+class CrashBeforeFinish(MemoryBus):
+    """A MemoryBus whose first finish never happens: the worker died after the run ended."""
+
+    async def finish(self, spec: Any, attempt: int, result: Any, error: str | None) -> bool:
+        if attempt == 1:
+            raise asyncio.CancelledError  # killed between the run's end and its finish
+        return await super().finish(spec, attempt, result, error)
+
+
+async def test_a_failed_run_resumed_after_a_crash_before_its_finish_says_why(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = lambda body: error(400, "model down")
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    spec = build_spec("hello", config)
+    bus = CrashBeforeFinish()
+    await bus.submit([spec], "q")
+    with contextlib.suppress(asyncio.CancelledError):
+        await JobRun(spec, bus, RunnerOptions(worker="w1")).run()
+    await bus.set_fields(spec.job_id, {"status": "queued"})  # what the sweeper does
+    outcome = await JobRun(spec, bus, RunnerOptions(worker="w2")).run()
+    [result] = await bus.get_results([spec.job_id])
+    assert outcome.status == "error" and "model down" in (outcome.error or "")
+    assert result is not None and result.status == "error"
+    assert result.error is not None and "model down" in result.error.message
+
+
+async def test_a_job_whose_first_prompt_failed_does_not_run_the_next_after_a_crash(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    def respond(body: dict[str, Any]) -> ScriptedResponse:
+        prompt = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
+        return error(400, "model down") if prompt == "first" else text("second answered")
+
+    model_server.responder = respond
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    spec = build_spec(["first", "second"], config)
+    bus = CrashBeforeFinish()
+    await bus.submit([spec], "q")
+    with contextlib.suppress(asyncio.CancelledError):
+        await JobRun(spec, bus, RunnerOptions(worker="w1")).run()
+    await bus.set_fields(spec.job_id, {"status": "queued"})  # what the sweeper does
+    outcome = await JobRun(spec, bus, RunnerOptions(worker="w2")).run()
+    [result] = await bus.get_results([spec.job_id])
+    assert outcome.status == "error", "as without the crash: a failed prompt ends the job"
+    assert result is not None and result.text != "second answered"
+    assert result.error is not None and "model down" in result.error.message

@@ -13,9 +13,10 @@ What each layer stops:
 - Landlock (scopes, ABI 6+): signals to, and abstract unix sockets of, processes outside.
 - seccomp: with network ``none``, ``socket()`` of every family (so UDP, raw, netlink and
   pathname unix sockets such as a Redis or docker socket file); with ``inet``, of every family
-  but IPv4 and IPv6; with ``--no-metadata``, chmod, chown, utime and xattr calls, which Landlock
-  does not control; always ``io_uring_setup`` (it could open sockets past the filter) and system
-  calls of another architecture.
+  but IPv4 and IPv6; with ``--no-metadata``, chmod, chown, utime and xattr calls and the
+  ``ioctl`` requests that set inode flags (``chattr``), which Landlock does not control;
+  always ``io_uring_setup`` (it could open sockets past the filter) and system calls of another
+  architecture.
 - capabilities: all but reading and writing past file modes (DAC_OVERRIDE, DAC_READ_SEARCH,
   FOWNER) are dropped, so root in a tool process cannot reboot, load modules, change the
   network or mount.
@@ -61,13 +62,22 @@ class _Arch:
     """System call numbers seccomp needs, per architecture."""
 
     def __init__(
-        self, audit: int, capset: int, socket: int, metadata: tuple[int, ...], x32: bool
+        self,
+        audit: int,
+        capset: int,
+        socket: int,
+        ioctl: int,
+        metadata: tuple[int, ...],
+        x32: bool,
     ) -> None:
         self.audit, self.capget, self.capset, self.socket = audit, capset - 1, capset, socket
-        self.metadata, self.x32 = metadata, x32
+        self.ioctl, self.metadata, self.x32 = ioctl, metadata, x32
 
 
 _IO_URING_SETUP = 425
+_METADATA_IOCTLS = (0x40086602, 0x40046602, 0x40087602, 0x40047602, 0x401C5820, 0x40806685)
+"""FS_IOC_SETFLAGS and SETVERSION (64- and 32-bit), FSSETXATTR, ENABLE_VERITY: ``chattr`` and
+kin change a file through a read-only descriptor, which Landlock only checks on devices."""
 _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 NETWORKS = ("none", "inet", "all")
 _ARCHES = {
@@ -75,12 +85,13 @@ _ARCHES = {
         0xC000003E,
         capset=126,
         socket=41,
+        ioctl=16,
         # chmod fchmod chown fchown lchown utime utimes futimesat fchownat fchmodat utimensat
         # setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr fchmodat2
-        # setxattrat removexattrat
+        # setxattrat removexattrat file_setattr
         metadata=(
             *(90, 91, 92, 93, 94, 132, 235, 261, 260, 268, 280),
-            *(188, 189, 190, 197, 198, 199, 452, 463, 466),
+            *(188, 189, 190, 197, 198, 199, 452, 463, 466, 469),
         ),
         x32=True,
     ),
@@ -88,9 +99,10 @@ _ARCHES = {
         0xC00000B7,
         capset=91,
         socket=198,
+        ioctl=29,
         # fchmod fchmodat fchownat fchown utimensat setxattr lsetxattr fsetxattr removexattr
-        # lremovexattr fremovexattr fchmodat2 setxattrat removexattrat
-        metadata=(52, 53, 54, 55, 88, 5, 6, 7, 14, 15, 16, 452, 463, 466),
+        # lremovexattr fremovexattr fchmodat2 setxattrat removexattrat file_setattr
+        metadata=(52, 53, 54, 55, 88, 5, 6, 7, 14, 15, 16, 452, 463, 466, 469),
         x32=False,
     ),
 }
@@ -216,27 +228,37 @@ def drop_capabilities() -> None:
     _check(libc.syscall(_ARCHES[os.uname().machine].capset, header, wanted), "capset")
 
 
-def _filter(arch: _Arch, blocked: list[int], *, inet_only: bool) -> bytes:
-    """A classic BPF program: kill other architectures, EPERM for ``blocked``, and with
-    ``inet_only`` for ``socket()`` of a family other than IPv4/IPv6; allow the rest."""
+def _filter(
+    arch: _Arch, blocked: list[int], *, inet_only: bool, ioctls: tuple[int, ...] = ()
+) -> bytes:
+    """A classic BPF program: kill other architectures, EPERM for ``blocked``, with
+    ``inet_only`` for ``socket()`` of a family other than IPv4/IPv6, and for ``ioctl()`` with a
+    request in ``ioctls``; allow the rest."""
     ld_arch = (0x20, 0, 0, 4)  # BPF_LD|BPF_W|BPF_ABS, seccomp_data.arch
     ld_nr = (0x20, 0, 0, 0)  # seccomp_data.nr
     ld_arg0 = (0x20, 0, 0, 16)  # the low 32 bits of seccomp_data.args[0] (little-endian)
+    ld_arg1 = (0x20, 0, 0, 24)  # the low 32 bits of args[1] (the kernel's 32-bit request)
     allow, errno, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # RET_ALLOW, ERRNO(EPERM), KILL
     checks: list[tuple[int, int]] = [(0x35, 0x40000000)] if arch.x32 else []  # JGE: x32 calls
     checks += [(0x15, number) for number in blocked]  # BPF_JMP|BPF_JEQ|BPF_K
     program = [ld_arch, (0x15, 1, 0, arch.audit), (0x06, 0, 0, kill), ld_nr]
-    extra = 1 if inet_only else 0
+    extra = int(inet_only) + int(bool(ioctls))
     for index, (op, value) in enumerate(checks):
         # true: jump over the remaining checks and the allow return, to the errno return
         program.append((op, len(checks) - index + extra, 0, value))
-    if inet_only:
-        program.append((0x15, 2, 0, arch.socket))  # socket(): to the family check below
+    if inet_only:  # socket(): over the ioctl jump and both returns, to the family check below
+        program.append((0x15, 2 + int(bool(ioctls)), 0, arch.socket))
+    if ioctls:  # ioctl(): over both returns and the family check, to the request check
+        program.append((0x15, 2 + (5 if inet_only else 0), 0, arch.ioctl))
     program += [(0x06, 0, 0, allow), (0x06, 0, 0, errno)]
     if inet_only:
         ipv4, ipv6 = _INET_FAMILIES
         program += [ld_arg0, (0x15, 2, 0, ipv4), (0x15, 1, 0, ipv6), (0x06, 0, 0, errno)]
         program.append((0x06, 0, 0, allow))
+    if ioctls:
+        program.append(ld_arg1)
+        program += [(0x15, len(ioctls) - i, 0, request) for i, request in enumerate(ioctls)]
+        program += [(0x06, 0, 0, allow), (0x06, 0, 0, errno)]
     return b"".join(
         code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
         for code, jt, jf, k in program
@@ -249,7 +271,8 @@ def apply_seccomp(*, network: str, no_metadata: bool) -> None:
     blocked = [_IO_URING_SETUP]
     blocked += [arch.socket] if network == "none" else []
     blocked += list(arch.metadata) if no_metadata else []
-    code = _filter(arch, blocked, inet_only=network == "inet")
+    ioctls = _METADATA_IOCTLS if no_metadata else ()
+    code = _filter(arch, blocked, inet_only=network == "inet", ioctls=ioctls)
     buffer = ctypes.create_string_buffer(code, len(code))
 
     class _Program(ctypes.Structure):

@@ -53,6 +53,7 @@ _PR_SET_SECCOMP = 22
 _PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
+_PR_SET_CHILD_SUBREAPER = 36
 _SECCOMP_MODE_FILTER = 2
 _KEPT_CAPABILITIES = (1, 2, 3)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
 _CAPABILITY_VERSION_3 = 0x20080522
@@ -285,6 +286,12 @@ def apply_seccomp(*, network: str, no_metadata: bool) -> None:
         libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0),
         "seccomp",
     )
+
+
+def become_subreaper() -> None:
+    """Adopt the orphans of this process's descendants: a process a command detached
+    (``setsid cmd &``) escapes its process group, and must still be this process's to kill."""
+    _check(_libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
 
 
 def confine(writable: list[str], *, network: str, no_metadata: bool) -> None:

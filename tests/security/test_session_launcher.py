@@ -317,3 +317,13 @@ async def test_close_kills_a_confined_background_process(tmp_path: Path) -> None
     assert result.exit_code == 0 and _alive(pid)
     await local.close()
     assert await asyncio.to_thread(_dead_within, pid, 3.0)
+
+
+async def test_close_kills_a_process_a_command_detached_from_its_group(tmp_path: Path) -> None:
+    local = LocalBackend(str(tmp_path), launchers=LauncherPool())
+    detach = "setsid sh -c 'sleep 60 & echo $!; wait' > $TMPDIR/pid & sleep 0.3; cat $TMPDIR/pid"
+    result = await local.run_command(detach, timeout=10, profile=DEVELOPER)
+    pid = int(result.output)
+    assert result.exit_code == 0 and _alive(pid)
+    await local.close()
+    assert await asyncio.to_thread(_dead_within, pid, 3.0)

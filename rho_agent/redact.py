@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 REDACTED: Final = "[redacted]"
 
@@ -183,8 +183,8 @@ def known_secrets(env: Mapping[str, str]) -> list[str]:
         if any(word in name.upper() for word in _SECRET_ENV_WORDS):
             found.append(value.strip())
         password = url_password(value)
-        if password:
-            found.append(password)
+        if password:  # as written, and as clients decode it (``p%40ss`` is used as ``p@ss``)
+            found += {password, unquote(password)}
     return found
 
 

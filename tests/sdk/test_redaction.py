@@ -83,6 +83,12 @@ def test_known_secrets_come_from_secret_names_and_url_passwords() -> None:
     assert found == {"sk-live-0123456789", "dtn_key_value_1", "brokerpass", "aws/secret+value"}
 
 
+def test_a_percent_encoded_url_password_is_known_decoded_too() -> None:
+    redactor = Redactor(known_secrets({"RHO_AGENT_REDIS_URL": "redis://:p%40ss%2Fw0rd99@h:6379"}))
+    assert redactor.text("AUTH p@ss/w0rd99 failed") == f"AUTH {REDACTED} failed"
+    assert redactor.text("url p%40ss%2Fw0rd99") == f"url {REDACTED}"
+
+
 class EnvTool(ToolHandler):
     """A careless custom tool: it answers with a variable of the agent's own process.
 

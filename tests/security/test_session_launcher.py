@@ -19,7 +19,7 @@ import pytest
 
 from rho_agent.backends.local import LocalBackend
 from rho_agent.errors import BackendError
-from rho_agent.permissions import load_profile
+from rho_agent.permissions import PermissionProfile, load_profile
 from rho_agent.sandbox import LauncherPool, probe
 
 pytestmark = pytest.mark.skipif(
@@ -96,6 +96,33 @@ async def test_a_command_cannot_signal_another_commands_processes(backend: Local
     second = await backend.run_command(f"kill -9 {pid}; echo $?", timeout=10, profile=READONLY)
     assert "Operation not permitted" in second.output
     assert _alive(pid)
+
+
+@pytest.mark.parametrize("profile", [READONLY, DEVELOPER], ids=["readonly", "developer"])
+async def test_a_command_cannot_change_the_limits_of_a_process_outside(
+    tmp_path: Path, profile: PermissionProfile
+) -> None:
+    local = LocalBackend(str(tmp_path), launchers=LauncherPool())
+    # stands for the worker: same user, outside the sandbox
+    worker = await asyncio.create_subprocess_exec("sleep", "60")
+    before = _limits(worker.pid)
+    try:
+        result = await local.run_command(
+            f"prlimit --pid {worker.pid} --nofile=7:7 --cpu=1:1; echo rc=$?; "
+            "ulimit -n 64; echo own=$?; ulimit -n",  # its own limits: allowed
+            timeout=10,
+            profile=profile,
+        )
+        assert _limits(worker.pid) == before, result.output
+        assert "rc=1" in result.output and "own=0\n64" in result.output
+    finally:
+        worker.kill()
+        await worker.wait()
+        await local.close()
+
+
+def _limits(pid: int) -> str:
+    return Path(f"/proc/{pid}/limits").read_text()
 
 
 async def test_a_command_cannot_signal_or_read_the_launcher(backend: LocalBackend) -> None:

@@ -14,7 +14,8 @@ What each layer stops:
 - seccomp: with network ``none``, ``socket()`` of every family (so UDP, raw, netlink and
   pathname unix sockets such as a Redis or docker socket file); with ``inet``, of every family
   but IPv4 and IPv6; with ``--no-metadata``, chmod, chown, utime and xattr calls and the
-  ``ioctl`` requests that set inode flags (``chattr``), which Landlock does not control;
+  ``ioctl`` requests that set inode flags (``chattr``), which Landlock does not control, and
+  SysV IPC and keyring calls (state shared with other processes outside any file);
   always ``io_uring_setup`` (it could open sockets past the filter), ``prlimit`` of another
   process (the worker's limits) and system calls of another architecture.
 - capabilities: all but reading and writing past file modes (DAC_OVERRIDE, DAC_READ_SEARCH,
@@ -70,10 +71,12 @@ class _Arch:
         ioctl: int,
         prlimit: int,
         metadata: tuple[int, ...],
+        shared_state: tuple[int, ...],
         x32: bool,
     ) -> None:
         self.audit, self.capget, self.capset, self.socket = audit, capset - 1, capset, socket
         self.ioctl, self.prlimit, self.metadata, self.x32 = ioctl, prlimit, metadata, x32
+        self.shared_state = shared_state
 
 
 _IO_URING_SETUP = 425
@@ -96,6 +99,9 @@ _ARCHES = {
             *(90, 91, 92, 93, 94, 132, 235, 261, 260, 268, 280),
             *(188, 189, 190, 197, 198, 199, 452, 463, 466, 469),
         ),
+        # shmget shmat shmctl semget semop semctl shmdt msgget msgsnd msgrcv msgctl semtimedop
+        # add_key request_key keyctl
+        shared_state=(29, 30, 31, 64, 65, 66, 67, 68, 69, 70, 71, 220, 248, 249, 250),
         x32=True,
     ),
     "aarch64": _Arch(
@@ -107,6 +113,9 @@ _ARCHES = {
         # fchmod fchmodat fchownat fchown utimensat setxattr lsetxattr fsetxattr removexattr
         # lremovexattr fremovexattr fchmodat2 setxattrat removexattrat file_setattr
         metadata=(52, 53, 54, 55, 88, 5, 6, 7, 14, 15, 16, 452, 463, 466, 469),
+        # msgget msgctl msgrcv msgsnd semget semctl semtimedop semop shmget shmctl shmat shmdt
+        # add_key request_key keyctl
+        shared_state=(*range(186, 198), 217, 218, 219),
         x32=False,
     ),
 }
@@ -285,7 +294,7 @@ def apply_seccomp(*, network: str, no_metadata: bool) -> None:
     arch = _ARCHES[os.uname().machine]
     blocked = [_IO_URING_SETUP]
     blocked += [arch.socket] if network == "none" else []
-    blocked += list(arch.metadata) if no_metadata else []
+    blocked += [*arch.metadata, *arch.shared_state] if no_metadata else []
     # prlimit() of another process: Landlock does not scope it, and it could starve the worker
     branches = [(arch.prlimit, _refuse_unless(0, (0,)))]
     if network == "inet":

@@ -5,6 +5,7 @@ shared only by sessions with the same policy and working directory, dying with t
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
@@ -123,6 +124,27 @@ async def test_a_command_cannot_change_the_limits_of_a_process_outside(
 
 def _limits(pid: int) -> str:
     return Path(f"/proc/{pid}/limits").read_text()
+
+
+async def test_readonly_leaves_no_sysv_ipc_object_or_kernel_key(backend: LocalBackend) -> None:
+    add_key_nr, keyctl_nr = {"x86_64": (248, 250), "aarch64": (217, 219)}[os.uname().machine]
+    add_key = (
+        'python3 -c "import ctypes; libc = ctypes.CDLL(None); '
+        f"print('key', libc.syscall({add_key_nr}, b'user', b'rho-test', b'x', 1, -4))\""
+    )
+    result = await backend.run_command(
+        f"ipcmk -Q; echo ipc=$?; {add_key}", timeout=10, profile=READONLY
+    )
+    made = dict(line.rsplit(maxsplit=1) for line in result.output.splitlines() if " " in line)
+    try:
+        assert "ipc=1" in result.output and made.get("key") == "-1", result.output
+    finally:  # what a failing run made: the queue, and the key in the user keyring (-4)
+        if made.get("Message queue id:", "").isdigit():
+            await (
+                await asyncio.create_subprocess_exec("ipcrm", "-q", made["Message queue id:"])
+            ).wait()
+        if made.get("key", "-1") != "-1":
+            ctypes.CDLL(None).syscall(keyctl_nr, 9, int(made["key"]), -4)  # KEYCTL_UNLINK
 
 
 async def test_a_command_cannot_signal_or_read_the_launcher(backend: LocalBackend) -> None:

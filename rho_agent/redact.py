@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 REDACTED: Final = "[redacted]"
 
@@ -121,6 +121,59 @@ def _keep_prefix(match: re.Match[str]) -> str:
     return match.group(1) + REDACTED
 
 
+_PROBES: Final = tuple(sep + "x1x1x1x1x1x1x1x1" for sep in ("", "=", ":"))
+"""What may follow a cut and complete a secret before it: a key's value (characters every
+shape's value allows, long enough for each), alone or after an ``api_key =`` separator."""
+_LOOKBACK: Final = 64
+"""Characters before a cut that could start a secret continuing past it (``password = ``)."""
+
+
+class StreamRedactor:
+    """Redacts text that arrives in pieces (a model's streamed answer): a secret split across
+    pieces is caught, since each piece is only handed on once no secret can still span its end.
+
+    Text is cut only after whitespace, which no secret shape holds except between a prefix and
+    its value (``Bearer``, ``password =``): a cut is refused when a value appended after it would
+    be redacted, and when it falls inside a known secret that holds whitespace. The tail after
+    the last safe cut is held back until more text arrives or ``flush``.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self._spaced = [known for known in redactor.known if any(c.isspace() for c in known)]
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        """The text that can be shown now, redacted ("" while all of it is held back)."""
+        start = len(self._held)
+        self._held += piece
+        for cut in range(len(self._held), start, -1):
+            if self._held[cut - 1].isspace() and self._safe_cut(cut):
+                ready, self._held = self._held[:cut], self._held[cut:]
+                return self._redactor.text(ready)
+        return ""
+
+    def flush(self) -> str:
+        """The text held back, redacted: call it when the stream ended (or broke)."""
+        rest, self._held = self._held, ""
+        return self._redactor.text(rest) if rest else ""
+
+    def _safe_cut(self, cut: int) -> bool:
+        words_end = cut  # the lookback is counted from before the whitespace the cut follows
+        while words_end > 0 and self._held[words_end - 1].isspace():
+            words_end -= 1
+        before = self._held[max(0, words_end - _LOOKBACK) : cut]
+        redactor = self._redactor
+        start = redactor.text(before)
+        if any(redactor.text(before + probe) != start + probe for probe in _PROBES):
+            return False
+        for known in self._spaced:
+            for offset in range(max(0, cut - len(known) + 1), cut):
+                if known.startswith(self._held[offset : offset + len(known)]):
+                    return False
+        return True
+
+
 def known_secrets(env: Mapping[str, str]) -> list[str]:
     """The secret values in ``env``: values of secret-named variables, passwords in URLs."""
     found = []
@@ -130,8 +183,8 @@ def known_secrets(env: Mapping[str, str]) -> list[str]:
         if any(word in name.upper() for word in _SECRET_ENV_WORDS):
             found.append(value.strip())
         password = url_password(value)
-        if password:
-            found.append(password)
+        if password:  # as written, and as clients decode it (``p%40ss`` is used as ``p@ss``)
+            found += {password, unquote(password)}
     return found
 
 

@@ -28,6 +28,7 @@ from rho_agent.model.base import ModelRequest
 from rho_agent.output import FINAL_ANSWER_TOOL, OutputSchema, SchemaLike, structured_output_mode
 from rho_agent.pricing import context_window
 from rho_agent.ratelimits import RateLimiter
+from rho_agent.redact import StreamRedactor, default_redactor
 from rho_agent.state import State, round_cost
 from rho_agent.tools.base import ToolHandler, ToolInvocation
 from rho_agent.tools.registry import ToolRegistry
@@ -250,7 +251,14 @@ class Session:
         if schema is not None and schema.mode == "response_format":
             request.response_format = schema.response_format()
         run.streamed = []
-        turn = await self._client.stream(request, on_text=lambda text: self._on_text(run, text))
+        shown = StreamRedactor(default_redactor())
+        try:
+            turn = await self._client.stream(
+                request, on_text=lambda text: self._on_text(run, shown, text)
+            )
+        finally:
+            if rest := shown.flush():
+                run.emit(AgentEvent("text", content=rest))
         run.streamed = []
         self._compacted_last = False
         self._record_model_call(run, turn.usage.as_dict(), turn.usage.estimated)
@@ -292,9 +300,10 @@ class Session:
             return "invalid_output"
         return None
 
-    def _on_text(self, run: RunContext, text: str) -> None:
+    def _on_text(self, run: RunContext, shown: StreamRedactor, text: str) -> None:
         run.streamed.append(text)
-        run.emit(AgentEvent("text", content=text))
+        if ready := shown.feed(text):  # a secret split across deltas is redacted whole
+            run.emit(AgentEvent("text", content=ready))
         self.check_cancelled()
 
     def _record_model_call(self, run: RunContext, usage: dict[str, int], estimated: bool) -> None:

@@ -3,7 +3,7 @@
 Patterns are data: they are compiled here and never reach a command line. Both walks skip
 version-control directories, do not enter symlinked directories, visit entries in sorted order
 (results are deterministic), stop at ``limit`` results and check ``stop`` so a cancelled search
-ends soon. grep also skips symlinked files when it searches a directory.
+ends soon. grep also skips symlinked files, FIFOs and devices when it searches a directory.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -149,8 +150,9 @@ def grep_files(
         files: Iterable[tuple[str, str]] = [(os.path.basename(path), path)]
     else:
         _require_dir(path)
-        # Like ripgrep, a directory search does not follow symlinks: they may lead outside it.
-        files = (item for item in iter_files(path, None, stop) if not os.path.islink(item[1]))
+        # Like ripgrep, a directory search does not follow symlinks (they may lead outside it)
+        # and opens only regular files: a FIFO would block the open, a device may act on it.
+        files = (item for item in iter_files(path, None, stop) if _regular(item[1]))
     wanted = glob_regex(include) if include else None
     matches: list[GrepMatch] = []
     for relative, absolute in files:
@@ -162,12 +164,24 @@ def grep_files(
     return matches
 
 
+def _regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _grep_file(
     path: str, regex: re.Pattern[str], limit: int, stop: threading.Event
 ) -> list[GrepMatch]:
     matches: list[GrepMatch] = []
     try:
-        with open(path, "rb") as handle:
+        # Non-blocking, and checked again once open: the file may have become a FIFO since.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return matches
+        with open(fd, "rb") as handle:
             if b"\0" in handle.read(_BINARY_PROBE):
                 return matches
             handle.seek(0)

@@ -13,9 +13,11 @@ What each layer stops:
 - Landlock (scopes, ABI 6+): signals to, and abstract unix sockets of, processes outside.
 - seccomp: with network ``none``, ``socket()`` of every family (so UDP, raw, netlink and
   pathname unix sockets such as a Redis or docker socket file); with ``inet``, of every family
-  but IPv4 and IPv6; with ``--no-metadata``, chmod, chown, utime and xattr calls, which Landlock
-  does not control; always ``io_uring_setup`` (it could open sockets past the filter) and system
-  calls of another architecture.
+  but IPv4 and IPv6; with ``--no-metadata``, chmod, chown, utime and xattr calls and the
+  ``ioctl`` requests that set inode flags (``chattr``), which Landlock does not control, and
+  SysV IPC and keyring calls (state shared with other processes outside any file);
+  always ``io_uring_setup`` (it could open sockets past the filter), ``prlimit`` of another
+  process (the worker's limits) and system calls of another architecture.
 - capabilities: all but reading and writing past file modes (DAC_OVERRIDE, DAC_READ_SEARCH,
   FOWNER) are dropped, so root in a tool process cannot reboot, load modules, change the
   network or mount.
@@ -52,6 +54,7 @@ _PR_SET_SECCOMP = 22
 _PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
+_PR_SET_CHILD_SUBREAPER = 36
 _SECCOMP_MODE_FILTER = 2
 _KEPT_CAPABILITIES = (1, 2, 3)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
 _CAPABILITY_VERSION_3 = 0x20080522
@@ -61,13 +64,25 @@ class _Arch:
     """System call numbers seccomp needs, per architecture."""
 
     def __init__(
-        self, audit: int, capset: int, socket: int, metadata: tuple[int, ...], x32: bool
+        self,
+        audit: int,
+        capset: int,
+        socket: int,
+        ioctl: int,
+        prlimit: int,
+        metadata: tuple[int, ...],
+        shared_state: tuple[int, ...],
+        x32: bool,
     ) -> None:
         self.audit, self.capget, self.capset, self.socket = audit, capset - 1, capset, socket
-        self.metadata, self.x32 = metadata, x32
+        self.ioctl, self.prlimit, self.metadata, self.x32 = ioctl, prlimit, metadata, x32
+        self.shared_state = shared_state
 
 
 _IO_URING_SETUP = 425
+_METADATA_IOCTLS = (0x40086602, 0x40046602, 0x40087602, 0x40047602, 0x401C5820, 0x40806685)
+"""FS_IOC_SETFLAGS and SETVERSION (64- and 32-bit), FSSETXATTR, ENABLE_VERITY: ``chattr`` and
+kin change a file through a read-only descriptor, which Landlock only checks on devices."""
 _INET_FAMILIES = (2, 10)  # AF_INET, AF_INET6
 NETWORKS = ("none", "inet", "all")
 _ARCHES = {
@@ -75,22 +90,32 @@ _ARCHES = {
         0xC000003E,
         capset=126,
         socket=41,
+        ioctl=16,
+        prlimit=302,
         # chmod fchmod chown fchown lchown utime utimes futimesat fchownat fchmodat utimensat
         # setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr fchmodat2
-        # setxattrat removexattrat
+        # setxattrat removexattrat file_setattr
         metadata=(
             *(90, 91, 92, 93, 94, 132, 235, 261, 260, 268, 280),
-            *(188, 189, 190, 197, 198, 199, 452, 463, 466),
+            *(188, 189, 190, 197, 198, 199, 452, 463, 466, 469),
         ),
+        # shmget shmat shmctl semget semop semctl shmdt msgget msgsnd msgrcv msgctl semtimedop
+        # add_key request_key keyctl
+        shared_state=(29, 30, 31, 64, 65, 66, 67, 68, 69, 70, 71, 220, 248, 249, 250),
         x32=True,
     ),
     "aarch64": _Arch(
         0xC00000B7,
         capset=91,
         socket=198,
+        ioctl=29,
+        prlimit=261,
         # fchmod fchmodat fchownat fchown utimensat setxattr lsetxattr fsetxattr removexattr
-        # lremovexattr fremovexattr fchmodat2 setxattrat removexattrat
-        metadata=(52, 53, 54, 55, 88, 5, 6, 7, 14, 15, 16, 452, 463, 466),
+        # lremovexattr fremovexattr fchmodat2 setxattrat removexattrat file_setattr
+        metadata=(52, 53, 54, 55, 88, 5, 6, 7, 14, 15, 16, 452, 463, 466, 469),
+        # msgget msgctl msgrcv msgsnd semget semctl semtimedop semop shmget shmctl shmat shmdt
+        # add_key request_key keyctl
+        shared_state=(*range(186, 198), 217, 218, 219),
         x32=False,
     ),
 }
@@ -216,27 +241,48 @@ def drop_capabilities() -> None:
     _check(libc.syscall(_ARCHES[os.uname().machine].capset, header, wanted), "capset")
 
 
-def _filter(arch: _Arch, blocked: list[int], *, inet_only: bool) -> bytes:
-    """A classic BPF program: kill other architectures, EPERM for ``blocked``, and with
-    ``inet_only`` for ``socket()`` of a family other than IPv4/IPv6; allow the rest."""
-    ld_arch = (0x20, 0, 0, 4)  # BPF_LD|BPF_W|BPF_ABS, seccomp_data.arch
-    ld_nr = (0x20, 0, 0, 0)  # seccomp_data.nr
-    ld_arg0 = (0x20, 0, 0, 16)  # the low 32 bits of seccomp_data.args[0] (little-endian)
-    allow, errno, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # RET_ALLOW, ERRNO(EPERM), KILL
+_Instruction = tuple[int, int, int, int]  # classic BPF: code, jump if true, if false, k
+_ALLOW, _ERRNO, _KILL = 0x7FFF0000, 0x00050000 | 1, 0x80000000  # RET_ALLOW, ERRNO(EPERM), KILL
+
+
+def _load_arg(index: int) -> _Instruction:
+    """Load the low 32 bits of ``seccomp_data.args[index]`` (little-endian)."""
+    return (0x20, 0, 0, 16 + 8 * index)  # BPF_LD|BPF_W|BPF_ABS
+
+
+def _refuse_if(index: int, values: tuple[int, ...]) -> list[_Instruction]:
+    """EPERM when argument ``index`` is one of ``values``, else allow."""
+    jumps = [(0x15, len(values) - i, 0, value) for i, value in enumerate(values)]
+    return [_load_arg(index), *jumps, (0x06, 0, 0, _ALLOW), (0x06, 0, 0, _ERRNO)]
+
+
+def _refuse_unless(index: int, values: tuple[int, ...]) -> list[_Instruction]:
+    """Allow only when argument ``index`` is one of ``values``, else EPERM."""
+    jumps = [(0x15, len(values) - i, 0, value) for i, value in enumerate(values)]
+    return [_load_arg(index), *jumps, (0x06, 0, 0, _ERRNO), (0x06, 0, 0, _ALLOW)]
+
+
+def _filter(
+    arch: _Arch, blocked: list[int], branches: list[tuple[int, list[_Instruction]]]
+) -> bytes:
+    """A classic BPF program: kill other architectures, EPERM for ``blocked``, the argument
+    check of ``branches`` (system call number, instructions that end in returns) for theirs;
+    allow the rest."""
     checks: list[tuple[int, int]] = [(0x35, 0x40000000)] if arch.x32 else []  # JGE: x32 calls
     checks += [(0x15, number) for number in blocked]  # BPF_JMP|BPF_JEQ|BPF_K
-    program = [ld_arch, (0x15, 1, 0, arch.audit), (0x06, 0, 0, kill), ld_nr]
-    extra = 1 if inet_only else 0
+    ld_arch, ld_nr = (0x20, 0, 0, 4), (0x20, 0, 0, 0)  # seccomp_data.arch, .nr
+    program = [ld_arch, (0x15, 1, 0, arch.audit), (0x06, 0, 0, _KILL), ld_nr]
     for index, (op, value) in enumerate(checks):
-        # true: jump over the remaining checks and the allow return, to the errno return
-        program.append((op, len(checks) - index + extra, 0, value))
-    if inet_only:
-        program.append((0x15, 2, 0, arch.socket))  # socket(): to the family check below
-    program += [(0x06, 0, 0, allow), (0x06, 0, 0, errno)]
-    if inet_only:
-        ipv4, ipv6 = _INET_FAMILIES
-        program += [ld_arg0, (0x15, 2, 0, ipv4), (0x15, 1, 0, ipv6), (0x06, 0, 0, errno)]
-        program.append((0x06, 0, 0, allow))
+        # true: jump over the remaining checks, the branch jumps and the allow return
+        program.append((op, len(checks) - index + len(branches), 0, value))
+    before = 0  # instructions of the branches laid out before this one
+    for index, (number, block) in enumerate(branches):
+        # true: over the remaining branch jumps, both returns and the earlier branches
+        program.append((0x15, len(branches) - 1 - index + 2 + before, 0, number))
+        before += len(block)
+    program += [(0x06, 0, 0, _ALLOW), (0x06, 0, 0, _ERRNO)]
+    for _, block in branches:
+        program += block
     return b"".join(
         code.to_bytes(2, "little") + bytes((jt, jf)) + k.to_bytes(4, "little")
         for code, jt, jf, k in program
@@ -248,8 +294,14 @@ def apply_seccomp(*, network: str, no_metadata: bool) -> None:
     arch = _ARCHES[os.uname().machine]
     blocked = [_IO_URING_SETUP]
     blocked += [arch.socket] if network == "none" else []
-    blocked += list(arch.metadata) if no_metadata else []
-    code = _filter(arch, blocked, inet_only=network == "inet")
+    blocked += [*arch.metadata, *arch.shared_state] if no_metadata else []
+    # prlimit() of another process: Landlock does not scope it, and it could starve the worker
+    branches = [(arch.prlimit, _refuse_unless(0, (0,)))]
+    if network == "inet":
+        branches.append((arch.socket, _refuse_unless(0, _INET_FAMILIES)))
+    if no_metadata:
+        branches.append((arch.ioctl, _refuse_if(1, _METADATA_IOCTLS)))
+    code = _filter(arch, blocked, branches)
     buffer = ctypes.create_string_buffer(code, len(code))
 
     class _Program(ctypes.Structure):
@@ -262,6 +314,12 @@ def apply_seccomp(*, network: str, no_metadata: bool) -> None:
         libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0),
         "seccomp",
     )
+
+
+def become_subreaper() -> None:
+    """Adopt the orphans of this process's descendants: a process a command detached
+    (``setsid cmd &``) escapes its process group, and must still be this process's to kill."""
+    _check(_libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
 
 
 def confine(writable: list[str], *, network: str, no_metadata: bool) -> None:

@@ -22,8 +22,9 @@ call's processes. Layers only narrow what the launcher's own layer allows.
 
 The launcher never outlives its sessions: when the worker closes the control socket (the last
 backend using it closed, or the worker died and the kernel closed it) it kills the process group
-of every command still running and exits. When the worker closes a call's socket (the call was
-cancelled), it kills that call's group.
+of every command still running, and every process a command detached from its group (the
+launcher is a child subreaper, so those become its children), and exits. When the worker closes
+a call's socket (the call was cancelled), it kills that call's group.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class _Server:
                     self._exited(call) if kind == "pidfd" else self._abandoned(call)
 
     def _accept(self) -> bool:
+        self._reap_orphans()
         try:
             data, fds = _receive(self.control)
         except OSError:
@@ -198,11 +200,30 @@ class _Server:
         self.selector.unregister(call.reply)
         call.reply.close()
 
+    def _orphans(self) -> list[int]:
+        """Our children that are not calls: processes a command detached from its group, which
+        the kernel gave to this launcher (a subreaper) when their parent exited."""
+        with open(f"/proc/self/task/{os.getpid()}/children", encoding="ascii") as children:
+            return [pid for pid in map(int, children.read().split()) if pid not in self.calls]
+
+    def _reap_orphans(self) -> None:
+        for pid in self._orphans():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
     def _shutdown(self) -> None:
         for pid in self.calls:
             _kill_group(pid)
         for pid in self.calls:
             os.waitpid(pid, 0)
+        self.calls.clear()
+        while orphans := self._orphans():  # killing one hands its own children to us
+            for pid in orphans:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            for pid in orphans:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
 
 
 def main(argv: list[str]) -> None:
@@ -229,6 +250,7 @@ def main(argv: list[str]) -> None:
     control.set_inheritable(False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
     try:
+        _confine.become_subreaper()
         _confine.confine(
             [*writable, *DEVICES], network=options["--network"], no_metadata=no_metadata
         )

@@ -37,8 +37,9 @@ class SandboxPolicy:
     ``writes``: where files may be written: the call's scratch directory only, also beneath the
     working directory, or anywhere (always also ``/dev/null``-like devices). ``network``:
     ``none`` closes every socket family, ``inet`` leaves only IPv4 and IPv6 sockets.
-    ``metadata``: whether chmod/chown/utime/xattr calls are allowed (Landlock does not see
-    them, so a profile that changes nothing blocks them with seccomp).
+    ``metadata``: whether chmod/chown/utime/xattr/chattr, SysV IPC and keyring calls are
+    allowed (Landlock does not see them, so a profile that changes nothing blocks them with
+    seccomp).
     """
 
     writes: Writes = "scratch"

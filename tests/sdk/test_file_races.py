@@ -6,6 +6,8 @@ a directory outside the working dir while the ``write`` tool writes through it, 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import threading
@@ -152,3 +154,17 @@ async def test_a_fifo_does_not_hang_the_tools(tmp_path: Path) -> None:
     backend = LocalBackend(str(work))
     with pytest.raises(ToolError, match=r"^pipe: "):  # no reader: ENXIO at once, never a hang
         await call(backend, "write", "developer", path="pipe", content="x")
+
+
+@pytest.mark.parametrize("profile", ["readonly", "developer"])
+async def test_a_fifo_does_not_hang_the_read_tool(tmp_path: Path, profile: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    os.mkfifo(work / "pipe")  # profiles that read anywhere: the backend's plain read_file
+    backend = LocalBackend(str(work))
+    try:
+        with pytest.raises(ToolError, match=r"^pipe: "):
+            await asyncio.wait_for(call(backend, "read", profile, path="pipe"), 5)
+    finally:  # release a reader stuck in open(), so that a failure does not hang the tests
+        with contextlib.suppress(OSError):
+            os.close(os.open(work / "pipe", os.O_WRONLY | os.O_NONBLOCK))

@@ -16,6 +16,7 @@ from rho_agent.redact import (
     REDACTED,
     RedactingFilter,
     Redactor,
+    StreamRedactor,
     default_redactor,
     install_log_redaction,
     known_secrets,
@@ -82,6 +83,12 @@ def test_known_secrets_come_from_secret_names_and_url_passwords() -> None:
     assert found == {"sk-live-0123456789", "dtn_key_value_1", "brokerpass", "aws/secret+value"}
 
 
+def test_a_percent_encoded_url_password_is_known_decoded_too() -> None:
+    redactor = Redactor(known_secrets({"RHO_AGENT_REDIS_URL": "redis://:p%40ss%2Fw0rd99@h:6379"}))
+    assert redactor.text("AUTH p@ss/w0rd99 failed") == f"AUTH {REDACTED} failed"
+    assert redactor.text("url p%40ss%2Fw0rd99") == f"url {REDACTED}"
+
+
 class EnvTool(ToolHandler):
     """A careless custom tool: it answers with a variable of the agent's own process.
 
@@ -128,6 +135,40 @@ async def test_a_printed_secret_reaches_no_trace_event_model_request_or_result(
     for where, content in seen.items():
         assert CANARY not in content, where
     assert REDACTED in trace
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 16])
+async def test_a_secret_split_across_streamed_deltas_is_redacted_in_text_events(
+    model_server: ScriptedModelServer, tmp_path: Path, canary_env: None, chunk: int
+) -> None:
+    answer = (
+        "key sk-abcdefghijklmnopqrstuvwxyz0123 then Authorization: Bearer abcdefgh12345678 "
+        f"and password = hunter2hunter2 and {CANARY} and redis://:pw123456@host/0 done"
+    )
+    model_server.script(text(answer, text_chunk_size=chunk))
+    session = make_session(model_server, tmp_path)
+    events = []
+    result = await session.run("hi", on_event=events.append)
+    shown = "".join(event.content or "" for event in events if event.type == "text")
+    assert shown == result.text, "the events carry the whole answer, redacted as one text"
+    for secret in ("abcdefghijklmnop", "abcdefgh1234", "hunter2hunter2", CANARY, "pw123456"):
+        assert secret not in shown
+    assert shown.count(REDACTED) == 5
+
+
+def test_a_known_secret_holding_spaces_is_redacted_when_streamed_a_character_at_a_time() -> None:
+    secret = "correct horse battery staple"
+    stream = StreamRedactor(Redactor([secret]))
+    given = f"the phrase is {secret} ok, and correct horse again "
+    shown = "".join(stream.feed(char) for char in given) + stream.flush()
+    assert shown == f"the phrase is {REDACTED} ok, and correct horse again "
+
+
+def test_a_streamed_bearer_token_is_redacted_however_far_whitespace_pushes_it() -> None:
+    stream = StreamRedactor(Redactor())
+    given = "Authorization: Bearer" + " " * 100 + "abcdefgh12345678 done"
+    shown = "".join(stream.feed(char) for char in given) + stream.flush()
+    assert shown == "Authorization: Bearer" + " " * 100 + f"{REDACTED} done"
 
 
 def test_log_lines_and_tracebacks_are_redacted(

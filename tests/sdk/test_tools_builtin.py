@@ -6,6 +6,8 @@ The behaviour every backend shares is in tests/contract; this file covers the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -354,6 +356,17 @@ async def test_grep_shortens_long_lines(backend: LocalBackend, work: Path) -> No
     output = await call(backend, "grep", pattern="var")
     assert output.content.endswith(" [...]")
     assert len(output.content) < 500
+
+
+async def test_grep_skips_a_fifo_rather_than_hang(backend: LocalBackend, work: Path) -> None:
+    (work / "a.txt").write_text("alpha\n")
+    os.mkfifo(work / "pipe")  # opening it would wait for a writer forever
+    try:
+        output = await asyncio.wait_for(call(backend, "grep", pattern="alpha"), 5)
+    finally:  # release a reader stuck in open(), so that a failure does not hang the tests
+        with contextlib.suppress(OSError):
+            os.close(os.open(work / "pipe", os.O_WRONLY | os.O_NONBLOCK))
+    assert output.content == "a.txt:1: alpha"
 
 
 async def test_list_empty_directory(backend: LocalBackend, work: Path) -> None:

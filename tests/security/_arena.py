@@ -3,7 +3,7 @@
 Every attempt gets its own arena, so attempts run in parallel and each result is its own:
 
 - ``work/``: a small project (a git repository, a ``tools/cat`` that writes when run) whose
-  checksum covers every entry's type, mode, size, content, mtime and link target;
+  checksum covers every entry's type, mode, size, content, mtime, inode flags and link target;
 - ``outside/canary.txt``: a file next to the working dir, checksummed the same way;
 - a TCP listener and a UDP socket on 127.0.0.1, a unix socket file in ``outside/`` and an
   abstract unix socket ``rho-abs-TOKEN``, each counting what reaches it;
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -56,12 +57,30 @@ def checksum(path: Path) -> str:
     for entry in entries:
         info = entry.lstat()
         digest.update(f"{entry}|{info.st_mode}|{info.st_size}|{info.st_mtime_ns}|".encode())
-        digest.update(f"{info.st_uid}|{info.st_gid}|{info.st_nlink}|".encode())
+        digest.update(f"{info.st_uid}|{info.st_gid}|{info.st_nlink}|{_flags(entry)}|".encode())
         if entry.is_symlink():
             digest.update(os.readlink(entry).encode())
         elif entry.is_file():
             digest.update(entry.read_bytes())
     return digest.hexdigest()
+
+
+def _flags(entry: Path) -> int:
+    """The inode flags ``chattr`` sets (FS_IOC_GETFLAGS), or -1 where there are none."""
+    if entry.is_symlink():
+        return -1
+    try:
+        fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return -1
+    try:
+        flags = bytearray(8)
+        fcntl.ioctl(fd, 0x80086601, flags)
+    except OSError:
+        return -1
+    finally:
+        os.close(fd)
+    return int.from_bytes(flags, "little")
 
 
 @dataclass

@@ -5,6 +5,7 @@ shared only by sessions with the same policy and working directory, dying with t
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 from rho_agent.backends.local import LocalBackend
 from rho_agent.errors import BackendError
-from rho_agent.permissions import load_profile
+from rho_agent.permissions import PermissionProfile, load_profile
 from rho_agent.sandbox import LauncherPool, probe
 
 pytestmark = pytest.mark.skipif(
@@ -96,6 +97,54 @@ async def test_a_command_cannot_signal_another_commands_processes(backend: Local
     second = await backend.run_command(f"kill -9 {pid}; echo $?", timeout=10, profile=READONLY)
     assert "Operation not permitted" in second.output
     assert _alive(pid)
+
+
+@pytest.mark.parametrize("profile", [READONLY, DEVELOPER], ids=["readonly", "developer"])
+async def test_a_command_cannot_change_the_limits_of_a_process_outside(
+    tmp_path: Path, profile: PermissionProfile
+) -> None:
+    local = LocalBackend(str(tmp_path), launchers=LauncherPool())
+    # stands for the worker: same user, outside the sandbox
+    worker = await asyncio.create_subprocess_exec("sleep", "60")
+    before = _limits(worker.pid)
+    try:
+        result = await local.run_command(
+            f"prlimit --pid {worker.pid} --nofile=7:7 --cpu=1:1; echo rc=$?; "
+            "ulimit -n 64; echo own=$?; ulimit -n",  # its own limits: allowed
+            timeout=10,
+            profile=profile,
+        )
+        assert _limits(worker.pid) == before, result.output
+        assert "rc=1" in result.output and "own=0\n64" in result.output
+    finally:
+        worker.kill()
+        await worker.wait()
+        await local.close()
+
+
+def _limits(pid: int) -> str:
+    return Path(f"/proc/{pid}/limits").read_text()
+
+
+async def test_readonly_leaves_no_sysv_ipc_object_or_kernel_key(backend: LocalBackend) -> None:
+    add_key_nr, keyctl_nr = {"x86_64": (248, 250), "aarch64": (217, 219)}[os.uname().machine]
+    add_key = (
+        'python3 -c "import ctypes; libc = ctypes.CDLL(None); '
+        f"print('key', libc.syscall({add_key_nr}, b'user', b'rho-test', b'x', 1, -4))\""
+    )
+    result = await backend.run_command(
+        f"ipcmk -Q; echo ipc=$?; {add_key}", timeout=10, profile=READONLY
+    )
+    made = dict(line.rsplit(maxsplit=1) for line in result.output.splitlines() if " " in line)
+    try:
+        assert "ipc=1" in result.output and made.get("key") == "-1", result.output
+    finally:  # what a failing run made: the queue, and the key in the user keyring (-4)
+        if made.get("Message queue id:", "").isdigit():
+            await (
+                await asyncio.create_subprocess_exec("ipcrm", "-q", made["Message queue id:"])
+            ).wait()
+        if made.get("key", "-1") != "-1":
+            ctypes.CDLL(None).syscall(keyctl_nr, 9, int(made["key"]), -4)  # KEYCTL_UNLINK
 
 
 async def test_a_command_cannot_signal_or_read_the_launcher(backend: LocalBackend) -> None:
@@ -313,6 +362,16 @@ async def test_a_launcher_that_cannot_start_is_a_backend_error(
 async def test_close_kills_a_confined_background_process(tmp_path: Path) -> None:
     local = LocalBackend(str(tmp_path), launchers=LauncherPool())
     result = await local.run_command("sleep 60 & echo $!", timeout=10, profile=READONLY)
+    pid = int(result.output)
+    assert result.exit_code == 0 and _alive(pid)
+    await local.close()
+    assert await asyncio.to_thread(_dead_within, pid, 3.0)
+
+
+async def test_close_kills_a_process_a_command_detached_from_its_group(tmp_path: Path) -> None:
+    local = LocalBackend(str(tmp_path), launchers=LauncherPool())
+    detach = "setsid sh -c 'sleep 60 & echo $!; wait' > $TMPDIR/pid & sleep 0.3; cat $TMPDIR/pid"
+    result = await local.run_command(detach, timeout=10, profile=DEVELOPER)
     pid = int(result.output)
     assert result.exit_code == 0 and _alive(pid)
     await local.close()

@@ -65,6 +65,8 @@ def test_yaml_with_shared_config(tmp_path: Path) -> None:
         ("b.txt", "x", "must end in .jsonl"),
         ("b.yaml", "jobs: 3", "needs 'jobs'"),
         ("b.jsonl", '{"prompt": "x", "config": {"extras": {"api_key": "k"}}}', "secret"),
+        ("b.jsonl", '{"prompt": "x", "config": [1]}', "'config' must be a mapping"),
+        ("b.yaml", "- {prompt: x, config: text}", "'config' must be a mapping"),
     ],
 )
 def test_bad_batch_files_say_where(tmp_path: Path, name: str, content: str, message: str) -> None:

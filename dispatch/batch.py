@@ -72,6 +72,8 @@ def load_batch(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise JobSpecError(f"cannot read batch file {file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise JobSpecError(f"cannot read batch file {file}: it is not UTF-8 text") from None
     base = config or AgentConfig()
     batch: dict[str, Any] = {}
     if file.suffix.lower() == ".jsonl":

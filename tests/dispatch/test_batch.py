@@ -78,6 +78,14 @@ def test_bad_batch_files_say_where(tmp_path: Path, name: str, content: str, mess
     assert name in str(caught.value)
 
 
+def test_a_batch_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    batch = tmp_path / "latin1.jsonl"
+    batch.write_bytes('{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(JobSpecError) as caught:
+        load_batch(batch)
+    assert "latin1.jsonl" in str(caught.value) and "UTF-8" in str(caught.value)
+
+
 def test_run_batch_reports_progress_and_writes_results(
     model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:

@@ -98,6 +98,11 @@ def _batch_lines(path: Path, batch_id: str) -> dict[int, dict[str, Any]]:
         return {}
     except OSError as exc:
         raise ConfigError(f"cannot read the results file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"the results file {path} is not UTF-8 text (not a results file?); "
+            "choose another -o path"
+        ) from None
     lines: dict[int, dict[str, Any]] = {}
     for raw in text.splitlines():
         try:

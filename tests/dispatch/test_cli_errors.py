@@ -138,7 +138,7 @@ def _wait(condition: Callable[[], bool], what: str, within_s: float = 20.0) -> N
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("option", ["--schema"])
+@pytest.mark.parametrize("option", ["--schema", "-o"])
 def test_a_file_option_that_is_not_utf8_is_a_usage_error(
     option: str, batch: Path, tmp_path: Path
 ) -> None:

@@ -130,7 +130,9 @@ def dispatch_batch(
     with _exit.one_line_errors(), ExitStack() as stack:
         settings = FleetSettings.from_env(broker_url=broker, embedded_concurrency=concurrency)
         fleet = settings.broker_url is not None
-        _check_dispatch_options(fleet=fleet, offline=offline, resume=resume, output=output)
+        _check_dispatch_options(
+            fleet=fleet, offline=offline, resume=resume, output=output, file=file
+        )
         base = _base_config(config, model, base_url)
         if not fleet and should_go_offline(offline=offline, base_url=base.base_url):
             base.base_url = stack.enter_context(offline_model(_err))
@@ -209,8 +211,13 @@ def dispatch_batch(
 
 
 def _check_dispatch_options(
-    *, fleet: bool, offline: bool, resume: str | None, output: Path | None
+    *, fleet: bool, offline: bool, resume: str | None, output: Path | None, file: Path
 ) -> None:
+    if output is not None and output.exists() and file.exists() and output.samefile(file):
+        raise ConfigError(
+            f"-o {output} is the batch file itself, which the results would replace: "
+            "write the results to another file"
+        )
     if fleet and offline:
         raise ConfigError(
             "--offline runs the scripted model inside this process, which a fleet's workers "

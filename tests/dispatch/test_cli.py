@@ -53,6 +53,17 @@ def test_bad_batch_file_is_one_clear_line(tmp_path: Path) -> None:
     assert "unknown key(s) ['colour']" in result.output
 
 
+def test_results_written_over_the_batch_file_are_refused(batch: Path, tmp_path: Path) -> None:
+    before = batch.read_bytes()
+    same = tmp_path / "." / batch.name  # the same file, spelled another way
+    result = CliRunner().invoke(
+        app, ["dispatch", str(batch), "-c", str(tmp_path / "agent.yaml"), "-o", str(same)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "-o" in result.output and "batch file" in result.output
+    assert batch.read_bytes() == before, "the batch file must not be replaced by its results"
+
+
 @pytest.mark.parametrize("command", [["jobs"], ["watch", "j-1"]])
 def test_fleet_only_commands_need_a_broker(command: list[str]) -> None:
     result = CliRunner().invoke(app, command)

@@ -570,7 +570,8 @@ def set_budget(
     from rho_agent.budgets import Budget, parse_window
 
     with _exit.one_line_errors():
-        if scope != "fleet" and not scope.startswith("label:"):
+        key, equals, _ = scope.removeprefix("label:").partition("=")
+        if scope != "fleet" and not (scope.startswith("label:") and key and equals):
             _exit.report(
                 f"budget scope {scope!r}: set budgets for 'fleet' or 'label:KEY=VALUE'; jobs and "
                 "batches carry their own (max_cost_usd, --max-cost-usd, batch_max_cost_usd)"

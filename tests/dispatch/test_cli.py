@@ -64,6 +64,15 @@ def test_results_written_over_the_batch_file_are_refused(batch: Path, tmp_path: 
     assert batch.read_bytes() == before, "the batch file must not be replaced by its results"
 
 
+@pytest.mark.parametrize("scope", ["label:", "label:team", "label:=ops", "team"])
+def test_a_budget_scope_no_job_can_be_in_is_refused(scope: str) -> None:
+    result = CliRunner().invoke(
+        app, ["budgets", "set", scope, "--usd", "5", "--broker", "redis://127.0.0.1:1/0"]
+    )
+    assert result.exit_code == 2, result.output
+    assert repr(scope) in result.output and "label:KEY=VALUE" in result.output
+
+
 @pytest.mark.parametrize("command", [["jobs"], ["watch", "j-1"]])
 def test_fleet_only_commands_need_a_broker(command: list[str]) -> None:
     result = CliRunner().invoke(app, command)

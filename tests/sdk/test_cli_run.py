@@ -214,3 +214,16 @@ def test_an_unreachable_model_endpoint_exits_3_and_says_why(tmp_path: Path) -> N
     )
     assert done.returncode == 3, done.stderr
     assert "cannot reach the model API" in done.stderr
+
+
+def test_an_unknown_backend_is_refused_by_name(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = behaviour("tool-then-answer")
+    done = rho(
+        ["run", "look around", "--base-url", model_server.base_url, "--backend", "docker"],
+        cli_env(tmp_path),
+    )
+    assert done.returncode == 2, done.stderr
+    assert "'docker'" in done.stderr and "local or daytona" in done.stderr
+    assert model_server.requests == [], "nothing runs on a backend that was mistyped"

@@ -227,3 +227,19 @@ def test_an_unknown_backend_is_refused_by_name(
     assert done.returncode == 2, done.stderr
     assert "'docker'" in done.stderr and "local or daytona" in done.stderr
     assert model_server.requests == [], "nothing runs on a backend that was mistyped"
+
+
+def test_a_tool_that_raises_is_one_line_without_a_traceback_unless_debug(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = behaviour("tool-then-answer")
+    args = ["run", "look", "--base-url", model_server.base_url, "--backend", "daytona"]
+    env = cli_env(tmp_path)
+    for name in [key for key in env if key.startswith("DAYTONA_")]:
+        del env[name]  # the sandbox cannot start: the tool raises BackendError
+    done = rho(args, env)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "tool list raised: BackendError: no Daytona credentials" in done.stderr
+    debug = rho(["--debug", *args], env)
+    assert "Traceback" in debug.stderr

@@ -243,3 +243,15 @@ def test_a_tool_that_raises_is_one_line_without_a_traceback_unless_debug(
     assert "tool list raised: BackendError: no Daytona credentials" in done.stderr
     debug = rho(["--debug", *args], env)
     assert "Traceback" in debug.stderr
+
+
+def test_a_base_url_holding_a_password_fails_saying_why_without_echoing_it(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    url = model_server.base_url.replace("http://", "http://proxy:hunter2@")
+    done = rho(["run", "hi", "--base-url", url], cli_env(tmp_path, OPENAI_API_KEY="sk-test"))
+    assert done.returncode == 1, done.stderr
+    said = " ".join(done.stderr.split())  # the terminal wraps the line
+    assert "holds a user name or password" in said and "OPENAI_API_KEY" in said
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+    assert model_server.requests == []

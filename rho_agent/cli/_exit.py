@@ -22,6 +22,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Final
 
 import typer
@@ -98,6 +99,15 @@ def report(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(
         Text(f"error: {message}", style="red")
     )
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a command's ``-o`` file; a path that cannot be written is a usage error, one line."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        report(f"cannot write {path}: {exc.strerror}; choose another -o path")
+        raise typer.Exit(USAGE) from None
 
 
 def classify(exc: BaseException) -> tuple[int, str]:

@@ -99,6 +99,14 @@ def test_a_file_that_is_not_a_results_file_is_one_clear_line(
     assert complaint in done.output and "results.jsonl" in done.output
 
 
+def test_an_output_path_that_cannot_be_written_is_one_clear_line(
+    results: Path, tmp_path: Path
+) -> None:
+    done = CliRunner().invoke(app, ["report", str(results), "-o", str(tmp_path)])
+    assert done.exit_code == 2, done.output
+    assert f"cannot write {tmp_path}" in done.output and "Traceback" not in done.output
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed")
 def test_chromium_renders_the_page(results: Path, tmp_path: Path) -> None:
     page = tmp_path / "report.html"

@@ -174,6 +174,9 @@ def test_rate_limit_settings_are_checked() -> None:
         rate_limits_from_data([{"model": "m"}], source="X")
     with pytest.raises(ConfigError, match=r"X\[0\] is not a valid rate limit"):
         rate_limits_from_data([{"requests": 0}], source="X")
+    for field in ("window_s", "guard_s"):  # an endless window: calls past the limit never go
+        with pytest.raises(ConfigError, match=rf"X\[0\] is not a valid rate limit \({field}"):
+            rate_limits_from_data([{"requests": 1, field: float("inf")}], source="X")
 
 
 def test_a_limits_or_prices_file_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:

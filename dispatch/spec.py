@@ -31,7 +31,7 @@ from rho_agent.permissions.profile import (
     load_profile,
     profile_to_dict,
 )
-from rho_agent.prompts import load_template, looks_like_path
+from rho_agent.prompts import UNICODE_PROMPT_HELP, is_unicode_text, load_template, looks_like_path
 from rho_agent.ratelimits import RateLimit, rate_limits_from_data
 from rho_agent.redact import SECRET_NAME, default_redactor, redact
 
@@ -106,6 +106,8 @@ class JobSpec(BaseModel):
     def _check_prompts(cls, value: list[str]) -> list[str]:
         if any(not prompt.strip() for prompt in value):
             raise ValueError("every prompt must be non-empty text")
+        if not all(is_unicode_text(prompt) for prompt in value):
+            raise ValueError(UNICODE_PROMPT_HELP)
         return value
 
     @field_validator("config")

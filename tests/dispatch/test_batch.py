@@ -66,6 +66,7 @@ def test_yaml_with_shared_config(tmp_path: Path) -> None:
         ("b.yaml", "jobs: 3", "needs 'jobs'"),
         ("b.jsonl", '{"prompt": "x", "config": {"extras": {"api_key": "k"}}}', "secret"),
         ("b.jsonl", '{"prompt": "x", "config": [1]}', "'config' must be a mapping"),
+        ("b.jsonl", '"caf\\udce9"', "not valid Unicode text"),
         ("b.yaml", "- {prompt: x, config: text}", "'config' must be a mapping"),
     ],
 )

@@ -255,3 +255,16 @@ def test_a_base_url_holding_a_password_fails_saying_why_without_echoing_it(
     assert "holds a user name or password" in said and "OPENAI_API_KEY" in said
     assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
     assert model_server.requests == []
+
+
+def test_a_prompt_argument_that_is_not_utf8_is_refused(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    args = [*CLI, "run", "--base-url", model_server.base_url]
+    done = subprocess.run(
+        [*(arg.encode() for arg in args), b"caf\xe9"],  # a Latin-1 terminal's bytes
+        env=cli_env(tmp_path), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "not valid Unicode text" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr and model_server.requests == []

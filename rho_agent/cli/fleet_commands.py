@@ -513,7 +513,7 @@ def worker(
 @commands.command("flower")
 def flower(
     broker: _exit.BrokerOption = None,
-    port: Annotated[int, typer.Option(help="Port of the web UI.")] = 5555,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the web UI.")] = 5555,
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Open Flower on the fleet (the same as `celery -A workers flower`)."""

@@ -480,6 +480,9 @@ def _job_row(info: JobInfo, now: float) -> list[str]:
     ]
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 @commands.command("worker")
 def worker(
     broker: _exit.BrokerOption = None,
@@ -507,6 +510,10 @@ def worker(
         }
     )
     with _exit.one_line_errors():
+        if loglevel.upper() not in _LOG_LEVELS:
+            raise ConfigError(
+                f"--loglevel {loglevel!r} is not a log level; use one of {', '.join(_LOG_LEVELS)}"
+            )
         run_worker(loglevel=loglevel, overrides=overrides)
 
 

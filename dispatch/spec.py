@@ -248,7 +248,10 @@ def build_spec(
     """A JobSpec from SDK values, with the config made portable (see ``portable_config``)."""
     from rho_agent.ids import new_session_id
 
-    prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+    # Anything but text or a sequence of it is left for the validator to name.
+    prompt_list = [prompts] if isinstance(prompts, str) else prompts
+    if isinstance(prompt_list, Sequence):
+        prompt_list = list(prompt_list)
     data = {
         "job_id": job_id or new_job_id(),
         "prompts": prompt_list,

@@ -72,6 +72,8 @@ def load_batch(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise JobSpecError(f"cannot read batch file {file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise JobSpecError(f"cannot read batch file {file}: it is not UTF-8 text") from None
     base = config or AgentConfig()
     batch: dict[str, Any] = {}
     if file.suffix.lower() == ".jsonl":
@@ -195,8 +197,11 @@ def _entry_spec(entry: Any, base: AgentConfig, where: str, folder: Path) -> JobS
     prompts = entry.get("prompts", entry.get("prompt"))
     if not prompts or not isinstance(prompts, str | list):
         raise JobSpecError(f"{where}: give 'prompt' (text) or 'prompts' (a list of texts)")
+    entry_config = entry.get("config") or {}
+    if not isinstance(entry_config, dict):
+        raise JobSpecError(f"{where}: 'config' must be a mapping of AgentConfig fields")
     overrides = {key: entry[key] for key in entry if key in _CONFIG_KEYS}
-    overrides.update(entry.get("config") or {})
+    overrides.update(entry_config)
     config = _with_overrides(base, overrides, where, folder)
     options = {key: entry[key] for key in _OPTION_KEYS if key in entry}
     if entry.get("output_schema") is not None:

@@ -121,6 +121,11 @@ class BatchRun:
     def start(self, specs: list[JobSpec]) -> None:
         """Send every entry not already done, as a new batch."""
         self._check_total(len(specs))
+        if self.results and max(self.results) >= len(specs):
+            raise JobSpecError(
+                f"batch {self.batch_id} has at least {max(self.results) + 1} entries but the file "
+                f"has {len(specs)}; resume with the batch file it was dispatched from"
+            )
         self._send({index: spec for index, spec in enumerate(specs) if index not in self.results})
 
     def resume(self, specs: list[JobSpec] | None) -> None:

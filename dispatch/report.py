@@ -109,20 +109,36 @@ def row_of_info(info: JobInfo, output: Any = None) -> JobRow:
 def report_from_file(path: Path) -> BatchReport:
     """The report of a results file written by ``rho-agent dispatch`` (with or without reduce)."""
     try:
-        lines = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+        text = path.read_text("utf-8")
     except OSError as exc:
         raise FleetError(f"cannot read results file {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise FleetError(f"{path} is not a results file (JSON lines): {exc.msg}") from None
-    reduce = next((line for line in lines if line.get("reduce")), None)
-    rows = [_row_of_line(line) for line in lines if not line.get("reduce")]
-    if reduce is not None:
-        rows += [JobRow(**job) for job in reduce.get("jobs", [])]
-    batch_id = str(reduce["batch_id"]) if reduce else path.stem
+    except UnicodeDecodeError:
+        raise FleetError(f"{path} is not a results file: it is not UTF-8 text") from None
+    rows: list[JobRow] = []
+    reduce: dict[str, Any] | None = None
+    reduce_rows: list[JobRow] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise FleetError(f"{path} is not a results file (JSON lines): {exc.msg}") from None
+        try:
+            if not line.get("reduce"):
+                rows.append(_row_of_line(line))
+            elif reduce is None:
+                reduce_rows = [JobRow(**job) for job in line.get("jobs", [])]
+                reduce = {**line, "batch_id": str(line["batch_id"])}
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise FleetError(
+                f"{path}: line {number} is not a result written by rho-agent dispatch"
+            ) from None
+    batch_id = reduce["batch_id"] if reduce else path.stem
     final = None
     if reduce is not None:
         final = {key: reduce.get(key) for key in ("status", "output", "text", "error")}
-    return BatchReport(batch_id, rows, final)
+    return BatchReport(batch_id, rows + reduce_rows, final)
 
 
 def report_from_fleet(dispatcher: Dispatcher, batch_id: str, scan: int) -> BatchReport:

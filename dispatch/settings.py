@@ -16,7 +16,7 @@ from typing import Any
 from dispatch.errors import SettingsError
 from dispatch.keys import DEFAULT_PREFIX, Keys
 from dispatch.settings_table import Setting, Table, at_least, seconds, text, whole
-from dispatch.urls import BrokerKind, UrlError, parse_sentinel_url, url_kind
+from dispatch.urls import BrokerKind, UrlError, check_address, parse_sentinel_url, url_kind
 
 
 def _named(value: str) -> bool:
@@ -159,6 +159,8 @@ class FleetSettings:
             for url, name in ((self.broker_url, BROKER_URL.name), (self.redis_url, REDIS_URL.name)):
                 if url and url_kind(url, name) == "sentinel":
                     parse_sentinel_url(url, name)
+                elif url:
+                    check_address(url, name)
         except UrlError as exc:
             raise SettingsError(str(exc)) from None
         if bus == "amqp":

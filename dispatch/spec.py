@@ -31,7 +31,7 @@ from rho_agent.permissions.profile import (
     load_profile,
     profile_to_dict,
 )
-from rho_agent.prompts import load_template, looks_like_path
+from rho_agent.prompts import UNICODE_PROMPT_HELP, is_unicode_text, load_template, looks_like_path
 from rho_agent.ratelimits import RateLimit, rate_limits_from_data
 from rho_agent.redact import SECRET_NAME, default_redactor, redact
 
@@ -106,6 +106,8 @@ class JobSpec(BaseModel):
     def _check_prompts(cls, value: list[str]) -> list[str]:
         if any(not prompt.strip() for prompt in value):
             raise ValueError("every prompt must be non-empty text")
+        if not all(is_unicode_text(prompt) for prompt in value):
+            raise ValueError(UNICODE_PROMPT_HELP)
         return value
 
     @field_validator("config")
@@ -246,7 +248,10 @@ def build_spec(
     """A JobSpec from SDK values, with the config made portable (see ``portable_config``)."""
     from rho_agent.ids import new_session_id
 
-    prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+    # Anything but text or a sequence of it is left for the validator to name.
+    prompt_list = [prompts] if isinstance(prompts, str) else prompts
+    if isinstance(prompt_list, Sequence):
+        prompt_list = list(prompt_list)
     data = {
         "job_id": job_id or new_job_id(),
         "prompts": prompt_list,

@@ -64,6 +64,20 @@ def url_kind(url: str, setting: str) -> BrokerKind:
     return kind
 
 
+def check_address(url: str, setting: str) -> None:
+    """UrlError naming ``setting`` when the host and port of ``url`` cannot be read (an
+    unencoded '/', '?' or '#' in the password ends the address early); the password is never
+    echoed, and nor is the client library's own complaint, which may quote part of it."""
+    try:
+        urlsplit(url).port  # noqa: B018 - reading it is the check
+    except ValueError:
+        raise UrlError(
+            f"{setting}: the host and port cannot be read (the port must be a number from 0 to "
+            "65535, an IPv6 host goes in [...]); percent-encode any '/', '?', '#' or '@' in the "
+            "user name or password (/ is %2F), e.g. redis://:p%2Fss@host:6379/0"
+        ) from None
+
+
 @dataclass(frozen=True)
 class SentinelUrl:
     """A parsed ``sentinel://`` URL: the Sentinels to ask, and how to log in to the master."""

@@ -29,6 +29,10 @@ def load_data_option(
         raise ConfigError(
             f"{source}={text!r}: no such file; give a YAML/JSON file of {what} or inline JSON"
         ) from None
+    except OSError as exc:
+        raise ConfigError(f"{source}={text!r}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}={text!r}: the file is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}={text!r} is not valid YAML: {exc}") from None
     return data, f"{source} file {text!r}"

@@ -165,6 +165,8 @@ def load_schema_file(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read output schema {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"output schema {path} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"output schema {path} is not valid JSON: {exc.msg}") from None
     if not isinstance(data, dict):

@@ -16,6 +16,21 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _TEMPLATE_SUFFIXES = (".md", ".txt", ".j2", ".jinja", ".prompt", ".tmpl")
 
 
+UNICODE_PROMPT_HELP = (
+    "the prompt is not valid Unicode text: it holds a lone surrogate (such as \\udce9, what bytes "
+    "that are not UTF-8 become when read as text); give it as UTF-8"
+)
+
+
+def is_unicode_text(text: str) -> bool:
+    """Whether ``text`` can be sent and stored as UTF-8 (it holds no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def looks_like_path(text: str) -> bool:
     """A prompt that is one line ending in a template suffix names a file."""
     return "\n" not in text and text.strip().lower().endswith(_TEMPLATE_SUFFIXES)

@@ -72,8 +72,8 @@ class _RateLimitData(BaseModel):
     endpoint: str = "*"
     requests: int | None = Field(default=None, ge=1)
     tokens: int | None = Field(default=None, ge=1)
-    window_s: float = Field(default=60.0, gt=0)
-    guard_s: float | None = Field(default=None, ge=0)
+    window_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    guard_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 def rate_limits_from_data(data: object, *, source: str) -> list[RateLimit]:

@@ -27,6 +27,7 @@ from rho_agent.ids import new_session_id, validate_session_id
 from rho_agent.model.base import ModelRequest
 from rho_agent.output import FINAL_ANSWER_TOOL, OutputSchema, SchemaLike, structured_output_mode
 from rho_agent.pricing import context_window
+from rho_agent.prompts import UNICODE_PROMPT_HELP, is_unicode_text
 from rho_agent.ratelimits import RateLimiter
 from rho_agent.redact import StreamRedactor, default_redactor
 from rho_agent.state import State, round_cost
@@ -134,6 +135,8 @@ class Session:
         """
         if prompt is None and self.state.pending_turn is None:
             raise ValueError("Session.run() needs a prompt (nothing is waiting to be continued)")
+        if prompt is not None and not is_unicode_text(prompt):
+            raise ConfigError(UNICODE_PROMPT_HELP)
         schema = self._output_schema(output_schema)
         self._ensure_idle()
         self.state.append("run_start", run=self.state.run_count + 1, prompt=prompt)

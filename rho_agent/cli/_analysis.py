@@ -43,6 +43,11 @@ class Analysis:
     ) -> Analysis:
         if fmt is not None and fmt not in TABLE_FORMATS:
             raise ConfigError(f"--format {fmt!r} is not a table format; use csv or jsonl")
+        if reduce is not None and not reduce.strip():
+            raise ConfigError(
+                "--reduce needs a prompt saying how to combine the results, e.g. "
+                "--reduce 'Summarise the findings'"
+            )
         if reduce_schema is not None and reduce is None:
             raise ConfigError("--reduce-schema types the reduce's answer: give --reduce too")
         return cls(

@@ -17,9 +17,12 @@ traceback above the one line of an error reported through ``one_line_errors``).
 
 from __future__ import annotations
 
+import logging
+import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Final
 
 import typer
@@ -50,10 +53,28 @@ BrokerOption = Annotated[
 _debug = False
 
 
+class _OneLineLogs(logging.Handler):
+    """Where a log record goes when nothing configured logging (``logging.lastResort``): one line
+    on stderr, the exception's first line instead of its traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        reason = f": {type(exc).__name__}: {first_line(exc)}" if exc is not None else ""
+        try:
+            sys.stderr.write(f"{record.getMessage()}{reason}\n")
+        except Exception:
+            self.handleError(record)
+
+
+_FULL_LOGS = logging.lastResort
+_ONE_LINE_LOGS = _OneLineLogs(logging.WARNING)
+
+
 def set_debug(enabled: bool) -> None:
-    """``rho-agent --debug``: errors show their traceback too."""
+    """``rho-agent --debug``: errors, and errors logged by the run, show their traceback too."""
     global _debug
     _debug = enabled
+    logging.lastResort = _FULL_LOGS if enabled else _ONE_LINE_LOGS
 
 
 def debug_enabled() -> bool:
@@ -78,6 +99,15 @@ def report(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(
         Text(f"error: {message}", style="red")
     )
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a command's ``-o`` file; a path that cannot be written is a usage error, one line."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        report(f"cannot write {path}: {exc.strerror}; choose another -o path")
+        raise typer.Exit(USAGE) from None
 
 
 def classify(exc: BaseException) -> tuple[int, str]:

@@ -41,8 +41,12 @@ class ResultsFile:
         return {i: line for i, line in self.previous.items() if line.get("status") == "completed"}
 
     def commit(self) -> None:
-        """Add the previous lines no new line replaced, then rename over the target."""
+        """Add the previous lines no new line replaced, then rename over the target; with
+        nothing new written the target stays as it was."""
         sink = self.sink
+        if not sink.wrote:
+            self.abandon()
+            return
         for index in sorted(set(self.previous) - sink.indexes):
             sink.write(json.dumps(self.previous[index], ensure_ascii=False) + "\n")
         sink.close()
@@ -59,13 +63,15 @@ class ResultsFile:
 
 
 class _Tracking:
-    """A text sink that remembers which entry indexes were written to it."""
+    """A text sink that remembers whether anything, and which entry indexes, were written."""
 
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
         self.indexes: set[int] = set()
+        self.wrote = False
 
     def write(self, text: str) -> int:
+        self.wrote = self.wrote or bool(text)
         for line in text.splitlines():
             index = _entry_index(line)
             if index is not None:
@@ -98,6 +104,11 @@ def _batch_lines(path: Path, batch_id: str) -> dict[int, dict[str, Any]]:
         return {}
     except OSError as exc:
         raise ConfigError(f"cannot read the results file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"the results file {path} is not UTF-8 text (not a results file?); "
+            "choose another -o path"
+        ) from None
     lines: dict[int, dict[str, Any]] = {}
     for raw in text.splitlines():
         try:

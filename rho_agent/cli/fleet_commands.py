@@ -130,7 +130,9 @@ def dispatch_batch(
     with _exit.one_line_errors(), ExitStack() as stack:
         settings = FleetSettings.from_env(broker_url=broker, embedded_concurrency=concurrency)
         fleet = settings.broker_url is not None
-        _check_dispatch_options(fleet=fleet, offline=offline, resume=resume, output=output)
+        _check_dispatch_options(
+            fleet=fleet, offline=offline, resume=resume, output=output, file=file
+        )
         base = _base_config(config, model, base_url)
         if not fleet and should_go_offline(offline=offline, base_url=base.base_url):
             base.base_url = stack.enter_context(offline_model(_err))
@@ -209,8 +211,13 @@ def dispatch_batch(
 
 
 def _check_dispatch_options(
-    *, fleet: bool, offline: bool, resume: str | None, output: Path | None
+    *, fleet: bool, offline: bool, resume: str | None, output: Path | None, file: Path
 ) -> None:
+    if output is not None and output.exists() and file.exists() and output.samefile(file):
+        raise ConfigError(
+            f"-o {output} is the batch file itself, which the results would replace: "
+            "write the results to another file"
+        )
     if fleet and offline:
         raise ConfigError(
             "--offline runs the scripted model inside this process, which a fleet's workers "
@@ -473,6 +480,9 @@ def _job_row(info: JobInfo, now: float) -> list[str]:
     ]
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 @commands.command("worker")
 def worker(
     broker: _exit.BrokerOption = None,
@@ -500,13 +510,17 @@ def worker(
         }
     )
     with _exit.one_line_errors():
+        if loglevel.upper() not in _LOG_LEVELS:
+            raise ConfigError(
+                f"--loglevel {loglevel!r} is not a log level; use one of {', '.join(_LOG_LEVELS)}"
+            )
         run_worker(loglevel=loglevel, overrides=overrides)
 
 
 @commands.command("flower")
 def flower(
     broker: _exit.BrokerOption = None,
-    port: Annotated[int, typer.Option(help="Port of the web UI.")] = 5555,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the web UI.")] = 5555,
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Open Flower on the fleet (the same as `celery -A workers flower`)."""
@@ -563,7 +577,8 @@ def set_budget(
     from rho_agent.budgets import Budget, parse_window
 
     with _exit.one_line_errors():
-        if scope != "fleet" and not scope.startswith("label:"):
+        key, equals, _ = scope.removeprefix("label:").partition("=")
+        if scope != "fleet" and not (scope.startswith("label:") and key and equals):
             _exit.report(
                 f"budget scope {scope!r}: set budgets for 'fleet' or 'label:KEY=VALUE'; jobs and "
                 "batches carry their own (max_cost_usd, --max-cost-usd, batch_max_cost_usd)"

@@ -61,5 +61,5 @@ def report(
     if output is None:
         sys.stdout.write(text + "\n")
     else:
-        output.write_text(text + "\n", encoding="utf-8")
+        _exit.write_output(output, text + "\n")
         _err.print(f"wrote {escape(str(output))} ({len(found.rows)} jobs)")

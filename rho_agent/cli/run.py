@@ -142,6 +142,8 @@ def _base_config(path: Path | None, resume: str | None) -> AgentConfig:
 
 
 def _backend(name: str, uploads: list[str], config: AgentConfig) -> Any:
+    if name not in ("local", "daytona"):
+        raise ConfigError(f"--backend {name!r} is not a backend: use local or daytona")
     if name == "local" and not uploads:
         return "local"
     from rho_agent.backends.daytona.backend import DaytonaBackend

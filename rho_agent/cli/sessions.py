@@ -186,7 +186,7 @@ def export_command(
     if output is None:
         typer.echo(document, nl=False)
         return
-    output.write_text(document, encoding="utf-8")
+    _exit.write_output(output, document)
     Console(stderr=True).print(Text(f"wrote {output}"))
 
 

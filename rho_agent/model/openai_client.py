@@ -112,6 +112,13 @@ class OpenAIModelClient:
         self.stream_retries = stream_retries
 
     def _api_key(self) -> str:
+        if self.base_url and "@" in self.base_url.partition("://")[2].partition("/")[0]:
+            # The HTTP client would send these as the Authorization header, which the API key
+            # needs: the request fails (aiohttp) or goes out without the key (httpx).
+            raise ModelError(
+                "the model API URL (base_url / --base-url / OPENAI_BASE_URL) holds a user name or "
+                f"password: drop the 'user:password@' part and put the key in {API_KEY_ENV}"
+            )
         key = os.environ.get(API_KEY_ENV)
         if key:
             return key

@@ -262,6 +262,8 @@ def load_profile_file(path: str | Path) -> PermissionProfile:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ProfileError(f"cannot read permission profile file {file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ProfileError(f"permission profile file {file} is not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

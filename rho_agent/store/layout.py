@@ -92,6 +92,18 @@ def read_config(session_dir: Path, config_dir: str | None) -> AgentConfig:
             f"session {session_dir.name} has no saved config ({path}); "
             "pass an agent: store.resume(session_id, agent)"
         ) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = (
+            exc.strerror
+            if isinstance(exc, OSError)
+            else "not UTF-8 text"
+            if isinstance(exc, UnicodeDecodeError)
+            else "not valid YAML"
+        )
+        raise SessionError(
+            f"session {session_dir.name}'s saved config {path} cannot be read ({reason}); "
+            "pass an agent: store.resume(session_id, agent)"
+        ) from None
     config = AgentConfig.from_dict(data or {}, source=str(path))
     config.config_dir = config_dir
     return config

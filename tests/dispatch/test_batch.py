@@ -66,6 +66,9 @@ def test_yaml_with_shared_config(tmp_path: Path) -> None:
         ("b.txt", "x", "must end in .jsonl"),
         ("b.yaml", "jobs: 3", "needs 'jobs'"),
         ("b.jsonl", '{"prompt": "x", "config": {"extras": {"api_key": "k"}}}', "secret"),
+        ("b.jsonl", '{"prompt": "x", "config": [1]}', "'config' must be a mapping"),
+        ("b.jsonl", '"caf\\udce9"', "not valid Unicode text"),
+        ("b.yaml", "- {prompt: x, config: text}", "'config' must be a mapping"),
     ],
 )
 def test_bad_batch_files_say_where(tmp_path: Path, name: str, content: str, message: str) -> None:
@@ -75,6 +78,14 @@ def test_bad_batch_files_say_where(tmp_path: Path, name: str, content: str, mess
         load_batch(batch)
     assert message in str(caught.value)
     assert name in str(caught.value)
+
+
+def test_a_batch_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    batch = tmp_path / "latin1.jsonl"
+    batch.write_bytes('{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(JobSpecError) as caught:
+        load_batch(batch)
+    assert "latin1.jsonl" in str(caught.value) and "UTF-8" in str(caught.value)
 
 
 def test_run_batch_reports_progress_and_writes_results(

@@ -114,6 +114,24 @@ def test_a_bad_sentinel_url_names_what_is_wrong(url: str, complaint: str) -> Non
         FleetSettings(broker_url="redis://127.0.0.1:6379/0", redis_url=url)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://user:hun/ter2@127.0.0.1:6379/0",  # an unencoded '/' ends the address early
+        "redis://user:hun#ter2@127.0.0.1:6379/0",
+        "redis://user:hunter2@127.0.0.1:99999/0",
+        "redis://user:hunter2@[::1/0",
+        "amqp://user:hun?ter2@127.0.0.1:5672/jobs",
+    ],
+)
+def test_a_malformed_address_is_refused_without_echoing_the_password(url: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        FleetSettings(broker_url=url, redis_url=BUS)
+    message = str(raised.value)
+    assert "RHO_AGENT_BROKER_URL" in message and "percent-encode" in message
+    assert "hun" not in message
+
+
 def test_fleet_up_on_amqp_checks_the_redis_bus_and_never_prints_a_password(tmp_path: Path) -> None:
     options = LocalFleetOptions(
         broker_url="amqp://rho:s3cret@127.0.0.1:5672/jobs",

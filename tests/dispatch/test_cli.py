@@ -53,6 +53,41 @@ def test_bad_batch_file_is_one_clear_line(tmp_path: Path) -> None:
     assert "unknown key(s) ['colour']" in result.output
 
 
+def test_results_written_over_the_batch_file_are_refused(batch: Path, tmp_path: Path) -> None:
+    before = batch.read_bytes()
+    same = tmp_path / "." / batch.name  # the same file, spelled another way
+    result = CliRunner().invoke(
+        app, ["dispatch", str(batch), "-c", str(tmp_path / "agent.yaml"), "-o", str(same)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "-o" in result.output and "batch file" in result.output
+    assert batch.read_bytes() == before, "the batch file must not be replaced by its results"
+
+
+def test_an_embedded_resume_from_another_batch_file_is_refused(batch: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    config = ["-c", str(tmp_path / "agent.yaml"), "-o", str(out)]
+    first = CliRunner().invoke(app, ["dispatch", str(batch), *config])
+    assert first.exit_code == 0, first.output
+    before = out.read_bytes()
+    batch_id = json.loads(before.splitlines()[0])["batch"]
+    other = tmp_path / "other.jsonl"
+    other.write_text('"a new entry"\n', "utf-8")
+    again = CliRunner().invoke(app, ["dispatch", str(other), *config, "--resume", batch_id])
+    assert again.exit_code == 2, again.output
+    assert f"batch {batch_id} has at least 4 entries but the file has 1" in again.output
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("scope", ["label:", "label:team", "label:=ops", "team"])
+def test_a_budget_scope_no_job_can_be_in_is_refused(scope: str) -> None:
+    result = CliRunner().invoke(
+        app, ["budgets", "set", scope, "--usd", "5", "--broker", "redis://127.0.0.1:1/0"]
+    )
+    assert result.exit_code == 2, result.output
+    assert repr(scope) in result.output and "label:KEY=VALUE" in result.output
+
+
 @pytest.mark.parametrize("command", [["jobs"], ["watch", "j-1"]])
 def test_fleet_only_commands_need_a_broker(command: list[str]) -> None:
     result = CliRunner().invoke(app, command)

@@ -81,6 +81,15 @@ def test_bad_format_is_one_clear_line(files: Path) -> None:
     assert code == 2 and "use csv or jsonl" in shown
 
 
+@pytest.mark.parametrize("prompt", ["", "  "])
+def test_an_empty_reduce_prompt_is_refused_before_the_map_runs(
+    files: Path, model_server: ScriptedModelServer, prompt: str
+) -> None:
+    code, shown, _ = dispatch(files, "--reduce", prompt)
+    assert code == 2 and "--reduce needs a prompt" in shown
+    assert model_server.requests == [], "exit 2 means nothing was run"
+
+
 def test_flatten_names_nested_fields_with_dots() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": [1, 2], "f": {}}) == {
         "a.b": 1,

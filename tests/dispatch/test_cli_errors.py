@@ -136,3 +136,17 @@ def _wait(condition: Callable[[], bool], what: str, within_s: float = 20.0) -> N
     while not condition():
         assert time.monotonic() < deadline, f"{what} did not happen within {within_s} s"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("option", ["--schema", "-o"])
+def test_a_file_option_that_is_not_utf8_is_a_usage_error(
+    option: str, batch: Path, tmp_path: Path
+) -> None:
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"caf\u00e9": 1}\n'.encode("latin-1"))
+    before = latin1.read_bytes()
+    done = rho(["dispatch", str(batch), "--offline", option, str(latin1)], cli_env(tmp_path))
+    assert done.returncode == 2, done.stderr
+    line = one_line_error(done.stderr)
+    assert str(latin1) in line and "UTF-8" in line
+    assert latin1.read_bytes() == before

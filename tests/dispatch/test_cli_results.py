@@ -59,3 +59,16 @@ def test_ctrl_c_records_unfinished_jobs_as_cancelled_and_resume_finishes_the_bat
     kept = [line for line in first if line["status"] == "completed"]
     assert all(second[line["index"]]["job_id"] == line["job_id"] for line in kept)
     assert len(model_server.requests) - sent_before == len(cancelled), "completed jobs re-ran"
+
+
+def test_a_results_file_is_not_replaced_when_no_result_was_written(tmp_path: Path) -> None:
+    """A fleet batch interrupted before any job finished (or `results` while all still run)
+    leaves an existing -o file as it was: it is replaced only once results exist."""
+    from rho_agent.cli._results_file import ResultsFile
+
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"index": 0, "batch": "earlier", "status": "completed"}\n', encoding="utf-8")
+    before = out.read_bytes()
+    ResultsFile(out, "b-new").commit()
+    assert out.read_bytes() == before
+    assert [path.name for path in tmp_path.iterdir()] == ["results.jsonl"]

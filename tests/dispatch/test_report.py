@@ -80,6 +80,33 @@ def test_an_unknown_batch_without_a_fleet_is_one_clear_line(tmp_path: Path) -> N
     assert done.exit_code == 2 and "needs a fleet" in done.output
 
 
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        (b'{"index": 0}\n[1, 2]\n', "line 2 is not a result"),
+        (b'{"index": 0, "usage": "free"}\n', "line 1 is not a result"),
+        (b'{"index": 0, "usage": {"cost_usd": "x"}}\n', "line 1 is not a result"),
+        ('{"prompt": "caf\u00e9"}\n'.encode("latin-1"), "not UTF-8"),
+    ],
+)
+def test_a_file_that_is_not_a_results_file_is_one_clear_line(
+    tmp_path: Path, content: bytes, complaint: str
+) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_bytes(content)
+    done = CliRunner().invoke(app, ["report", str(path)])
+    assert done.exit_code == 2, done.output
+    assert complaint in done.output and "results.jsonl" in done.output
+
+
+def test_an_output_path_that_cannot_be_written_is_one_clear_line(
+    results: Path, tmp_path: Path
+) -> None:
+    done = CliRunner().invoke(app, ["report", str(results), "-o", str(tmp_path)])
+    assert done.exit_code == 2, done.output
+    assert f"cannot write {tmp_path}" in done.output and "Traceback" not in done.output
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed")
 def test_chromium_renders_the_page(results: Path, tmp_path: Path) -> None:
     page = tmp_path / "report.html"

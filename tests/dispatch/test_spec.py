@@ -44,6 +44,12 @@ def test_malformed_payloads_are_rejected_with_a_clear_error(payload: object, mes
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize("prompts", [None, 5])
+def test_prompts_that_are_not_text_are_named(prompts: object) -> None:
+    with pytest.raises(JobSpecError, match=f"field 'prompts'.*got {prompts}"):
+        build_spec(prompts, AgentConfig())  # type: ignore[arg-type]
+
+
 def test_bad_config_is_named_when_used() -> None:
     spec = JobSpec.decode(
         {"job_id": "j", "prompts": ["x"], "config": {"modle": "x"}, "session_id": "s"}

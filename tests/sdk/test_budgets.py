@@ -11,7 +11,13 @@ import pytest
 from rho_agent import ConfigError
 from rho_agent.budgets import Budget, CallEstimate, MemorySpendLedger, parse_window
 from rho_agent.errors import BudgetExceeded
-from rho_agent.ratelimits import MemoryRateLimiter, RateLimit, rate_limits_from_data
+from rho_agent.pricing import load_prices
+from rho_agent.ratelimits import (
+    MemoryRateLimiter,
+    RateLimit,
+    load_rate_limits,
+    rate_limits_from_data,
+)
 from rho_agent.testing import ScriptedModelServer, ScriptedUsage, error, text, tool_call
 from tests.sdk.helpers import make_session
 
@@ -168,6 +174,19 @@ def test_rate_limit_settings_are_checked() -> None:
         rate_limits_from_data([{"model": "m"}], source="X")
     with pytest.raises(ConfigError, match=r"X\[0\] is not a valid rate limit"):
         rate_limits_from_data([{"requests": 0}], source="X")
+    for field in ("window_s", "guard_s"):  # an endless window: calls past the limit never go
+        with pytest.raises(ConfigError, match=rf"X\[0\] is not a valid rate limit \({field}"):
+            rate_limits_from_data([{"requests": 1, field: float("inf")}], source="X")
+
+
+def test_a_limits_or_prices_file_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
+    latin1 = tmp_path / "limits.yaml"
+    latin1.write_bytes("- {model: caf\u00e9, requests: 5}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8") as raised:
+        load_rate_limits(str(latin1), source="RHO_AGENT_RATE_LIMITS")
+    assert "RHO_AGENT_RATE_LIMITS" in str(raised.value)
+    with pytest.raises(ConfigError, match=r"RHO_AGENT_PRICES.*directory"):
+        load_prices(str(tmp_path), source="RHO_AGENT_PRICES")
 
 
 @pytest.mark.parametrize("name", ["max_output_tokens", "output_allowance", "max_cost_usd"])

@@ -214,3 +214,57 @@ def test_an_unreachable_model_endpoint_exits_3_and_says_why(tmp_path: Path) -> N
     )
     assert done.returncode == 3, done.stderr
     assert "cannot reach the model API" in done.stderr
+
+
+def test_an_unknown_backend_is_refused_by_name(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = behaviour("tool-then-answer")
+    done = rho(
+        ["run", "look around", "--base-url", model_server.base_url, "--backend", "docker"],
+        cli_env(tmp_path),
+    )
+    assert done.returncode == 2, done.stderr
+    assert "'docker'" in done.stderr and "local or daytona" in done.stderr
+    assert model_server.requests == [], "nothing runs on a backend that was mistyped"
+
+
+def test_a_tool_that_raises_is_one_line_without_a_traceback_unless_debug(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = behaviour("tool-then-answer")
+    args = ["run", "look", "--base-url", model_server.base_url, "--backend", "daytona"]
+    env = cli_env(tmp_path)
+    for name in [key for key in env if key.startswith("DAYTONA_")]:
+        del env[name]  # the sandbox cannot start: the tool raises BackendError
+    done = rho(args, env)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "tool list raised: BackendError: no Daytona credentials" in done.stderr
+    debug = rho(["--debug", *args], env)
+    assert "Traceback" in debug.stderr
+
+
+def test_a_base_url_holding_a_password_fails_saying_why_without_echoing_it(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    url = model_server.base_url.replace("http://", "http://proxy:hunter2@")
+    done = rho(["run", "hi", "--base-url", url], cli_env(tmp_path, OPENAI_API_KEY="sk-test"))
+    assert done.returncode == 1, done.stderr
+    said = " ".join(done.stderr.split())  # the terminal wraps the line
+    assert "holds a user name or password" in said and "OPENAI_API_KEY" in said
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+    assert model_server.requests == []
+
+
+def test_a_prompt_argument_that_is_not_utf8_is_refused(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    args = [*CLI, "run", "--base-url", model_server.base_url]
+    done = subprocess.run(
+        [*(arg.encode() for arg in args), b"caf\xe9"],  # a Latin-1 terminal's bytes
+        env=cli_env(tmp_path), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "not valid Unicode text" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr and model_server.requests == []

@@ -40,6 +40,15 @@ async def _stored_session(server: ScriptedModelServer, store: SessionStore, tmp_
     return session.state.session_id
 
 
+async def test_export_to_a_path_that_cannot_be_written_is_one_clear_line(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    session_id = await _stored_session(model_server, SessionStore(), tmp_path)
+    result = runner.invoke(app, ["sessions", "export", session_id, "-o", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {tmp_path}" in result.output
+
+
 def test_listing_an_empty_store(tmp_path: Path) -> None:
     result = runner.invoke(app, ["sessions", "--dir", str(tmp_path / "none")])
     assert result.exit_code == 0, result.output

@@ -70,6 +70,17 @@ def test_mistyped_field_names_the_field_and_the_file(tmp_path: Path) -> None:
     assert "auto_approve" in str(info.value) and str(path) in str(info.value)
 
 
+def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("system_prompt: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8") as info:
+        AgentConfig.from_file(latin1)
+    assert str(latin1) in str(info.value)
+    with pytest.raises(ConfigError, match="directory") as info:
+        AgentConfig.from_file(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
 def test_bad_backend_and_model_fail_at_construction() -> None:
     with pytest.raises(ConfigError, match="backend"):
         AgentConfig(backend="docker")

@@ -105,6 +105,14 @@ def test_missing_yaml_file(tmp_path: Path) -> None:
         load_profile(str(tmp_path / "absent.yaml"))
 
 
+def test_a_yaml_file_that_is_not_utf8_is_a_profile_error(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ProfileError, match="not UTF-8") as raised:
+        load_profile(str(latin1))
+    assert str(latin1) in str(raised.value)
+
+
 def test_dict_round_trip() -> None:
     for profile in [*BUILTIN_PROFILES.values(), PermissionProfile("x", tools=frozenset({"read"}))]:
         assert profile_from_dict(profile_to_dict(profile)) == profile

@@ -217,6 +217,19 @@ def test_credentials_in_urls_are_not_saved(store: SessionStore, tmp_path: Path) 
     asyncio.run(session.close())
 
 
+@pytest.mark.parametrize("saved", [b"\xff\xfe model: x\n", b"model: [unclosed\n"])
+def test_a_damaged_saved_config_is_a_session_error(
+    store: SessionStore, tmp_path: Path, saved: bytes
+) -> None:
+    session = store.create_session(Agent(AgentConfig(working_dir=str(tmp_path))))
+    asyncio.run(session.close())
+    config = store.path / session.state.session_id / "config.yaml"
+    config.write_bytes(saved)
+    with pytest.raises(SessionError) as raised:
+        store.load_config(session.state.session_id)
+    assert str(config) in str(raised.value)
+
+
 async def test_list_shows_sessions_newest_first(
     model_server: ScriptedModelServer, store: SessionStore, tmp_path: Path
 ) -> None:

@@ -77,3 +77,26 @@ def test_flower_broker_flag_becomes_a_setting(
     [(settings, argv)] = started
     assert settings.fleet.broker_url == "redis://127.0.0.1:6379/8" and argv[0] == "flower"
     assert dict(os.environ) == before
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "-1"])
+def test_a_flower_port_out_of_range_is_a_usage_error(
+    started: list[tuple[WorkerSettings, list[str]]], port: str
+) -> None:
+    result = CliRunner().invoke(
+        app, ["flower", "--broker", "redis://127.0.0.1:6379/8", "--port", port]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--port" in result.output
+    assert started == [], "70000 would have wrapped round to port 4464"
+
+
+def test_an_unknown_worker_log_level_is_a_usage_error(
+    started: list[tuple[WorkerSettings, list[str]]],
+) -> None:
+    result = CliRunner().invoke(
+        app, ["worker", "--broker", "redis://127.0.0.1:6379/8", "--loglevel", "LOUD"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "LOUD" in result.output and "INFO" in result.output
+    assert started == []

@@ -215,7 +215,7 @@ def redact_data(value: Any) -> Any:
 
 
 class RedactingFilter(logging.Filter):
-    """Redacts a log record's message and traceback before any handler formats it."""
+    """Redacts a log record's message, traceback and stack before any handler formats it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         redactor = default_redactor()
@@ -227,6 +227,8 @@ class RedactingFilter(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redactor.text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redactor.text(record.stack_info)
         return True
 
 

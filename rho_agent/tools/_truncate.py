@@ -6,6 +6,8 @@ finished (errors, exit summaries), and a marker says how much was left out.
 
 from __future__ import annotations
 
+from rho_agent.redact import redact
+
 MAX_OUTPUT_CHARS = 30_000
 """The most characters any built-in tool returns to the model."""
 
@@ -14,7 +16,14 @@ _SNAP = 0.2
 
 
 def truncate_middle(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
-    """``text`` if it fits in ``limit`` characters, else its head and tail around a marker."""
+    """``text`` if it fits in ``limit`` characters, else its head and tail around a marker.
+
+    Redacted first when cut: a secret the cut splits would leave a piece the output's later
+    redaction no longer recognises.
+    """
+    if len(text) <= limit:
+        return text
+    text = redact(text)
     if len(text) <= limit:
         return text
     half = max(limit // 2, 1)

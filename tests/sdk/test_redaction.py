@@ -23,6 +23,7 @@ from rho_agent.redact import (
 )
 from rho_agent.store.directory import SessionStore
 from rho_agent.testing import ScriptedModelServer, text, tool_call
+from rho_agent.tools._truncate import truncate_middle
 from tests.sdk.helpers import make_session
 
 CANARY = "canary-7f3a9c2e5b1d"
@@ -187,6 +188,29 @@ def test_log_lines_and_tracebacks_are_redacted(
         logger.filters.clear()
     assert CANARY not in caplog.text
     assert caplog.text.count(REDACTED) >= 2
+
+
+def test_a_logged_stack_is_redacted(canary_env: None, caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("rho_agent.test_redaction")
+    logger.addFilter(RedactingFilter())
+
+    def deep(secret: str) -> None:
+        logger.warning("here", stack_info=True)  # the stack shows this call's source line
+
+    try:
+        with caplog.at_level(logging.INFO, logger="rho_agent.test_redaction"):
+            deep("canary-7f3a9c2e5b1d")
+    finally:
+        logger.filters.clear()
+    assert caplog.records[0].stack_info
+    assert CANARY not in caplog.text
+
+
+def test_a_cut_in_long_tool_output_leaves_no_piece_of_a_secret(canary_env: None) -> None:
+    text = "a" * 995 + CANARY + "b" * 990  # the cut at 1,000 would fall inside the secret
+    cut = truncate_middle(text, 2000)
+    assert CANARY[:5] not in cut and CANARY[-5:] not in cut
+    assert REDACTED in cut
 
 
 def test_install_covers_existing_package_loggers_and_root_handlers() -> None:

@@ -112,9 +112,14 @@ class Redactor:
         ``lower()`` and a substring search per distinct word (this runs on every string of every
         trace record and event)."""
         lowered = value.lower()
-        if not any(word in lowered for word in _ANCHORS):
+        if not _anchored(lowered):
             return []
         return [shape for shape in _SHAPES if any(word in lowered for word in shape.anchors)]
+
+
+def _anchored(lowered: str) -> bool:
+    """Whether lower-cased text holds an anchor word of a secret shape."""
+    return any(word in lowered for word in _ANCHORS)
 
 
 def _keep_prefix(match: re.Match[str]) -> str:
@@ -164,9 +169,12 @@ class StreamRedactor:
             words_end -= 1
         before = self._held[max(0, words_end - _LOOKBACK) : cut]
         redactor = self._redactor
-        start = redactor.text(before)
-        if any(redactor.text(before + probe) != start + probe for probe in _PROBES):
-            return False
+        # A probe only completes a shape whose anchor word is already before the cut; most
+        # text has none, and skips the four redactions (they cost ~9 us a streamed delta).
+        if _anchored(before.lower()):
+            start = redactor.text(before)
+            if any(redactor.text(before + probe) != start + probe for probe in _PROBES):
+                return False
         for known in self._spaced:
             for offset in range(max(0, cut - len(known) + 1), cut):
                 if known.startswith(self._held[offset : offset + len(known)]):

@@ -54,6 +54,7 @@ def test_every_variable_is_read() -> None:
         "RHO_AGENT_WORKER_NAME": "w9",
         "RHO_AGENT_AGENT_FACTORY": "tests.integration.fleet:agent_with_mark_tool",
         "RHO_AGENT_EMBEDDED_CONCURRENCY": "3",
+        "RHO_AGENT_EMBEDDED_KEEP": "250",
         "RHO_AGENT_REDIS_OUTAGE_LIMIT": "30",
         "RHO_AGENT_ALLOWED_BASE_URLS": "http://127.0.0.1:9/v1/, https://Models.Example/v1",
         "RHO_AGENT_PRICES": '{"my-llama": {"input": 1, "output": 2}}',
@@ -77,6 +78,7 @@ def test_every_variable_is_read() -> None:
     )
     assert (fleet.retention_s, fleet.events_maxlen, fleet.embedded_concurrency) == (3600, 500, 3)
     assert fleet.redis_outage_s == 30
+    assert fleet.embedded_keep == 250
     assert (fleet.queued_lease_s, fleet.approval_ttl_s, fleet.sentinel_master) == (90, 1800, "m1")
     assert (fleet.fan_out_max_depth, fleet.fan_out_max_children) == (0, 7)
     assert (settings.concurrency, settings.max_profile, settings.job_time_limit_s) == (

@@ -21,22 +21,27 @@ _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _SWAPPED = "a part of the path became a symbolic link after it was checked; nothing was changed"
 
 
+def check_readable(info: os.stat_result, path: str, max_bytes: int) -> None:
+    """Refuse what ``read_file`` must not load: a directory, anything but a regular file (a FIFO
+    would block, a device never end), a file over ``max_bytes``."""
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    if info.st_size > max_bytes:
+        raise OSError(
+            errno.EFBIG,
+            f"file is {info.st_size:,} bytes, more than the {max_bytes:,} bytes read_file "
+            "loads; look at parts of it with a command instead",
+            path,
+        )
+
+
 def read_beneath(root: str, path: str, max_bytes: int) -> bytes:
     """The bytes of the regular file ``path`` (below ``root``), opened without following links."""
     fd = _open(root, path, os.O_RDONLY, create_dirs=False)
     try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        if info.st_size > max_bytes:
-            raise OSError(
-                errno.EFBIG,
-                f"file is {info.st_size:,} bytes, more than the {max_bytes:,} bytes read_file "
-                "loads; look at parts of it with a command instead",
-                path,
-            )
+        check_readable(os.fstat(fd), path, max_bytes)
         os.set_blocking(fd, True)
         chunks = []
         while chunk := os.read(fd, 1 << 20):

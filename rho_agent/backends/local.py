@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import shutil
 import signal
-import stat
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from rho_agent.backends._beneath import read_beneath, write_beneath
+from rho_agent.backends._beneath import check_readable, read_beneath, write_beneath
 from rho_agent.backends._local_search import glob_files, grep_files
 from rho_agent.backends.base import CommandResult, FileEntry, GrepMatch
 from rho_agent.errors import BackendError
@@ -204,9 +202,9 @@ class LocalBackend:
     def _read(self, path: str) -> bytes:
         # Regular files only, checked before the open and again after it: a FIFO would block
         # the open (a non-blocking one cannot), and opening a device may act on it.
-        _check_readable(os.stat(path), path, self._max_file_bytes)
+        check_readable(os.stat(path), path, self._max_file_bytes)
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
-            _check_readable(os.fstat(file.fileno()), path, self._max_file_bytes)
+            check_readable(os.fstat(file.fileno()), path, self._max_file_bytes)
             os.set_blocking(file.fileno(), True)
             return file.read()
 
@@ -285,20 +283,6 @@ class _Capture(asyncio.Protocol):
         else:
             data = bytes(self._head + self._tail)
         return data.decode("utf-8", errors="replace")
-
-
-def _check_readable(info: os.stat_result, path: str, max_bytes: int) -> None:
-    if stat.S_ISDIR(info.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-    if not stat.S_ISREG(info.st_mode):
-        raise OSError(errno.EINVAL, "not a regular file", path)
-    if info.st_size > max_bytes:
-        raise OSError(
-            errno.EFBIG,
-            f"file is {info.st_size:,} bytes, more than the {max_bytes:,} bytes read_file "
-            "loads; look at parts of it with a command instead",
-            path,
-        )
 
 
 def _kill_group(group: int) -> None:

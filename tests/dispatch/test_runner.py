@@ -12,9 +12,10 @@ import pytest
 
 from dispatch.engine.bus import entry_event
 from dispatch.engine.memory_bus import MemoryBus
-from dispatch.engine.run import JobRun, RunnerOptions
-from dispatch.spec import build_spec
+from dispatch.engine.run import JobOutcome, JobRun, RunnerOptions
+from dispatch.spec import JobSpec, build_spec
 from rho_agent import AgentConfig
+from rho_agent.events import RunResult
 from rho_agent.permissions.profile import BUILTIN_PROFILES
 from rho_agent.testing import ScriptedModelServer, ScriptedResponse, error, text, tool_call
 from tests.integration.fleet import agent_with_mark_tool
@@ -122,12 +123,8 @@ class CrashBeforeFinish(MemoryBus):
         return await super().finish(spec, attempt, result, error)
 
 
-async def test_a_failed_run_resumed_after_a_crash_before_its_finish_says_why(
-    model_server: ScriptedModelServer, tmp_path: Path
-) -> None:
-    model_server.responder = lambda body: error(400, "model down")
-    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
-    spec = build_spec("hello", config)
+async def _crash_before_finish_then_resume(spec: JobSpec) -> tuple[JobOutcome, RunResult | None]:
+    """Run ``spec`` on a worker killed before its finish, then again as the sweeper would."""
     bus = CrashBeforeFinish()
     await bus.submit([spec], "q")
     with contextlib.suppress(asyncio.CancelledError):
@@ -135,6 +132,16 @@ async def test_a_failed_run_resumed_after_a_crash_before_its_finish_says_why(
     await bus.set_fields(spec.job_id, {"status": "queued"})  # what the sweeper does
     outcome = await JobRun(spec, bus, RunnerOptions(worker="w2")).run()
     [result] = await bus.get_results([spec.job_id])
+    return outcome, result
+
+
+async def test_a_failed_run_resumed_after_a_crash_before_its_finish_says_why(
+    model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    model_server.responder = lambda body: error(400, "model down")
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    spec = build_spec("hello", config)
+    outcome, result = await _crash_before_finish_then_resume(spec)
     assert outcome.status == "error" and "model down" in (outcome.error or "")
     assert result is not None and result.status == "error"
     assert result.error is not None and "model down" in result.error.message
@@ -150,13 +157,7 @@ async def test_a_job_whose_first_prompt_failed_does_not_run_the_next_after_a_cra
     model_server.responder = respond
     config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
     spec = build_spec(["first", "second"], config)
-    bus = CrashBeforeFinish()
-    await bus.submit([spec], "q")
-    with contextlib.suppress(asyncio.CancelledError):
-        await JobRun(spec, bus, RunnerOptions(worker="w1")).run()
-    await bus.set_fields(spec.job_id, {"status": "queued"})  # what the sweeper does
-    outcome = await JobRun(spec, bus, RunnerOptions(worker="w2")).run()
-    [result] = await bus.get_results([spec.job_id])
+    outcome, result = await _crash_before_finish_then_resume(spec)
     assert outcome.status == "error", "as without the crash: a failed prompt ends the job"
     assert result is not None and result.text != "second answered"
     assert result.error is not None and "model down" in result.error.message

@@ -6,18 +6,20 @@ the counts and the recovery time it measured.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from dispatch import Dispatcher, Job
 from dispatch.batch_run import BatchOutcome, BatchRun
 from dispatch.errors import JobLost
+from dispatch.settings import FleetSettings
 from dispatch.spec import build_spec
 from rho_agent import AgentConfig
 from rho_agent.events import AgentEvent
@@ -29,6 +31,27 @@ from tests.integration.fleet import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(60)]
 
 WORKER_ENV = {"RHO_AGENT_LEASE_TTL": "3", "RHO_AGENT_SWEEP_INTERVAL": "0.5"}
+
+
+class Forgetful(NamedTuple):
+    server: RedisServer
+    fleet: PortFleet
+    settings: FleetSettings
+    config: AgentConfig
+
+
+@contextlib.contextmanager
+def forgetful_setup(model_server: ScriptedModelServer, tmp_path: Path) -> Iterator[Forgetful]:
+    """A worker ``w1`` on a Redis without persistence (to restart), a model answering after
+    0.1 s, and dispatcher settings whose outage limit is 3 s."""
+    model_server.responder = stepping(1, delay=0.1)
+    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
+    with (
+        redis_server(tmp_path / "redis") as server,
+        chaos_fleet(tmp_path, server, {"w1": WORKER_ENV}) as fleet,
+    ):
+        settings = dataclasses.replace(fleet.settings, redis_outage_s=3.0)
+        yield Forgetful(server, fleet, settings, config)
 
 
 class EventReader(threading.Thread):
@@ -142,13 +165,7 @@ def test_restart_without_persistence_queued_jobs_rerun_or_lost(
 ) -> None:
     """Jobs Redis forgot before any worker took them: the submitter sends them again; another
     dispatcher waiting on one of them gets JobLost. Both within the outage limit (3 s here)."""
-    model_server.responder = stepping(1, delay=0.1)
-    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
-    with (
-        redis_server(tmp_path / "redis") as server,
-        chaos_fleet(tmp_path, server, {"w1": WORKER_ENV}) as fleet,
-    ):
-        settings = dataclasses.replace(fleet.settings, redis_outage_s=3.0)
+    with forgetful_setup(model_server, tmp_path) as (server, fleet, settings, config):
         idle_queue = fleet.queue_of("w2")  # nobody consumes it until w2 starts
         with Dispatcher(settings=settings) as submitter, Dispatcher(settings=settings) as other:
             jobs = submitter.map([f"job {n}" for n in range(5)], config, queue=idle_queue)
@@ -225,13 +242,7 @@ def test_a_batch_whose_queued_jobs_redis_forgot_sends_them_again(
 ) -> None:
     """A batch run follows its jobs by polling their records: jobs still queued when Redis
     restarted without persistence are sent again from the batch's copies (it polled forever)."""
-    model_server.responder = stepping(1, delay=0.1)
-    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
-    with (
-        redis_server(tmp_path / "redis") as server,
-        chaos_fleet(tmp_path, server, {"w1": WORKER_ENV}) as fleet,
-    ):
-        settings = dataclasses.replace(fleet.settings, redis_outage_s=3.0)
+    with forgetful_setup(model_server, tmp_path) as (server, fleet, settings, config):
         idle_queue = fleet.queue_of("w2")  # nobody consumes it until w2 starts
         specs = [build_spec(f"job {n}", config, queue=idle_queue) for n in range(3)]
         with Dispatcher(settings=settings) as dispatcher:
@@ -300,22 +311,19 @@ def test_live_events_of_a_queued_job_redis_forgot_go_on_once_it_is_sent_again(
 ) -> None:
     """Only ``job.events()`` follows a queued job Redis forgot: the dispatcher that sent it
     sends it again, as ``result()`` would, and the reader reads it to its end."""
-    model_server.responder = stepping(1, delay=0.1)
-    config = AgentConfig(base_url=model_server.base_url, working_dir=str(tmp_path))
     with (
-        redis_server(tmp_path / "redis") as server,
-        chaos_fleet(tmp_path, server, {"w1": WORKER_ENV}) as fleet,
+        forgetful_setup(model_server, tmp_path) as setup,
+        Dispatcher(settings=setup.settings) as dispatcher,
     ):
-        settings = dataclasses.replace(fleet.settings, redis_outage_s=3.0)
-        with Dispatcher(settings=settings) as dispatcher:
-            job = dispatcher.submit("queued", config, queue=fleet.queue_of("w2"))  # idle queue
-            server.restart()
-            reader = EventReader(job)
-            reader.start()
-            fleet.add_worker("w2", **WORKER_ENV).wait_ready()
-            reader.join(30)
-            types = [event.type for event in reader.events]
-            print(f"\nevents() of a forgotten queued job: {types}, error: {reader.error!r}")
-            assert reader.error is None and not reader.is_alive()
-            assert dispatcher._core.fan_in.resent == 1
-            assert types == [event.type for event in job.result(timeout=5).events]
+        idle_queue = setup.fleet.queue_of("w2")  # nobody consumes it until w2 starts
+        job = dispatcher.submit("queued", setup.config, queue=idle_queue)
+        setup.server.restart()
+        reader = EventReader(job)
+        reader.start()
+        setup.fleet.add_worker("w2", **WORKER_ENV).wait_ready()
+        reader.join(30)
+        types = [event.type for event in reader.events]
+        print(f"\nevents() of a forgotten queued job: {types}, error: {reader.error!r}")
+        assert reader.error is None and not reader.is_alive()
+        assert dispatcher._core.fan_in.resent == 1
+        assert types == [event.type for event in job.result(timeout=5).events]
